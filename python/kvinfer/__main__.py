@@ -1,0 +1,3 @@
+from kvinfer.cli import main
+
+raise SystemExit(main())

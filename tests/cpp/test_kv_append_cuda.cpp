@@ -1,0 +1,106 @@
+// CUDA kv_append against the CPU reference: same inputs, whole buffers compared bit for bit,
+// including sentinel guard bands before and after the cache block that must stay untouched.
+#include <gtest/gtest.h>
+
+#include <numeric>
+#include <vector>
+
+#include "device_memory.h"
+#include "kv_cache.h"
+#include "ops/kv_append.h"
+#include "test_util.h"
+
+#if KVINFER_WITH_CUDA
+#include "cuda/kv_append.h"
+#endif
+
+namespace kvinfer {
+namespace {
+
+constexpr half_t kSentinel = 0x7bcd;  // a finite value no random input produces exactly by chance
+constexpr size_t kGuard = 1024;       // halves before and after the layer blocks
+
+struct AppendCase {
+  int max_batch, max_context, kv_heads, head_dim;
+  std::vector<int> slots, tokens, lengths;  // per sequence: slot, new tokens; per slot: length
+  std::string name() const {
+    return "b" + std::to_string(slots.size()) + "_ctx" + std::to_string(max_context) + "_h" +
+           std::to_string(kv_heads) + "_d" + std::to_string(head_dim);
+  }
+};
+
+class KVAppendCuda : public testing::TestWithParam<AppendCase> {};
+
+TEST_P(KVAppendCuda, MatchesCpuReferenceAndKeepsGuards) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+#if KVINFER_WITH_CUDA
+  const AppendCase& c = GetParam();
+  KVCacheConfig cfg{1, c.max_context, c.kv_heads, c.head_dim, c.max_batch};
+  const KVLayout layout = KVCache::layout(cfg);
+  const size_t block = static_cast<size_t>(layout.slot_stride) * c.max_batch;
+  const int batch = static_cast<int>(c.slots.size());
+  std::vector<int32_t> starts(batch + 1, 0);
+  for (int b = 0; b < batch; ++b) starts[b + 1] = starts[b] + c.tokens[b];
+  const int total = starts[batch];
+  const int max_tokens = *std::max_element(c.tokens.begin(), c.tokens.end());
+  const size_t rows = static_cast<size_t>(total) * c.kv_heads * c.head_dim;
+  auto k = test::random_halves(rows, 1), v = test::random_halves(rows, 2);
+
+  // Host reference: [guard][K block][V block][guard].
+  std::vector<half_t> ref(2 * block + 2 * kGuard, kSentinel);
+  std::vector<int32_t> slots(c.slots.begin(), c.slots.end()), lengths(c.lengths.begin(), c.lengths.end());
+  cpu::kv_append(ref.data() + kGuard, ref.data() + kGuard + block, layout, c.kv_heads, c.head_dim,
+                 k.data(), v.data(), static_cast<int64_t>(c.kv_heads) * c.head_dim, slots.data(),
+                 starts.data(), lengths.data(), batch);
+
+  auto tracker = std::make_shared<VramTracker>();
+  Device gpu = Device::cuda(0);
+  DeviceMemory d_cache(ref.size() * 2, gpu, "test", tracker);
+  DeviceMemory d_k(rows * 2, gpu, "test", tracker), d_v(rows * 2, gpu, "test", tracker);
+  DeviceMemory d_meta((2 * batch + 1 + c.max_batch) * 4, gpu, "test", tracker);
+  std::vector<half_t> init(ref.size(), kSentinel);
+  copy_bytes(d_cache.data(), gpu, init.data(), Device::cpu(), init.size() * 2);
+  copy_bytes(d_k.data(), gpu, k.data(), Device::cpu(), rows * 2);
+  copy_bytes(d_v.data(), gpu, v.data(), Device::cpu(), rows * 2);
+  std::vector<int32_t> meta(slots);
+  meta.insert(meta.end(), starts.begin(), starts.end());
+  meta.insert(meta.end(), lengths.begin(), lengths.end());
+  copy_bytes(d_meta.data(), gpu, meta.data(), Device::cpu(), meta.size() * 4);
+  int32_t* m = d_meta.as<int32_t>();
+  half_t* base = d_cache.as<half_t>() + kGuard;
+  cuda::kv_append(base, base + block, layout, c.kv_heads, c.head_dim, d_k.as<half_t>(),
+                  d_v.as<half_t>(), static_cast<int64_t>(c.kv_heads) * c.head_dim, m,
+                  m + batch, m + 2 * batch + 1, batch, max_tokens, nullptr);
+  std::vector<half_t> got(ref.size());
+  copy_bytes(got.data(), Device::cpu(), d_cache.data(), gpu, got.size() * 2);
+  for (size_t i = 0; i < kGuard; ++i) {
+    ASSERT_EQ(got[i], kSentinel) << "guard before, element " << i;
+    ASSERT_EQ(got[got.size() - 1 - i], kSentinel) << "guard after, element " << i;
+  }
+  EXPECT_TRUE(test::rows_equal(ref, got));
+  size_t written = std::count_if(ref.begin(), ref.end(), [](half_t h) { return h != kSentinel; });
+  EXPECT_EQ(written, 2 * rows);  // the reference itself wrote every new row exactly once
+#endif
+}
+
+std::vector<AppendCase> cases() {
+  std::vector<AppendCase> out;
+  // decode: batch 19, one token each, slots of different lengths, head_dim 128
+  AppendCase decode{19, 64, 8, 128, {}, {}, {}};
+  for (int b = 0; b < 19; ++b) {
+    decode.slots.push_back(18 - b);
+    decode.tokens.push_back(1);
+    decode.lengths.push_back((b * 7) % 63);
+  }
+  out.push_back(decode);
+  out.push_back({3, 1100, 2, 64, {2, 0, 1}, {17, 1000, 1}, {5, 0, 1099}});  // prefill chunks
+  out.push_back({1, 4097, 3, 80, {0}, {4097}, {0}});                        // whole context
+  out.push_back({2, 20, 1, 3, {1, 0}, {4, 19}, {16, 1}});                   // scalar path
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, KVAppendCuda, testing::ValuesIn(cases()),
+                         [](const testing::TestParamInfo<AppendCase>& i) { return i.param.name(); });
+
+}  // namespace
+}  // namespace kvinfer
