@@ -39,6 +39,8 @@ TEST_P(KVAppendCuda, MatchesCpuReferenceAndKeepsGuards) {
   const KVLayout layout = KVCache::layout(cfg);
   const size_t block = static_cast<size_t>(layout.slot_stride) * c.max_batch;
   const int batch = static_cast<int>(c.slots.size());
+  for (int b = 0; b < batch; ++b)  // the case itself must respect capacity (KVCache checks it)
+    ASSERT_LE(c.lengths[c.slots[b]] + c.tokens[b], c.max_context) << "sequence " << b;
   std::vector<int32_t> starts(batch + 1, 0);
   for (int b = 0; b < batch; ++b) starts[b + 1] = starts[b] + c.tokens[b];
   const int total = starts[batch];
@@ -93,9 +95,9 @@ std::vector<AppendCase> cases() {
     decode.lengths.push_back((b * 7) % 63);
   }
   out.push_back(decode);
-  out.push_back({3, 1100, 2, 64, {2, 0, 1}, {17, 1000, 1}, {5, 0, 1099}});  // prefill chunks
+  out.push_back({3, 1100, 2, 64, {2, 0, 1}, {17, 1000, 1}, {5, 0, 83}});  // prefill chunks
   out.push_back({1, 4097, 3, 80, {0}, {4097}, {0}});                        // whole context
-  out.push_back({2, 20, 1, 3, {1, 0}, {4, 19}, {16, 1}});                   // scalar path
+  out.push_back({2, 20, 1, 3, {1, 0}, {4, 19}, {1, 16}});                   // scalar path, full
   return out;
 }
 
