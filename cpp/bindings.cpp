@@ -11,6 +11,9 @@
 
 #include "device.h"
 #include "device_memory.h"
+#include "engine.h"
+#include "model_config.h"
+#include "ops/simd.h"
 #include "errors.h"
 #include "half.h"
 #include "kv_cache.h"
@@ -18,6 +21,9 @@
 
 #if KVINFER_WITH_CUDA
 #include <cuda_runtime_api.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
 #endif
 
 namespace py = pybind11;
@@ -248,4 +254,135 @@ PYBIND11_MODULE(_core, m) {
            py::arg("layer"), py::arg("slot"))
       .def("clear", &KVCache::clear, py::arg("slot"))
       .def("reset", &KVCache::reset);
+
+  py::class_<RopeScaling>(m, "RopeScaling")
+      .def(py::init<>())
+      .def_readwrite("type", &RopeScaling::type)
+      .def_readwrite("factor", &RopeScaling::factor)
+      .def_readwrite("low_freq_factor", &RopeScaling::low_freq_factor)
+      .def_readwrite("high_freq_factor", &RopeScaling::high_freq_factor)
+      .def_readwrite("original_max_positions", &RopeScaling::original_max_positions);
+
+  py::class_<ModelConfig>(m, "ModelConfig", "Architecture of a decoder-only model (see kvinfer.config).")
+      .def(py::init<>())
+      .def_readwrite("architecture", &ModelConfig::architecture)
+      .def_readwrite("vocab_size", &ModelConfig::vocab_size)
+      .def_readwrite("hidden_size", &ModelConfig::hidden_size)
+      .def_readwrite("num_layers", &ModelConfig::num_layers)
+      .def_readwrite("num_heads", &ModelConfig::num_heads)
+      .def_readwrite("num_kv_heads", &ModelConfig::num_kv_heads)
+      .def_readwrite("head_dim", &ModelConfig::head_dim)
+      .def_readwrite("intermediate_size", &ModelConfig::intermediate_size)
+      .def_readwrite("max_positions", &ModelConfig::max_positions)
+      .def_readwrite("norm_eps", &ModelConfig::norm_eps)
+      .def_readwrite("rope_theta", &ModelConfig::rope_theta)
+      .def_readwrite("rope_scaling", &ModelConfig::rope_scaling)
+      .def_readwrite("tie_word_embeddings", &ModelConfig::tie_word_embeddings)
+      .def_readwrite("qkv_bias", &ModelConfig::qkv_bias)
+      .def_readwrite("o_bias", &ModelConfig::o_bias)
+      .def_readwrite("mlp_bias", &ModelConfig::mlp_bias)
+      .def_readwrite("norm_bias", &ModelConfig::norm_bias)
+      .def_property("norm",
+          [](const ModelConfig& c) { return c.norm == NormKind::RMSNorm ? "rms" : "layer"; },
+          [](ModelConfig& c, const std::string& v) {
+            KVINFER_CHECK_ARG(v == "rms" || v == "layer", "norm='", v, "' is not 'rms' or 'layer'");
+            c.norm = v == "rms" ? NormKind::RMSNorm : NormKind::LayerNorm;
+          })
+      .def_property("mlp",
+          [](const ModelConfig& c) { return c.mlp == MlpKind::SwiGLU ? "swiglu" : "gelu_new"; },
+          [](ModelConfig& c, const std::string& v) {
+            KVINFER_CHECK_ARG(v == "swiglu" || v == "gelu_new", "mlp='", v, "' is not 'swiglu' or 'gelu_new'");
+            c.mlp = v == "swiglu" ? MlpKind::SwiGLU : MlpKind::GeluNew;
+          })
+      .def_property("positions",
+          [](const ModelConfig& c) { return c.positions == PositionKind::Rope ? "rope" : "learned"; },
+          [](ModelConfig& c, const std::string& v) {
+            KVINFER_CHECK_ARG(v == "rope" || v == "learned", "positions='", v, "' is not 'rope' or 'learned'");
+            c.positions = v == "rope" ? PositionKind::Rope : PositionKind::Learned;
+          })
+      .def("validate", &ModelConfig::validate)
+      .def("weight_specs", [](const ModelConfig& c) {
+             py::list out;
+             for (const auto& t : weight_layout(c))
+               out.append(py::make_tuple(t.name, py::tuple(py::cast(t.shape)), t.offset));
+             return out;
+           }, "[(name, shape, byte offset)] of the fp16 weight allocation")
+      .def("weight_bytes", [](const ModelConfig& c) { return weight_bytes(c); })
+      .def("parameter_count", [](const ModelConfig& c) { return parameter_count(c); });
+
+  m.def("activation_bytes", [](const ModelConfig& c, int max_batch, int max_context, int max_tokens) {
+          return activation_layout(c, EngineShape{max_batch, max_context, max_tokens}).total;
+        }, py::arg("config"), py::arg("max_batch"), py::arg("max_context"), py::arg("max_tokens"),
+        "Bytes of the activation buffers an Engine of this shape allocates.");
+  m.def("num_threads", []() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+  });
+  m.def("set_num_threads", [](int n) {
+    KVINFER_CHECK_ARG(n >= 1, "threads=", n, " must be >= 1");
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#endif
+  });
+  m.def("cuda_forward_available", []() { return false; },
+        "Whether the engine's forward pass runs on CUDA in this build.");
+  m.def("cpu_simd", []() { return simd::has_avx2() ? "avx2+fma+f16c" : "scalar"; });
+
+  py::class_<Engine>(m, "Engine", "Weights, KV cache and activation buffers of one model.")
+      .def(py::init([](const ModelConfig& c, const std::string& device, int max_batch,
+                       int max_context, int max_tokens, std::shared_ptr<VramTracker> tracker) {
+             Device d = Device::parse(device);
+             py::gil_scoped_release release;
+             return std::make_unique<Engine>(c, d, EngineShape{max_batch, max_context, max_tokens},
+                                             std::move(tracker));
+           }),
+           py::arg("config"), py::arg("device") = "cpu", py::arg("max_batch") = 1,
+           py::arg("max_context") = 2048, py::arg("max_tokens") = 512,
+           py::arg("tracker") = nullptr)
+      .def_property_readonly("device", [](const Engine& e) { return e.device().str(); })
+      .def_property_readonly("max_batch", [](const Engine& e) { return e.shape().max_batch; })
+      .def_property_readonly("max_context", [](const Engine& e) { return e.shape().max_context; })
+      .def_property_readonly("max_tokens", [](const Engine& e) { return e.shape().max_tokens; })
+      .def_property_readonly("cache", &Engine::cache, py::return_value_policy::reference_internal)
+      .def("set_weight", [](Engine& e, const std::string& name, const py::array& a) {
+             const py::dtype dt = a.dtype();
+             KVINFER_CHECK_ARG(dt.kind() == 'f' && dt.itemsize() == 2, "weight '", name,
+                               "' must be float16, got ", std::string(py::str(dt)));
+             auto c16 = py::array::ensure(a, py::array::c_style);
+             std::vector<int64_t> shape(c16.shape(), c16.shape() + c16.ndim());
+             const half_t* data = static_cast<const half_t*>(c16.data());
+             py::gil_scoped_release release;
+             e.set_weight(name, data, shape);
+           }, py::arg("name"), py::arg("array"))
+      .def("missing_weights", &Engine::missing_weights)
+      .def("release", &Engine::release, "Free weights, KV cache and activations now.")
+      .def("forward", [](Engine& e, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
+                         py::array_t<int32_t, py::array::c_style | py::array::forcecast> seq_slots,
+                         py::array_t<int32_t, py::array::c_style | py::array::forcecast> seq_starts,
+                         std::optional<py::array_t<float, py::array::c_style>> all_logits) {
+             const int batch = static_cast<int>(seq_slots.size());
+             KVINFER_CHECK_ARG(seq_starts.size() == batch + 1, "seq_starts has ", seq_starts.size(),
+                               " entries, expected batch + 1 = ", batch + 1);
+             const int total = static_cast<int>(tokens.size());
+             float* out = nullptr;
+             if (all_logits) {
+               KVINFER_CHECK_ARG(all_logits->ndim() == 2 && all_logits->shape(0) == total &&
+                                     all_logits->shape(1) == e.config().vocab_size,
+                                 "all_logits must be float32 [", total, ", ", e.config().vocab_size, "]");
+               out = all_logits->mutable_data();
+             }
+             py::gil_scoped_release release;
+             e.forward(tokens.data(), total, seq_slots.data(), seq_starts.data(), batch, out);
+           }, py::arg("tokens"), py::arg("seq_slots"), py::arg("seq_starts"),
+           py::arg("all_logits") = py::none(),
+           "One step: append each sequence's tokens at its slot and compute logits.")
+      .def_property_readonly("logits", [](py::object self) {
+             const Engine& e = self.cast<const Engine&>();
+             KVINFER_CHECK_ARG(!e.device().is_cuda(), "logits live on the device");
+             return py::array_t<float>({e.shape().max_batch, e.config().vocab_size},
+                                       e.logits(), self);  // a read-only view, no copy
+           }, "[max_batch, vocab] float32 view of the last step's logits");
 }

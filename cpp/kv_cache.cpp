@@ -184,6 +184,15 @@ void KVCache::reset() {
   sync_device_lengths();
 }
 
+void KVCache::release() noexcept {
+  memory_.reset();
+  device_lengths_.reset();
+  config_.max_batch = 0;  // every slot index is out of range from now on
+  lengths_.clear();
+  pending_.clear();
+  appended_.clear();
+}
+
 void KVCache::sync_device_lengths() {
 #if KVINFER_WITH_CUDA
   if (device_lengths_.empty()) return;

@@ -91,6 +91,7 @@ class KVCache {
 
   void clear(int slot);  // length 0, pending appends dropped
   void reset();          // clear every slot
+  void release() noexcept;  // free the memory now; the cache is unusable afterwards
 
  private:
   void check_layer(int layer) const;
