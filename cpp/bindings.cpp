@@ -362,7 +362,8 @@ PYBIND11_MODULE(_core, m) {
       .def("forward", [](Engine& e, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
                          py::array_t<int32_t, py::array::c_style | py::array::forcecast> seq_slots,
                          py::array_t<int32_t, py::array::c_style | py::array::forcecast> seq_starts,
-                         std::optional<py::array_t<float, py::array::c_style>> all_logits) {
+                         std::optional<py::array_t<float, py::array::c_style>> all_logits,
+                         std::optional<py::array_t<float, py::array::c_style>> hidden_states) {
              const int batch = static_cast<int>(seq_slots.size());
              KVINFER_CHECK_ARG(seq_starts.size() == batch + 1, "seq_starts has ", seq_starts.size(),
                                " entries, expected batch + 1 = ", batch + 1);
@@ -374,10 +375,19 @@ PYBIND11_MODULE(_core, m) {
                                  "all_logits must be float32 [", total, ", ", e.config().vocab_size, "]");
                out = all_logits->mutable_data();
              }
+             float* states = nullptr;
+             if (hidden_states) {
+               const ModelConfig& c = e.config();
+               KVINFER_CHECK_ARG(hidden_states->ndim() == 3 && hidden_states->shape(0) == c.num_layers + 1 &&
+                                     hidden_states->shape(1) == total && hidden_states->shape(2) == c.hidden_size,
+                                 "hidden_states must be float32 [", c.num_layers + 1, ", ", total, ", ",
+                                 c.hidden_size, "]");
+               states = hidden_states->mutable_data();
+             }
              py::gil_scoped_release release;
-             e.forward(tokens.data(), total, seq_slots.data(), seq_starts.data(), batch, out);
+             e.forward(tokens.data(), total, seq_slots.data(), seq_starts.data(), batch, out, states);
            }, py::arg("tokens"), py::arg("seq_slots"), py::arg("seq_starts"),
-           py::arg("all_logits") = py::none(),
+           py::arg("all_logits") = py::none(), py::arg("hidden_states") = py::none(),
            "One step: append each sequence's tokens at its slot and compute logits.")
       .def_property_readonly("logits", [](py::object self) {
              const Engine& e = self.cast<const Engine&>();

@@ -155,13 +155,14 @@ void Engine::release() noexcept {
 }
 
 void Engine::forward(const int32_t* tokens, int total, const int32_t* seq_slots,
-                     const int32_t* seq_starts, int batch, float* all_logits) {
+                     const int32_t* seq_starts, int batch, float* all_logits,
+                     float* hidden_states) {
   KVINFER_CHECK_ARG(!released(), "this engine was released");
   validate_step(tokens, total, seq_slots, seq_starts, batch);
   auto missing = missing_weights();
   KVINFER_CHECK_ARG(missing.empty(), "weight '", missing.empty() ? "" : missing.front(),
                     "' was never loaded (", missing.size(), " missing)");
-  forward_cpu(tokens, total, seq_slots, seq_starts, batch, all_logits);
+  forward_cpu(tokens, total, seq_slots, seq_starts, batch, all_logits, hidden_states);
 }
 
 void Engine::norm(const float* x, const half_t* w, const half_t* b, float* y, int rows) const {
@@ -172,7 +173,8 @@ void Engine::norm(const float* x, const half_t* w, const half_t* b, float* y, in
 }
 
 void Engine::forward_cpu(const int32_t* tokens, int T, const int32_t* seq_slots,
-                         const int32_t* seq_starts, int batch, float* all_logits) {
+                         const int32_t* seq_starts, int batch, float* all_logits,
+                         float* hidden_states) {
   const ModelConfig& c = config_;
   char* base = activations_.as<char>();
   float* x = reinterpret_cast<float*>(base + act_.x);        // [T][hidden]
@@ -194,6 +196,10 @@ void Engine::forward_cpu(const int32_t* tokens, int T, const int32_t* seq_slots,
   const int H = c.hidden_size, qkv_dim = c.qkv_dim(), q_dim = c.q_dim(), kv_dim = c.kv_dim();
   const int I = c.intermediate_size;
   cpu::embedding(tokens, embed_, pos_embed_, positions, x, T, H);
+  auto capture = [&](int index) {
+    if (hidden_states) std::memcpy(hidden_states + int64_t(index) * T * H, x, sizeof(float) * T * H);
+  };
+  capture(0);
 
   const KVLayout layout = cache_.layout();
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
@@ -224,6 +230,7 @@ void Engine::forward_cpu(const int32_t* tokens, int T, const int32_t* seq_slots,
     else
       cpu::gelu_new(mlp, int64_t(T) * I);
     cpu::matmul(mlp, c.mlp_in_dim(), w.down_w, w.down_b, x, H, T, H, I, /*accumulate=*/true);
+    capture(l + 1);
   }
 
   if (all_logits) {

@@ -49,8 +49,10 @@ class Engine {
   // tokens [total]; sequence b owns tokens [seq_starts[b], seq_starts[b+1]) and slot seq_slots[b].
   // Writes logits()[b] for each sequence's last token; with all_logits (host, [total][vocab]),
   // every token's logits too. Everything is validated before anything is written.
+  // With hidden_states (host, [num_layers + 1][total][hidden]): the residual stream after the
+  // embedding and after each layer, for comparisons with a reference implementation.
   void forward(const int32_t* tokens, int total, const int32_t* seq_slots, const int32_t* seq_starts,
-               int batch, float* all_logits = nullptr);
+               int batch, float* all_logits = nullptr, float* hidden_states = nullptr);
 
   // Frees weights, cache and activations now (e.g. after a failed load); forward() then throws.
   void release() noexcept;
@@ -70,7 +72,7 @@ class Engine {
                      const int32_t* seq_starts, int batch) const;
   void norm(const float* x, const half_t* w, const half_t* b, float* y, int rows) const;
   void forward_cpu(const int32_t* tokens, int total, const int32_t* seq_slots,
-                   const int32_t* seq_starts, int batch, float* all_logits);
+                   const int32_t* seq_starts, int batch, float* all_logits, float* hidden_states);
 
   ModelConfig config_;
   EngineShape shape_;

