@@ -14,6 +14,10 @@
 #include "engine.h"
 #include "model_config.h"
 #include "ops/simd.h"
+#include "cublas_loader.h"
+#if KVINFER_WITH_CUDA
+#include "cuda/attention.h"
+#endif
 #include "errors.h"
 #include "half.h"
 #include "kv_cache.h"
@@ -310,10 +314,16 @@ PYBIND11_MODULE(_core, m) {
       .def("weight_bytes", [](const ModelConfig& c) { return weight_bytes(c); })
       .def("parameter_count", [](const ModelConfig& c) { return parameter_count(c); });
 
-  m.def("activation_bytes", [](const ModelConfig& c, int max_batch, int max_context, int max_tokens) {
-          return activation_layout(c, EngineShape{max_batch, max_context, max_tokens}).total;
+  m.def("activation_bytes", [](const ModelConfig& c, int max_batch, int max_context, int max_tokens,
+                                const std::string& device) {
+          const bool cuda = device.rfind("cuda", 0) == 0;
+          return activation_layout(c, EngineShape{max_batch, max_context, max_tokens}, cuda).total;
         }, py::arg("config"), py::arg("max_batch"), py::arg("max_context"), py::arg("max_tokens"),
-        "Bytes of the activation buffers an Engine of this shape allocates.");
+        py::arg("device") = "cpu",
+        "Bytes of the activation buffers an Engine of this shape allocates on that device kind.");
+  m.def("gemm_workspace_bytes", [](const std::string& device) {
+          return gemm_workspace_bytes(device.rfind("cuda", 0) == 0);
+        }, py::arg("device") = "cpu");
   m.def("num_threads", []() {
 #ifdef _OPENMP
     return omp_get_max_threads();
@@ -327,7 +337,13 @@ PYBIND11_MODULE(_core, m) {
     omp_set_num_threads(n);
 #endif
   });
-  m.def("cuda_forward_available", []() { return false; },
+  m.def("cuda_forward_available", []() {
+#if KVINFER_WITH_CUDA
+          return cublas::available();
+#else
+          return false;
+#endif
+        },
         "Whether the engine's forward pass runs on CUDA in this build.");
   m.def("cpu_simd", []() { return simd::has_avx2() ? "avx2+fma+f16c" : "scalar"; });
 
@@ -389,10 +405,49 @@ PYBIND11_MODULE(_core, m) {
            }, py::arg("tokens"), py::arg("seq_slots"), py::arg("seq_starts"),
            py::arg("all_logits") = py::none(), py::arg("hidden_states") = py::none(),
            "One step: append each sequence's tokens at its slot and compute logits.")
-      .def_property_readonly("logits", [](py::object self) {
-             const Engine& e = self.cast<const Engine&>();
-             KVINFER_CHECK_ARG(!e.device().is_cuda(), "logits live on the device");
-             return py::array_t<float>({e.shape().max_batch, e.config().vocab_size},
-                                       e.logits(), self);  // a read-only view, no copy
-           }, "[max_batch, vocab] float32 view of the last step's logits");
+      .def_property_readonly("logits", [](const Engine& e) {
+             py::array_t<float> out({e.shape().max_batch, e.config().vocab_size});
+             e.copy_logits(out.mutable_data(), e.shape().max_batch);
+             return out;
+           }, "[max_batch, vocab] float32 copy of the last step's logits")
+      .def("sample", [](Engine& e, const std::vector<std::tuple<float, int, float, float, float, uint64_t, uint64_t>>& rows) {
+             std::vector<SamplingArgs> args;
+             for (const auto& [t, k, p, mp, rp, seed, step] : rows) args.push_back({t, k, p, mp, rp, seed, step});
+             py::array_t<int32_t> out(static_cast<py::ssize_t>(args.size()));
+             int32_t* dst = out.mutable_data();
+             {
+               py::gil_scoped_release release;
+               e.sample(args.data(), static_cast<int>(args.size()), dst);
+             }
+             return out;
+           }, py::arg("rows"),
+           "One token per sequence of the last forward; rows[b] = (temperature, top_k, top_p, "
+           "min_p, repetition_penalty, seed, step).");
+
+  // Raw CUDA ops on device pointers (benchmarks compare them with other libraries' kernels on the
+  // same tensors). Pointers are integers; layout strides in elements; stream 0 = legacy default.
+  py::module_ ops = m.def_submodule("ops", "raw CUDA ops on device pointers (benchmarks)");
+#if KVINFER_WITH_CUDA
+  ops.def("attention_decode", [](uintptr_t q, int64_t q_stride, uintptr_t k, uintptr_t v, int64_t slot_stride,
+                                 int64_t head_stride, int64_t pos_stride, uintptr_t slots, uintptr_t positions,
+                                 int batch, int heads, int kv_heads, int head_dim, float scale, uintptr_t partial,
+                                 uintptr_t out, int64_t out_stride, uintptr_t stream) {
+    cuda::attention_decode(reinterpret_cast<const half_t*>(q), q_stride, reinterpret_cast<const half_t*>(k),
+                           reinterpret_cast<const half_t*>(v), KVLayout{slot_stride, head_stride, pos_stride},
+                           reinterpret_cast<const int32_t*>(slots), reinterpret_cast<const int32_t*>(positions),
+                           batch, heads, kv_heads, head_dim, scale, reinterpret_cast<float*>(partial),
+                           reinterpret_cast<half_t*>(out), out_stride, reinterpret_cast<cudaStream_t>(stream));
+  });
+  ops.def("attention_prefill", [](uintptr_t q, int64_t q_stride, uintptr_t k, uintptr_t v, int64_t slot_stride,
+                                  int64_t head_stride, int64_t pos_stride, uintptr_t seq_slots, uintptr_t seq_starts,
+                                  uintptr_t positions, int batch, int max_rows, int heads, int kv_heads, int head_dim,
+                                  float scale, uintptr_t out, int64_t out_stride, uintptr_t stream) {
+    cuda::attention_prefill(reinterpret_cast<const half_t*>(q), q_stride, reinterpret_cast<const half_t*>(k),
+                            reinterpret_cast<const half_t*>(v), KVLayout{slot_stride, head_stride, pos_stride},
+                            reinterpret_cast<const int32_t*>(seq_slots), reinterpret_cast<const int32_t*>(seq_starts),
+                            reinterpret_cast<const int32_t*>(positions), batch, max_rows, heads, kv_heads, head_dim,
+                            scale, reinterpret_cast<half_t*>(out), out_stride, reinterpret_cast<cudaStream_t>(stream));
+  });
+  ops.def("decode_workspace_bytes", &cuda::decode_workspace_bytes);
+#endif
 }

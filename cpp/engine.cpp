@@ -21,7 +21,9 @@ void EngineShape::validate(const ModelConfig& config) const {
                     " learned positions");
 }
 
-ActivationLayout activation_layout(const ModelConfig& c, const EngineShape& s) {
+size_t meta_ints(const EngineShape& s) { return sample_meta_offset(s) + 2 * size_t(s.max_batch); }
+
+ActivationLayout activation_layout(const ModelConfig& c, const EngineShape& s, bool cuda) {
   s.validate(c);
   ActivationLayout a{};
   size_t at = 0;
@@ -30,16 +32,20 @@ ActivationLayout activation_layout(const ModelConfig& c, const EngineShape& s) {
     at += (bytes + 255) / 256 * 256;
     return offset;
   };
-  const size_t T = s.max_tokens;
-  a.x = take(T * c.hidden_size * 4);            // float [T][hidden] residual stream
-  a.h = take(T * c.hidden_size * 4);            // float [T][hidden] normed
-  a.qkv = take(T * c.qkv_dim() * 4);            // float [T][(H+2KV)*d]
-  a.attn = take(T * c.q_dim() * 4);             // float [T][H*d]
-  a.mlp = take(T * c.mlp_in_dim() * 4);         // float [T][2*inter | inter]
-  a.kv16 = take(T * 2 * c.kv_dim() * 2);        // half  [T][k|v][KV*d]
-  a.logits = take(size_t(s.max_batch) * c.vocab_size * 4);  // float [max_batch][vocab]
-  a.positions = take(T * 4);                    // int32 [T]
-  a.token_slots = take(T * 4);                  // int32 [T]
+  const size_t T = s.max_tokens, B = s.max_batch;
+  const size_t act = cuda ? 2 : 4;  // GEMM-side activations: fp16 on CUDA, fp32 on the CPU
+  a.x = take(T * c.hidden_size * 4);           // float [T][hidden] residual stream
+  a.h = take(T * c.hidden_size * act);         // [T][hidden] normed
+  a.qkv = take(T * c.qkv_dim() * act);         // [T][(H+2KV)*d]
+  a.attn = take(T * c.q_dim() * act);          // [T][H*d]
+  a.mlp = take(T * c.mlp_in_dim() * act);      // [T][2*inter | inter]
+  a.kv16 = cuda ? take(0) : take(T * 2 * c.kv_dim() * 2);  // half [T][k|v][KV*d] (CPU only)
+  a.logits = take(B * c.vocab_size * 4);       // float [max_batch][vocab]
+  a.meta = take(meta_ints(s) * 4);             // int32, see meta_ints
+  a.history = take(B * s.max_context * 4);     // int32 [max_batch][max_context] token ids
+  a.decode = cuda ? take(decode_partial_bytes(c, s)) : take(0);  // float split-K partials
+  a.args = take(B * sizeof(SamplingArgs));     // SamplingArgs [max_batch]
+  a.sampled = take(B * 4);                     // int32 [max_batch]
   a.inv_freq = take(size_t(c.head_dim / 2) * 4);  // float [d/2]
   a.total = at;
   return a;
@@ -54,13 +60,17 @@ Engine::Engine(const ModelConfig& config, const Device& device, const EngineShap
                std::shared_ptr<VramTracker> tracker)
     : config_(config),
       shape_(shape),
+      device_(device),
       specs_(weight_layout(config)),
       loaded_(specs_.size(), 0),
       weights_(weight_bytes(config), device, "weights", tracker, /*zero=*/false),
       cache_(cache_config(config, shape), device, weights_.tracker()),
-      act_(activation_layout(config, shape)),
-      activations_(act_.total, device, "activations", weights_.tracker(), /*zero=*/true) {
-  KVINFER_CHECK_ARG(!device.is_cuda(), "the CUDA forward pass is not available yet; use device='cpu'");
+      act_(activation_layout(config, shape, device.is_cuda())),
+      activations_(act_.total, device, "activations", weights_.tracker(), /*zero=*/true),
+      last_slots_(shape.max_batch),
+      last_lengths_(shape.max_batch),
+      meta_host_(meta_ints(shape)) {
+  if (device.is_cuda()) cuda_ = make_cuda_context(device, weights_.tracker());
   for (size_t i = 0; i < specs_.size(); ++i) spec_index_[specs_[i].name] = i;
   embed_ = weight("embed");
   pos_embed_ = weight("pos_embed");
@@ -80,10 +90,11 @@ Engine::Engine(const ModelConfig& config, const Device& device, const EngineShap
   if (config.positions == PositionKind::Rope) {
     std::vector<float> inv(config.head_dim / 2);
     cpu::rope_inv_freq(inv.data(), config.head_dim, config.rope_theta, config.rope_scaling);
-    copy_bytes(activations_.as<char>() + act_.inv_freq, device, inv.data(), Device::cpu(),
-               inv.size() * 4);
+    copy_bytes(view<char>(act_.inv_freq), device, inv.data(), Device::cpu(), inv.size() * 4);
   }
 }
+
+Engine::~Engine() = default;
 
 const half_t* Engine::weight(const std::string& name) const {
   auto it = spec_index_.find(name);
@@ -106,7 +117,7 @@ void Engine::set_weight(const std::string& name, const half_t* data,
   const TensorSpec& spec = specs_[it->second];
   KVINFER_CHECK_ARG(shape == spec.shape, "weight '", name, "' has shape ", shape_str(shape),
                     ", expected ", shape_str(spec.shape));
-  copy_bytes(weights_.as<char>() + spec.offset, device(), data, Device::cpu(), spec.bytes());
+  copy_bytes(weights_.as<char>() + spec.offset, device_, data, Device::cpu(), spec.bytes());
   loaded_[it->second] = 1;
 }
 
@@ -117,12 +128,23 @@ std::vector<std::string> Engine::missing_weights() const {
   return out;
 }
 
-const float* Engine::logits() const {
-  return reinterpret_cast<const float*>(activations_.as<char>() + act_.logits);
+void Engine::copy_logits(float* out, int rows) const {
+  KVINFER_CHECK_ARG(rows >= 0 && rows <= shape_.max_batch, "rows=", rows, " must be in [0, ",
+                    shape_.max_batch, "]");
+  copy_bytes(out, Device::cpu(), view<float>(act_.logits), device_,
+             sizeof(float) * size_t(rows) * config_.vocab_size);
+}
+
+void Engine::release() noexcept {
+  weights_.reset();
+  activations_.reset();
+  cache_.release();
+  cuda_.reset();
 }
 
 void Engine::validate_step(const int32_t* tokens, int total, const int32_t* seq_slots,
                            const int32_t* seq_starts, int batch) const {
+  KVINFER_CHECK_ARG(!released(), "this engine was released");
   KVINFER_CHECK_ARG(batch >= 1 && batch <= shape_.max_batch, "batch=", batch,
                     " must be in [1, max_batch=", shape_.max_batch, "]");
   KVINFER_CHECK_ARG(total >= 1 && total <= shape_.max_tokens, "tokens in this step=", total,
@@ -146,26 +168,43 @@ void Engine::validate_step(const int32_t* tokens, int total, const int32_t* seq_
   for (int t = 0; t < total; ++t)
     KVINFER_CHECK_ARG(tokens[t] >= 0 && tokens[t] < config_.vocab_size, "token id ", tokens[t],
                       " at position ", t, " is out of range [0, ", config_.vocab_size, ")");
-}
-
-void Engine::release() noexcept {
-  weights_.reset();
-  activations_.reset();
-  cache_.release();
+  auto missing = missing_weights();
+  KVINFER_CHECK_ARG(missing.empty(), "weight '", missing.empty() ? "" : missing.front(),
+                    "' was never loaded (", missing.size(), " missing)");
 }
 
 void Engine::forward(const int32_t* tokens, int total, const int32_t* seq_slots,
                      const int32_t* seq_starts, int batch, float* all_logits,
                      float* hidden_states) {
-  KVINFER_CHECK_ARG(!released(), "this engine was released");
   validate_step(tokens, total, seq_slots, seq_starts, batch);
-  auto missing = missing_weights();
-  KVINFER_CHECK_ARG(missing.empty(), "weight '", missing.empty() ? "" : missing.front(),
-                    "' was never loaded (", missing.size(), " missing)");
-  forward_cpu(tokens, total, seq_slots, seq_starts, batch, all_logits, hidden_states);
+  if (device_.is_cuda())
+    forward_cuda(tokens, total, seq_slots, seq_starts, batch, all_logits, hidden_states);
+  else
+    forward_cpu(tokens, total, seq_slots, seq_starts, batch, all_logits, hidden_states);
+  for (int b = 0; b < batch; ++b) {
+    last_slots_[b] = seq_slots[b];
+    last_lengths_[b] = cache_.length(seq_slots[b]);
+  }
+  last_batch_ = batch;
 }
 
-void Engine::norm(const float* x, const half_t* w, const half_t* b, float* y, int rows) const {
+void Engine::sample(const SamplingArgs* args, int batch, int32_t* out_tokens) {
+  KVINFER_CHECK_ARG(!released(), "this engine was released");
+  KVINFER_CHECK_ARG(batch == last_batch_, "sample: batch=", batch, " but the last forward had ",
+                    last_batch_, " sequences");
+  for (int b = 0; b < batch; ++b) {
+    const SamplingArgs& a = args[b];
+    KVINFER_CHECK_ARG(a.temperature >= 0 && a.top_k >= 0 && a.top_p > 0 && a.top_p <= 1 &&
+                          a.min_p >= 0 && a.min_p <= 1 && a.repetition_penalty > 0,
+                      "sampling arguments of row ", b, " are out of range");
+  }
+  if (device_.is_cuda()) return sample_cuda(args, batch, out_tokens);
+  cpu::sample(view<float>(act_.logits), batch, config_.vocab_size, args, view<int32_t>(act_.history),
+              shape_.max_context, last_slots_.data(), last_lengths_.data(), out_tokens);
+  last_batch_ = 0;  // the logits are consumed
+}
+
+void Engine::norm_cpu(const float* x, const half_t* w, const half_t* b, float* y, int rows) const {
   if (config_.norm == NormKind::RMSNorm)
     cpu::rms_norm(x, w, y, rows, config_.hidden_size, config_.norm_eps);
   else
@@ -176,17 +215,16 @@ void Engine::forward_cpu(const int32_t* tokens, int T, const int32_t* seq_slots,
                          const int32_t* seq_starts, int batch, float* all_logits,
                          float* hidden_states) {
   const ModelConfig& c = config_;
-  char* base = activations_.as<char>();
-  float* x = reinterpret_cast<float*>(base + act_.x);        // [T][hidden]
-  float* h = reinterpret_cast<float*>(base + act_.h);        // [T][hidden]
-  float* qkv = reinterpret_cast<float*>(base + act_.qkv);    // [T][qkv_dim]
-  float* attn = reinterpret_cast<float*>(base + act_.attn);  // [T][q_dim]
-  float* mlp = reinterpret_cast<float*>(base + act_.mlp);    // [T][mlp_in_dim]
-  half_t* kv16 = reinterpret_cast<half_t*>(base + act_.kv16);  // [T][2][kv_dim]
-  float* logits = reinterpret_cast<float*>(base + act_.logits);  // [max_batch][vocab]
-  int32_t* positions = reinterpret_cast<int32_t*>(base + act_.positions);
-  int32_t* token_slots = reinterpret_cast<int32_t*>(base + act_.token_slots);
-  const float* inv_freq = reinterpret_cast<const float*>(base + act_.inv_freq);
+  float* x = view<float>(act_.x);        // [T][hidden]
+  float* h = view<float>(act_.h);        // [T][hidden]
+  float* qkv = view<float>(act_.qkv);    // [T][qkv_dim]
+  float* attn = view<float>(act_.attn);  // [T][q_dim]
+  float* mlp = view<float>(act_.mlp);    // [T][mlp_in_dim]
+  half_t* kv16 = view<half_t>(act_.kv16);  // [T][2][kv_dim]
+  float* logits = view<float>(act_.logits);  // [max_batch][vocab]
+  int32_t* positions = view<int32_t>(act_.meta);  // [T]
+  int32_t* token_slots = positions + T;           // [T]
+  const float* inv_freq = view<float>(act_.inv_freq);
 
   for (int b = 0; b < batch; ++b)
     for (int t = seq_starts[b]; t < seq_starts[b + 1]; ++t) {
@@ -195,7 +233,8 @@ void Engine::forward_cpu(const int32_t* tokens, int T, const int32_t* seq_slots,
     }
   const int H = c.hidden_size, qkv_dim = c.qkv_dim(), q_dim = c.q_dim(), kv_dim = c.kv_dim();
   const int I = c.intermediate_size;
-  cpu::embedding(tokens, embed_, pos_embed_, positions, x, T, H);
+  cpu::embedding(tokens, embed_, pos_embed_, positions, token_slots, view<int32_t>(act_.history),
+                 shape_.max_context, x, T, H);
   auto capture = [&](int index) {
     if (hidden_states) std::memcpy(hidden_states + int64_t(index) * T * H, x, sizeof(float) * T * H);
   };
@@ -203,14 +242,13 @@ void Engine::forward_cpu(const int32_t* tokens, int T, const int32_t* seq_slots,
 
   const KVLayout layout = cache_.layout();
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  float rope_scaling = 1.0f;  // HF attention_scaling: 1 for default, linear and llama3
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& w = layers_[l];
-    norm(x, w.attn_norm_w, w.attn_norm_b, h, T);
+    norm_cpu(x, w.attn_norm_w, w.attn_norm_b, h, T);
     cpu::matmul(h, H, w.qkv_w, w.qkv_b, qkv, qkv_dim, T, qkv_dim, H, false);
     if (c.positions == PositionKind::Rope)
       cpu::rope(qkv, qkv + q_dim, qkv_dim, positions, T, c.num_heads, c.num_kv_heads, c.head_dim,
-                inv_freq, rope_scaling);
+                inv_freq, 1.0f);
     for (int t = 0; t < T; ++t) {
       simd::f32_to_f16(qkv + int64_t(t) * qkv_dim + q_dim, kv16 + int64_t(t) * 2 * kv_dim, kv_dim);
       simd::f32_to_f16(qkv + int64_t(t) * qkv_dim + q_dim + kv_dim,
@@ -223,7 +261,7 @@ void Engine::forward_cpu(const int32_t* tokens, int T, const int32_t* seq_slots,
                    positions, T, c.num_heads, c.num_kv_heads, c.head_dim, scale, attn, q_dim);
     cpu::matmul(attn, q_dim, w.o_w, w.o_b, x, H, T, H, q_dim, /*accumulate=*/true);
 
-    norm(x, w.mlp_norm_w, w.mlp_norm_b, h, T);
+    norm_cpu(x, w.mlp_norm_w, w.mlp_norm_b, h, T);
     cpu::matmul(h, H, w.mlp_in_w, w.mlp_in_b, mlp, c.mlp_in_dim(), T, c.mlp_in_dim(), H, false);
     if (c.mlp == MlpKind::SwiGLU)
       cpu::silu_mul(mlp, 2 * I, mlp, 2 * I, T, I);  // in place: row t's first half
@@ -234,14 +272,14 @@ void Engine::forward_cpu(const int32_t* tokens, int T, const int32_t* seq_slots,
   }
 
   if (all_logits) {
-    norm(x, final_norm_w_, final_norm_b_, h, T);
+    norm_cpu(x, final_norm_w_, final_norm_b_, h, T);
     cpu::matmul(h, H, lm_head_, nullptr, all_logits, c.vocab_size, T, c.vocab_size, H, false);
-    for (int b = 0; b < batch; ++b)  // logits() holds each sequence's last row either way
+    for (int b = 0; b < batch; ++b)  // the logits buffer holds each sequence's last row either way
       std::memcpy(logits + int64_t(b) * c.vocab_size,
                   all_logits + int64_t(seq_starts[b + 1] - 1) * c.vocab_size, 4 * size_t(c.vocab_size));
   } else {
     for (int b = 0; b < batch; ++b)
-      norm(x + int64_t(seq_starts[b + 1] - 1) * H, final_norm_w_, final_norm_b_, h + int64_t(b) * H, 1);
+      norm_cpu(x + int64_t(seq_starts[b + 1] - 1) * H, final_norm_w_, final_norm_b_, h + int64_t(b) * H, 1);
     cpu::matmul(h, H, lm_head_, nullptr, logits, c.vocab_size, batch, c.vocab_size, H, false);
   }
   for (int b = 0; b < batch; ++b) cache_.commit(seq_slots[b], seq_starts[b + 1] - seq_starts[b]);

@@ -12,9 +12,11 @@
 
 namespace kvinfer::cpu {
 
-// out[t][:] = table[tokens[t]][:] (+ pos_table[positions[t]][:] when pos_table is given)
+// out[t][:] = table[tokens[t]][:] (+ pos_table[positions[t]][:] when pos_table is given); when
+// history is given, also history[token_slots[t] * history_stride + positions[t]] = tokens[t].
 void embedding(const int32_t* tokens, const half_t* table, const half_t* pos_table,
-               const int32_t* positions, float* out, int T, int H);
+               const int32_t* positions, const int32_t* token_slots, int32_t* history,
+               int64_t history_stride, float* out, int T, int H);
 
 // y = x / sqrt(mean(x^2) + eps) * weight                       (LlamaRMSNorm)
 void rms_norm(const float* x, const half_t* weight, float* y, int T, int H, float eps);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -11,7 +12,7 @@ import kvinfer
 from kvinfer import _core
 from kvinfer.config import attention_window, model_config, read_config_json
 from kvinfer.models import resolve_model
-from kvinfer.sampling import SamplingParams, sample
+from kvinfer.sampling import SamplingParams
 from kvinfer.tokenizer import StreamDecoder, Tokenizer
 from kvinfer.weights import load_weights
 
@@ -32,7 +33,7 @@ class _Sequence:
     index: int
     slot: int
     prompt_ids: list[int]
-    rng: np.random.Generator
+    seed: int
     token_ids: list[int]
     decoder: StreamDecoder
     text: str = ""
@@ -165,9 +166,10 @@ class LLM:
 
     def _sequences(self, prompts: list[list[int]], params: SamplingParams) -> list[_Sequence]:
         """One wave (len(prompts) <= max_batch), slot i for prompt i. Each sequence draws from its
-        own generator seeded with params.seed, so a prompt samples the same alone or in a batch."""
-        return [_Sequence(i, i, ids, np.random.default_rng(params.seed), [], StreamDecoder(self.tokenizer))
-                for i, ids in enumerate(prompts)]
+        own stream of random numbers, a function of (seed, token index) only, so a prompt samples the
+        same alone or in a batch."""
+        seed = params.seed if params.seed is not None else random.SystemRandom().getrandbits(63)
+        return [_Sequence(i, i, ids, seed, [], StreamDecoder(self.tokenizer)) for i, ids in enumerate(prompts)]
 
     def _steps(self, seqs: list[_Sequence], params: SamplingParams) -> Iterator[_Sequence]:
         """Runs a wave to the end; yields a sequence after each token it gets."""
@@ -176,8 +178,8 @@ class LLM:
         for s in seqs:
             self.engine.cache.clear(s.slot)
         try:
-            for s, row in self._prefill(seqs):
-                yield from self._accept(s, row, params, stop_ids)
+            for s, token in self._prefill(seqs, params):
+                yield from self._accept(s, token, params, stop_ids)
             while True:
                 active = [s for s in seqs if s.finish_reason is None]
                 if not active:
@@ -185,16 +187,21 @@ class LLM:
                 tokens = np.array([s.token_ids[-1] for s in active], np.int32)
                 slots = np.array([s.slot for s in active], np.int32)
                 self.engine.forward(tokens, slots, np.arange(len(active) + 1, dtype=np.int32))
-                logits = self.engine.logits
-                for b, s in enumerate(active):
-                    yield from self._accept(s, logits[b], params, stop_ids)
+                for s, token in zip(active, self._sample(active, params)):
+                    yield from self._accept(s, int(token), params, stop_ids)
         finally:
             for s in seqs:
                 self.engine.cache.clear(s.slot)
 
-    def _prefill(self, seqs: list[_Sequence]) -> Iterator[tuple[_Sequence, np.ndarray]]:
+    def _sample(self, seqs: list[_Sequence], params: SamplingParams) -> np.ndarray:
+        """Token ids for the rows of the last forward step, chosen where the logits are."""
+        p = params
+        return self.engine.sample([(p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty,
+                                    s.seed, len(s.token_ids)) for s in seqs])
+
+    def _prefill(self, seqs: list[_Sequence], params: SamplingParams) -> Iterator[tuple[_Sequence, int]]:
         """Packs prompt chunks into steps of at most max_tokens tokens (one chunk per slot per
-        step); yields (sequence, logits row) for each sequence whose prompt ends in a step."""
+        step); yields (sequence, first token) for each sequence whose prompt ends in a step."""
         budget_max = self.engine.max_tokens
         pending = [(s, 0) for s in seqs]  # (sequence, tokens of its prompt already prefilled)
         while pending:
@@ -211,14 +218,13 @@ class LLM:
             tokens = np.concatenate([np.asarray(s.prompt_ids[d:d + n], np.int32) for s, d, n in step])
             starts = np.cumsum([0] + [n for _, _, n in step]).astype(np.int32)
             self.engine.forward(tokens, np.array([s.slot for s, _, _ in step], np.int32), starts)
-            logits = self.engine.logits
+            sampled = self._sample([s for s, _, _ in step], params)
             for b, (s, d, n) in enumerate(step):
                 if d + n == len(s.prompt_ids):
-                    yield s, logits[b]
+                    yield s, int(sampled[b])
             pending = rest
 
-    def _accept(self, s: _Sequence, row: np.ndarray, params: SamplingParams, stop_ids: set[int]) -> Iterator[_Sequence]:
-        token = sample(row, params, s.rng, s.prompt_ids + s.token_ids)
+    def _accept(self, s: _Sequence, token: int, params: SamplingParams, stop_ids: set[int]) -> Iterator[_Sequence]:
         s.token_ids.append(token)
         s.text += s.decoder.push(token)
         if token in stop_ids:

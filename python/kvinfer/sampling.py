@@ -1,12 +1,11 @@
-"""SamplingParams and next-token selection from logits, in the order HF's generate applies them:
-repetition penalty, temperature, top-k, top-p, min-p, then a draw from the softmax. Temperature 0
-is greedy (argmax; ties go to the lowest id)."""
+"""SamplingParams: what the engine's sampler (cpp/ops/sampling.h, the same algorithm on the CPU and
+the GPU) applies, in the order HF's generate does: repetition penalty, temperature, top-k, top-p,
+min-p, then a draw. Temperature 0 is greedy (argmax; ties go to the lowest id)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 
 
 @dataclass
@@ -43,35 +42,3 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
-
-
-def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
-           previous: list[int] | None = None) -> int:
-    """One token id from a [vocab] float32 row of logits."""
-    x = np.array(logits, dtype=np.float32, copy=True)
-    if params.repetition_penalty != 1.0 and previous:
-        seen = np.unique(np.asarray(previous, dtype=np.int64))
-        vals = x[seen]
-        x[seen] = np.where(vals < 0, vals * params.repetition_penalty, vals / params.repetition_penalty)
-    if params.greedy:
-        return int(np.argmax(x))
-    x /= params.temperature
-    if params.top_k and params.top_k < x.size:
-        kth = np.partition(x, -params.top_k)[-params.top_k]
-        x[x < kth] = -np.inf
-    if params.top_p < 1.0:
-        order = np.argsort(-x, kind="stable")
-        probs = _softmax(x[order])
-        # keep the smallest prefix whose mass reaches top_p (always at least one token)
-        cut = int(np.searchsorted(np.cumsum(probs), params.top_p)) + 1
-        x[order[cut:]] = -np.inf
-    probs = _softmax(x)
-    if params.min_p > 0:
-        probs[probs < params.min_p * probs.max()] = 0
-        probs /= probs.sum()
-    return int(rng.choice(probs.size, p=probs))
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - np.max(x))
-    return e / e.sum()

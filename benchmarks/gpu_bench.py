@@ -1,0 +1,215 @@
+"""GPU benchmark, one command on the GPU machine; prints a table (and writes it with --out).
+
+1. decode attention vs torch SDPA on the same K/V tensors (our cache layout [slot][kv_head][pos][d]
+   is SDPA's [B, Hkv, S, D]): us, GB/s (K+V bytes read / time), ratio.
+2. causal prefill attention vs SDPA: TFLOP/s (4 * S^2 * D * Hq / 2), ratio.
+3. end-to-end greedy decode tokens/s (128-token prompts, 256 new tokens) at batch 1 and 16 with
+   random weights of Llama-3.2-1B and SmolLM2-135M shapes, vs HF generate with a static cache;
+   plus time to first token for a 2048-token prompt.
+CUDA events, warm-up first, medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import kvinfer
+from kvinfer import _core
+
+LINES: list[str] = []
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+    LINES.append(line)
+
+
+def cuda_time_us(fn, reps: int = 30, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return statistics.median(times)
+
+
+def bench_decode(B: int, hq: int, hkv: int, D: int, ctx: int) -> None:
+    k = torch.randn(B, hkv, ctx, D, device="cuda", dtype=torch.float16)
+    v = torch.randn_like(k)
+    q = torch.randn(B, hq, 1, D, device="cuda", dtype=torch.float16)
+    scale = D ** -0.5
+    slots = torch.arange(B, device="cuda", dtype=torch.int32)
+    positions = torch.full((B,), ctx - 1, device="cuda", dtype=torch.int32)
+    partial = torch.empty(_core.ops.decode_workspace_bytes(B, hq, D) // 4, device="cuda", dtype=torch.float32)
+    out = torch.empty(B, hq * D, device="cuda", dtype=torch.float16)
+    stream = torch.cuda.current_stream().cuda_stream
+
+    def ours():
+        _core.ops.attention_decode(q.data_ptr(), hq * D, k.data_ptr(), v.data_ptr(), hkv * ctx * D, ctx * D, D,
+                                   slots.data_ptr(), positions.data_ptr(), B, hq, hkv, D, scale,
+                                   partial.data_ptr(), out.data_ptr(), hq * D, stream)
+
+    def sdpa():
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=hkv != hq)
+
+    ours()
+    ref = sdpa().reshape(B, hq * D)
+    err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+    t_ours, t_sdpa = cuda_time_us(ours), cuda_time_us(sdpa)
+    gb = 2 * k.numel() * 2 / 1e9
+    say(f"| decode | B={B} Hq/Hkv={hq}/{hkv} D={D} ctx={ctx} | {t_ours:9.1f} | {gb / t_ours * 1e6:7.0f} | "
+        f"{t_sdpa:9.1f} | {gb / t_sdpa * 1e6:7.0f} | {t_sdpa / t_ours:5.2f} | {err:.1e} |")
+
+
+def bench_prefill(S: int, D: int, hq: int = 32, hkv: int = 8) -> None:
+    q = torch.randn(S, hq, D, device="cuda", dtype=torch.float16)
+    k = torch.randn(1, hkv, S, D, device="cuda", dtype=torch.float16)
+    v = torch.randn_like(k)
+    scale = D ** -0.5
+    out = torch.empty(S, hq * D, device="cuda", dtype=torch.float16)
+    zero = torch.zeros(1, device="cuda", dtype=torch.int32)
+    starts = torch.tensor([0, S], device="cuda", dtype=torch.int32)
+    positions = torch.arange(S, device="cuda", dtype=torch.int32)
+    stream = torch.cuda.current_stream().cuda_stream
+    qt = q.permute(1, 0, 2).unsqueeze(0)  # [1, Hq, S, D] view
+
+    def ours():
+        _core.ops.attention_prefill(q.data_ptr(), hq * D, k.data_ptr(), v.data_ptr(), hkv * S * D, S * D, D,
+                                    zero.data_ptr(), starts.data_ptr(), positions.data_ptr(), 1, S, hq, hkv, D,
+                                    scale, out.data_ptr(), hq * D, stream)
+
+    def sdpa():
+        return F.scaled_dot_product_attention(qt, k, v, is_causal=True, scale=scale, enable_gqa=True)
+
+    ours()
+    ref = sdpa()[0].permute(1, 0, 2).reshape(S, hq * D)
+    err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+    t_ours, t_sdpa = cuda_time_us(ours, reps=10), cuda_time_us(sdpa, reps=10)
+    flops = 4 * S * S * D * hq / 2
+    say(f"| prefill | S={S} D={D} Hq/Hkv={hq}/{hkv} | {t_ours:9.1f} | {flops / t_ours / 1e6:7.1f} | "
+        f"{t_sdpa:9.1f} | {flops / t_sdpa / 1e6:7.1f} | {t_sdpa / t_ours:5.2f} | {err:.1e} |")
+
+
+SHAPES = {
+    "Llama-3.2-1B": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
+                         max_position_embeddings=4096),
+    "SmolLM2-135M": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
+                         max_position_embeddings=4096),
+}
+
+
+def random_model(name: str, folder: str) -> None:
+    import sys
+    import transformers
+
+    sys.path.insert(0, "tests/python")
+    from tiny_models import make_tokenizer
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(rope_theta=500000.0, **SHAPES[name])
+    with torch.device("cuda"):
+        model = transformers.LlamaForCausalLM(cfg).half()
+    model.save_pretrained(folder, safe_serialization=True)
+    make_tokenizer(folder)
+    del model
+    torch.cuda.empty_cache()
+
+
+def timed(fn) -> float:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def bench_e2e(name: str, new_tokens: int) -> None:
+    import transformers
+
+    from kvinfer.llm import LLM
+    from kvinfer.sampling import SamplingParams
+
+    folder = tempfile.mkdtemp(prefix=name)
+    random_model(name, folder)
+    vocab = SHAPES[name]["vocab_size"]
+    rng = np.random.default_rng(0)
+    llm = LLM(folder, device="cuda:0", max_context=2048 + 8, max_batch=16, max_step_tokens=2048)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float16).cuda().eval()
+    for B in (1, 16):
+        prompts = [rng.integers(0, vocab, size=128).tolist() for _ in range(B)]
+        ids = torch.tensor(prompts, device="cuda")
+
+        def ours(n):
+            return lambda: llm.generate(prompts, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))
+
+        def theirs(n):
+            return lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                       do_sample=False, cache_implementation="static", pad_token_id=0)
+
+        ours(8)(), theirs(8)()  # warm-up
+        o1, oN = timed(ours(1)), timed(ours(new_tokens))
+        h1, hN = timed(theirs(1)), timed(theirs(new_tokens))
+        ours_tps, hf_tps = B * (new_tokens - 1) / (oN - o1), B * (new_tokens - 1) / (hN - h1)
+        say(f"| e2e decode | {name} B={B} | {ours_tps:9.1f} | {hf_tps:9.1f} | {ours_tps / hf_tps:5.2f} |")
+    long = [rng.integers(0, vocab, size=2048).tolist()]
+    lid = torch.tensor(long, device="cuda")
+    llm.generate(long, SamplingParams(max_tokens=1, temperature=0))
+    t_ours = timed(lambda: llm.generate(long, SamplingParams(max_tokens=1, temperature=0)))
+    hf.generate(lid, max_new_tokens=1, do_sample=False, pad_token_id=0)
+    t_hf = timed(lambda: hf.generate(lid, attention_mask=torch.ones_like(lid), max_new_tokens=1, do_sample=False,
+                                     pad_token_id=0))
+    say(f"| TTFT 2048 | {name} B=1 | {t_ours * 1e3:7.1f} ms | {t_hf * 1e3:7.1f} ms | {t_hf / t_ours:5.2f} |")
+    llm.close()
+    del hf
+    torch.cuda.empty_cache()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["decode", "prefill", "e2e"])
+    ap.add_argument("--new-tokens", type=int, default=256)
+    args = ap.parse_args()
+    say(f"# {torch.cuda.get_device_name()}, {datetime.date.today()}, torch {torch.__version__}, "
+        f"kvinfer {kvinfer.__version__}")
+    if "decode" not in args.skip:
+        say("| op | shape | ours us | ours GB/s | SDPA us | SDPA GB/s | speed-up | rel. err |")
+        say("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for B in (1, 8, 64):
+            for ctx in (1024, 8192, 32768):
+                bench_decode(B, 32, 8, 128, ctx)
+        for B in (1, 16):
+            bench_decode(B, 9, 3, 64, 2048)
+    if "prefill" not in args.skip:
+        say("| op | shape | ours us | ours TFLOP/s | SDPA us | SDPA TFLOP/s | speed-up | rel. err |")
+        say("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for D in (64, 128):
+            for S in (1024, 4096, 16384):
+                bench_prefill(S, D)
+    if "e2e" not in args.skip:
+        say("| run | model | ours tok/s | HF static tok/s | ratio |")
+        say("| --- | --- | --- | --- | --- |")
+        for name in SHAPES:
+            bench_e2e(name, args.new_tokens)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(LINES) + "\n")
+
+
+if __name__ == "__main__":
+    main()

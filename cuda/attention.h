@@ -1,0 +1,42 @@
+// Causal attention over the fp16 KV cache on the GPU (same math as cpu::attention).
+//
+// attention_prefill: rows of any number of sequences, each a run of consecutive positions of one
+// slot (a prompt chunk, possibly after cached tokens). Flash-style: 64-row query tiles against
+// 64-key tiles with an online softmax, QK^T and PV on tensor cores (WMMA, fp16 in, fp32
+// accumulate). head_dim 64, 80, 96 or 128.
+//
+// attention_decode: one query row per sequence (slots of different lengths in one launch). The
+// context is split into chunks whose size depends only on the sequence's own length, each chunk a
+// block that reads every K/V row once for all query heads of a GQA group; a second kernel merges
+// the chunks in a fixed order, so results never depend on the batch composition.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "cpp/half.h"
+#include "cpp/kv_cache.h"
+
+namespace kvinfer::cuda {
+
+// q: [T][q_stride] with num_heads*head_dim query values per row; out: [T][out_stride].
+// Sequence b: rows [seq_starts[b], seq_starts[b+1]) of slot seq_slots[b]; positions[t] is row t's
+// absolute position; max_seq_rows bounds the rows of one sequence (grid size).
+void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
+                       const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,
+                       const int32_t* seq_starts, const int32_t* positions, int batch,
+                       int max_seq_rows, int num_heads, int num_kv_heads, int head_dim, float scale,
+                       half_t* out, int64_t out_stride, cudaStream_t stream);
+
+// Decode: row b is sequence b (slot seq_slots[b], position positions[b]). `partial` is workspace
+// of decode_workspace_bytes(batch, num_heads, head_dim) bytes.
+constexpr int kDecodeMaxSplits = 32;
+size_t decode_workspace_bytes(int batch, int num_heads, int head_dim);
+void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
+                      const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,
+                      const int32_t* positions, int batch, int num_heads, int num_kv_heads,
+                      int head_dim, float scale, float* partial, half_t* out, int64_t out_stride,
+                      cudaStream_t stream);
+
+}  // namespace kvinfer::cuda

@@ -1,0 +1,268 @@
+// Split-K decode attention. Block (split s, kv head g, sequence b), 4 warps: warp w takes keys
+// j = w, w+4, ... of the split's chunk; per key, lanes hold VEC dims of K and V each, the scores of
+// all GROUP query heads come from one K read (a warp sum per head), and each warp keeps its own
+// online-softmax state (m, l, o) per head. The warps merge in shared memory and write the chunk's
+// (m, l, o); attention_merge combines the chunks of a sequence in order.
+//
+// Chunking: splits = min(32, ceil(n / 256)), chunk = ceil(n / splits) rounded up to 64; both depend
+// only on n = position + 1, so a sequence's result is the same in any batch.
+#include "cuda/attention.h"
+
+#include <cuda_fp16.h>
+
+#include "cpp/cuda_check.h"
+#include "cpp/errors.h"
+#include "cuda/common.cuh"
+
+namespace kvinfer::cuda {
+
+namespace {
+constexpr int kWarps = 4;
+constexpr int kMinChunk = 256;
+
+__host__ __device__ inline void split_plan(int n, int& splits, int& chunk) {
+  splits = (n + kMinChunk - 1) / kMinChunk;
+  if (splits > kDecodeMaxSplits) splits = kDecodeMaxSplits;
+  if (splits < 1) splits = 1;
+  chunk = (n + splits - 1) / splits;
+  chunk = (chunk + 63) / 64 * 64;
+  splits = (n + chunk - 1) / chunk;
+}
+
+template <int VEC>
+struct Vec;
+template <>
+struct Vec<2> {
+  using type = __half2;
+  __device__ static void to_float(const type& v, float* f) {
+    float2 a = __half22float2(v);
+    f[0] = a.x;
+    f[1] = a.y;
+  }
+};
+template <>
+struct Vec<4> {
+  struct alignas(8) type {
+    __half2 a, b;
+  };
+  __device__ static void to_float(const type& v, float* f) {
+    float2 x = __half22float2(v.a), y = __half22float2(v.b);
+    f[0] = x.x;
+    f[1] = x.y;
+    f[2] = y.x;
+    f[3] = y.y;
+  }
+};
+}  // namespace
+
+// partial layout: o [batch][num_heads][kDecodeMaxSplits][head_dim] then ml [batch][num_heads][kDecodeMaxSplits][2]
+template <int D, int VEC, int GROUP>
+static __global__ void __launch_bounds__(kWarps * 32)
+    decode_kernel(const __half* __restrict__ q, int64_t q_stride, const __half* __restrict__ k_cache,
+                  const __half* __restrict__ v_cache, KVLayout layout, const int32_t* __restrict__ seq_slots,
+                  const int32_t* __restrict__ positions, int num_heads, float scale,
+                  float* __restrict__ part_o, float* __restrict__ part_ml) {
+  constexpr int kLanesUsed = D / VEC;  // lanes holding dims; the rest idle (D=80/96)
+  static_assert(D % VEC == 0 && kLanesUsed <= 32, "head_dim per lane");
+  using V = Vec<VEC>;
+  const int s = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+  const int n = positions[b] + 1;
+  int splits, chunk;
+  split_plan(n, splits, chunk);
+  if (s >= splits) return;
+  const int begin = s * chunk, end = min(n, begin + chunk);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const bool active = lane < kLanesUsed;
+  const int d0 = lane * VEC;
+
+  // this lane's q values for every head of the group, pre-scaled
+  float qv[GROUP][VEC];
+#pragma unroll
+  for (int h = 0; h < GROUP; ++h) {
+    const __half* qh = q + b * q_stride + static_cast<int64_t>(g * GROUP + h) * D;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) qv[h][e] = active ? __half2float(qh[d0 + e]) * scale : 0.0f;
+  }
+  const int64_t base = seq_slots[b] * layout.slot_stride + g * layout.head_stride;
+  const __half* kp = k_cache + base + d0;
+  const __half* vp = v_cache + base + d0;
+
+  float m[GROUP], l[GROUP], o[GROUP][VEC];
+#pragma unroll
+  for (int h = 0; h < GROUP; ++h) {
+    m[h] = -INFINITY;
+    l[h] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) o[h][e] = 0.0f;
+  }
+  constexpr int kUnroll = 4;
+  for (int j0 = begin + warp; j0 < end; j0 += kWarps * kUnroll) {
+    typename V::type kr[kUnroll], vr[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {  // issue all loads first
+      const int j = j0 + u * kWarps;
+      if (active && j < end) {
+        kr[u] = *reinterpret_cast<const typename V::type*>(kp + static_cast<int64_t>(j) * layout.pos_stride);
+        vr[u] = *reinterpret_cast<const typename V::type*>(vp + static_cast<int64_t>(j) * layout.pos_stride);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int j = j0 + u * kWarps;
+      if (j >= end) break;
+      float kf[VEC], vf[VEC];
+      if (active) {
+        V::to_float(kr[u], kf);
+        V::to_float(vr[u], vf);
+      } else {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) kf[e] = vf[e] = 0.0f;
+      }
+#pragma unroll
+      for (int h = 0; h < GROUP; ++h) {
+        float sc = 0.0f;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) sc += qv[h][e] * kf[e];
+        sc = warp_sum(sc);
+        const float m_new = fmaxf(m[h], sc);
+        const float corr = __expf(m[h] - m_new);
+        const float p = __expf(sc - m_new);
+        l[h] = l[h] * corr + p;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) o[h][e] = o[h][e] * corr + p * vf[e];
+        m[h] = m_new;
+      }
+    }
+  }
+
+  // merge the warps' states: warp 0 combines, in warp order
+  __shared__ float sm[kWarps][GROUP][2];
+  __shared__ float so[kWarps][GROUP][D];
+#pragma unroll
+  for (int h = 0; h < GROUP; ++h) {
+    if (lane == 0) {
+      sm[warp][h][0] = m[h];
+      sm[warp][h][1] = l[h];
+    }
+    if (active)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) so[warp][h][d0 + e] = o[h][e];
+  }
+  __syncthreads();
+  if (warp != 0) return;
+#pragma unroll
+  for (int h = 0; h < GROUP; ++h) {
+    float mm = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) mm = fmaxf(mm, sm[w][h][0]);
+    float ll = 0.0f, acc[VEC] = {};
+    for (int w = 0; w < kWarps; ++w) {
+      const float f = sm[w][h][0] == -INFINITY ? 0.0f : __expf(sm[w][h][0] - mm);
+      ll += sm[w][h][1] * f;
+      if (active)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) acc[e] += so[w][h][d0 + e] * f;
+    }
+    const int head = g * GROUP + h;
+    const int64_t slot = (static_cast<int64_t>(b) * num_heads + head) * kDecodeMaxSplits + s;
+    if (active)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) part_o[slot * D + d0 + e] = acc[e];
+    if (lane == 0) {
+      part_ml[slot * 2] = mm;
+      part_ml[slot * 2 + 1] = ll;
+    }
+  }
+}
+
+template <int D>
+static __global__ void merge_kernel(const float* __restrict__ part_o, const float* __restrict__ part_ml,
+                                    const int32_t* __restrict__ positions, int num_heads,
+                                    __half* __restrict__ out, int64_t out_stride) {
+  const int head = blockIdx.x, b = blockIdx.y;
+  int splits, chunk;
+  split_plan(positions[b] + 1, splits, chunk);
+  const int64_t first = (static_cast<int64_t>(b) * num_heads + head) * kDecodeMaxSplits;
+  float mm = -INFINITY;
+  for (int s = 0; s < splits; ++s) mm = fmaxf(mm, part_ml[(first + s) * 2]);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float ll = 0.0f, acc = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+      const float f = __expf(part_ml[(first + s) * 2] - mm);
+      ll += part_ml[(first + s) * 2 + 1] * f;
+      acc += part_o[(first + s) * D + d] * f;
+    }
+    out[b * out_stride + static_cast<int64_t>(head) * D + d] = __float2half_rn(acc / ll);
+  }
+}
+
+size_t decode_workspace_bytes(int batch, int num_heads, int head_dim) {
+  return static_cast<size_t>(batch) * num_heads * kDecodeMaxSplits * (head_dim + 2) * sizeof(float);
+}
+
+template <int D, int VEC>
+static void launch_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
+                          const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,
+                          const int32_t* positions, int batch, int num_heads, int num_kv_heads,
+                          float scale, float* partial, half_t* out, int64_t out_stride,
+                          cudaStream_t stream) {
+  const int group = num_heads / num_kv_heads;
+  float* part_o = partial;
+  float* part_ml = partial + static_cast<size_t>(batch) * num_heads * kDecodeMaxSplits * D;
+  const dim3 grid(kDecodeMaxSplits, num_kv_heads, batch);
+  auto qh = reinterpret_cast<const __half*>(q);
+  auto kc = reinterpret_cast<const __half*>(k_cache);
+  auto vc = reinterpret_cast<const __half*>(v_cache);
+#define KVINFER_DECODE_CASE(G)                                                                   \
+  case G:                                                                                        \
+    decode_kernel<D, VEC, G><<<grid, kWarps * 32, 0, stream>>>(qh, q_stride, kc, vc, layout,     \
+                                                               seq_slots, positions, num_heads,  \
+                                                               scale, part_o, part_ml);          \
+    break;
+  switch (group) {
+    KVINFER_DECODE_CASE(1)
+    KVINFER_DECODE_CASE(2)
+    KVINFER_DECODE_CASE(3)
+    KVINFER_DECODE_CASE(4)
+    KVINFER_DECODE_CASE(5)
+    KVINFER_DECODE_CASE(6)
+    KVINFER_DECODE_CASE(7)
+    KVINFER_DECODE_CASE(8)
+    default:
+      throw std::invalid_argument(str("attention_decode: GQA group of ", group,
+                                      " query heads per KV head is not supported (1..8)"));
+  }
+#undef KVINFER_DECODE_CASE
+  KVINFER_CUDA_CHECK_LAUNCH();
+  merge_kernel<D><<<dim3(num_heads, batch), D, 0, stream>>>(part_o, part_ml, positions, num_heads,
+                                                            reinterpret_cast<__half*>(out), out_stride);
+  KVINFER_CUDA_CHECK_LAUNCH();
+}
+
+void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
+                      const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,
+                      const int32_t* positions, int batch, int num_heads, int num_kv_heads,
+                      int head_dim, float scale, float* partial, half_t* out, int64_t out_stride,
+                      cudaStream_t stream) {
+  if (batch == 0) return;
+  KVINFER_CHECK_ARG(num_heads % num_kv_heads == 0, "num_heads=", num_heads,
+                    " is not a multiple of num_kv_heads=", num_kv_heads);
+  switch (head_dim) {
+    case 64:
+      return launch_decode<64, 2>(q, q_stride, k_cache, v_cache, layout, seq_slots, positions, batch,
+                                  num_heads, num_kv_heads, scale, partial, out, out_stride, stream);
+    case 80:
+      return launch_decode<80, 4>(q, q_stride, k_cache, v_cache, layout, seq_slots, positions, batch,
+                                  num_heads, num_kv_heads, scale, partial, out, out_stride, stream);
+    case 96:
+      return launch_decode<96, 4>(q, q_stride, k_cache, v_cache, layout, seq_slots, positions, batch,
+                                  num_heads, num_kv_heads, scale, partial, out, out_stride, stream);
+    case 128:
+      return launch_decode<128, 4>(q, q_stride, k_cache, v_cache, layout, seq_slots, positions, batch,
+                                   num_heads, num_kv_heads, scale, partial, out, out_stride, stream);
+    default:
+      throw std::invalid_argument(str("attention_decode: head_dim=", head_dim,
+                                      " is not supported (64, 80, 96, 128)"));
+  }
+}
+
+}  // namespace kvinfer::cuda

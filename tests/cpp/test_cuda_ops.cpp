@@ -1,0 +1,414 @@
+// Every CUDA op against its CPU reference: random inputs, NMSE bounds stated next to the numbers,
+// NaN/Inf fail, guard bands around every output must stay untouched. Skipped without a device.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <numeric>
+
+#include "kv_cache.h"
+#include "ops/cpu_ops.h"
+#include "ops/kv_append.h"
+#include "ops/sampling.h"
+#include "parity.h"
+#include "test_util.h"
+
+#if KVINFER_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include "cublas_loader.h"
+#include "cuda/attention.h"
+#include "cuda/elementwise.h"
+#include "cuda/gemm.h"
+#include "cuda/sampling.h"
+#endif
+
+namespace kvinfer {
+namespace {
+
+using test::Guarded;
+using test::nmse_below;
+using test::random_floats;
+using test::to_float;
+using test::to_half;
+
+// fp16 outputs carry a relative rounding error of at most 2^-11, i.e. an NMSE near 1e-7 for
+// uniform data; 1e-5 leaves room for fp16 intermediates (attention probabilities, GEMM inputs)
+// while a wrong index, mask or scale gives NMSE > 1e-2.
+constexpr double kHalfNmse = 1e-5;
+constexpr double kFloatNmse = 1e-10;  // fp32 outputs of the same fp32 arithmetic
+
+#define SKIP_WITHOUT_CUDA()                                                \
+  do {                                                                     \
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";        \
+  } while (0)
+
+#if KVINFER_WITH_CUDA
+void sync() { ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess); }
+
+TEST(CudaOps, Embedding) {
+  SKIP_WITHOUT_CUDA();
+  for (int T : {1, 17}) {
+    for (int H : {64, 576}) {
+      for (bool learned : {false, true}) {
+        SCOPED_TRACE("T=" + std::to_string(T) + " H=" + std::to_string(H) + " learned=" + std::to_string(learned));
+        const int V = 100, ctx = 40, slots = 3;
+        auto table = to_half(random_floats(size_t(V) * H, 1));
+        auto pos_table = to_half(random_floats(size_t(ctx) * H, 2));
+        std::vector<int32_t> tokens(T), positions(T), token_slots(T);
+        for (int t = 0; t < T; ++t) tokens[t] = (t * 37 + 11) % V, positions[t] = (t * 7) % ctx, token_slots[t] = t % slots;
+        std::vector<float> ref(size_t(T) * H);
+        std::vector<int32_t> ref_hist(size_t(slots) * ctx, -1);
+        cpu::embedding(tokens.data(), table.data(), learned ? pos_table.data() : nullptr, positions.data(),
+                       token_slots.data(), ref_hist.data(), ctx, ref.data(), T, H);
+        Guarded<half_t> d_table(table.size(), &table), d_pos(pos_table.size(), &pos_table);
+        Guarded<int32_t> d_tok(T, &tokens), d_p(T, &positions), d_s(T, &token_slots);
+        std::vector<int32_t> hist(size_t(slots) * ctx, -1);
+        Guarded<int32_t> d_hist(hist.size(), &hist);
+        Guarded<float> d_out(ref.size());
+        cuda::embedding(d_tok.get(), d_table.get(), learned ? d_pos.get() : nullptr, d_p.get(), d_s.get(),
+                        d_hist.get(), ctx, d_out.get(), T, H, nullptr);
+        sync();
+        EXPECT_TRUE(nmse_below(d_out.read(), ref, kFloatNmse));
+        EXPECT_EQ(d_hist.read(), ref_hist);
+        EXPECT_TRUE(d_out.guards_intact());
+        EXPECT_TRUE(d_hist.guards_intact());
+      }
+    }
+  }
+}
+
+TEST(CudaOps, Norms) {
+  SKIP_WITHOUT_CUDA();
+  for (int rows : {1, 3, 19}) {
+    for (int H : {64, 576, 2048}) {
+      for (bool layer : {false, true}) {
+        for (bool indexed : {false, true}) {
+          SCOPED_TRACE("rows=" + std::to_string(rows) + " H=" + std::to_string(H) +
+                       (layer ? " layer_norm" : " rms_norm") + (indexed ? " indexed" : ""));
+          const int src_rows = rows + 5;
+          auto x = random_floats(size_t(src_rows) * H, 3, -3.0f, 3.0f);
+          auto w = to_half(random_floats(H, 4, 0.5f, 1.5f)), b = to_half(random_floats(H, 5));
+          std::vector<int32_t> index(rows);
+          for (int r = 0; r < rows; ++r) index[r] = indexed ? (r * 3 + 2) % src_rows : r;
+          std::vector<float> gathered, ref(size_t(rows) * H);
+          for (int r = 0; r < rows; ++r) gathered.insert(gathered.end(), x.begin() + size_t(index[r]) * H, x.begin() + size_t(index[r] + 1) * H);
+          if (layer) cpu::layer_norm(gathered.data(), w.data(), b.data(), ref.data(), rows, H, 1e-5f);
+          else cpu::rms_norm(gathered.data(), w.data(), ref.data(), rows, H, 1e-5f);
+          Guarded<float> d_x(x.size(), &x);
+          Guarded<half_t> d_w(H, &w), d_b(H, &b), d_y(ref.size());
+          Guarded<int32_t> d_i(rows, &index);
+          if (layer)
+            cuda::layer_norm(d_x.get(), indexed ? d_i.get() : nullptr, d_w.get(), d_b.get(), d_y.get(), rows, H, 1e-5f, nullptr);
+          else
+            cuda::rms_norm(d_x.get(), indexed ? d_i.get() : nullptr, d_w.get(), d_y.get(), rows, H, 1e-5f, nullptr);
+          sync();
+          EXPECT_TRUE(nmse_below(to_float(d_y.read()), ref, kHalfNmse));
+          EXPECT_TRUE(d_y.guards_intact());
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaOps, Rope) {
+  SKIP_WITHOUT_CUDA();
+  struct Case { int T, heads, kv, d; const char* scaling; };
+  for (const Case& c : {Case{1, 4, 1, 64, "none"}, Case{17, 9, 3, 64, "none"}, Case{19, 32, 8, 128, "llama3"},
+                        Case{3, 6, 2, 80, "linear"}}) {
+    SCOPED_TRACE(std::string("T=") + std::to_string(c.T) + " heads=" + std::to_string(c.heads) + "/" +
+                 std::to_string(c.kv) + " d=" + std::to_string(c.d) + " " + c.scaling);
+    RopeScaling s;
+    s.type = c.scaling;
+    s.factor = 8.0f;
+    s.original_max_positions = 64;
+    std::vector<float> inv(c.d / 2);
+    cpu::rope_inv_freq(inv.data(), c.d, 500000.0f, s);
+    const int stride = (c.heads + 2 * c.kv) * c.d;
+    auto qkv = to_float(to_half(random_floats(size_t(c.T) * stride, 6)));
+    std::vector<int32_t> pos(c.T);
+    for (int t = 0; t < c.T; ++t) pos[t] = (t * 613 + 5) % 4097;
+    auto ref = qkv;
+    cpu::rope(ref.data(), ref.data() + c.heads * c.d, stride, pos.data(), c.T, c.heads, c.kv, c.d, inv.data(), 1.0f);
+    auto h = to_half(qkv);
+    Guarded<half_t> d_qkv(h.size(), &h);
+    Guarded<int32_t> d_pos(c.T, &pos);
+    Guarded<float> d_inv(inv.size(), &inv);
+    cuda::rope(d_qkv.get(), d_qkv.get() + c.heads * c.d, stride, d_pos.get(), c.T, c.heads, c.kv, c.d, d_inv.get(), 1.0f, nullptr);
+    sync();
+    EXPECT_TRUE(nmse_below(to_float(d_qkv.read()), ref, kHalfNmse));
+    EXPECT_TRUE(d_qkv.guards_intact());
+  }
+}
+
+TEST(CudaOps, ActivationsAndBias) {
+  SKIP_WITHOUT_CUDA();
+  for (int T : {1, 3, 19}) {
+    const int I = 1536;
+    SCOPED_TRACE("T=" + std::to_string(T));
+    auto gu = to_float(to_half(random_floats(size_t(T) * 2 * I, 7, -4.0f, 4.0f)));
+    std::vector<float> ref(gu);
+    cpu::silu_mul(gu.data(), 2 * I, ref.data(), 2 * I, T, I);
+    auto h = to_half(gu);
+    Guarded<half_t> d(h.size(), &h);
+    cuda::silu_mul(d.get(), 2 * I, d.get(), 2 * I, T, I, nullptr);
+    auto gelu_ref = gu;
+    cpu::gelu_new(gelu_ref.data(), gelu_ref.size());
+    Guarded<half_t> g(h.size(), &h);
+    cuda::gelu_new(g.get(), h.size(), nullptr);
+    auto bias = to_half(random_floats(2 * I, 8));
+    std::vector<float> bias_ref(gu);
+    for (int t = 0; t < T; ++t)
+      for (int n = 0; n < 2 * I; ++n) bias_ref[size_t(t) * 2 * I + n] += half_to_float(bias[n]);
+    Guarded<half_t> bh(h.size(), &h), d_bias(bias.size(), &bias);
+    Guarded<float> bf(gu.size(), &gu);
+    cuda::bias_add(bh.get(), 2 * I, d_bias.get(), T, 2 * I, nullptr);
+    cuda::bias_add(bf.get(), 2 * I, d_bias.get(), T, 2 * I, nullptr);
+    sync();
+    auto got = to_float(d.read());
+    std::vector<float> got_first, ref_first;  // silu_mul writes the first half of each row
+    for (int t = 0; t < T; ++t) {
+      got_first.insert(got_first.end(), got.begin() + size_t(t) * 2 * I, got.begin() + size_t(t) * 2 * I + I);
+      ref_first.insert(ref_first.end(), ref.begin() + size_t(t) * 2 * I, ref.begin() + size_t(t) * 2 * I + I);
+    }
+    EXPECT_TRUE(nmse_below(got_first, ref_first, kHalfNmse));
+    EXPECT_TRUE(nmse_below(to_float(g.read()), gelu_ref, kHalfNmse));
+    EXPECT_TRUE(nmse_below(to_float(bh.read()), bias_ref, kHalfNmse));
+    EXPECT_TRUE(nmse_below(bf.read(), bias_ref, kFloatNmse));
+    EXPECT_TRUE(d.guards_intact() && g.guards_intact() && bh.guards_intact() && bf.guards_intact());
+  }
+}
+
+TEST(CudaOps, Gemm) {
+  SKIP_WITHOUT_CUDA();
+  cublasHandle_t handle;
+  ASSERT_EQ(cublas::api().create(&handle), CUBLAS_STATUS_SUCCESS);
+  for (int T : {1, 3, 19, 128}) {
+    for (auto [N, K] : {std::pair{64, 64}, std::pair{576, 1536}, std::pair{1000, 576}}) {
+      for (bool f32 : {false, true}) {
+        SCOPED_TRACE("T=" + std::to_string(T) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+                     (f32 ? " y=fp32 beta=1" : " y=fp16"));
+        auto x = to_half(random_floats(size_t(T) * K, 9)), w = to_half(random_floats(size_t(N) * K, 10));
+        auto y0 = random_floats(size_t(T) * N, 11);
+        std::vector<float> ref = f32 ? y0 : std::vector<float>(size_t(T) * N);
+        auto xf = to_float(x);
+        cpu::matmul(xf.data(), K, w.data(), nullptr, ref.data(), N, T, N, K, f32);
+        Guarded<half_t> d_x(x.size(), &x), d_w(w.size(), &w), d_yh(size_t(T) * N);
+        Guarded<float> d_yf(y0.size(), &y0);
+        if (f32) cuda::gemm(handle, d_x.get(), K, d_w.get(), d_yf.get(), true, N, T, N, K, 1.0f);
+        else cuda::gemm(handle, d_x.get(), K, d_w.get(), d_yh.get(), false, N, T, N, K, 0.0f);
+        sync();
+        // fp32 accumulation in a different order: NMSE ~1e-12 for fp32 out
+        EXPECT_TRUE(f32 ? nmse_below(d_yf.read(), ref, 1e-9) : nmse_below(to_float(d_yh.read()), ref, kHalfNmse));
+        EXPECT_TRUE(d_yf.guards_intact() && d_yh.guards_intact());
+      }
+    }
+  }
+  cublas::api().destroy(handle);
+}
+
+// Attention: a KV cache with `slots`, sequences of (slot, cached length, new rows); CPU reference
+// on the same fp16 cache and fp16-rounded queries.
+struct AttnCase {
+  int heads, kv_heads, d;
+  std::vector<int> slots, cached, rows;
+  std::string name() const {
+    std::string s = "H" + std::to_string(heads) + "_KV" + std::to_string(kv_heads) + "_d" + std::to_string(d);
+    for (size_t i = 0; i < slots.size(); ++i) s += "_" + std::to_string(cached[i]) + "p" + std::to_string(rows[i]);
+    return s;
+  }
+};
+
+void run_attention(const AttnCase& c, bool decode) {
+  SCOPED_TRACE(c.name());
+  const int batch = c.slots.size();
+  int max_ctx = 0, total = 0, max_rows = 0;
+  for (int b = 0; b < batch; ++b) {
+    max_ctx = std::max(max_ctx, c.cached[b] + c.rows[b]);
+    total += c.rows[b];
+    max_rows = std::max(max_rows, c.rows[b]);
+  }
+  const int n_slots = *std::max_element(c.slots.begin(), c.slots.end()) + 1;
+  KVCacheConfig cfg{1, max_ctx, c.kv_heads, c.d, n_slots};
+  const KVLayout layout = KVCache::layout(cfg);
+  const size_t block = size_t(layout.slot_stride) * n_slots;
+  auto kc = to_half(random_floats(block, 12)), vc = to_half(random_floats(block, 13));
+  const int q_stride = c.heads * c.d + 8;  // padded rows: strides are honoured
+  auto q = to_half(random_floats(size_t(total) * q_stride, 14, -2.0f, 2.0f));
+  std::vector<int32_t> slots(c.slots.begin(), c.slots.end()), starts(batch + 1, 0), positions(total), token_slots(total);
+  for (int b = 0; b < batch; ++b) {
+    starts[b + 1] = starts[b] + c.rows[b];
+    for (int r = 0; r < c.rows[b]; ++r) positions[starts[b] + r] = c.cached[b] + r, token_slots[starts[b] + r] = c.slots[b];
+  }
+  const float scale = 1.0f / std::sqrt(float(c.d));
+  std::vector<float> ref(size_t(total) * c.heads * c.d);
+  auto qf = to_float(q);
+  cpu::attention(qf.data(), q_stride, kc.data(), vc.data(), layout, token_slots.data(), positions.data(), total,
+                 c.heads, c.kv_heads, c.d, scale, ref.data(), c.heads * c.d);
+  Guarded<half_t> d_k(kc.size(), &kc), d_v(vc.size(), &vc), d_q(q.size(), &q), d_out(ref.size());
+  Guarded<int32_t> d_slots(batch, &slots), d_starts(batch + 1, &starts), d_pos(total, &positions);
+  if (decode) {
+    Guarded<float> part(cuda::decode_workspace_bytes(batch, c.heads, c.d) / 4);
+    cuda::attention_decode(d_q.get(), q_stride, d_k.get(), d_v.get(), layout, d_slots.get(), d_pos.get(), batch,
+                           c.heads, c.kv_heads, c.d, scale, part.get(), d_out.get(), c.heads * c.d, nullptr);
+    sync();
+    EXPECT_TRUE(part.guards_intact());
+  } else {
+    cuda::attention_prefill(d_q.get(), q_stride, d_k.get(), d_v.get(), layout, d_slots.get(), d_starts.get(),
+                            d_pos.get(), batch, max_rows, c.heads, c.kv_heads, c.d, scale, d_out.get(),
+                            c.heads * c.d, nullptr);
+    sync();
+  }
+  EXPECT_TRUE(nmse_below(to_float(d_out.read()), ref, kHalfNmse));
+  EXPECT_TRUE(d_out.guards_intact());
+}
+
+class CudaPrefill : public testing::TestWithParam<AttnCase> {};
+TEST_P(CudaPrefill, MatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  run_attention(GetParam(), false);
+}
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaPrefill, testing::Values(
+    AttnCase{4, 4, 64, {0}, {0}, {1}},                      // one token, no cache
+    AttnCase{6, 2, 64, {0}, {0}, {17}},                     // GQA 3, partial tile
+    AttnCase{8, 2, 128, {1, 0, 2}, {0, 5, 30}, {100, 1, 64}},  // chunks after cached tokens, GQA 4
+    AttnCase{8, 1, 80, {0}, {0}, {1000}},                   // GQA 8, head_dim 80
+    AttnCase{4, 4, 96, {0, 1}, {3000, 0}, {1097, 5}},       // context 4097
+    AttnCase{9, 3, 64, {2, 0, 1}, {0, 0, 0}, {19, 3, 1}}),  // SmolLM2 heads, batch 3
+    [](const testing::TestParamInfo<AttnCase>& i) { return i.param.name(); });
+
+class CudaDecode : public testing::TestWithParam<AttnCase> {};
+TEST_P(CudaDecode, MatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  run_attention(GetParam(), true);
+}
+AttnCase decode_case(int heads, int kv, int d, std::vector<int> lengths) {
+  AttnCase c{heads, kv, d, {}, {}, {}};
+  for (size_t b = 0; b < lengths.size(); ++b) {
+    c.slots.push_back(int(lengths.size() - 1 - b));
+    c.cached.push_back(lengths[b] - 1);
+    c.rows.push_back(1);
+  }
+  return c;
+}
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaDecode, testing::Values(
+    decode_case(4, 4, 64, {1}),
+    decode_case(9, 3, 64, {17, 1, 1000}),
+    decode_case(32, 8, 128, {4097, 256, 257, 1}),
+    decode_case(8, 1, 80, {1000}),
+    decode_case(12, 4, 96, {33}),
+    decode_case(6, 2, 128, {1, 2, 3, 17, 64, 65, 100, 255, 256, 300, 511, 512, 513, 1000, 2000, 3000, 4000, 4097, 8200})),
+    [](const testing::TestParamInfo<AttnCase>& i) { return std::to_string(i.index) + "_" + i.param.name().substr(0, 40); });
+
+TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
+  SKIP_WITHOUT_CUDA();
+  // Sequence of length 777 alone and inside a batch of 5: bit-identical output.
+  const int heads = 8, kv = 2, d = 128, ctx = 1024;
+  KVCacheConfig cfg{1, ctx, kv, d, 5};
+  const KVLayout layout = KVCache::layout(cfg);
+  auto kc = to_half(random_floats(size_t(layout.slot_stride) * 5, 20)), vc = to_half(random_floats(size_t(layout.slot_stride) * 5, 21));
+  auto q = to_half(random_floats(size_t(5) * heads * d, 22));
+  Guarded<half_t> d_k(kc.size(), &kc), d_v(vc.size(), &vc), d_q(q.size(), &q);
+  std::vector<int32_t> slots = {3, 0, 1, 2, 4}, pos = {776, 5, 1000, 1, 300};
+  Guarded<int32_t> d_slots(5, &slots), d_pos(5, &pos);
+  Guarded<float> part(cuda::decode_workspace_bytes(5, heads, d) / 4);
+  Guarded<half_t> batch_out(size_t(5) * heads * d), single_out(size_t(heads) * d);
+  cuda::attention_decode(d_q.get(), heads * d, d_k.get(), d_v.get(), layout, d_slots.get(), d_pos.get(), 5, heads,
+                         kv, d, 0.088f, part.get(), batch_out.get(), heads * d, nullptr);
+  cuda::attention_decode(d_q.get(), heads * d, d_k.get(), d_v.get(), layout, d_slots.get(), d_pos.get(), 1, heads,
+                         kv, d, 0.088f, part.get(), single_out.get(), heads * d, nullptr);
+  sync();
+  auto all = batch_out.read(), one = single_out.read();
+  EXPECT_TRUE(test::rows_equal(std::vector<half_t>(all.begin(), all.begin() + heads * d), one));
+}
+
+TEST(CudaOps, SamplingMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  const int V = 5000, B = 6, ctx = 16;
+  // Well-separated logits so the CPU's double sums and the GPU's float sums pick the same token.
+  std::vector<float> logits(size_t(B) * V);
+  std::mt19937 rng(30);
+  for (auto& v : logits) v = std::round(std::normal_distribution<float>(0.0f, 3.0f)(rng) * 4.0f) / 4.0f;
+  std::vector<int32_t> history(size_t(B) * ctx), slots(B), lens(B);
+  for (size_t i = 0; i < history.size(); ++i) history[i] = (i * 131) % V;
+  for (int b = 0; b < B; ++b) slots[b] = B - 1 - b, lens[b] = 3 + b;
+  std::vector<SamplingArgs> cases = {
+      {0.0f, 0, 1.0f, 0.0f, 1.0f, 1, 0},      // greedy
+      {0.0f, 0, 1.0f, 0.0f, 1.3f, 1, 0},      // greedy with repetition penalty
+      {1.0f, 0, 1.0f, 0.0f, 1.0f, 7, 3},      // plain sampling
+      {0.7f, 40, 1.0f, 0.0f, 1.0f, 8, 0},     // top-k
+      {1.2f, 0, 0.9f, 0.0f, 1.1f, 9, 5},      // top-p + penalty
+      {0.9f, 50, 0.8f, 0.05f, 1.0f, 10, 1}};  // everything
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    std::vector<SamplingArgs> args(cases);
+    for (auto& a : args) a.seed += seed * 1000;
+    std::vector<float> cpu_logits(logits);
+    std::vector<int32_t> want(B);
+    cpu::sample(cpu_logits.data(), B, V, args.data(), history.data(), ctx, slots.data(), lens.data(), want.data());
+    Guarded<float> d_logits(logits.size(), &logits);
+    Guarded<int32_t> d_hist(history.size(), &history), d_slots(B, &slots), d_lens(B, &lens), d_out(B);
+    Guarded<SamplingArgs> d_args(B, &args);
+    cuda::sample(d_logits.get(), B, V, d_args.get(), d_hist.get(), ctx, d_slots.get(), d_lens.get(), d_out.get(), nullptr);
+    sync();
+    EXPECT_EQ(d_out.read(), want) << "seed " << seed;
+    EXPECT_TRUE(d_out.guards_intact() && d_logits.guards_intact());
+  }
+}
+#endif  // KVINFER_WITH_CUDA
+
+// CPU-only checks of the sampler: greedy, top-k/top-p/min-p support, frequencies near the
+// probabilities, and a planted bug (a wrong threshold) that the frequency check catches.
+TEST(Sampling, CpuSupportAndFrequencies) {
+  const int V = 8;
+  std::vector<float> logits = {2.0f, 1.0f, 0.5f, 0.0f, -1.0f, 3.0f, 2.9f, -3.0f};
+  auto draw = [&](SamplingArgs a, int n) {
+    std::vector<int> counts(V);
+    for (int i = 0; i < n; ++i) {
+      std::vector<float> x(logits);
+      int32_t tok;
+      a.step = i;
+      cpu::sample(x.data(), 1, V, &a, nullptr, 0, nullptr, nullptr, &tok);
+      counts[tok]++;
+    }
+    return counts;
+  };
+  auto greedy = draw({0.0f, 0, 1.0f, 0.0f, 1.0f, 1, 0}, 10);
+  EXPECT_EQ(greedy[5], 10);
+  auto topk = draw({1.0f, 2, 1.0f, 0.0f, 1.0f, 1, 0}, 4000);
+  EXPECT_EQ(topk[5] + topk[6], 4000);  // only the two largest
+  // softmax over {3.0, 2.9}: p(5) = 1 / (1 + e^-0.1) = 0.525
+  EXPECT_NEAR(topk[5] / 4000.0, 0.525, 0.03);
+  auto topp = draw({1.0f, 0, 0.5f, 0.0f, 1.0f, 2, 0}, 2000);
+  // p sorted: 3.0 (0.38), 2.9 (0.35): the first alone is < 0.5, so both are kept
+  EXPECT_EQ(topp[5] + topp[6], 2000);
+  auto minp = draw({1.0f, 0, 1.0f, 0.3f, 1.0f, 3, 0}, 2000);  // keeps p >= 0.3 * max: ids 0, 5, 6
+  EXPECT_EQ(minp[0] + minp[5] + minp[6], 2000);
+  EXPECT_GT(minp[0], 0);
+  // planted bug: frequencies of plain sampling must not match a distribution at temperature 2
+  auto plain = draw({1.0f, 0, 1.0f, 0.0f, 1.0f, 4, 0}, 8000);
+  double z = 0;
+  for (float l : logits) z += std::exp(l);
+  double chi = 0, chi_wrong = 0, z2 = 0;
+  for (float l : logits) z2 += std::exp(l / 2);
+  for (int i = 0; i < V; ++i) {
+    const double e = 8000 * std::exp(logits[i]) / z, e2 = 8000 * std::exp(logits[i] / 2) / z2;
+    chi += (plain[i] - e) * (plain[i] - e) / e;
+    chi_wrong += (plain[i] - e2) * (plain[i] - e2) / e2;
+  }
+  EXPECT_LT(chi, 30.0);         // 7 degrees of freedom: p < 1e-4 beyond 30
+  EXPECT_GT(chi_wrong, 300.0);  // a wrong temperature is caught
+}
+
+TEST(Sampling, RepetitionPenaltyOncePerId) {
+  std::vector<float> x = {2.0f, -1.0f, 1.0f};
+  std::vector<int32_t> history = {0, 0, 1, 0};
+  int32_t slot = 0, len = 4, tok;
+  SamplingArgs a{0.0f, 0, 1.0f, 0.0f, 2.0f, 0, 0};
+  cpu::sample(x.data(), 1, 3, &a, history.data(), 4, &slot, &len, &tok);
+  EXPECT_FLOAT_EQ(x[0], 1.0f);   // 2 / 2, once despite three occurrences
+  EXPECT_FLOAT_EQ(x[1], -2.0f);  // -1 * 2
+  EXPECT_FLOAT_EQ(x[2], 1.0f);   // untouched
+  EXPECT_EQ(tok, 0);             // ties go to the lowest id
+}
+
+}  // namespace
+}  // namespace kvinfer
