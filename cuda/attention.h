@@ -3,7 +3,7 @@
 // attention_prefill: rows of any number of sequences, each a run of consecutive positions of one
 // slot (a prompt chunk, possibly after cached tokens). Flash-style: 64-row query tiles against
 // 64-key tiles with an online softmax, QK^T and PV on tensor cores (WMMA, fp16 in, fp32
-// accumulate). head_dim 64, 80, 96 or 128.
+// accumulate). head_dim 32, 64, 80, 96 or 128.
 //
 // attention_decode: one query row per sequence (slots of different lengths in one launch). The
 // context is split into chunks whose size depends only on the sequence's own length, each chunk a

@@ -32,6 +32,11 @@ __host__ __device__ inline void split_plan(int n, int& splits, int& chunk) {
 template <int VEC>
 struct Vec;
 template <>
+struct Vec<1> {
+  using type = __half;
+  __device__ static void to_float(const type& v, float* f) { f[0] = __half2float(v); }
+};
+template <>
 struct Vec<2> {
   using type = __half2;
   __device__ static void to_float(const type& v, float* f) {
@@ -247,6 +252,9 @@ void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
   KVINFER_CHECK_ARG(num_heads % num_kv_heads == 0, "num_heads=", num_heads,
                     " is not a multiple of num_kv_heads=", num_kv_heads);
   switch (head_dim) {
+    case 32:
+      return launch_decode<32, 1>(q, q_stride, k_cache, v_cache, layout, seq_slots, positions, batch,
+                                  num_heads, num_kv_heads, scale, partial, out, out_stride, stream);
     case 64:
       return launch_decode<64, 2>(q, q_stride, k_cache, v_cache, layout, seq_slots, positions, batch,
                                   num_heads, num_kv_heads, scale, partial, out, out_stride, stream);
@@ -261,7 +269,7 @@ void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                                    num_heads, num_kv_heads, scale, partial, out, out_stride, stream);
     default:
       throw std::invalid_argument(str("attention_decode: head_dim=", head_dim,
-                                      " is not supported (64, 80, 96, 128)"));
+                                      " is not supported (32, 64, 80, 96, 128)"));
   }
 }
 

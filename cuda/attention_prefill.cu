@@ -201,6 +201,7 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
     return launch_prefill<D>(q, q_stride, k_cache, v_cache, layout, seq_slots, seq_starts,     \
                              positions, batch, max_seq_rows, num_heads, num_kv_heads, scale,   \
                              out, out_stride, stream);
+    KVINFER_PREFILL_CASE(32)
     KVINFER_PREFILL_CASE(64)
     KVINFER_PREFILL_CASE(80)
     KVINFER_PREFILL_CASE(96)
@@ -208,7 +209,7 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
 #undef KVINFER_PREFILL_CASE
     default:
       throw std::invalid_argument(str("attention_prefill: head_dim=", head_dim,
-                                      " is not supported (64, 80, 96, 128)"));
+                                      " is not supported (32, 64, 80, 96, 128)"));
   }
 }
 

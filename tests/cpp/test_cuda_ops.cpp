@@ -273,7 +273,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaPrefill, testing::Values(
     AttnCase{8, 2, 128, {1, 0, 2}, {0, 5, 30}, {100, 1, 64}},  // chunks after cached tokens, GQA 4
     AttnCase{8, 1, 80, {0}, {0}, {1000}},                   // GQA 8, head_dim 80
     AttnCase{4, 4, 96, {0, 1}, {3000, 0}, {1097, 5}},       // context 4097
-    AttnCase{9, 3, 64, {2, 0, 1}, {0, 0, 0}, {19, 3, 1}}),  // SmolLM2 heads, batch 3
+    AttnCase{9, 3, 64, {2, 0, 1}, {0, 0, 0}, {19, 3, 1}},   // SmolLM2 heads, batch 3
+    AttnCase{4, 2, 32, {0, 1}, {7, 0}, {70, 129}}),         // GQA 2, head_dim 32
     [](const testing::TestParamInfo<AttnCase>& i) { return i.param.name(); });
 
 class CudaDecode : public testing::TestWithParam<AttnCase> {};
@@ -296,6 +297,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaDecode, testing::Values(
     decode_case(32, 8, 128, {4097, 256, 257, 1}),
     decode_case(8, 1, 80, {1000}),
     decode_case(12, 4, 96, {33}),
+    decode_case(4, 2, 32, {1, 130, 999}),
     decode_case(6, 2, 128, {1, 2, 3, 17, 64, 65, 100, 255, 256, 300, 511, 512, 513, 1000, 2000, 3000, 4000, 4097, 8200})),
     [](const testing::TestParamInfo<AttnCase>& i) { return std::to_string(i.index) + "_" + i.param.name().substr(0, 40); });
 

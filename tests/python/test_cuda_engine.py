@@ -39,14 +39,31 @@ def load(folder, device, **kw):
     return LLM(folder, device=device, tracker=kvinfer.VramTracker(), **kw)
 
 
+def well_conditioned(cpu: LLM, count: int = 2, margin: float = 5e-3) -> list[list[int]]:
+    """Prompts whose greedy path (on the fp32 CPU reference) never has its top two logits within
+    `margin` of the largest |logit|. The GPU's fp16 activations move logits by ~5e-4 of that scale,
+    so a closer pair makes the greedy token a coin toss on any fp16 engine (one was seen at 5e-4).
+    The choice uses the reference alone, never the GPU's output."""
+    chosen = []
+    for seed in range(2, 40):
+        ids = prompt(30 + 41 * (seed % 3 + 2), seed)  # 112..194 tokens: several prefill steps
+        toks = cpu.generate(ids, GREEDY)[0].token_ids
+        rows = cpu.logits(ids + toks[:-1])[len(ids) - 1:]
+        top2 = np.sort(rows, axis=1)[:, -2:]
+        if ((top2[:, 1] - top2[:, 0]) / np.abs(rows).max(axis=1)).min() > margin:
+            chosen.append(ids)
+            if len(chosen) == count:
+                return chosen
+    raise AssertionError("no well-conditioned prompts found")
+
+
 @pytest.mark.parametrize("name", list(ARCHS))
 def test_greedy_equals_cpu_and_hf(name, model_dirs):
     import transformers
 
     gpu, cpu = load(model_dirs[name], "cuda:0"), load(model_dirs[name], "cpu")
     hf = transformers.AutoModelForCausalLM.from_pretrained(model_dirs[name], dtype=torch.float32).cuda().eval()
-    for seed in (2, 3):
-        ids = prompt(30 + 41 * seed, seed)  # 112 and 153 tokens: several prefill steps
+    for ids in well_conditioned(cpu):
         ours = gpu.generate(ids, GREEDY)[0].token_ids
         assert ours == cpu.generate(ids, GREEDY)[0].token_ids, name
         with torch.no_grad():
