@@ -31,7 +31,7 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
 
 // Decode: row b is sequence b (slot seq_slots[b], position positions[b]). `partial` is workspace
 // of decode_workspace_bytes(batch, num_heads, head_dim) bytes.
-constexpr int kDecodeMaxSplits = 32;
+constexpr int kDecodeMaxSplits = 64;
 size_t decode_workspace_bytes(int batch, int num_heads, int head_dim);
 void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                       const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,

@@ -1,10 +1,10 @@
-// Split-K decode attention. Block (split s, kv head g, sequence b), 4 warps: warp w takes keys
-// j = w, w+4, ... of the split's chunk; per key, lanes hold VEC dims of K and V each, the scores of
-// all GROUP query heads come from one K read (a warp sum per head), and each warp keeps its own
-// online-softmax state (m, l, o) per head. The warps merge in shared memory and write the chunk's
-// (m, l, o); attention_merge combines the chunks of a sequence in order.
+// Split-K decode attention. Block (split s, kv head g, sequence b), 4 warps: warp w takes 32-key
+// tiles w, w+4, ... of the split's chunk. Every K and V row is read once for all GROUP query heads
+// of the KV head (GQA), and each warp keeps its own online-softmax state (m, l, o) per head. The
+// warps merge in shared memory and write the chunk's (m, l, o); merge_kernel combines the chunks
+// of a sequence in order.
 //
-// Chunking: splits = min(32, ceil(n / 256)), chunk = ceil(n / splits) rounded up to 64; both depend
+// Chunking: splits = min(64, ceil(n / 128)), chunk = ceil(n / splits) rounded up to 64; both depend
 // only on n = position + 1, so a sequence's result is the same in any batch.
 #include "cuda/attention.h"
 
@@ -18,7 +18,7 @@ namespace kvinfer::cuda {
 
 namespace {
 constexpr int kWarps = 4;
-constexpr int kMinChunk = 256;
+constexpr int kMinChunk = 128;
 
 __host__ __device__ inline void split_plan(int n, int& splits, int& chunk) {
   splits = (n + kMinChunk - 1) / kMinChunk;
@@ -67,9 +67,10 @@ static __global__ void __launch_bounds__(kWarps * 32)
                   const __half* __restrict__ v_cache, KVLayout layout, const int32_t* __restrict__ seq_slots,
                   const int32_t* __restrict__ positions, int num_heads, float scale,
                   float* __restrict__ part_o, float* __restrict__ part_ml) {
-  constexpr int kLanesUsed = D / VEC;  // lanes holding dims; the rest idle (D=80/96)
-  static_assert(D % VEC == 0 && kLanesUsed <= 32, "head_dim per lane");
+  constexpr int kLanesUsed = D / VEC;  // lanes holding V dims; the rest idle (D=80/96)
+  static_assert(D % VEC == 0 && kLanesUsed <= 32 && D % 8 == 0, "head_dim per lane");
   using V = Vec<VEC>;
+  __shared__ __align__(16) float q_s[GROUP][D];
   const int s = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
   const int n = positions[b] + 1;
   int splits, chunk;
@@ -77,19 +78,14 @@ static __global__ void __launch_bounds__(kWarps * 32)
   if (s >= splits) return;
   const int begin = s * chunk, end = min(n, begin + chunk);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int e = threadIdx.x; e < GROUP * D; e += blockDim.x)
+    q_s[e / D][e % D] = __half2float(q[b * q_stride + static_cast<int64_t>(g * GROUP) * D + e]) * scale;
+  __syncthreads();
+
   const bool active = lane < kLanesUsed;
   const int d0 = lane * VEC;
-
-  // this lane's q values for every head of the group, pre-scaled
-  float qv[GROUP][VEC];
-#pragma unroll
-  for (int h = 0; h < GROUP; ++h) {
-    const __half* qh = q + b * q_stride + static_cast<int64_t>(g * GROUP + h) * D;
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) qv[h][e] = active ? __half2float(qh[d0 + e]) * scale : 0.0f;
-  }
   const int64_t base = seq_slots[b] * layout.slot_stride + g * layout.head_stride;
-  const __half* kp = k_cache + base + d0;
+  const __half* kbase = k_cache + base;
   const __half* vp = v_cache + base + d0;
 
   float m[GROUP], l[GROUP], o[GROUP][VEC];
@@ -100,42 +96,71 @@ static __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int e = 0; e < VEC; ++e) o[h][e] = 0.0f;
   }
-  constexpr int kUnroll = 4;
-  for (int j0 = begin + warp; j0 < end; j0 += kWarps * kUnroll) {
-    typename V::type kr[kUnroll], vr[kUnroll];
+  // Tiles of 32 keys: QK^T with one key per lane (its whole row, 16-byte loads, q broadcast from
+  // shared memory), softmax statistics with one warp reduction per tile and head, then PV with
+  // lanes over dims and each key's probability broadcast by a shuffle.
+  for (int j0 = begin + warp * 32; j0 < end; j0 += kWarps * 32) {
+    const int j = j0 + lane;
+    const bool valid = j < end;
+    float sc[GROUP];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {  // issue all loads first
-      const int j = j0 + u * kWarps;
-      if (active && j < end) {
-        kr[u] = *reinterpret_cast<const typename V::type*>(kp + static_cast<int64_t>(j) * layout.pos_stride);
-        vr[u] = *reinterpret_cast<const typename V::type*>(vp + static_cast<int64_t>(j) * layout.pos_stride);
+    for (int h = 0; h < GROUP; ++h) sc[h] = 0.0f;
+    if (valid) {
+      const uint4* krow = reinterpret_cast<const uint4*>(kbase + static_cast<int64_t>(j) * layout.pos_stride);
+      uint4 kv[D / 8];
+#pragma unroll
+      for (int c = 0; c < D / 8; ++c) kv[c] = __ldg(krow + c);
+#pragma unroll
+      for (int c = 0; c < D / 8; ++c) {
+        const __half2* k2 = reinterpret_cast<const __half2*>(&kv[c]);
+        float kf[8];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float2 f = __half22float2(k2[e]);
+          kf[2 * e] = f.x;
+          kf[2 * e + 1] = f.y;
+        }
+#pragma unroll
+        for (int h = 0; h < GROUP; ++h) {
+          const float4 qa = *reinterpret_cast<const float4*>(&q_s[h][c * 8]);
+          const float4 qb = *reinterpret_cast<const float4*>(&q_s[h][c * 8 + 4]);
+          sc[h] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] +
+                   qb.z * kf[6] + qb.w * kf[7];
+        }
       }
     }
+    float p[GROUP];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int j = j0 + u * kWarps;
-      if (j >= end) break;
-      float kf[VEC], vf[VEC];
-      if (active) {
-        V::to_float(kr[u], kf);
-        V::to_float(vr[u], vf);
-      } else {
+    for (int h = 0; h < GROUP; ++h) {
+      const float sv = valid ? sc[h] : -INFINITY;
+      const float m_new = fmaxf(m[h], warp_max(sv));
+      const float corr = __expf(m[h] - m_new);  // 0 on the first tile (m = -inf)
+      p[h] = valid ? __expf(sv - m_new) : 0.0f;
+      l[h] = l[h] * corr + warp_sum(p[h]);
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) kf[e] = vf[e] = 0.0f;
-      }
+      for (int e = 0; e < VEC; ++e) o[h][e] *= corr;
+      m[h] = m_new;
+    }
+    const int keys = min(32, end - j0);
+    constexpr int kAhead = 8;  // V rows in flight
+    for (int jj0 = 0; jj0 < keys; jj0 += kAhead) {
+      typename V::type vr[kAhead];
 #pragma unroll
-      for (int h = 0; h < GROUP; ++h) {
-        float sc = 0.0f;
+      for (int u = 0; u < kAhead; ++u)
+        if (active && jj0 + u < keys)
+          vr[u] = *reinterpret_cast<const typename V::type*>(vp + static_cast<int64_t>(j0 + jj0 + u) * layout.pos_stride);
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) sc += qv[h][e] * kf[e];
-        sc = warp_sum(sc);
-        const float m_new = fmaxf(m[h], sc);
-        const float corr = __expf(m[h] - m_new);
-        const float p = __expf(sc - m_new);
-        l[h] = l[h] * corr + p;
+      for (int u = 0; u < kAhead; ++u) {
+        if (jj0 + u >= keys) break;  // uniform across the warp
+        float vf[VEC];
+        if (active) V::to_float(vr[u], vf);
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) o[h][e] = o[h][e] * corr + p * vf[e];
-        m[h] = m_new;
+        for (int h = 0; h < GROUP; ++h) {
+          const float pj = __shfl_sync(0xffffffffu, p[h], jj0 + u);
+          if (active)
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) o[h][e] += pj * vf[e];
+        }
       }
     }
   }
