@@ -96,73 +96,84 @@ static __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int e = 0; e < VEC; ++e) o[h][e] = 0.0f;
   }
-  // Tiles of 32 keys: QK^T with one key per lane (its whole row, 16-byte loads, q broadcast from
-  // shared memory), softmax statistics with one warp reduction per tile and head, then PV with
-  // lanes over dims and each key's probability broadcast by a shuffle.
-  for (int j0 = begin + warp * 32; j0 < end; j0 += kWarps * 32) {
-    const int j = j0 + lane;
-    const bool valid = j < end;
+  // Tiles of 16 keys per warp. QK^T: lanes l and l+16 share key l & 15, each holding half of its
+  // row (16-byte loads), q broadcast from shared memory, one shuffle to add the halves. Softmax
+  // statistics: one warp reduction per tile and head. PV: lanes over dims, each key's probability
+  // broadcast by a shuffle. Software pipeline: the next tile's K and this tile's V are in flight
+  // while this tile's scores are computed.
+  constexpr int kTile = 16, kChunks = D / 16;  // 16-byte chunks in half a row
+  const int kl = lane & 15, half_id = lane >> 4;
+  const int stride = kWarps * kTile;
+  uint4 kcur[kChunks], knext[kChunks];
+  auto load_k = [&](uint4* dst, int j0) {
+    if (j0 + kl < end) {
+      const uint4* row = reinterpret_cast<const uint4*>(kbase + static_cast<int64_t>(j0 + kl) * layout.pos_stride +
+                                                        half_id * (D / 2));
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) dst[c] = __ldg(row + c);
+    }
+  };
+  int j0 = begin + warp * kTile;
+  load_k(kcur, j0);
+  for (; j0 < end; j0 += stride) {
+    const int keys = min(kTile, end - j0);
+    typename V::type vr[kTile];
+#pragma unroll
+    for (int u = 0; u < kTile; ++u)
+      if (active && u < keys)
+        vr[u] = *reinterpret_cast<const typename V::type*>(vp + static_cast<int64_t>(j0 + u) * layout.pos_stride);
+    if (j0 + stride < end) load_k(knext, j0 + stride);
+
+    const bool valid = kl < keys;
     float sc[GROUP];
 #pragma unroll
     for (int h = 0; h < GROUP; ++h) sc[h] = 0.0f;
-    if (valid) {
-      const uint4* krow = reinterpret_cast<const uint4*>(kbase + static_cast<int64_t>(j) * layout.pos_stride);
-      uint4 kv[D / 8];
 #pragma unroll
-      for (int c = 0; c < D / 8; ++c) kv[c] = __ldg(krow + c);
+    for (int c = 0; c < kChunks; ++c) {
+      const __half2* k2 = reinterpret_cast<const __half2*>(&kcur[c]);
+      float kf[8];
 #pragma unroll
-      for (int c = 0; c < D / 8; ++c) {
-        const __half2* k2 = reinterpret_cast<const __half2*>(&kv[c]);
-        float kf[8];
+      for (int e = 0; e < 4; ++e) {
+        const float2 f = __half22float2(k2[e]);
+        kf[2 * e] = f.x;
+        kf[2 * e + 1] = f.y;
+      }
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float2 f = __half22float2(k2[e]);
-          kf[2 * e] = f.x;
-          kf[2 * e + 1] = f.y;
-        }
-#pragma unroll
-        for (int h = 0; h < GROUP; ++h) {
-          const float4 qa = *reinterpret_cast<const float4*>(&q_s[h][c * 8]);
-          const float4 qb = *reinterpret_cast<const float4*>(&q_s[h][c * 8 + 4]);
-          sc[h] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] +
-                   qb.z * kf[6] + qb.w * kf[7];
-        }
+      for (int h = 0; h < GROUP; ++h) {
+        const float* qh = &q_s[h][half_id * (D / 2) + c * 8];
+        const float4 qa = *reinterpret_cast<const float4*>(qh);
+        const float4 qb = *reinterpret_cast<const float4*>(qh + 4);
+        sc[h] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] +
+                 qb.z * kf[6] + qb.w * kf[7];
       }
     }
     float p[GROUP];
 #pragma unroll
     for (int h = 0; h < GROUP; ++h) {
-      const float sv = valid ? sc[h] : -INFINITY;
+      const float sv = valid ? sc[h] + __shfl_xor_sync(0xffffffffu, sc[h], 16) : -INFINITY;
       const float m_new = fmaxf(m[h], warp_max(sv));
       const float corr = __expf(m[h] - m_new);  // 0 on the first tile (m = -inf)
       p[h] = valid ? __expf(sv - m_new) : 0.0f;
-      l[h] = l[h] * corr + warp_sum(p[h]);
+      l[h] = l[h] * corr + 0.5f * warp_sum(p[h]);  // every key sits in two lanes: exact halving
 #pragma unroll
       for (int e = 0; e < VEC; ++e) o[h][e] *= corr;
       m[h] = m_new;
     }
-    const int keys = min(32, end - j0);
-    constexpr int kAhead = 8;  // V rows in flight
-    for (int jj0 = 0; jj0 < keys; jj0 += kAhead) {
-      typename V::type vr[kAhead];
 #pragma unroll
-      for (int u = 0; u < kAhead; ++u)
-        if (active && jj0 + u < keys)
-          vr[u] = *reinterpret_cast<const typename V::type*>(vp + static_cast<int64_t>(j0 + jj0 + u) * layout.pos_stride);
+    for (int u = 0; u < kTile; ++u) {
+      if (u >= keys) break;  // uniform across the warp
+      float vf[VEC];
+      if (active) V::to_float(vr[u], vf);
 #pragma unroll
-      for (int u = 0; u < kAhead; ++u) {
-        if (jj0 + u >= keys) break;  // uniform across the warp
-        float vf[VEC];
-        if (active) V::to_float(vr[u], vf);
+      for (int h = 0; h < GROUP; ++h) {
+        const float pj = __shfl_sync(0xffffffffu, p[h], u);
+        if (active)
 #pragma unroll
-        for (int h = 0; h < GROUP; ++h) {
-          const float pj = __shfl_sync(0xffffffffu, p[h], jj0 + u);
-          if (active)
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) o[h][e] += pj * vf[e];
-        }
+          for (int e = 0; e < VEC; ++e) o[h][e] += pj * vf[e];
       }
     }
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) kcur[c] = knext[c];
   }
 
   // merge the warps' states: warp 0 combines, in warp order
