@@ -150,7 +150,8 @@ static __global__ void __launch_bounds__(kWarps * 32)
     float p[GROUP];
 #pragma unroll
     for (int h = 0; h < GROUP; ++h) {
-      const float sv = valid ? sc[h] + __shfl_xor_sync(0xffffffffu, sc[h], 16) : -INFINITY;
+      const float both = sc[h] + __shfl_xor_sync(0xffffffffu, sc[h], 16);  // every lane must shuffle
+      const float sv = valid ? both : -INFINITY;
       const float m_new = fmaxf(m[h], warp_max(sv));
       const float corr = __expf(m[h] - m_new);  // 0 on the first tile (m = -inf)
       p[h] = valid ? __expf(sv - m_new) : 0.0f;
