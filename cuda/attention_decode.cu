@@ -4,7 +4,7 @@
 // warps merge in shared memory and write the chunk's (m, l, o); merge_kernel combines the chunks
 // of a sequence in order.
 //
-// Chunking: splits = min(64, ceil(n / 128)), chunk = ceil(n / splits) rounded up to 64; both depend
+// Chunking: splits = min(64, ceil(n / 256)), chunk = ceil(n / splits) rounded up to 64; both depend
 // only on n = position + 1, so a sequence's result is the same in any batch.
 #include "cuda/attention.h"
 
@@ -18,7 +18,7 @@ namespace kvinfer::cuda {
 
 namespace {
 constexpr int kWarps = 4;
-constexpr int kMinChunk = 128;
+constexpr int kMinChunk = 256;
 
 __host__ __device__ inline void split_plan(int n, int& splits, int& chunk) {
   splits = (n + kMinChunk - 1) / kMinChunk;
