@@ -26,7 +26,16 @@ def cuda_available() -> bool:
     return _build_info()["cuda"] and _cuda_device_count() > 0
 
 
+from kvinfer.llm import LLM, RequestOutput  # noqa: E402
+from kvinfer.planner import MemoryPlan, plan_memory  # noqa: E402
+from kvinfer.sampling import SamplingParams  # noqa: E402
+
 __all__ = [
+    "LLM",
+    "MemoryPlan",
+    "RequestOutput",
+    "SamplingParams",
+    "plan_memory",
     "ContextOverflowError",
     "CudaError",
     "DeviceMemory",

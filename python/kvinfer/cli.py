@@ -1,4 +1,4 @@
-"""Command line: kvinfer generate | chat | convert-gguf | info | bench."""
+"""Command line: kvinfer generate | chat | convert-gguf | vram | info | bench."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def _sampling(args: argparse.Namespace):
 def _load(args: argparse.Namespace):
     from kvinfer.llm import LLM
 
-    return LLM(args.model, device=args.device, max_context=args.max_context, max_batch=1, progress=True)
+    return LLM(args.model, device=args.device, max_context=args.max_context, max_batch=1, progress=True,
+               max_memory=args.max_memory)
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -121,6 +122,7 @@ def _add_model_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--model", default=None, help="HF model folder or .gguf (default: SmolLM2-135M-Instruct)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda:N")
     p.add_argument("--max-context", type=int, default=None)
+    p.add_argument("--max-memory", default=None, help="memory budget, e.g. 4GiB: fails early if it cannot fit")
     p.add_argument("--max-tokens", type=int, default=max_tokens)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-k", type=int, default=0)
@@ -154,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="build, devices and memory tracker")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=info)
+
+    from kvinfer import vram_cli
+
+    vram_cli.add_parser(sub)
 
     p = sub.add_parser("bench", help="CPU prefill/decode tokens/s, side by side with HF transformers")
     p.add_argument("--model", default=None)

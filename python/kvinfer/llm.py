@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -12,6 +13,7 @@ import kvinfer
 from kvinfer import _core
 from kvinfer.config import attention_window, model_config, read_config_json
 from kvinfer.models import resolve_model
+from kvinfer.planner import fit_to_memory, parse_bytes, plan_for_config
 from kvinfer.sampling import SamplingParams
 from kvinfer.tokenizer import StreamDecoder, Tokenizer
 from kvinfer.weights import load_weights
@@ -50,28 +52,37 @@ class LLM:
     """A model ready to generate. `model`: a Hugging Face folder, a .gguf file, or None for the
     embedded default (SmolLM2-135M-Instruct). `max_context` tokens per sequence (default: the
     model's, at most 2048), `max_batch` sequences at once (default 8), `max_step_tokens` tokens per
-    forward step (the prefill chunk)."""
+    forward step (the prefill chunk). `max_memory` ("8GiB", bytes) sizes whatever of max_batch /
+    max_context is left open to fit, and fails before allocating when nothing fits; `self.plan`
+    holds the memory plan, which the tracker's report equals after loading."""
 
     def __init__(self, model: str | None = None, device: str = "auto", max_context: int | None = None,
                  max_batch: int | None = None, max_step_tokens: int = 512,
-                 tracker: kvinfer.VramTracker | None = None, progress: bool = False):
+                 tracker: kvinfer.VramTracker | None = None, progress: bool = False,
+                 max_memory: str | int | None = None):
         self.folder = resolve_model(model, progress=progress)
         hf = read_config_json(self.folder)
         self.config = model_config(hf)
         self.tokenizer = Tokenizer(self.folder)
-        window = attention_window(hf)
-        limit = min(self.config.max_positions, window or self.config.max_positions)
-        self.max_context = int(max_context or min(limit, 2048))
-        if not 1 <= self.max_context <= limit:
-            why = f"its sliding window is {window}" if window and window < self.config.max_positions \
-                else f"it has {self.config.max_positions} positions"
-            raise ValueError(f"max_context={self.max_context} is not in [1, {limit}] for this model ({why})")
-        self.max_batch = int(max_batch or 8)
-        if self.max_batch < 1:
-            raise ValueError(f"max_batch={self.max_batch} must be >= 1")
         self.device = _pick_device(device)
+        name = os.path.basename(os.path.normpath(self.folder))
+        if max_memory is not None:
+            memory = parse_bytes(max_memory)
+            self.plan = fit_to_memory(name, hf, memory, max_context, max_batch, self.device, max_step_tokens)
+            if tracker is None:  # enforce the budget on what kvinfer allocates
+                tracker = kvinfer.VramTracker(budget_bytes=memory - self.plan.cuda_context_bytes)
+        else:
+            window = attention_window(hf)
+            limit = min(self.config.max_positions, window or self.config.max_positions)
+            if max_context is not None and not 1 <= max_context <= limit:
+                why = f"its sliding window is {window}" if window and window < self.config.max_positions \
+                    else f"it has {self.config.max_positions} positions"
+                raise ValueError(f"max_context={max_context} is not in [1, {limit}] for this model ({why})")
+            self.plan = plan_for_config(name, hf, max_context, max_batch or 8, "fp16", None, "fp16",
+                                        self.device, max_step_tokens)
+        self.max_context, self.max_batch = self.plan.context, self.plan.batch
         engine = _core.Engine(self.config, self.device, self.max_batch, self.max_context,
-                              max(int(max_step_tokens), self.max_batch), tracker)
+                              max(int(self.plan.step_tokens), self.max_batch), tracker)
         try:
             load_weights(engine, self.config, self.folder, progress=progress)
         except BaseException:

@@ -1,0 +1,235 @@
+"""Memory planner: every byte the engine will allocate, per purpose, before anything is
+allocated, computed with the engine's own size functions (weight layout, KVCache.size_bytes,
+activation layout, cuBLAS workspace). The engine's tracker report after loading equals the plan.
+
+On CUDA the driver also needs memory for the context itself (kernels, cuBLAS, the driver's own
+heaps). That part is not allocated by kvinfer and is given as a stated estimate."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+
+from kvinfer import _core
+from kvinfer.config import architecture_of, attention_window, model_config, read_config_json
+from kvinfer.model_zoo import builtin_config
+
+CUDA_CONTEXT_ESTIMATE = 600 << 20  # CUDA context + cuBLAS module load on an H100 (measured ~0.5 GiB)
+DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str | int) -> int:
+    """'80GiB', '24 GB', '1.5TiB', 123456 -> bytes."""
+    if isinstance(text, int):
+        value = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+        if not m or m.group(2).lower() not in _UNITS:
+            raise ValueError(f"memory size {text!r} is not a number with an optional unit (e.g. 80GiB, 24GB)")
+        value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value <= 0:
+        raise ValueError(f"memory size {text!r} must be > 0")
+    return value
+
+
+def load_model_config(model: str) -> tuple[str, dict, str | None]:
+    """(display name, config.json dict, folder or None) for a built-in name, a folder or a config.json."""
+    if os.path.isdir(model) or os.path.isfile(model):
+        folder = model if os.path.isdir(model) else None
+        return os.path.basename(os.path.normpath(model)), read_config_json(model), folder
+    return model, builtin_config(model), None
+
+
+def _checkpoint_bytes(folder: str) -> int:
+    from kvinfer.safetensors_io import SafetensorsFolder
+
+    return sum(t.end - t.begin for t in SafetensorsFolder(folder).tensors.values())
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    model: str
+    architecture: str
+    device: str
+    context: int
+    batch: int
+    step_tokens: int  # requested prefill chunk; the engine uses max(step_tokens, batch)
+    dtype: str
+    kv_dtype: str
+    parameters: int
+    weights_bytes: int
+    kv_cache_bytes: int
+    kv_lengths_bytes: int
+    activations_bytes: int
+    workspace_bytes: int
+    cuda_context_bytes: int  # stated estimate, not allocated by kvinfer
+    kv_bytes_per_token: int
+    kv_formula: str
+    gpu_memory: int | None = None
+    checkpoint_bytes: int | None = None  # tensor bytes in the folder's safetensors (headers only)
+    max_context: int | None = None
+    max_batch: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def by_purpose(self) -> dict[str, int]:
+        """Bytes per tracker purpose, exactly as the engine allocates them."""
+        out = {"weights": self.weights_bytes, "kv_cache": self.kv_cache_bytes,
+               "activations": self.activations_bytes}
+        if self.device == "cuda":
+            out["kv_lengths"] = self.kv_lengths_bytes
+            out["workspace"] = self.workspace_bytes
+        return out
+
+    @property
+    def allocated_bytes(self) -> int:
+        return sum(self.by_purpose().values())
+
+    @property
+    def total_bytes(self) -> int:
+        return self.allocated_bytes + self.cuda_context_bytes
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.gpu_memory is None else self.total_bytes <= self.gpu_memory
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(total_bytes=self.total_bytes, allocated_bytes=self.allocated_bytes, fits=self.fits,
+                 by_purpose=self.by_purpose())
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def plan_memory(model: str, context: int | None = None, batch: int = 1, dtype: str = "fp16",
+                gpu_memory: str | int | None = None, kv_dtype: str = "fp16", device: str = "cuda",
+                step_tokens: int = 512) -> MemoryPlan:
+    """The plan for `model` (built-in name, folder or config.json) at `context` tokens x `batch`
+    slots. `device` is "cuda" or "cpu"; `step_tokens` is the prefill chunk (the LLM's
+    max_step_tokens)."""
+    name, hf, folder = load_model_config(model)
+    return plan_for_config(name, hf, context, batch, dtype, gpu_memory, kv_dtype, device, step_tokens, folder)
+
+
+def plan_for_config(name: str, hf: dict, context: int | None, batch: int, dtype: str = "fp16",
+                    gpu_memory: str | int | None = None, kv_dtype: str = "fp16", device: str = "cuda",
+                    step_tokens: int = 512, folder: str | None = None) -> MemoryPlan:
+    arch = architecture_of(hf)
+    c = model_config(hf)
+    for label, value in (("dtype", dtype), ("kv_dtype", kv_dtype)):
+        if value not in DTYPE_BYTES:
+            raise ValueError(f"{label}={value!r} is not one of {', '.join(DTYPE_BYTES)}")
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    window = attention_window(hf)
+    limit = min(c.max_positions, window or c.max_positions)
+    context = int(context if context is not None else min(limit, 2048))
+    if not 1 <= context <= limit:
+        raise ValueError(f"context={context} is not in [1, {limit}] for {name}")
+    if int(batch) < 1:
+        raise ValueError(f"batch={batch} must be >= 1")
+    batch = int(batch)
+    steps = max(int(step_tokens), batch)
+    elem = DTYPE_BYTES[dtype]
+    weights = sum((elem * _numel(shape) + 255) // 256 * 256 for _, shape, _ in c.weight_specs())
+    kv_elem = DTYPE_BYTES[kv_dtype]
+    kv = _core.KVCache.size_bytes(_core.KVCacheConfig(c.num_layers, context, c.num_kv_heads, c.head_dim, batch))
+    kv = kv * kv_elem // 2
+    per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * kv_elem
+    return MemoryPlan(
+        model=name, architecture=arch, device=kind, context=context, batch=batch, step_tokens=int(step_tokens),
+        dtype=dtype, kv_dtype=kv_dtype, parameters=c.parameter_count(), weights_bytes=weights,
+        kv_cache_bytes=kv, kv_lengths_bytes=4 * batch if kind == "cuda" else 0,
+        activations_bytes=_core.activation_bytes(c, batch, context, steps, kind),
+        workspace_bytes=_core.gemm_workspace_bytes(kind),
+        cuda_context_bytes=CUDA_CONTEXT_ESTIMATE if kind == "cuda" else 0,
+        kv_bytes_per_token=per_token,
+        kv_formula=f"2 * {c.num_layers} layers * {c.num_kv_heads} kv_heads * {c.head_dim} head_dim * {kv_elem} B",
+        gpu_memory=parse_bytes(gpu_memory) if gpu_memory is not None else None,
+        checkpoint_bytes=_checkpoint_bytes(folder) if folder and _has_weights(folder) else None,
+    )
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _has_weights(folder: str) -> bool:
+    return any(os.path.isfile(os.path.join(folder, f))
+               for f in ("model.safetensors", "model.safetensors.index.json"))
+
+
+def largest(fits, lo: int, hi: int) -> int | None:
+    """The largest n in [lo, hi] with fits(n) (fits is monotone: true up to some n), else None."""
+    if not fits(lo):
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def max_context(plan: MemoryPlan, hf: dict, memory: int) -> int | None:
+    """Largest context for plan.batch within `memory` bytes (None if not even 1 token fits)."""
+    c = model_config(hf)
+    limit = min(c.max_positions, attention_window(hf) or c.max_positions)
+    return largest(lambda n: _replan(plan, hf, context=n).total_bytes <= memory, 1, limit)
+
+
+def max_batch(plan: MemoryPlan, hf: dict, memory: int, upper: int = 4096) -> int | None:
+    """Largest batch at plan.context within `memory` bytes."""
+    return largest(lambda b: _replan(plan, hf, batch=b).total_bytes <= memory, 1, upper)
+
+
+def _replan(plan: MemoryPlan, hf: dict, **change) -> MemoryPlan:
+    args = dict(context=plan.context, batch=plan.batch)
+    args.update(change)
+    return plan_for_config(plan.model, hf, args["context"], args["batch"], plan.dtype, None, plan.kv_dtype,
+                           plan.device, plan.step_tokens)
+
+
+def fit_to_memory(name: str, hf: dict, memory: int, context: int | None, batch: int | None, device: str,
+                  step_tokens: int = 512, batch_cap: int = 64) -> MemoryPlan:
+    """The plan an engine uses under `memory` bytes: the given context/batch, or, where one is
+    left open, the largest that fits (batch up to `batch_cap`; context up to the default). Raises
+    kvinfer.OutOfMemoryError with the numbers, before anything is allocated, when nothing fits."""
+    import kvinfer
+
+    def plan(ctx, b):
+        return plan_for_config(name, hf, ctx, b, "fp16", memory, "fp16", device, step_tokens)
+
+    base = plan(context, batch or 1)
+    notes = []
+    if batch is None:
+        best = largest(lambda b: plan(base.context, b).total_bytes <= memory, 1, batch_cap)
+        if best is None and context is None:
+            ctx = largest(lambda n: plan(n, 1).total_bytes <= memory, 1, base.context)
+            if ctx is not None:
+                base, best = plan(ctx, 1), 1
+                notes.append(f"context lowered to {ctx} tokens, the most that fits with one sequence")
+        if best is not None:
+            base = plan(base.context, best)
+            notes.append(f"batch {best}: the most sequences of {base.context} tokens that fit (cap {batch_cap})")
+    elif context is None and base.total_bytes > memory:
+        ctx = largest(lambda n: plan(n, batch).total_bytes <= memory, 1, base.context)
+        if ctx is not None:
+            base = plan(ctx, batch)
+            notes.append(f"context lowered to {ctx} tokens, the most that fits with batch {batch}")
+    if base.total_bytes > memory:
+        parts = ", ".join(f"{k} {v:,} B" for k, v in base.by_purpose().items())
+        raise kvinfer.OutOfMemoryError(
+            f"{name} at context {base.context} x batch {base.batch} needs {base.total_bytes:,} B ({parts}, "
+            f"cuda context estimate {base.cuda_context_bytes:,} B) but max_memory is {memory:,} B")
+    notes.append(f"planned {base.total_bytes:,} B of {memory:,} B")
+    return dataclasses.replace(base, notes=notes)

