@@ -114,10 +114,12 @@ SHAPES = {
 
 
 def random_model(name: str, folder: str) -> None:
+    import os
     import sys
+
     import transformers
 
-    sys.path.insert(0, "tests/python")
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "python"))
     from tiny_models import make_tokenizer
 
     torch.manual_seed(0)

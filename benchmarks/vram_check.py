@@ -6,6 +6,7 @@ other allocator holds memory)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,12 +26,12 @@ print(json.dumps({"batch": batch, "total": total, "free0": free0, "free1": free1
 
 
 def main() -> None:
-    sys.path.insert(0, "benchmarks")
     folder = sys.argv[1] if len(sys.argv) > 1 else None
     if folder is None:
         folder = tempfile.mkdtemp(prefix="llama-1b-shape")
-        subprocess.run([sys.executable, "-c", f"import gpu_bench; gpu_bench.random_model('Llama-3.2-1B', {folder!r})"],
-                       check=True, cwd="benchmarks")
+        here = os.path.dirname(os.path.abspath(__file__))
+        subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {here!r}); import gpu_bench; "
+                        f"gpu_bench.random_model('Llama-3.2-1B', {folder!r})"], check=True)
     print("| batch | purpose | plan B | tracker B |")
     print("| --- | --- | --- | --- |")
     rows = []
