@@ -45,10 +45,15 @@ def load_model_config(model: str) -> tuple[str, dict, str | None]:
     return model, builtin_config(model), None
 
 
-def _checkpoint_bytes(folder: str) -> int:
+def _checkpoint_bytes(folder: str, config) -> int:
+    """Tensor bytes of the folder's checkpoint, after checking from the headers alone (no tensor
+    data is read) that it holds every weight of the planned layout with the right shape."""
     from kvinfer.safetensors_io import SafetensorsFolder
+    from kvinfer.weights import check_checkpoint
 
-    return sum(t.end - t.begin for t in SafetensorsFolder(folder).tensors.values())
+    files = SafetensorsFolder(folder)
+    check_checkpoint(files, config)
+    return sum(t.end - t.begin for t in files.tensors.values())
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,7 @@ def plan_for_config(name: str, hf: dict, context: int | None, batch: int, dtype:
         kv_bytes_per_token=per_token,
         kv_formula=f"2 * {c.num_layers} layers * {c.num_kv_heads} kv_heads * {c.head_dim} head_dim * {kv_elem} B",
         gpu_memory=parse_bytes(gpu_memory) if gpu_memory is not None else None,
-        checkpoint_bytes=_checkpoint_bytes(folder) if folder and _has_weights(folder) else None,
+        checkpoint_bytes=_checkpoint_bytes(folder, c) if folder and _has_weights(folder) else None,
     )
 
 

