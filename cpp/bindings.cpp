@@ -250,7 +250,7 @@ PYBIND11_MODULE(_core, m) {
              cache.append(layer, slot, k16.data(), v16.data(), static_cast<int>(k.shape(0)));
            }, py::arg("layer"), py::arg("slot"), py::arg("k"), py::arg("v"),
            "Write K/V [tokens, num_kv_heads, head_dim] (float16/float32) at the slot's length.")
-      .def("commit", &KVCache::commit, py::arg("slot"), py::arg("tokens"),
+      .def("commit", py::overload_cast<int, int>(&KVCache::commit), py::arg("slot"), py::arg("tokens"),
            "Advance the slot's length once every layer has appended `tokens`.")
       .def("keys", [](const KVCache& c, int layer, int slot) { return read_rows(c, layer, slot, true); },
            py::arg("layer"), py::arg("slot"))

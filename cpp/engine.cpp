@@ -69,6 +69,7 @@ Engine::Engine(const ModelConfig& config, const Device& device, const EngineShap
       activations_(act_.total, device, "activations", weights_.tracker(), /*zero=*/true),
       last_slots_(shape.max_batch),
       last_lengths_(shape.max_batch),
+      slot_seen_(shape.max_batch),
       meta_host_(meta_ints(shape)) {
   if (device.is_cuda()) cuda_ = make_cuda_context(device, weights_.tracker());
   for (size_t i = 0; i < specs_.size(); ++i) spec_index_[specs_[i].name] = i;
@@ -118,6 +119,7 @@ void Engine::set_weight(const std::string& name, const half_t* data,
   KVINFER_CHECK_ARG(shape == spec.shape, "weight '", name, "' has shape ", shape_str(shape),
                     ", expected ", shape_str(spec.shape));
   copy_bytes(weights_.as<char>() + spec.offset, device_, data, Device::cpu(), spec.bytes());
+  if (!loaded_[it->second]) ++loaded_count_;
   loaded_[it->second] = 1;
 }
 
@@ -151,7 +153,8 @@ void Engine::validate_step(const int32_t* tokens, int total, const int32_t* seq_
                     " must be in [1, max_tokens=", shape_.max_tokens, "]");
   KVINFER_CHECK_ARG(seq_starts[0] == 0 && seq_starts[batch] == total, "seq_starts must run from 0 to ",
                     total, ", got ", seq_starts[0], " .. ", seq_starts[batch]);
-  std::vector<uint8_t> seen(shape_.max_batch, 0);
+  std::vector<uint8_t>& seen = slot_seen_;  // scratch: no allocation per step
+  std::fill(seen.begin(), seen.end(), 0);
   for (int b = 0; b < batch; ++b) {
     const int slot = seq_slots[b], n = seq_starts[b + 1] - seq_starts[b];
     KVINFER_CHECK_ARG(slot >= 0 && slot < shape_.max_batch, "sequence ", b, ": slot=", slot,
@@ -168,9 +171,11 @@ void Engine::validate_step(const int32_t* tokens, int total, const int32_t* seq_
   for (int t = 0; t < total; ++t)
     KVINFER_CHECK_ARG(tokens[t] >= 0 && tokens[t] < config_.vocab_size, "token id ", tokens[t],
                       " at position ", t, " is out of range [0, ", config_.vocab_size, ")");
-  auto missing = missing_weights();
-  KVINFER_CHECK_ARG(missing.empty(), "weight '", missing.empty() ? "" : missing.front(),
-                    "' was never loaded (", missing.size(), " missing)");
+  if (loaded_count_ != specs_.size()) {
+    auto missing = missing_weights();
+    throw std::invalid_argument(str("weight '", missing.front(), "' was never loaded (", missing.size(),
+                                    " missing)"));
+  }
 }
 
 void Engine::forward(const int32_t* tokens, int total, const int32_t* seq_slots,
@@ -282,7 +287,7 @@ void Engine::forward_cpu(const int32_t* tokens, int T, const int32_t* seq_slots,
       norm_cpu(x + int64_t(seq_starts[b + 1] - 1) * H, final_norm_w_, final_norm_b_, h + int64_t(b) * H, 1);
     cpu::matmul(h, H, lm_head_, nullptr, logits, c.vocab_size, batch, c.vocab_size, H, false);
   }
-  for (int b = 0; b < batch; ++b) cache_.commit(seq_slots[b], seq_starts[b + 1] - seq_starts[b]);
+  cache_.commit(seq_slots, seq_starts, batch);
 }
 
 }  // namespace kvinfer

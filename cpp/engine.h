@@ -108,6 +108,7 @@ class Engine {
   std::vector<TensorSpec> specs_;
   std::unordered_map<std::string, size_t> spec_index_;
   std::vector<uint8_t> loaded_;
+  size_t loaded_count_ = 0;
   DeviceMemory weights_;      // fp16 tensors at specs_[i].offset
   KVCache cache_;
   ActivationLayout act_;
@@ -120,6 +121,7 @@ class Engine {
   std::vector<int32_t> last_slots_, last_lengths_;
   int last_batch_ = 0;  // 0: no logits to sample from
   std::vector<int32_t> meta_host_;  // staging for the per-step metadata upload (CUDA)
+  mutable std::vector<uint8_t> slot_seen_;  // validate_step scratch [max_batch]
 };
 
 }  // namespace kvinfer

@@ -161,7 +161,7 @@ void Engine::forward_cuda(const int32_t* tokens, int T, const int32_t* seq_slots
   norm(x, d_last_rows, final_norm_w_, final_norm_b_, h, batch);
   cuda::gemm(blas, h, H, lm_head_, logits, true, c.vocab_size, batch, c.vocab_size, H, 0.0f);
   KVINFER_CUDA_CHECK(cudaStreamSynchronize(st));  // host buffers filled; errors surface here
-  for (int b = 0; b < batch; ++b) cache_.commit(seq_slots[b], seq_starts[b + 1] - seq_starts[b]);
+  cache_.commit(seq_slots, seq_starts, batch);
 }
 
 void Engine::sample_cuda(const SamplingArgs* args, int batch, int32_t* out_tokens) {

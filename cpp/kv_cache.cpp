@@ -127,17 +127,29 @@ void KVCache::append(int layer, int slot, const half_t* k_src, const half_t* v_s
 }
 
 void KVCache::commit(int slot, int tokens) {
-  check_slot(slot);
-  KVINFER_CHECK_ARG(tokens > 0, "tokens=", tokens, " must be > 0");
-  KVINFER_CHECK_ARG(pending_[slot] == tokens, "commit(slot=", slot, ", tokens=", tokens,
-                    "): this step appended ", pending_[slot], " tokens");
-  auto first = appended_.begin() + static_cast<size_t>(slot) * config_.num_layers;
-  auto missing = std::find(first, first + config_.num_layers, 0);
-  KVINFER_CHECK_ARG(missing == first + config_.num_layers, "commit(slot=", slot, "): layer ",
-                    missing - first, " was not appended this step");
-  lengths_[slot] += tokens;
-  pending_[slot] = 0;
-  std::fill(first, first + config_.num_layers, 0);
+  const int32_t starts[2] = {0, tokens};
+  commit(&slot, starts, 1);
+}
+
+void KVCache::commit(const int32_t* seq_slots, const int32_t* seq_starts, int batch) {
+  for (int b = 0; b < batch; ++b) {  // check everything first: a failed commit changes nothing
+    const int slot = seq_slots[b], tokens = seq_starts[b + 1] - seq_starts[b];
+    check_slot(slot);
+    KVINFER_CHECK_ARG(tokens > 0, "tokens=", tokens, " must be > 0");
+    KVINFER_CHECK_ARG(pending_[slot] == tokens, "commit(slot=", slot, ", tokens=", tokens,
+                      "): this step appended ", pending_[slot], " tokens");
+    auto first = appended_.begin() + static_cast<size_t>(slot) * config_.num_layers;
+    auto missing = std::find(first, first + config_.num_layers, 0);
+    KVINFER_CHECK_ARG(missing == first + config_.num_layers, "commit(slot=", slot, "): layer ",
+                      missing - first, " was not appended this step");
+  }
+  for (int b = 0; b < batch; ++b) {
+    const int slot = seq_slots[b];
+    lengths_[slot] += seq_starts[b + 1] - seq_starts[b];
+    pending_[slot] = 0;
+    auto first = appended_.begin() + static_cast<size_t>(slot) * config_.num_layers;
+    std::fill(first, first + config_.num_layers, 0);
+  }
   sync_device_lengths();
 }
 

@@ -82,6 +82,9 @@ class KVCache {
   void append(int layer, int slot, const half_t* k, const half_t* v, int tokens);
   // Advances the slot's length by `tokens`, which must equal what every layer appended this step.
   void commit(int slot, int tokens);
+  // commit() for several slots at once (seq_starts[b+1] - seq_starts[b] tokens for seq_slots[b]),
+  // all checked before any length changes; the device copy is updated once.
+  void commit(const int32_t* seq_slots, const int32_t* seq_starts, int batch);
   // Tokens appended to the slot since the last commit (0: none pending).
   int pending(int slot) const;
 

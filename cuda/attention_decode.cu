@@ -289,21 +289,17 @@ void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
   KVINFER_CHECK_ARG(num_heads % num_kv_heads == 0, "num_heads=", num_heads,
                     " is not a multiple of num_kv_heads=", num_kv_heads);
   switch (head_dim) {
-    case 32:
-      return launch_decode<32, 1>(q, q_stride, k_cache, v_cache, layout, seq_slots, positions, batch,
-                                  num_heads, num_kv_heads, scale, partial, out, out_stride, stream);
-    case 64:
-      return launch_decode<64, 2>(q, q_stride, k_cache, v_cache, layout, seq_slots, positions, batch,
-                                  num_heads, num_kv_heads, scale, partial, out, out_stride, stream);
-    case 80:
-      return launch_decode<80, 4>(q, q_stride, k_cache, v_cache, layout, seq_slots, positions, batch,
-                                  num_heads, num_kv_heads, scale, partial, out, out_stride, stream);
-    case 96:
-      return launch_decode<96, 4>(q, q_stride, k_cache, v_cache, layout, seq_slots, positions, batch,
-                                  num_heads, num_kv_heads, scale, partial, out, out_stride, stream);
-    case 128:
-      return launch_decode<128, 4>(q, q_stride, k_cache, v_cache, layout, seq_slots, positions, batch,
-                                   num_heads, num_kv_heads, scale, partial, out, out_stride, stream);
+#define KVINFER_DECODE_DIM(D, VEC)                                                              \
+  case D:                                                                                       \
+    return launch_decode<D, VEC>(q, q_stride, k_cache, v_cache, layout, seq_slots, positions,   \
+                                 batch, num_heads, num_kv_heads, scale, partial, out, out_stride, \
+                                 stream);
+    KVINFER_DECODE_DIM(32, 1)
+    KVINFER_DECODE_DIM(64, 2)
+    KVINFER_DECODE_DIM(80, 4)
+    KVINFER_DECODE_DIM(96, 4)
+    KVINFER_DECODE_DIM(128, 4)
+#undef KVINFER_DECODE_DIM
     default:
       throw std::invalid_argument(str("attention_decode: head_dim=", head_dim,
                                       " is not supported (32, 64, 80, 96, 128)"));

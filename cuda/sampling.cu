@@ -23,6 +23,18 @@ __device__ __forceinline__ float float_of(uint32_t k) {
   return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
+// (value, index) of the warp's best element; ties go to the lowest index.
+__device__ __forceinline__ void warp_argmax(float& v, int& i) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, i, o);
+    if (ov > v || (ov == v && oi < i)) {
+      v = ov;
+      i = oi;
+    }
+  }
+}
+
 // The largest t (a value of x) with weight(x >= t) >= target (count, or sum of x when mass).
 __device__ float threshold(const float* x, int n, float target, bool mass, float* scratch) {
   uint64_t lo = 0, hi = 0xffffffffu;  // 64-bit: hi - lo + 1 must not wrap
@@ -73,14 +85,7 @@ static __global__ void __launch_bounds__(kThreads)
       bv = x[i];
       bi = i;
     }
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ov > bv || (ov == bv && oi < bi)) {
-      bv = ov;
-      bi = oi;
-    }
-  }
+  warp_argmax(bv, bi);
   if ((tid & 31) == 0) {
     best_val[tid >> 5] = bv;
     best_idx[tid >> 5] = bi;
@@ -89,14 +94,7 @@ static __global__ void __launch_bounds__(kThreads)
   if (tid < 32) {
     bv = best_val[tid];
     bi = best_idx[tid];
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      if (ov > bv || (ov == bv && oi < bi)) {
-        bv = ov;
-        bi = oi;
-      }
-    }
+    warp_argmax(bv, bi);
     if (tid == 0) {
       best_val[0] = bv;
       best_idx[0] = bi;

@@ -42,13 +42,14 @@ float threshold(const float* x, int n, double target, bool mass) {
 void sample(float* logits, int batch, int vocab, const SamplingArgs* args, const int32_t* history,
             int64_t history_stride, const int32_t* row_slots, const int32_t* history_len,
             int32_t* out_tokens) {
-  std::vector<float> p(vocab);
+  thread_local std::vector<float> p, orig;  // grow once; no allocation per decode step after that
+  p.resize(vocab);
   for (int b = 0; b < batch; ++b) {
     float* x = logits + static_cast<int64_t>(b) * vocab;
     const SamplingArgs& a = args[b];
     if (a.repetition_penalty != 1.0f && history) {
       const int32_t* h = history + row_slots[b] * history_stride;
-      std::vector<float> orig(history_len[b]);
+      orig.resize(history_len[b]);
       for (int i = 0; i < history_len[b]; ++i) orig[i] = x[h[i]];
       for (int i = 0; i < history_len[b]; ++i)
         x[h[i]] = orig[i] < 0 ? orig[i] * a.repetition_penalty : orig[i] / a.repetition_penalty;
