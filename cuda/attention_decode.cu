@@ -1,5 +1,5 @@
-// Split-K decode attention. Block (split s, kv head g, sequence b), 4 warps: warp w takes 32-key
-// tiles w, w+4, ... of the split's chunk. Every K and V row is read once for all GROUP query heads
+// Split-K decode attention. Block (split s, kv head g, sequence b), 4 warps sharing 64-key K/V
+// tiles staged in shared memory. Every K and V row is read once for all GROUP query heads
 // of the KV head (GQA), and each warp keeps its own online-softmax state (m, l, o) per head. The
 // warps merge in shared memory and write the chunk's (m, l, o); merge_kernel combines the chunks
 // of a sequence in order.
@@ -19,6 +19,17 @@ namespace kvinfer::cuda {
 namespace {
 constexpr int kWarps = 4;
 constexpr int kMinChunk = 256;
+constexpr int kRows = 64;  // keys per shared-memory tile
+
+template <int D>
+__host__ __device__ constexpr int tile_ld() { return D + 8; }  // padded row: conflict-free 16-byte reads
+template <int D>
+__host__ __device__ constexpr size_t tile_bytes() { return size_t{2} * 2 * kRows * tile_ld<D>() * sizeof(__half); }
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
+}
 
 __host__ __device__ inline void split_plan(int n, int& splits, int& chunk) {
   splits = (n + kMinChunk - 1) / kMinChunk;
@@ -70,6 +81,8 @@ static __global__ void __launch_bounds__(kWarps * 32)
   constexpr int kLanesUsed = D / VEC;  // lanes holding V dims; the rest idle (D=80/96)
   static_assert(D % VEC == 0 && kLanesUsed <= 32 && D % 8 == 0, "head_dim per lane");
   using V = Vec<VEC>;
+  constexpr int kLd = tile_ld<D>();
+  static_assert(kWarps * GROUP * D * sizeof(float) <= tile_bytes<D>(), "merge area fits in the tiles");
   __shared__ __align__(16) float q_s[GROUP][D];
   const int s = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
   const int n = positions[b] + 1;
@@ -86,7 +99,6 @@ static __global__ void __launch_bounds__(kWarps * 32)
   const int d0 = lane * VEC;
   const int64_t base = seq_slots[b] * layout.slot_stride + g * layout.head_stride;
   const __half* kbase = k_cache + base;
-  const __half* vp = v_cache + base + d0;
 
   float m[GROUP], l[GROUP], o[GROUP][VEC];
 #pragma unroll
@@ -96,90 +108,102 @@ static __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int e = 0; e < VEC; ++e) o[h][e] = 0.0f;
   }
-  // Tiles of 16 keys per warp. QK^T: lanes l and l+16 share key l & 15, each holding half of its
-  // row (16-byte loads), q broadcast from shared memory, one shuffle to add the halves. Softmax
-  // statistics: one warp reduction per tile and head. PV: lanes over dims, each key's probability
-  // broadcast by a shuffle. Software pipeline: the next tile's K and this tile's V are in flight
-  // while this tile's scores are computed.
-  constexpr int kTile = 16, kChunks = D / 16;  // 16-byte chunks in half a row
-  const int kl = lane & 15, half_id = lane >> 4;
-  const int stride = kWarps * kTile;
-  uint4 kcur[kChunks], knext[kChunks];
-  auto load_k = [&](uint4* dst, int j0) {
-    if (j0 + kl < end) {
-      const uint4* row = reinterpret_cast<const uint4*>(kbase + static_cast<int64_t>(j0 + kl) * layout.pos_stride +
-                                                        half_id * (D / 2));
-#pragma unroll
-      for (int c = 0; c < kChunks; ++c) dst[c] = __ldg(row + c);
+  // 64-key tiles of K and V stream into shared memory with cp.async, two stages deep, so the next
+  // tile is in flight while this one is used. Warp w takes rows 16w..16w+15 of a tile. QK^T: lanes
+  // l and l+16 share key l & 15, each reading half of its row, q broadcast from shared memory, one
+  // shuffle adds the halves. Softmax statistics: one warp reduction per tile and head. PV: lanes
+  // over dims, each key's probability broadcast by a shuffle.
+  extern __shared__ __align__(16) unsigned char tiles_raw[];
+  __half* tiles = reinterpret_cast<__half*>(tiles_raw);  // [stage][K|V][kRows][kLd]
+  const __half* vbase = v_cache + base;
+  auto tile = [&](int stage, int which) { return tiles + (stage * 2 + which) * kRows * kLd; };
+  auto issue = [&](int stage, int j0) {
+    const int rows = min(kRows, end - j0);
+    for (int e = threadIdx.x; e < kRows * (D / 8); e += blockDim.x) {
+      const int r = e / (D / 8), c = (e % (D / 8)) * 8;
+      if (r < rows) {
+        const int64_t off = static_cast<int64_t>(j0 + r) * layout.pos_stride + c;
+        cp_async16(tile(stage, 0) + r * kLd + c, kbase + off);
+        cp_async16(tile(stage, 1) + r * kLd + c, vbase + off);
+      }
     }
+    asm volatile("cp.async.commit_group;\n" ::);
   };
-  int j0 = begin + warp * kTile;
-  load_k(kcur, j0);
-  for (; j0 < end; j0 += stride) {
-    const int keys = min(kTile, end - j0);
-    typename V::type vr[kTile];
+  constexpr int kChunks = D / 16;  // 16-byte chunks in half a row
+  const int kl = lane & 15, half_id = lane >> 4;
+  const int tiles_n = (end - begin + kRows - 1) / kRows;
+  issue(0, begin);
+  for (int t = 0; t < tiles_n; ++t) {
+    const int j0 = begin + t * kRows;
+    if (t + 1 < tiles_n) {
+      issue((t + 1) & 1, j0 + kRows);
+      asm volatile("cp.async.wait_group 1;\n" ::);
+    } else {
+      asm volatile("cp.async.wait_group 0;\n" ::);
+    }
+    __syncthreads();
+    const __half* Kt = tile(t & 1, 0) + warp * 16 * kLd;
+    const __half* Vt = tile(t & 1, 1) + warp * 16 * kLd;
+    const int keys = min(16, end - (j0 + warp * 16));  // this warp's rows of the tile (warp-uniform)
+    if (keys > 0) {
+      const bool valid = kl < keys;
+      float sc[GROUP];
 #pragma unroll
-    for (int u = 0; u < kTile; ++u)
-      if (active && u < keys)
-        vr[u] = *reinterpret_cast<const typename V::type*>(vp + static_cast<int64_t>(j0 + u) * layout.pos_stride);
-    if (j0 + stride < end) load_k(knext, j0 + stride);
-
-    const bool valid = kl < keys;
-    float sc[GROUP];
+      for (int h = 0; h < GROUP; ++h) sc[h] = 0.0f;
+      const __half* krow = Kt + kl * kLd + half_id * (D / 2);
 #pragma unroll
-    for (int h = 0; h < GROUP; ++h) sc[h] = 0.0f;
+      for (int c = 0; c < kChunks; ++c) {
+        const uint4 kv = *reinterpret_cast<const uint4*>(krow + c * 8);
+        const __half2* k2 = reinterpret_cast<const __half2*>(&kv);
+        float kf[8];
 #pragma unroll
-    for (int c = 0; c < kChunks; ++c) {
-      const __half2* k2 = reinterpret_cast<const __half2*>(&kcur[c]);
-      float kf[8];
+        for (int e = 0; e < 4; ++e) {
+          const float2 f = __half22float2(k2[e]);
+          kf[2 * e] = f.x;
+          kf[2 * e + 1] = f.y;
+        }
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float2 f = __half22float2(k2[e]);
-        kf[2 * e] = f.x;
-        kf[2 * e + 1] = f.y;
+        for (int h = 0; h < GROUP; ++h) {
+          const float* qh = &q_s[h][half_id * (D / 2) + c * 8];
+          const float4 qa = *reinterpret_cast<const float4*>(qh);
+          const float4 qb = *reinterpret_cast<const float4*>(qh + 4);
+          sc[h] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] +
+                   qb.z * kf[6] + qb.w * kf[7];
+        }
       }
+      float p[GROUP];
 #pragma unroll
       for (int h = 0; h < GROUP; ++h) {
-        const float* qh = &q_s[h][half_id * (D / 2) + c * 8];
-        const float4 qa = *reinterpret_cast<const float4*>(qh);
-        const float4 qb = *reinterpret_cast<const float4*>(qh + 4);
-        sc[h] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] +
-                 qb.z * kf[6] + qb.w * kf[7];
+        const float both = sc[h] + __shfl_xor_sync(0xffffffffu, sc[h], 16);  // every lane must shuffle
+        const float sv = valid ? both : -INFINITY;
+        const float m_new = fmaxf(m[h], warp_max(sv));
+        const float corr = __expf(m[h] - m_new);  // 0 on the first tile (m = -inf)
+        p[h] = valid ? __expf(sv - m_new) : 0.0f;
+        l[h] = l[h] * corr + 0.5f * warp_sum(p[h]);  // every key sits in two lanes: exact halving
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) o[h][e] *= corr;
+        m[h] = m_new;
+      }
+#pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        if (u >= keys) break;  // uniform across the warp
+        float vf[VEC];
+        if (active) V::to_float(*reinterpret_cast<const typename V::type*>(Vt + u * kLd + d0), vf);
+#pragma unroll
+        for (int h = 0; h < GROUP; ++h) {
+          const float pj = __shfl_sync(0xffffffffu, p[h], u);
+          if (active)
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) o[h][e] += pj * vf[e];
+        }
       }
     }
-    float p[GROUP];
-#pragma unroll
-    for (int h = 0; h < GROUP; ++h) {
-      const float both = sc[h] + __shfl_xor_sync(0xffffffffu, sc[h], 16);  // every lane must shuffle
-      const float sv = valid ? both : -INFINITY;
-      const float m_new = fmaxf(m[h], warp_max(sv));
-      const float corr = __expf(m[h] - m_new);  // 0 on the first tile (m = -inf)
-      p[h] = valid ? __expf(sv - m_new) : 0.0f;
-      l[h] = l[h] * corr + 0.5f * warp_sum(p[h]);  // every key sits in two lanes: exact halving
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) o[h][e] *= corr;
-      m[h] = m_new;
-    }
-#pragma unroll
-    for (int u = 0; u < kTile; ++u) {
-      if (u >= keys) break;  // uniform across the warp
-      float vf[VEC];
-      if (active) V::to_float(vr[u], vf);
-#pragma unroll
-      for (int h = 0; h < GROUP; ++h) {
-        const float pj = __shfl_sync(0xffffffffu, p[h], u);
-        if (active)
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) o[h][e] += pj * vf[e];
-      }
-    }
-#pragma unroll
-    for (int c = 0; c < kChunks; ++c) kcur[c] = knext[c];
+    __syncthreads();  // the next issue overwrites this stage
   }
 
   // merge the warps' states: warp 0 combines, in warp order
   __shared__ float sm[kWarps][GROUP][2];
-  __shared__ float so[kWarps][GROUP][D];
+  auto so = reinterpret_cast<float (*)[GROUP][D]>(tiles_raw);  // [kWarps][GROUP][D], reuses the tiles
 #pragma unroll
   for (int h = 0; h < GROUP; ++h) {
     if (lane == 0) {
@@ -254,11 +278,13 @@ static void launch_decode(const half_t* q, int64_t q_stride, const half_t* k_cac
   auto qh = reinterpret_cast<const __half*>(q);
   auto kc = reinterpret_cast<const __half*>(k_cache);
   auto vc = reinterpret_cast<const __half*>(v_cache);
-#define KVINFER_DECODE_CASE(G)                                                                   \
-  case G:                                                                                        \
-    decode_kernel<D, VEC, G><<<grid, kWarps * 32, 0, stream>>>(qh, q_stride, kc, vc, layout,     \
-                                                               seq_slots, positions, num_heads,  \
-                                                               scale, part_o, part_ml);          \
+#define KVINFER_DECODE_CASE(G)                                                                    \
+  case G:                                                                                         \
+    KVINFER_CUDA_CHECK(cudaFuncSetAttribute(decode_kernel<D, VEC, G>,                             \
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize,          \
+                                            static_cast<int>(tile_bytes<D>())));                  \
+    decode_kernel<D, VEC, G><<<grid, kWarps * 32, tile_bytes<D>(), stream>>>(                     \
+        qh, q_stride, kc, vc, layout, seq_slots, positions, num_heads, scale, part_o, part_ml);   \
     break;
   switch (group) {
     KVINFER_DECODE_CASE(1)
