@@ -46,7 +46,7 @@ def cuda_time_us(fn, reps: int = 30, warmup: int = 5) -> float:
     return statistics.median(times)
 
 
-def bench_decode(B: int, hq: int, hkv: int, D: int, ctx: int) -> None:
+def bench_decode(B: int, hq: int, hkv: int, D: int, ctx: int, splits: tuple[int, int] | None = None) -> None:
     k = torch.randn(B, hkv, ctx, D, device="cuda", dtype=torch.float16)
     v = torch.randn_like(k)
     q = torch.randn(B, hq, 1, D, device="cuda", dtype=torch.float16)
@@ -60,7 +60,7 @@ def bench_decode(B: int, hq: int, hkv: int, D: int, ctx: int) -> None:
     def ours():
         _core.ops.attention_decode(q.data_ptr(), hq * D, k.data_ptr(), v.data_ptr(), hkv * ctx * D, ctx * D, D,
                                    slots.data_ptr(), positions.data_ptr(), B, hq, hkv, D, scale,
-                                   partial.data_ptr(), out.data_ptr(), hq * D, stream)
+                                   partial.data_ptr(), out.data_ptr(), hq * D, stream, *(splits or (256, 64)))
 
     def sdpa():
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=hkv != hq)
@@ -70,7 +70,8 @@ def bench_decode(B: int, hq: int, hkv: int, D: int, ctx: int) -> None:
     err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
     t_ours, t_sdpa = cuda_time_us(ours), cuda_time_us(sdpa)
     gb = 2 * k.numel() * 2 / 1e9
-    say(f"| decode | B={B} Hq/Hkv={hq}/{hkv} D={D} ctx={ctx} | {t_ours:9.1f} | {gb / t_ours * 1e6:7.0f} | "
+    tag = f" splits{splits}" if splits else ""
+    say(f"| decode{tag} | B={B} Hq/Hkv={hq}/{hkv} D={D} ctx={ctx} | {t_ours:9.1f} | {gb / t_ours * 1e6:7.0f} | "
         f"{t_sdpa:9.1f} | {gb / t_sdpa * 1e6:7.0f} | {t_sdpa / t_ours:5.2f} | {err:.1e} |")
 
 
@@ -213,6 +214,7 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=["decode", "prefill", "e2e"])
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--compiled", action="store_true", help="also HF with torch.compile (slow to warm up)")
+    ap.add_argument("--sweep-splits", action="store_true", help="decode: try several (min_chunk, max_splits)")
     args = ap.parse_args()
     say(f"# {torch.cuda.get_device_name()}, {datetime.date.today()}, torch {torch.__version__}, "
         f"kvinfer {kvinfer.__version__}")
@@ -224,6 +226,10 @@ def main() -> None:
                 bench_decode(B, 32, 8, 128, ctx)
         for B in (1, 16):
             bench_decode(B, 9, 3, 64, 2048)
+    if args.sweep_splits:
+        for splits in ((256, 48), (512, 48), (512, 32), (384, 48)):
+            for B, ctx in ((1, 8192), (1, 32768), (8, 1024), (64, 1024), (64, 8192), (8, 8192)):
+                bench_decode(B, 32, 8, 128, ctx, splits)
     if "prefill" not in args.skip:
         say("| op | shape | ours us | ours TFLOP/s | SDPA us | SDPA TFLOP/s | speed-up | rel. err |")
         say("| --- | --- | --- | --- | --- | --- | --- | --- |")

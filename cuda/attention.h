@@ -32,11 +32,17 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
 // Decode: row b is sequence b (slot seq_slots[b], position positions[b]). `partial` is workspace
 // of decode_workspace_bytes(batch, num_heads, head_dim) bytes.
 constexpr int kDecodeMaxSplits = 64;
+// How a context is cut into chunks: splits = min(max_splits, ceil(n / min_chunk)), chunk =
+// ceil(n / splits) rounded up to 64 keys. A function of n alone, so never of the batch.
+struct DecodeSplits {
+  int min_chunk = 256;
+  int max_splits = kDecodeMaxSplits;  // <= kDecodeMaxSplits
+};
 size_t decode_workspace_bytes(int batch, int num_heads, int head_dim);
 void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                       const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,
                       const int32_t* positions, int batch, int num_heads, int num_kv_heads,
                       int head_dim, float scale, float* partial, half_t* out, int64_t out_stride,
-                      cudaStream_t stream);
+                      cudaStream_t stream, DecodeSplits splits = {});
 
 }  // namespace kvinfer::cuda

@@ -4,8 +4,9 @@
 // warps merge in shared memory and write the chunk's (m, l, o); merge_kernel combines the chunks
 // of a sequence in order.
 //
-// Chunking: splits = min(64, ceil(n / 256)), chunk = ceil(n / splits) rounded up to 64; both depend
-// only on n = position + 1, so a sequence's result is the same in any batch.
+// Chunking (DecodeSplits): splits = min(max_splits, ceil(n / min_chunk)), chunk = ceil(n / splits)
+// rounded up to 64; both depend only on n = position + 1, so a sequence's result is the same in
+// any batch.
 #include "cuda/attention.h"
 
 #include <cuda_fp16.h>
@@ -18,7 +19,6 @@ namespace kvinfer::cuda {
 
 namespace {
 constexpr int kWarps = 4;
-constexpr int kMinChunk = 256;
 constexpr int kRows = 64;  // keys per shared-memory tile
 
 template <int D>
@@ -31,9 +31,9 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
 }
 
-__host__ __device__ inline void split_plan(int n, int& splits, int& chunk) {
-  splits = (n + kMinChunk - 1) / kMinChunk;
-  if (splits > kDecodeMaxSplits) splits = kDecodeMaxSplits;
+__host__ __device__ inline void split_plan(int n, DecodeSplits plan, int& splits, int& chunk) {
+  splits = (n + plan.min_chunk - 1) / plan.min_chunk;
+  if (splits > plan.max_splits) splits = plan.max_splits;
   if (splits < 1) splits = 1;
   chunk = (n + splits - 1) / splits;
   chunk = (chunk + 63) / 64 * 64;
@@ -76,7 +76,7 @@ template <int D, int VEC, int GROUP>
 static __global__ void __launch_bounds__(kWarps * 32)
     decode_kernel(const __half* __restrict__ q, int64_t q_stride, const __half* __restrict__ k_cache,
                   const __half* __restrict__ v_cache, KVLayout layout, const int32_t* __restrict__ seq_slots,
-                  const int32_t* __restrict__ positions, int num_heads, float scale,
+                  const int32_t* __restrict__ positions, int num_heads, float scale, DecodeSplits plan,
                   float* __restrict__ part_o, float* __restrict__ part_ml) {
   constexpr int kLanesUsed = D / VEC;  // lanes holding V dims; the rest idle (D=80/96)
   static_assert(D % VEC == 0 && kLanesUsed <= 32 && D % 8 == 0, "head_dim per lane");
@@ -87,7 +87,7 @@ static __global__ void __launch_bounds__(kWarps * 32)
   const int s = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
   const int n = positions[b] + 1;
   int splits, chunk;
-  split_plan(n, splits, chunk);
+  split_plan(n, plan, splits, chunk);
   if (s >= splits) return;
   const int begin = s * chunk, end = min(n, begin + chunk);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -242,11 +242,11 @@ static __global__ void __launch_bounds__(kWarps * 32)
 
 template <int D>
 static __global__ void merge_kernel(const float* __restrict__ part_o, const float* __restrict__ part_ml,
-                                    const int32_t* __restrict__ positions, int num_heads,
+                                    const int32_t* __restrict__ positions, int num_heads, DecodeSplits plan,
                                     __half* __restrict__ out, int64_t out_stride) {
   const int head = blockIdx.x, b = blockIdx.y;
   int splits, chunk;
-  split_plan(positions[b] + 1, splits, chunk);
+  split_plan(positions[b] + 1, plan, splits, chunk);
   const int64_t first = (static_cast<int64_t>(b) * num_heads + head) * kDecodeMaxSplits;
   float mm = -INFINITY;
   for (int s = 0; s < splits; ++s) mm = fmaxf(mm, part_ml[(first + s) * 2]);
@@ -270,11 +270,11 @@ static void launch_decode(const half_t* q, int64_t q_stride, const half_t* k_cac
                           const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,
                           const int32_t* positions, int batch, int num_heads, int num_kv_heads,
                           float scale, float* partial, half_t* out, int64_t out_stride,
-                          cudaStream_t stream) {
+                          cudaStream_t stream, DecodeSplits plan) {
   const int group = num_heads / num_kv_heads;
   float* part_o = partial;
   float* part_ml = partial + static_cast<size_t>(batch) * num_heads * kDecodeMaxSplits * D;
-  const dim3 grid(kDecodeMaxSplits, num_kv_heads, batch);
+  const dim3 grid(plan.max_splits, num_kv_heads, batch);
   auto qh = reinterpret_cast<const __half*>(q);
   auto kc = reinterpret_cast<const __half*>(k_cache);
   auto vc = reinterpret_cast<const __half*>(v_cache);
@@ -284,7 +284,7 @@ static void launch_decode(const half_t* q, int64_t q_stride, const half_t* k_cac
                                             cudaFuncAttributeMaxDynamicSharedMemorySize,          \
                                             static_cast<int>(tile_bytes<D>())));                  \
     decode_kernel<D, VEC, G><<<grid, kWarps * 32, tile_bytes<D>(), stream>>>(                     \
-        qh, q_stride, kc, vc, layout, seq_slots, positions, num_heads, scale, part_o, part_ml);   \
+        qh, q_stride, kc, vc, layout, seq_slots, positions, num_heads, scale, plan, part_o, part_ml); \
     break;
   switch (group) {
     KVINFER_DECODE_CASE(1)
@@ -301,7 +301,7 @@ static void launch_decode(const half_t* q, int64_t q_stride, const half_t* k_cac
   }
 #undef KVINFER_DECODE_CASE
   KVINFER_CUDA_CHECK_LAUNCH();
-  merge_kernel<D><<<dim3(num_heads, batch), D, 0, stream>>>(part_o, part_ml, positions, num_heads,
+  merge_kernel<D><<<dim3(num_heads, batch), D, 0, stream>>>(part_o, part_ml, positions, num_heads, plan,
                                                             reinterpret_cast<__half*>(out), out_stride);
   KVINFER_CUDA_CHECK_LAUNCH();
 }
@@ -310,8 +310,11 @@ void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                       const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,
                       const int32_t* positions, int batch, int num_heads, int num_kv_heads,
                       int head_dim, float scale, float* partial, half_t* out, int64_t out_stride,
-                      cudaStream_t stream) {
+                      cudaStream_t stream, DecodeSplits plan) {
   if (batch == 0) return;
+  KVINFER_CHECK_ARG(plan.min_chunk >= 64 && plan.max_splits >= 1 && plan.max_splits <= kDecodeMaxSplits,
+                    "attention_decode: min_chunk=", plan.min_chunk, " max_splits=", plan.max_splits,
+                    " (need min_chunk >= 64, 1 <= max_splits <= ", kDecodeMaxSplits, ")");
   KVINFER_CHECK_ARG(num_heads % num_kv_heads == 0, "num_heads=", num_heads,
                     " is not a multiple of num_kv_heads=", num_kv_heads);
   switch (head_dim) {
@@ -319,7 +322,7 @@ void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
   case D:                                                                                       \
     return launch_decode<D, VEC>(q, q_stride, k_cache, v_cache, layout, seq_slots, positions,   \
                                  batch, num_heads, num_kv_heads, scale, partial, out, out_stride, \
-                                 stream);
+                                 stream, plan);
     KVINFER_DECODE_DIM(32, 1)
     KVINFER_DECODE_DIM(64, 2)
     KVINFER_DECODE_DIM(80, 4)
