@@ -72,15 +72,8 @@ void throw_error(cublasStatus_t status, const char* stmt, const char* file, int 
   int device = -1;
   cudaGetDevice(&device);
   const char* text = available() ? loaded().api.status_string(status) : "?";
-  std::string f = file;
-  for (const char* dir : {"/cpp/", "/cuda/"}) {
-    size_t at = f.rfind(dir);
-    if (at != std::string::npos) {
-      f = f.substr(at + 1);
-      break;
-    }
-  }
-  throw CudaError(str("cuBLAS error ", static_cast<int>(status), " (", text, ") at ", f, ":", line,
+  throw CudaError(str("cuBLAS error ", static_cast<int>(status), " (", text, ") at ",
+                      detail::source_path(file), ":", line,
                       " on cuda:", device, ": ", stmt));
 }
 

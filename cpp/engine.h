@@ -120,8 +120,8 @@ class Engine {
   // The last forward's sequences, for sample(): slots and lengths after the step.
   std::vector<int32_t> last_slots_, last_lengths_;
   int last_batch_ = 0;  // 0: no logits to sample from
-  std::vector<int32_t> meta_host_;  // staging for the per-step metadata upload (CUDA)
   mutable std::vector<uint8_t> slot_seen_;  // validate_step scratch [max_batch]
+  std::vector<int32_t> meta_host_;  // staging for the per-step metadata upload (CUDA)
 };
 
 }  // namespace kvinfer

@@ -17,17 +17,18 @@ std::string format_bytes(size_t bytes) {
   return out + " B";
 }
 
-#if KVINFER_WITH_CUDA
 namespace detail {
-// "/home/x/kvinfer/cuda/rmsnorm.cu" -> "cuda/rmsnorm.cu": messages name the source, not the build host.
-static std::string source_path(const std::string& file) {
+std::string source_path(const std::string& file) {
   for (const char* dir : {"/cpp/", "/cuda/", "/tests/"}) {
     size_t at = file.rfind(dir);
     if (at != std::string::npos) return file.substr(at + 1);
   }
   return file;
 }
+}  // namespace detail
 
+#if KVINFER_WITH_CUDA
+namespace detail {
 void throw_cuda_error(cudaError_t err, const char* stmt, const char* file, int line) {
   int device = -1;
   cudaGetDevice(&device);  // best effort: the device is context for the message only

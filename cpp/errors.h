@@ -42,6 +42,9 @@ class ContextOverflowError : public std::length_error {
 std::string format_bytes(size_t bytes);
 
 namespace detail {
+// "/home/x/kvinfer/cuda/rmsnorm.cu" -> "cuda/rmsnorm.cu": messages name the source, not the build host.
+std::string source_path(const std::string& file);
+
 inline void append_all(std::ostringstream&) {}
 template <class T, class... Rest>
 void append_all(std::ostringstream& os, const T& first, const Rest&... rest) {

@@ -7,6 +7,9 @@
 
 namespace kvinfer::simd {
 
+static inline float to_float(half_t h) { return half_to_float(h); }
+static inline float to_float(float f) { return f; }
+
 #if KVINFER_X86
 #define KVINFER_AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -31,30 +34,23 @@ KVINFER_AVX2 static inline __m256 load_f16(const half_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
-KVINFER_AVX2 static float dot_f16_f32_avx2(const half_t* a, const float* b, int64_t n) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    acc0 = _mm256_fmadd_ps(load_f16(a + i), _mm256_loadu_ps(b + i), acc0);
-    acc1 = _mm256_fmadd_ps(load_f16(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
-  }
-  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(load_f16(a + i), _mm256_loadu_ps(b + i), acc0);
-  float s = hsum(_mm256_add_ps(acc0, acc1));
-  for (; i < n; ++i) s += half_to_float(a[i]) * b[i];
-  return s;
-}
+KVINFER_AVX2 static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+KVINFER_AVX2 static inline __m256 load8(const half_t* p) { return load_f16(p); }
 
-KVINFER_AVX2 static float dot_f32_avx2(const float* a, const float* b, int64_t n) {
+// One loop for fp16 and fp32 left operands: the same accumulators in the same order, so a dot
+// product over converted fp16 values equals the one over the fp16 values bit for bit (the matmul's
+// batch invariance rests on it).
+template <class T>
+KVINFER_AVX2 static float dot_avx2(const T* a, const float* b, int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+    acc0 = _mm256_fmadd_ps(load8(a + i), _mm256_loadu_ps(b + i), acc0);
+    acc1 = _mm256_fmadd_ps(load8(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
   }
-  for (; i + 8 <= n; i += 8)
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(load8(a + i), _mm256_loadu_ps(b + i), acc0);
   float s = hsum(_mm256_add_ps(acc0, acc1));
-  for (; i < n; ++i) s += a[i] * b[i];
+  for (; i < n; ++i) s += to_float(a[i]) * b[i];
   return s;
 }
 
@@ -84,23 +80,18 @@ KVINFER_AVX2 static void f32_to_f16_avx2(const float* src, half_t* dst, int64_t 
 bool has_avx2() { return false; }
 #endif
 
-float dot_f16_f32(const half_t* a, const float* b, int64_t n) {
+template <class T>
+static float dot(const T* a, const float* b, int64_t n) {
 #if KVINFER_X86
-  if (has_avx2()) return dot_f16_f32_avx2(a, b, n);
+  if (has_avx2()) return dot_avx2(a, b, n);
 #endif
   float s = 0;
-  for (int64_t i = 0; i < n; ++i) s += half_to_float(a[i]) * b[i];
+  for (int64_t i = 0; i < n; ++i) s += to_float(a[i]) * b[i];
   return s;
 }
 
-float dot_f32(const float* a, const float* b, int64_t n) {
-#if KVINFER_X86
-  if (has_avx2()) return dot_f32_avx2(a, b, n);
-#endif
-  float s = 0;
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
+float dot_f16_f32(const half_t* a, const float* b, int64_t n) { return dot(a, b, n); }
+float dot_f32(const float* a, const float* b, int64_t n) { return dot(a, b, n); }
 
 void scale_axpy_f16(float scale, float p, const half_t* v, float* y, int64_t n) {
 #if KVINFER_X86
