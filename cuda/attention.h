@@ -6,9 +6,10 @@
 // accumulate). head_dim 32, 64, 80, 96 or 128.
 //
 // attention_decode: one query row per sequence (slots of different lengths in one launch). The
-// context is split into chunks whose size depends only on the sequence's own length, each chunk a
-// block that reads every K/V row once for all query heads of a GQA group; a second kernel merges
-// the chunks in a fixed order, so results never depend on the batch composition.
+// context is split into chunks whose size depends only on the sequence's own length; a persistent
+// grid streams the chunks' K/V tiles once for all query heads of a GQA group (tensor cores, up to
+// 16 query heads per KV head), and a second kernel merges a sequence's chunks in a fixed order, so
+// results never depend on the batch composition.
 #pragma once
 
 #include <cuda_runtime_api.h>

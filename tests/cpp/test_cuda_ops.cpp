@@ -291,6 +291,12 @@ AttnCase decode_case(int heads, int kv, int d, std::vector<int> lengths) {
   }
   return c;
 }
+// `batch` sequences of pseudo-random lengths in [1, max_len].
+AttnCase spread_case(int heads, int kv, int d, int batch, int max_len) {
+  std::vector<int> lengths(batch);
+  for (int b = 0; b < batch; ++b) lengths[b] = 1 + int((uint64_t(b) * 2654435761u) % uint64_t(max_len));
+  return decode_case(heads, kv, d, lengths);
+}
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaDecode, testing::Values(
     decode_case(4, 4, 64, {1}),
     decode_case(9, 3, 64, {17, 1, 1000}),
@@ -298,29 +304,43 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaDecode, testing::Values(
     decode_case(8, 1, 80, {1000}),
     decode_case(12, 4, 96, {33}),
     decode_case(4, 2, 32, {1, 130, 999}),
-    decode_case(6, 2, 128, {1, 2, 3, 17, 64, 65, 100, 255, 256, 300, 511, 512, 513, 1000, 2000, 3000, 4000, 4097, 8200})),
+    decode_case(6, 2, 128, {1, 2, 3, 17, 64, 65, 100, 255, 256, 300, 511, 512, 513, 1000, 2000, 3000, 4000, 4097, 8200}),
+    decode_case(16, 1, 64, {300, 5, 1}),   // GQA 16: all 16 rows of the tensor-core tile are heads
+    decode_case(24, 2, 128, {700}),        // GQA 12
+    spread_case(32, 8, 128, 80, 3000)),    // more chunks than resident blocks: blocks take several items
+
     [](const testing::TestParamInfo<AttnCase>& i) { return std::to_string(i.index) + "_" + i.param.name().substr(0, 40); });
 
 TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
   SKIP_WITHOUT_CUDA();
-  // Sequence of length 777 alone and inside a batch of 5: bit-identical output.
-  const int heads = 8, kv = 2, d = 128, ctx = 1024;
-  KVCacheConfig cfg{1, ctx, kv, d, 5};
+  // One sequence (length 777) alone and inside batches of 5 and of 120 (where each block of the
+  // persistent grid takes several chunks of different sequences): bit-identical output.
+  const int heads = 16, kv = 4, d = 128, ctx = 1024, big = 120, at = 37;
+  KVCacheConfig cfg{1, ctx, kv, d, big};
   const KVLayout layout = KVCache::layout(cfg);
-  auto kc = to_half(random_floats(size_t(layout.slot_stride) * 5, 20)), vc = to_half(random_floats(size_t(layout.slot_stride) * 5, 21));
-  auto q = to_half(random_floats(size_t(5) * heads * d, 22));
+  auto kc = to_half(random_floats(size_t(layout.slot_stride) * big, 20));
+  auto vc = to_half(random_floats(size_t(layout.slot_stride) * big, 21));
+  auto q = to_half(random_floats(size_t(big) * heads * d, 22));
   Guarded<half_t> d_k(kc.size(), &kc), d_v(vc.size(), &vc), d_q(q.size(), &q);
-  std::vector<int32_t> slots = {3, 0, 1, 2, 4}, pos = {776, 5, 1000, 1, 300};
-  Guarded<int32_t> d_slots(5, &slots), d_pos(5, &pos);
-  Guarded<float> part(cuda::decode_workspace_bytes(5, heads, d) / 4);
-  Guarded<half_t> batch_out(size_t(5) * heads * d), single_out(size_t(heads) * d);
-  cuda::attention_decode(d_q.get(), heads * d, d_k.get(), d_v.get(), layout, d_slots.get(), d_pos.get(), 5, heads,
-                         kv, d, 0.088f, part.get(), batch_out.get(), heads * d, nullptr);
-  cuda::attention_decode(d_q.get(), heads * d, d_k.get(), d_v.get(), layout, d_slots.get(), d_pos.get(), 1, heads,
-                         kv, d, 0.088f, part.get(), single_out.get(), heads * d, nullptr);
-  sync();
-  auto all = batch_out.read(), one = single_out.read();
-  EXPECT_TRUE(test::rows_equal(std::vector<half_t>(all.begin(), all.begin() + heads * d), one));
+  std::vector<int32_t> slots(big), pos(big);
+  for (int b = 0; b < big; ++b) slots[b] = (b * 7) % big, pos[b] = int((uint64_t(b) * 2654435761u) % ctx);
+  pos[at] = 776;
+  Guarded<int32_t> d_slots(big, &slots), d_pos(big, &pos);
+  Guarded<float> part(cuda::decode_workspace_bytes(big, heads, d) / 4);
+  const size_t row = size_t(heads) * d;
+  auto run = [&](int first, int batch) {
+    Guarded<half_t> out(size_t(batch) * row);
+    cuda::attention_decode(d_q.get() + first * row, row, d_k.get(), d_v.get(), layout, d_slots.get() + first,
+                           d_pos.get() + first, batch, heads, kv, d, 0.088f, part.get(), out.get(), row, nullptr);
+    sync();
+    auto all = out.read();
+    EXPECT_TRUE(out.guards_intact());
+    const size_t k = size_t(at - first) * row;
+    return std::vector<half_t>(all.begin() + k, all.begin() + k + row);
+  };
+  const auto alone = run(at, 1);
+  EXPECT_TRUE(test::rows_equal(run(at - 2, 5), alone));
+  EXPECT_TRUE(test::rows_equal(run(0, big), alone));
 }
 
 TEST(CudaOps, SamplingMatchesCpu) {
