@@ -32,18 +32,22 @@ def say(line: str = "") -> None:
     LINES.append(line)
 
 
-def cuda_time_us(fn, reps: int = 30, warmup: int = 5) -> float:
+def paired_time_us(fa, fb, reps: int = 30, warmup: int = 5) -> tuple[float, float]:
+    """Medians of CUDA-event times of fa and fb, measured alternately so that clock and thermal drift
+    hit both alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        fa()
+        fb()
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return statistics.median(times)
+        for fn, out in ((fa, times[0]), (fb, times[1])):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            out.append(start.elapsed_time(end) * 1e3)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def bench_decode(B: int, hq: int, hkv: int, D: int, ctx: int, splits: tuple[int, int] | None = None) -> None:
@@ -68,7 +72,7 @@ def bench_decode(B: int, hq: int, hkv: int, D: int, ctx: int, splits: tuple[int,
     ours()
     ref = sdpa().reshape(B, hq * D)
     err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-    t_ours, t_sdpa = cuda_time_us(ours), cuda_time_us(sdpa)
+    t_ours, t_sdpa = paired_time_us(ours, sdpa, reps=50)
     gb = 2 * k.numel() * 2 / 1e9
     tag = f" splits{splits}" if splits else ""
     say(f"| decode{tag} | B={B} Hq/Hkv={hq}/{hkv} D={D} ctx={ctx} | {t_ours:9.1f} | {gb / t_ours * 1e6:7.0f} | "
@@ -98,7 +102,7 @@ def bench_prefill(S: int, D: int, hq: int = 32, hkv: int = 8) -> None:
     ours()
     ref = sdpa()[0].permute(1, 0, 2).reshape(S, hq * D)
     err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-    t_ours, t_sdpa = cuda_time_us(ours, reps=10), cuda_time_us(sdpa, reps=10)
+    t_ours, t_sdpa = paired_time_us(ours, sdpa, reps=10)
     flops = 4 * S * S * D * hq / 2
     say(f"| prefill | S={S} D={D} Hq/Hkv={hq}/{hkv} | {t_ours:9.1f} | {flops / t_ours / 1e6:7.1f} | "
         f"{t_sdpa:9.1f} | {flops / t_sdpa / 1e6:7.1f} | {t_sdpa / t_ours:5.2f} | {err:.1e} |")
