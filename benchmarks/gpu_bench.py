@@ -64,7 +64,7 @@ def bench_decode(B: int, hq: int, hkv: int, D: int, ctx: int, splits: tuple[int,
     def ours():
         _core.ops.attention_decode(q.data_ptr(), hq * D, k.data_ptr(), v.data_ptr(), hkv * ctx * D, ctx * D, D,
                                    slots.data_ptr(), positions.data_ptr(), B, hq, hkv, D, scale,
-                                   partial.data_ptr(), out.data_ptr(), hq * D, stream, *(splits or (256, 64)))
+                                   partial.data_ptr(), out.data_ptr(), hq * D, stream, *(splits or (256, 32)))
 
     def sdpa():
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=hkv != hq)
@@ -231,7 +231,7 @@ def main() -> None:
         for B in (1, 16):
             bench_decode(B, 9, 3, 64, 2048)
     if args.sweep_splits:
-        for splits in ((256, 48), (512, 48), (512, 32), (384, 48)):
+        for splits in ((256, 64), (256, 48), (512, 32), (512, 16)):
             for B, ctx in ((1, 8192), (1, 32768), (8, 1024), (64, 1024), (64, 8192), (8, 8192)):
                 bench_decode(B, 32, 8, 128, ctx, splits)
     if "prefill" not in args.skip:

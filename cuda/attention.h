@@ -32,12 +32,14 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
 
 // Decode: row b is sequence b (slot seq_slots[b], position positions[b]). `partial` is workspace
 // of decode_workspace_bytes(batch, num_heads, head_dim) bytes.
-constexpr int kDecodeMaxSplits = 64;
+constexpr int kDecodeMaxSplits = 64;  // chunk slots per (sequence, query head) in the workspace
 // How a context is cut into chunks: splits = min(max_splits, ceil(n / min_chunk)), chunk =
-// ceil(n / splits) rounded up to 64 keys. A function of n alone, so never of the batch.
+// ceil(n / splits) rounded up to 64 keys. A function of n alone, so never of the batch. The
+// defaults were chosen on an H100 (docs/benchmarks.md): 32 chunks at most keep rows of long
+// contexts whole inside fewer blocks than 64 did (B=1/8, context 32K: 10% and 4% faster).
 struct DecodeSplits {
   int min_chunk = 256;
-  int max_splits = kDecodeMaxSplits;  // <= kDecodeMaxSplits
+  int max_splits = 32;  // <= kDecodeMaxSplits
 };
 size_t decode_workspace_bytes(int batch, int num_heads, int head_dim);
 void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
