@@ -8,8 +8,9 @@
 // attention_decode: one query row per sequence (slots of different lengths in one launch). The
 // context is split into chunks whose size depends only on the sequence's own length; a persistent
 // grid streams the chunks' K/V tiles once for all query heads of a GQA group (tensor cores, up to
-// 16 query heads per KV head), and a second kernel merges a sequence's chunks in a fixed order, so
-// results never depend on the batch composition.
+// 16 query heads per KV head). A sequence's chunks are always folded in chunk order, in registers
+// when one block holds them all, else by a second kernel, so results never depend on the batch
+// composition.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -31,7 +32,9 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
                        half_t* out, int64_t out_stride, cudaStream_t stream);
 
 // Decode: row b is sequence b (slot seq_slots[b], position positions[b]). `partial` is workspace
-// of decode_workspace_bytes(batch, num_heads, head_dim) bytes.
+// of decode_workspace_bytes(batch, num_heads, head_dim) bytes: chunk states of rows shared between
+// blocks and one int per (sequence, KV head), all written before they are read in every call (no
+// initialisation needed).
 constexpr int kDecodeMaxSplits = 64;  // chunk slots per (sequence, query head) in the workspace
 // How a context is cut into chunks: splits = min(max_splits, ceil(n / min_chunk)), chunk =
 // ceil(n / splits) rounded up to 64 keys. A function of n alone, so never of the batch. The

@@ -28,7 +28,6 @@
 
 #include "cpp/cuda_check.h"
 #include "cpp/errors.h"
-#include "cuda/common.cuh"
 
 namespace kvinfer::cuda {
 

@@ -291,10 +291,12 @@ AttnCase decode_case(int heads, int kv, int d, std::vector<int> lengths) {
   }
   return c;
 }
-// `batch` sequences of pseudo-random lengths in [1, max_len].
+// Pseudo-random value in [0, n) for index b (multiplicative hash): spreads sequence lengths.
+int spread(int b, int n) { return int((uint64_t(b) * 2654435761u) % uint64_t(n)); }
+// `batch` sequences of lengths spread over [1, max_len].
 AttnCase spread_case(int heads, int kv, int d, int batch, int max_len) {
   std::vector<int> lengths(batch);
-  for (int b = 0; b < batch; ++b) lengths[b] = 1 + int((uint64_t(b) * 2654435761u) % uint64_t(max_len));
+  for (int b = 0; b < batch; ++b) lengths[b] = 1 + spread(b, max_len);
   return decode_case(heads, kv, d, lengths);
 }
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaDecode, testing::Values(
@@ -308,13 +310,14 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaDecode, testing::Values(
     decode_case(16, 1, 64, {300, 5, 1}),   // GQA 16: all 16 rows of the tensor-core tile are heads
     decode_case(24, 2, 128, {700}),        // GQA 12
     spread_case(32, 8, 128, 80, 3000)),    // more chunks than resident blocks: blocks take several items
-
     [](const testing::TestParamInfo<AttnCase>& i) { return std::to_string(i.index) + "_" + i.param.name().substr(0, 40); });
 
 TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
   SKIP_WITHOUT_CUDA();
-  // One sequence (length 777) alone and inside batches of 5 and of 120 (where each block of the
-  // persistent grid takes several chunks of different sequences): bit-identical output.
+  // One sequence (length 777, 4 chunks) alone and inside batches of 5 and of 120: bit-identical
+  // output. Alone, each chunk gets a block of its own and the merge kernel folds them; in the batch
+  // of 120 blocks take several items, so the sequence's chunks are folded in registers or across
+  // blocks: the two fold paths must agree.
   const int heads = 16, kv = 4, d = 128, ctx = 1024, big = 120, at = 37;
   KVCacheConfig cfg{1, ctx, kv, d, big};
   const KVLayout layout = KVCache::layout(cfg);
@@ -323,7 +326,7 @@ TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
   auto q = to_half(random_floats(size_t(big) * heads * d, 22));
   Guarded<half_t> d_k(kc.size(), &kc), d_v(vc.size(), &vc), d_q(q.size(), &q);
   std::vector<int32_t> slots(big), pos(big);
-  for (int b = 0; b < big; ++b) slots[b] = (b * 7) % big, pos[b] = int((uint64_t(b) * 2654435761u) % ctx);
+  for (int b = 0; b < big; ++b) slots[b] = (b * 7) % big, pos[b] = spread(b, ctx);
   pos[at] = 776;
   Guarded<int32_t> d_slots(big, &slots), d_pos(big, &pos);
   Guarded<float> part(cuda::decode_workspace_bytes(big, heads, d) / 4);
