@@ -9,8 +9,8 @@
 // context is split into chunks whose size depends only on the sequence's own length; a persistent
 // grid streams the chunks' K/V tiles once for all query heads of a GQA group (tensor cores, up to
 // 16 query heads per KV head). A sequence's chunks are always folded in chunk order, in registers
-// when one block holds them all, else by a second kernel, so results never depend on the batch
-// composition.
+// when one block holds them all, else by the block that completes the row, so results never depend
+// on the batch composition.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -31,10 +31,11 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
                        int max_seq_rows, int num_heads, int num_kv_heads, int head_dim, float scale,
                        half_t* out, int64_t out_stride, cudaStream_t stream);
 
-// Decode: row b is sequence b (slot seq_slots[b], position positions[b]). `partial` is workspace
-// of decode_workspace_bytes(batch, num_heads, head_dim) bytes: chunk states of rows shared between
-// blocks and one int per (sequence, KV head), all written before they are read in every call (no
-// initialisation needed).
+// Decode: row b is sequence b (slot seq_slots[b], position positions[b]). `workspace` holds
+// decode_workspace_bytes(batch, num_heads, head_dim) bytes, 16-byte aligned, zeroed once before its
+// first use: chunk states of rows shared between blocks and counters that every call returns to
+// zero. One workspace serves calls of any batch up to the one it was sized for (same heads and
+// head_dim), one call at a time.
 constexpr int kDecodeMaxSplits = 64;  // chunk slots per (sequence, query head) in the workspace
 // How a context is cut into chunks: splits = min(max_splits, ceil(n / min_chunk)), chunk =
 // ceil(n / splits) rounded up to 64 keys. A function of n alone, so never of the batch. The
@@ -48,7 +49,7 @@ size_t decode_workspace_bytes(int batch, int num_heads, int head_dim);
 void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                       const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,
                       const int32_t* positions, int batch, int num_heads, int num_kv_heads,
-                      int head_dim, float scale, float* partial, half_t* out, int64_t out_stride,
+                      int head_dim, float scale, float* workspace, half_t* out, int64_t out_stride,
                       cudaStream_t stream, DecodeSplits splits = {});
 
 }  // namespace kvinfer::cuda

@@ -11,8 +11,9 @@
 // of the item list (ordered b, g, s) and streams 64-key K/V tiles of its items through a 3-stage
 // cp.async pipeline that runs across item boundaries. A block that holds chunk 0 of a row folds the
 // row's chunks in registers and writes the output itself, so at large batch almost nothing but the
-// output leaves the kernel; rows shared between blocks go through chunk slots in global memory and
-// merge_kernel finishes them with the same fold.
+// output leaves the kernel. Rows shared between blocks go through chunk slots in the workspace: each
+// block adds the number of chunks it finished to the row's counter, and the block that completes
+// the count folds the row with the same instructions (one kernel, no second launch).
 //
 // Per tile, in each of the 4 warps: S = Q K^T with mma.sync m16n8k16 (rows: the query heads of the
 // KV head, padded to 16; columns: the 64 keys), an online softmax on the S fragments, then
@@ -38,11 +39,29 @@ constexpr int kRows = 64;   // keys per tile
 constexpr int kStages = 3;  // tiles in flight per block
 constexpr float kLog2e = 1.4426950408889634f;
 
+// What the compute side needs of a tile that was issued into a stage.
+struct TileInfo {
+  int b, g, s, splits, key0, kend, flags;
+};
+enum : int { kFirstTile = 1, kLastTile = 2, kRangeStart = 4, kRangeEnd = 8, kNoTile = 16 };
+
+// A block's control words, after its tiles in shared memory. (Static __shared__ variables would sit
+// before the dynamic tiles and shift them off 32-byte alignment: a 32-byte sector of K/V then lands
+// in two 32-byte slots of shared memory, and cp.async moves every sector twice from L2.)
+struct Control {
+  TileInfo info[kStages];  // of the tile in each stage
+  int3 finish[2];          // (b, g, splits) of a row this block completed (b < 0: none), by step parity
+};
+
 template <int D>
 __host__ __device__ constexpr int tile_ld();
 template <int D, bool kTall>
-__host__ __device__ constexpr size_t smem_bytes() {  // K/V tiles [stage][K|V][key], queries [stage][row]
+__host__ __device__ constexpr size_t tiles_bytes() {  // K/V tiles [stage][K|V][key], queries [stage][row]
   return size_t{kStages} * (2 * kRows + (kTall ? 16 : 8)) * tile_ld<D>() * sizeof(__half);
+}
+template <int D, bool kTall>
+__host__ __device__ constexpr size_t smem_bytes() {
+  return tiles_bytes<D, kTall>() + sizeof(Control);
 }
 
 // 16-byte global -> shared copy; src_bytes 0 writes zeros (rows past the chunk end).
@@ -78,9 +97,9 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
 }
 
 // The chunk fold (M, L, O) <- (M, L, O) (+) (m, l, o), base-2 statistics: fold_weights, then
-// fold_acc for L and for each O element. The same instructions run in the decode kernel and in
-// merge_kernel, rounding pinned by the intrinsics, so a fold split between them gives the bits of
-// one done in registers.
+// fold_acc for L and for each O element. The same instructions run on register-held states and in
+// finish_row on states read back from the workspace, rounding pinned by the intrinsics, so a fold
+// split between blocks gives the bits of one done in registers.
 __device__ __forceinline__ void fold_weights(float& M, float m, float& x, float& y) {
   const float mn = fmaxf(M, m);  // m is finite: every chunk has a key
   x = fast_exp2(M - mn);
@@ -109,6 +128,12 @@ __host__ __device__ inline void split_plan(int n, DecodeSplits plan, int& splits
   splits = (n + chunk - 1) / chunk;
 }
 
+// Workspace: one record per sequence (so a record's place does not depend on the batch). Record of
+// sequence b, in floats: chunk states o [num_heads][kDecodeMaxSplits][D] and
+// (m, l) [num_heads][kDecodeMaxSplits][2], then int32 row_info [num_kv_heads] and row_count
+// [num_kv_heads] (each padded to num_heads, the record to 16 bytes). row_count is zero between
+// calls: the block that completes a row resets it.
+
 struct DecodeArgs {
   const __half* q;  // [batch][q_stride], heads of KV head g at columns [g*group*D, (g+1)*group*D)
   int64_t q_stride;
@@ -117,22 +142,37 @@ struct DecodeArgs {
   KVLayout layout;
   const int32_t* seq_slots;  // [batch]
   const int32_t* positions;  // [batch]
-  int batch, num_heads, num_kv_heads, group;
+  int batch, num_heads, num_kv_heads, group, head_dim;
   float scale_log2;  // scale * log2(e): the softmax runs in base 2
   DecodeSplits plan;
-  float* part_o;      // [batch][num_heads][kDecodeMaxSplits][D]
-  float* part_ml;     // [batch][num_heads][kDecodeMaxSplits][2]
-  int32_t* row_info;  // [batch][num_kv_heads]: 0 = output written, k + 1 = prefix state in chunk slot k
-  __half* out;        // [batch][out_stride]
+  float* records;    // [batch][record_floats]
+  int64_t record_floats;
+  __half* out;       // [batch][out_stride]
   int64_t out_stride;
+
+  __device__ float* chunk_o(int b, int qh, int s) const {  // [D]
+    return records + b * record_floats + (static_cast<int64_t>(qh) * kDecodeMaxSplits + s) * head_dim;
+  }
+  __device__ float* chunk_ml(int b, int qh, int s) const {  // [2]
+    return records + b * record_floats + static_cast<int64_t>(num_heads) * kDecodeMaxSplits * head_dim +
+           (static_cast<int64_t>(qh) * kDecodeMaxSplits + s) * 2;
+  }
+  // k + 1: the fold of the row's chunks 0..k is in chunk slot k (written when the row goes on in
+  // other blocks)
+  __device__ int32_t* row_info(int b, int g) const {
+    return reinterpret_cast<int32_t*>(records + b * record_floats +
+                                      static_cast<int64_t>(num_heads) * kDecodeMaxSplits * (head_dim + 2)) + g;
+  }
+  __device__ int32_t* row_count(int b, int g) const { return row_info(b, g) + num_heads; }  // chunks done
 };
 
-// A position in a worker's item list: which item, which of its tiles. Every thread holds the same
-// cursor; entering a new sequence reads its position (an L1 hit after the first scan).
+// A position in a range of consecutive items: which item, which of its tiles. Every thread holds the
+// same cursor; entering a new sequence reads its position (an L1 hit after the first scan).
 struct Cursor {
-  int left;  // items left, this one included
+  int left = 0;  // items left in the range, this one included
   int b, g, s;
   int n, splits, chunk, tile, tiles;
+  bool range_start;
 
   __device__ void enter_sequence(const DecodeArgs& a) {
     n = a.positions[b] + 1;
@@ -146,6 +186,7 @@ struct Cursor {
   __device__ int end() const { return min(n, s * chunk + chunk); }
   __device__ void advance(const DecodeArgs& a) {
     if (++tile < tiles) return;
+    range_start = false;
     if (--left == 0) return;
     if (++s == splits) {
       s = 0;
@@ -168,36 +209,41 @@ __device__ __forceinline__ int warp_scan_incl(int v, int lane) {
   return v;
 }
 
-// Worker w's share of the items: [total * w / workers, total * (w+1) / workers). The warp scans the
-// per-sequence item counts itself.
-__device__ Cursor worker_share(const DecodeArgs& a, int worker, int workers, int lane) {
-  auto items_of = [&](int b) {
-    if (b >= a.batch) return 0;
-    int splits, chunk;
-    split_plan(a.positions[b] + 1, a.plan, splits, chunk);
-    return splits * a.num_kv_heads;
-  };
-  int64_t total = 0;
+__device__ __forceinline__ int items_of(const DecodeArgs& a, int b) {
+  if (b >= a.batch) return 0;
+  int splits, chunk;
+  split_plan(a.positions[b] + 1, a.plan, splits, chunk);
+  return splits * a.num_kv_heads;
+}
+
+// All items of the batch, by the warp.
+__device__ int total_items(const DecodeArgs& a, int lane) {
+  int total = 0;
   for (int b0 = 0; b0 < a.batch; b0 += 32) {
-    int c = items_of(b0 + lane);
+    int c = items_of(a, b0 + lane);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
     total += c;
   }
-  const int64_t first = total * worker / workers, last = total * (worker + 1) / workers;
+  return total;
+}
+
+// The cursor at item `first` (< total) of a range of `count` items; the warp scans the per-sequence
+// item counts.
+__device__ Cursor locate(const DecodeArgs& a, int first, int count, int lane) {
   Cursor c;
-  c.left = static_cast<int>(last - first);
-  if (c.left == 0) return c;
-  int64_t before = 0;
+  c.left = count;
+  c.range_start = true;
+  int before = 0;
   for (int b0 = 0;; b0 += 32) {  // terminates: first < total
-    const int cnt = items_of(b0 + lane);
+    const int cnt = items_of(a, b0 + lane);
     const int incl = warp_scan_incl(cnt, lane);
     const bool hit = before + incl - cnt <= first && first < before + incl;
     const unsigned mask = __ballot_sync(0xffffffffu, hit);
     if (mask != 0) {
       const int src = __ffs(mask) - 1;
       c.b = b0 + src;
-      const int rest = static_cast<int>(first - before) - __shfl_sync(0xffffffffu, incl - cnt, src);
+      const int rest = first - before - __shfl_sync(0xffffffffu, incl - cnt, src);
       c.enter_sequence(a);
       c.g = rest / c.splits;
       c.s = rest % c.splits;
@@ -237,6 +283,35 @@ __device__ __forceinline__ void copy_tile(__half* dst, const __half* src, int po
 
 }  // namespace
 
+// Row (b, g) is complete in the workspace: fold its chunk states in chunk order, starting from the
+// prefix state of the block that held chunk 0 (the fold of register-held chunks gives the same bits),
+// and write the output. The states come from other blocks: read through L2. A thread takes 4 dims.
+template <int D>
+__device__ void finish_row(const DecodeArgs& a, int b, int g, int splits) {
+  const int info = __ldcg(a.row_info(b, g));
+  for (int e = threadIdx.x; e < a.group * (D / 4); e += kThreads) {
+    const int qh = g * a.group + e / (D / 4), d = 4 * (e % (D / 4));
+    const float* ml = a.chunk_ml(b, qh, 0);
+    const float* o = a.chunk_o(b, qh, 0) + d;
+    const float2 ml0 = __ldcg(reinterpret_cast<const float2*>(ml) + info - 1);
+    float M = ml0.x, L = ml0.y;
+    float4 O = __ldcg(reinterpret_cast<const float4*>(o + (info - 1) * D));
+#pragma unroll 8
+    for (int s = info; s < splits; ++s) {
+      const float2 mls = __ldcg(reinterpret_cast<const float2*>(ml) + s);
+      const float4 os = __ldcg(reinterpret_cast<const float4*>(o + s * D));
+      float x, y;
+      fold_weights(M, mls.x, x, y);
+      L = fold_acc(L, x, mls.y, y);
+      O = make_float4(fold_acc(O.x, x, os.x, y), fold_acc(O.y, x, os.y, y), fold_acc(O.z, x, os.z, y),
+                      fold_acc(O.w, x, os.w, y));
+    }
+    __half2* dst = reinterpret_cast<__half2*>(a.out + b * a.out_stride + static_cast<int64_t>(qh) * D + d);
+    dst[0] = __floats2half2_rn(__fdiv_rn(O.x, L), __fdiv_rn(O.y, L));
+    dst[1] = __floats2half2_rn(__fdiv_rn(O.z, L), __fdiv_rn(O.w, L));
+  }
+}
+
 template <int D, bool kTall>  // kTall: more than 8 query heads per KV head (rows 8..15 of the tile live)
 static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArgs a) {
   static_assert(D % 16 == 0 && D <= 128, "head_dim: a multiple of 16, at most 128");
@@ -245,21 +320,32 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
   constexpr int kKSteps = D / 16;                              // k-steps of Q K^T
   constexpr int kQRows = kTall ? 16 : 8;
   constexpr int kTile = kRows * tile_ld<D>();                  // halves per K or V tile
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
   __half* smem = reinterpret_cast<__half*>(smem_raw);  // [stage][K|V][kRows rows], then [stage][kQRows rows]
+  Control& ctl = *reinterpret_cast<Control*>(smem_raw + tiles_bytes<D, kTall>());
+  TileInfo* info = ctl.info;
+  int3* finish = ctl.finish;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int qr = lane >> 2, qc = 2 * (lane & 3);  // fragment row / first column of this lane
+  const bool leader = threadIdx.x == 0;
 
-  Cursor cur = worker_share(a, blockIdx.x, gridDim.x, lane);  // every warp finds the block's share
-  if (cur.left == 0) return;
-  Cursor load = cur;
+  // Block i takes the i-th contiguous share of the items (shares differ by at most one item).
+  Cursor load;
+  {
+    const int total = total_items(a, lane);
+    const int first = static_cast<int>(static_cast<int64_t>(total) * blockIdx.x / gridDim.x);
+    const int count = static_cast<int>(static_cast<int64_t>(total) * (blockIdx.x + 1) / gridDim.x) - first;
+    if (count > 0) load = locate(a, first, count, lane);
+  }
 
   auto stage_k = [&](int st) { return smem + (st * 2) * kTile; };
   auto stage_v = [&](int st) { return smem + (st * 2 + 1) * kTile; };
   auto stage_q = [&](int st) { return smem + kStages * 2 * kTile + st * kQRows * tile_ld<D>(); };
-  // The tile at `load` into stage st (with the item's queries if it is the item's first tile), then
-  // advance `load`. Rows past the chunk end and query rows past the group are zero-filled.
+  // The next tile into stage st (with the item's queries if it is the item's first tile), its
+  // TileInfo for the compute side, then advance `load`. Rows past the chunk end and query rows past
+  // the group are zero-filled. Called right after a barrier.
   auto issue = [&](int st) {
+    TileInfo t{0, 0, 0, 0, 0, 0, kNoTile};
     if (load.left > 0) {
       if (load.tile == 0) {
         constexpr int kChunks = D / 8;
@@ -284,8 +370,13 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
         copy_tile<D, false>(stage_k(st), a.k_cache + base, pos_stride, rows);
         copy_tile<D, false>(stage_v(st), a.v_cache + base, pos_stride, rows);
       }
+      const bool last = load.tile == load.tiles - 1;
+      t = TileInfo{load.b, load.g, load.s, load.splits, j0, load.end(),
+                   (load.tile == 0 ? kFirstTile : 0) | (last ? kLastTile : 0) |
+                       (load.range_start ? kRangeStart : 0) | (last && load.left == 1 ? kRangeEnd : 0)};
       load.advance(a);
     }
+    if (leader) info[st] = t;
     asm volatile("cp.async.commit_group;\n" ::);  // possibly empty: keeps the group count uniform
   };
   for (int st = 0; st < kStages - 1; ++st) issue(st);
@@ -296,14 +387,56 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
   float o[kMyTiles][4];     // O fragments of this warp's dims: rows qr, qr + 8; dims 8 nt + qc (+1)
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // rows qr, qr + 8; l: this lane's keys
   float FO[kMyTiles][4], FM0 = 0.0f, FM1 = 0.0f, FL0 = 0.0f, FL1 = 0.0f;  // fold of the row's chunks
-  bool own = false;  // this block holds chunk 0 of the current row
-  for (int step = 0; cur.left > 0; ++step) {
+  bool own = false;   // this block holds chunk 0 of the current row
+  int seg_first = 0;  // first chunk of the row this block holds in the current range
+  // A row segment that ended with the row unfinished is counted into row_count one step later (after
+  // the barrier that orders its chunk-state writes), and the atomic's answer is read one step after
+  // that; the block that completes the count folds the row. Nothing waits on an atomic in between.
+  int3 count_row = make_int3(-1, 0, 0);  // (b, g, splits) to count in (uniform), chunks count_n
+  int count_n = 0;
+  int3 ticket_row = make_int3(-1, 0, 0);  // leader: counted, answer pending
+  int ticket = 0, ticket_n = 0;
+  auto settle = [&](int parity) {  // leader, before a barrier: did our count complete the row?
+    int3 f = make_int3(-1, 0, 0);
+    if (ticket_row.x >= 0 && ticket + ticket_n == ticket_row.z) {
+      __threadfence();  // the other blocks' chunk states, before the barrier that releases the readers
+      *a.row_count(ticket_row.x, ticket_row.y) = 0;
+      f = ticket_row;
+    }
+    ticket_row.x = -1;
+    finish[parity] = f;
+  };
+  auto count_in = [&] {  // after a barrier
+    if (count_row.x < 0) return;
+    if (leader) {
+      __threadfence();
+      ticket = atomicAdd(a.row_count(count_row.x, count_row.y), count_n);
+      ticket_row = count_row;
+      ticket_n = count_n;
+    }
+    count_row.x = -1;
+  };
+  int step = 0;
+  for (;; ++step) {
     const int st = step % kStages;
     asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2));
+    if (leader) settle(step & 1);
     __syncthreads();  // tile `step` is visible to all; stage (step - 1) is free again
     issue((step + kStages - 1) % kStages);
+    const int3 f = finish[step & 1];
+    if (f.x >= 0) finish_row<D>(a, f.x, f.y, f.z);
+    count_in();
+    const TileInfo t = info[st];
+    if (t.flags & kNoTile) break;
 
-    if (cur.tile == 0) {  // a new item: its queries, fresh softmax state
+    if (t.flags & kFirstTile) {  // a new item: its queries, fresh softmax state
+      if (t.s == 0) {
+        own = true;
+        seg_first = 0;
+      } else if (t.flags & kRangeStart) {
+        own = false;
+        seg_first = t.s;
+      }
 #pragma unroll
       for (int kk = 0; kk < kKSteps; ++kk) {
         if (kTall) {  // blocks (rows 0-7 | 8-15) x (dims lo | hi)
@@ -319,7 +452,7 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
       m0 = m1 = -INFINITY;
       l0 = l1 = 0.0f;
 #pragma unroll
-      for (int t = 0; t < kMyTiles; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+      for (int i = 0; i < kMyTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     }
 
     const __half* ks = stage_k(st);
@@ -340,17 +473,16 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
     }
     // online softmax (base 2); keys past the chunk end (last tile only) are masked, the tile's first
     // key never is
-    const int key0 = cur.begin() + cur.tile * kRows, kend = cur.end();
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[j][e] *= a.scale_log2;
-    if (key0 + kRows > kend) {
+    if (t.key0 + kRows > t.kend) {
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e)
-          if (key0 + 8 * j + qc + (e & 1) >= kend) s[j][e] = -INFINITY;
+          if (t.key0 + 8 * j + qc + (e & 1) >= t.kend) s[j][e] = -INFINITY;
     }
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
@@ -382,41 +514,39 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
     l1 = l1 * c1 + sum1;
     // O = O * c + P V for this warp's dims; V read transposed: blocks of 8 keys x 8 dims
 #pragma unroll
-    for (int t = 0; t < kMyTiles; ++t) {
-      const int nt = warp + kWarps * t;
+    for (int i = 0; i < kMyTiles; ++i) {
+      const int nt = warp + kWarps * i;
       if (nt < kDimTiles) {
-        o[t][0] *= c0;
-        o[t][1] *= c0;
-        o[t][2] *= c1;
-        o[t][3] *= c1;
+        o[i][0] *= c0;
+        o[i][1] *= c0;
+        o[i][2] *= c1;
+        o[i][3] *= c1;
 #pragma unroll
         for (int kp = 0; kp < 2; ++kp) {
           uint32_t b[4];
           ldmatrix_x4_trans(b, vs + tile_at<D>(32 * kp + 8 * mi + mr, nt));
-          mma16816(o[t], pa[2 * kp], b[0], b[1]);
-          mma16816(o[t], pa[2 * kp + 1], b[2], b[3]);
+          mma16816(o[i], pa[2 * kp], b[0], b[1]);
+          mma16816(o[i], pa[2 * kp + 1], b[2], b[3]);
         }
       }
     }
 
-    if (cur.tile == cur.tiles - 1) {
+    if (t.flags & kLastTile) {
       // Item done: its (m, l, o). The block holding chunk 0 of the row folds the chunks in registers
-      // and writes the output at the last one, or, if its share ends first, its prefix state into the
+      // and writes the output at the last one, or, if its range ends first, its prefix state into the
       // slot of its last chunk; a block that entered the row mid-way writes each chunk's state.
-      // merge_kernel finishes split rows.
 #pragma unroll
       for (int x = 1; x <= 2; x <<= 1) {
         l0 += __shfl_xor_sync(0xffffffffu, l0, x);
         l1 += __shfl_xor_sync(0xffffffffu, l1, x);
       }
-      if (cur.s == 0) own = true;
-      const bool row_done = cur.s == cur.splits - 1, share_done = cur.left == 1;
+      const bool row_done = t.s == t.splits - 1, seg_done = row_done || (t.flags & kRangeEnd);
       if (own) {
-        if (cur.s == 0) {
+        if (t.s == 0) {
           FM0 = FM1 = -INFINITY;
           FL0 = FL1 = 0.0f;
 #pragma unroll
-          for (int t = 0; t < kMyTiles; ++t) FO[t][0] = FO[t][1] = FO[t][2] = FO[t][3] = 0.0f;
+          for (int i = 0; i < kMyTiles; ++i) FO[i][0] = FO[i][1] = FO[i][2] = FO[i][3] = 0.0f;
         }
         float x0, y0, x1 = 0.0f, y1 = 0.0f;
         fold_weights(FM0, m0, x0, y0);
@@ -426,78 +556,62 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
           FL1 = fold_acc(FL1, x1, l1, y1);
         }
 #pragma unroll
-        for (int t = 0; t < kMyTiles; ++t) {
-          FO[t][0] = fold_acc(FO[t][0], x0, o[t][0], y0);
-          FO[t][1] = fold_acc(FO[t][1], x0, o[t][1], y0);
+        for (int i = 0; i < kMyTiles; ++i) {
+          FO[i][0] = fold_acc(FO[i][0], x0, o[i][0], y0);
+          FO[i][1] = fold_acc(FO[i][1], x0, o[i][1], y0);
           if (kTall) {
-            FO[t][2] = fold_acc(FO[t][2], x1, o[t][2], y1);
-            FO[t][3] = fold_acc(FO[t][3], x1, o[t][3], y1);
+            FO[i][2] = fold_acc(FO[i][2], x1, o[i][2], y1);
+            FO[i][3] = fold_acc(FO[i][3], x1, o[i][3], y1);
           }
         }
       }
-      if (!own || row_done || share_done) {
-        const bool final_out = own && row_done, prefix = own && !row_done;
+      const bool final_out = own && row_done;
+      if (!own || seg_done) {
+        const bool prefix = own && !row_done;
 #pragma unroll
         for (int half = 0; half < (kTall ? 2 : 1); ++half) {
           const int hh = qr + 8 * half;  // head within the group
           if (hh >= a.group) continue;
-          const int qh = cur.g * a.group + hh;
-          const int64_t slot = (static_cast<int64_t>(cur.b) * a.num_heads + qh) * kDecodeMaxSplits + cur.s;
+          const int qh = t.g * a.group + hh;
+          float* co = a.chunk_o(t.b, qh, t.s);
 #pragma unroll
-          for (int t = 0; t < kMyTiles; ++t) {
-            const int d = 8 * (warp + kWarps * t) + qc;
+          for (int i = 0; i < kMyTiles; ++i) {
+            const int d = 8 * (warp + kWarps * i) + qc;
             if (d >= D) continue;
             if (final_out) {
               const float L = half ? FL1 : FL0;
-              *reinterpret_cast<__half2*>(a.out + cur.b * a.out_stride + qh * D + d) =
-                  __floats2half2_rn(__fdiv_rn(FO[t][2 * half], L), __fdiv_rn(FO[t][2 * half + 1], L));
+              *reinterpret_cast<__half2*>(a.out + t.b * a.out_stride + qh * D + d) =
+                  __floats2half2_rn(__fdiv_rn(FO[i][2 * half], L), __fdiv_rn(FO[i][2 * half + 1], L));
             } else {
-              *reinterpret_cast<float2*>(a.part_o + slot * D + d) =
-                  prefix ? make_float2(FO[t][2 * half], FO[t][2 * half + 1])
-                         : make_float2(o[t][2 * half], o[t][2 * half + 1]);
+              *reinterpret_cast<float2*>(co + d) = prefix ? make_float2(FO[i][2 * half], FO[i][2 * half + 1])
+                                                          : make_float2(o[i][2 * half], o[i][2 * half + 1]);
             }
           }
           if (!final_out && warp == 0 && (lane & 3) == 0)
-            *reinterpret_cast<float2*>(a.part_ml + slot * 2) =
+            *reinterpret_cast<float2*>(a.chunk_ml(t.b, qh, t.s)) =
                 prefix ? make_float2(half ? FM1 : FM0, half ? FL1 : FL0) : make_float2(half ? m1 : m0, half ? l1 : l0);
         }
-        if (own && threadIdx.x == 0) a.row_info[cur.b * a.num_kv_heads + cur.g] = row_done ? 0 : cur.s + 1;
+        if (prefix && leader) *a.row_info(t.b, t.g) = t.s + 1;
+      }
+      if (seg_done && !final_out) {  // the row's other chunks are (or will be) in other blocks' hands
+        count_row = make_int3(t.b, t.g, t.splits);
+        count_n = t.s - seg_first + 1;
       }
     }
-    cur.advance(a);
   }
+  if (leader) settle((step + 1) & 1);  // the count made at the last step
+  __syncthreads();
+  const int3 f = finish[(step + 1) & 1];
+  if (f.x >= 0) finish_row<D>(a, f.x, f.y, f.z);
   asm volatile("cp.async.wait_group 0;\n" ::);  // no copy may outlive the block
 }
 
-// Finishes rows split between blocks: the prefix state of the block that held chunk 0, then the
-// later chunks in order, through the same fold. Rows with row_info 0 were written by decode_kernel.
-// Block (query head, sequence), one thread per dim.
-template <int D>
-static __global__ void merge_kernel(const float* __restrict__ part_o, const float* __restrict__ part_ml,
-                                    const int32_t* __restrict__ row_info, const int32_t* __restrict__ positions,
-                                    int num_kv_heads, int group, DecodeSplits plan, __half* __restrict__ out,
-                                    int64_t out_stride) {
-  const int head = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
-  const int info = row_info[b * num_kv_heads + head / group];
-  if (info == 0) return;
-  int splits, chunk;
-  split_plan(positions[b] + 1, plan, splits, chunk);
-  const int64_t first = (static_cast<int64_t>(b) * gridDim.x + head) * kDecodeMaxSplits;
-  const float* ml = part_ml + first * 2;
-  const float* o = part_o + first * D + d;
-  float M = ml[(info - 1) * 2], L = ml[(info - 1) * 2 + 1], O = o[(info - 1) * D];
-#pragma unroll 8
-  for (int s = info; s < splits; ++s) {
-    float x, y;
-    fold_weights(M, ml[s * 2], x, y);
-    L = fold_acc(L, x, ml[s * 2 + 1], y);
-    O = fold_acc(O, x, o[s * D], y);
-  }
-  out[b * out_stride + static_cast<int64_t>(head) * D + d] = __float2half_rn(__fdiv_rn(O, L));
+static int64_t record_floats(int num_heads, int head_dim) {
+  return static_cast<int64_t>(num_heads) * kDecodeMaxSplits * (head_dim + 2) + (2 * num_heads + 3) / 4 * 4;
 }
 
 size_t decode_workspace_bytes(int batch, int num_heads, int head_dim) {
-  return static_cast<size_t>(batch) * num_heads * (kDecodeMaxSplits * (head_dim + 2) * sizeof(float) + sizeof(int32_t));
+  return static_cast<size_t>(batch) * record_floats(num_heads, head_dim) * sizeof(float);
 }
 
 // Resident blocks per SM of one kernel instance, asked once (it also raises the shared-memory limit).
@@ -525,15 +639,12 @@ static void launch_decode(const DecodeArgs& a, cudaStream_t stream) {
     decode_kernel<D, false><<<sms * blocks_per_sm<D, false>(), kThreads, smem_bytes<D, false>(), stream>>>(a);
   }
   KVINFER_CUDA_CHECK_LAUNCH();
-  merge_kernel<D><<<dim3(a.num_heads, a.batch), D, 0, stream>>>(
-      a.part_o, a.part_ml, a.row_info, a.positions, a.num_kv_heads, a.group, a.plan, a.out, a.out_stride);
-  KVINFER_CUDA_CHECK_LAUNCH();
 }
 
 void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                       const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,
                       const int32_t* positions, int batch, int num_heads, int num_kv_heads,
-                      int head_dim, float scale, float* partial, half_t* out, int64_t out_stride,
+                      int head_dim, float scale, float* workspace, half_t* out, int64_t out_stride,
                       cudaStream_t stream, DecodeSplits plan) {
   if (batch == 0) return;
   KVINFER_CHECK_ARG(plan.min_chunk >= 64 && plan.max_splits >= 1 && plan.max_splits <= kDecodeMaxSplits,
@@ -548,13 +659,13 @@ void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                         reinterpret_cast<uintptr_t>(out) % 4 == 0,
                     "attention_decode: q rows must be 16-byte aligned and out rows 4-byte aligned (q_stride=",
                     q_stride, " out_stride=", out_stride, ")");
-  DecodeArgs a{reinterpret_cast<const __half*>(q), q_stride, reinterpret_cast<const __half*>(k_cache),
-               reinterpret_cast<const __half*>(v_cache), layout, seq_slots, positions, batch, num_heads,
-               num_kv_heads, group, scale * kLog2e, plan, partial,
-               partial + static_cast<size_t>(batch) * num_heads * kDecodeMaxSplits * head_dim,
-               reinterpret_cast<int32_t*>(partial + static_cast<size_t>(batch) * num_heads * kDecodeMaxSplits *
-                                                        (head_dim + 2)),
-               reinterpret_cast<__half*>(out), out_stride};
+  KVINFER_CHECK_ARG(reinterpret_cast<uintptr_t>(workspace) % 16 == 0,
+                    "attention_decode: the workspace must be 16-byte aligned");
+  const DecodeArgs a{reinterpret_cast<const __half*>(q), q_stride, reinterpret_cast<const __half*>(k_cache),
+                     reinterpret_cast<const __half*>(v_cache), layout, seq_slots, positions, batch, num_heads,
+                     num_kv_heads, group, head_dim, scale * kLog2e, plan, workspace,
+                     record_floats(num_heads, head_dim),
+                     reinterpret_cast<__half*>(out), out_stride};
   switch (head_dim) {
     case 32: return launch_decode<32>(a, stream);
     case 64: return launch_decode<64>(a, stream);

@@ -247,10 +247,19 @@ void run_attention(const AttnCase& c, bool decode) {
   Guarded<half_t> d_k(kc.size(), &kc), d_v(vc.size(), &vc), d_q(q.size(), &q), d_out(ref.size());
   Guarded<int32_t> d_slots(batch, &slots), d_starts(batch + 1, &starts), d_pos(total, &positions);
   if (decode) {
-    Guarded<float> part(cuda::decode_workspace_bytes(batch, c.heads, c.d) / 4);
-    cuda::attention_decode(d_q.get(), q_stride, d_k.get(), d_v.get(), layout, d_slots.get(), d_pos.get(), batch,
-                           c.heads, c.kv_heads, c.d, scale, part.get(), d_out.get(), c.heads * c.d, nullptr);
-    sync();
+    // Zeroed once; every call leaves its counters at zero again, so the second call must give the
+    // bits of the first.
+    const std::vector<float> zeros(cuda::decode_workspace_bytes(batch, c.heads, c.d) / 4);
+    Guarded<float> part(zeros.size(), &zeros);
+    std::vector<half_t> first;
+    for (int call = 0; call < 2; ++call) {
+      cuda::attention_decode(d_q.get(), q_stride, d_k.get(), d_v.get(), layout, d_slots.get(), d_pos.get(),
+                             batch, c.heads, c.kv_heads, c.d, scale, part.get(), d_out.get(), c.heads * c.d,
+                             nullptr);
+      sync();
+      if (call == 0) first = d_out.read();
+    }
+    EXPECT_TRUE(test::rows_equal(first, d_out.read()));
     EXPECT_TRUE(part.guards_intact());
   } else {
     cuda::attention_prefill(d_q.get(), q_stride, d_k.get(), d_v.get(), layout, d_slots.get(), d_starts.get(),
@@ -315,9 +324,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaDecode, testing::Values(
 TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
   SKIP_WITHOUT_CUDA();
   // One sequence (length 777, 4 chunks) alone and inside batches of 5 and of 120: bit-identical
-  // output. Alone, each chunk gets a block of its own and the merge kernel folds them; in the batch
-  // of 120 blocks take several items, so the sequence's chunks are folded in registers or across
-  // blocks: the two fold paths must agree.
+  // output. Alone, each chunk gets a block of its own and the block that completes the row folds the
+  // states read back from the workspace; in the batch of 120 blocks take several items, so the
+  // sequence's chunks are folded in registers or across blocks: the two fold paths must agree.
   const int heads = 16, kv = 4, d = 128, ctx = 1024, big = 120, at = 37;
   KVCacheConfig cfg{1, ctx, kv, d, big};
   const KVLayout layout = KVCache::layout(cfg);
@@ -329,7 +338,8 @@ TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
   for (int b = 0; b < big; ++b) slots[b] = (b * 7) % big, pos[b] = spread(b, ctx);
   pos[at] = 776;
   Guarded<int32_t> d_slots(big, &slots), d_pos(big, &pos);
-  Guarded<float> part(cuda::decode_workspace_bytes(big, heads, d) / 4);
+  const std::vector<float> zeros(cuda::decode_workspace_bytes(big, heads, d) / 4);
+  Guarded<float> part(zeros.size(), &zeros);
   const size_t row = size_t(heads) * d;
   auto run = [&](int first, int batch) {
     Guarded<half_t> out(size_t(batch) * row);
