@@ -391,7 +391,9 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
   int seg_first = 0;  // first chunk of the row this block holds in the current range
   // A row segment that ended with the row unfinished is counted into row_count one step later (after
   // the barrier that orders its chunk-state writes), and the atomic's answer is read one step after
-  // that; the block that completes the count folds the row. Nothing waits on an atomic in between.
+  // that; the block that completes the count folds the row. Only the first and the last row of a
+  // share can be shared, so a block waits on at most two atomics: a wait on a global round trip
+  // queues behind the block's in-flight tiles (a few us), too dear to pay per item.
   int3 count_row = make_int3(-1, 0, 0);  // (b, g, splits) to count in (uniform), chunks count_n
   int count_n = 0;
   int3 ticket_row = make_int3(-1, 0, 0);  // leader: counted, answer pending
