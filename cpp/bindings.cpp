@@ -426,6 +426,8 @@ PYBIND11_MODULE(_core, m) {
 
   // Raw CUDA ops on device pointers (benchmarks compare them with other libraries' kernels on the
   // same tensors). Pointers are integers; layout strides in elements; stream 0 = legacy default.
+  // attention_decode's `partial` is its workspace: decode_workspace_bytes(batch, heads, head_dim)
+  // bytes, zeroed once before the first call (every call leaves its counters at zero).
   py::module_ ops = m.def_submodule("ops", "raw CUDA ops on device pointers (benchmarks)");
 #if KVINFER_WITH_CUDA
   ops.def("attention_decode", [](uintptr_t q, int64_t q_stride, uintptr_t k, uintptr_t v, int64_t slot_stride,
