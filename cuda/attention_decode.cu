@@ -43,7 +43,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 struct TileInfo {
   int b, g, s, splits, key0, kend, flags;
 };
-enum : int { kFirstTile = 1, kLastTile = 2, kRangeStart = 4, kRangeEnd = 8, kNoTile = 16 };
+enum : int { kFirstTile = 1, kLastTile = 2, kShareEnd = 4, kNoTile = 8 };
 
 // A block's control words, after its tiles in shared memory. (Static __shared__ variables would sit
 // before the dynamic tiles and shift them off 32-byte alignment: a 32-byte sector of K/V then lands
@@ -166,13 +166,12 @@ struct DecodeArgs {
   __device__ int32_t* row_count(int b, int g) const { return row_info(b, g) + num_heads; }  // chunks done
 };
 
-// A position in a range of consecutive items: which item, which of its tiles. Every thread holds the
+// A position in a block's share of consecutive items: which item, which of its tiles. Every thread holds the
 // same cursor; entering a new sequence reads its position (an L1 hit after the first scan).
 struct Cursor {
-  int left = 0;  // items left in the range, this one included
+  int left = 0;  // items left in the share, this one included
   int b, g, s;
   int n, splits, chunk, tile, tiles;
-  bool range_start;
 
   __device__ void enter_sequence(const DecodeArgs& a) {
     n = a.positions[b] + 1;
@@ -186,7 +185,6 @@ struct Cursor {
   __device__ int end() const { return min(n, s * chunk + chunk); }
   __device__ void advance(const DecodeArgs& a) {
     if (++tile < tiles) return;
-    range_start = false;
     if (--left == 0) return;
     if (++s == splits) {
       s = 0;
@@ -228,12 +226,11 @@ __device__ int total_items(const DecodeArgs& a, int lane) {
   return total;
 }
 
-// The cursor at item `first` (< total) of a range of `count` items; the warp scans the per-sequence
+// The cursor at item `first` (< total) of a share of `count` items; the warp scans the per-sequence
 // item counts.
 __device__ Cursor locate(const DecodeArgs& a, int first, int count, int lane) {
   Cursor c;
   c.left = count;
-  c.range_start = true;
   int before = 0;
   for (int b0 = 0;; b0 += 32) {  // terminates: first < total
     const int cnt = items_of(a, b0 + lane);
@@ -373,7 +370,7 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
       const bool last = load.tile == load.tiles - 1;
       t = TileInfo{load.b, load.g, load.s, load.splits, j0, load.end(),
                    (load.tile == 0 ? kFirstTile : 0) | (last ? kLastTile : 0) |
-                       (load.range_start ? kRangeStart : 0) | (last && load.left == 1 ? kRangeEnd : 0)};
+                       (last && load.left == 1 ? kShareEnd : 0)};
       load.advance(a);
     }
     if (leader) info[st] = t;
@@ -387,8 +384,8 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
   float o[kMyTiles][4];     // O fragments of this warp's dims: rows qr, qr + 8; dims 8 nt + qc (+1)
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // rows qr, qr + 8; l: this lane's keys
   float FO[kMyTiles][4], FM0 = 0.0f, FM1 = 0.0f, FL0 = 0.0f, FL1 = 0.0f;  // fold of the row's chunks
-  bool own = false;   // this block holds chunk 0 of the current row
-  int seg_first = 0;  // first chunk of the row this block holds in the current range
+  bool own = false;    // this block holds chunk 0 of the current row (once true, true to the end)
+  int seg_first = -1;  // first chunk of the current row in this block's share
   // A row segment that ended with the row unfinished is counted into row_count one step later (after
   // the barrier that orders its chunk-state writes), and the atomic's answer is read one step after
   // that; the block that completes the count folds the row. Only the first and the last row of a
@@ -435,8 +432,7 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
       if (t.s == 0) {
         own = true;
         seg_first = 0;
-      } else if (t.flags & kRangeStart) {
-        own = false;
+      } else if (seg_first < 0) {  // the share starts inside a row
         seg_first = t.s;
       }
 #pragma unroll
@@ -535,14 +531,14 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
 
     if (t.flags & kLastTile) {
       // Item done: its (m, l, o). The block holding chunk 0 of the row folds the chunks in registers
-      // and writes the output at the last one, or, if its range ends first, its prefix state into the
+      // and writes the output at the last one, or, if its share ends first, its prefix state into the
       // slot of its last chunk; a block that entered the row mid-way writes each chunk's state.
 #pragma unroll
       for (int x = 1; x <= 2; x <<= 1) {
         l0 += __shfl_xor_sync(0xffffffffu, l0, x);
         l1 += __shfl_xor_sync(0xffffffffu, l1, x);
       }
-      const bool row_done = t.s == t.splits - 1, seg_done = row_done || (t.flags & kRangeEnd);
+      const bool row_done = t.s == t.splits - 1, seg_done = row_done || (t.flags & kShareEnd);
       if (own) {
         if (t.s == 0) {
           FM0 = FM1 = -INFINITY;

@@ -248,11 +248,13 @@ void run_attention(const AttnCase& c, bool decode) {
   Guarded<int32_t> d_slots(batch, &slots), d_starts(batch + 1, &starts), d_pos(total, &positions);
   if (decode) {
     // Zeroed once; every call leaves its counters at zero again, so the second call must give the
-    // bits of the first.
+    // bits of the first. The output is poisoned (NaN) in between: a row the second call failed to
+    // finish cannot pass on the first call's values.
     const std::vector<float> zeros(cuda::decode_workspace_bytes(batch, c.heads, c.d) / 4);
     Guarded<float> part(zeros.size(), &zeros);
     std::vector<half_t> first;
     for (int call = 0; call < 2; ++call) {
+      if (call == 1) ASSERT_EQ(cudaMemset(d_out.get(), 0xFF, ref.size() * sizeof(half_t)), cudaSuccess);
       cuda::attention_decode(d_q.get(), q_stride, d_k.get(), d_v.get(), layout, d_slots.get(), d_pos.get(),
                              batch, c.heads, c.kv_heads, c.d, scale, part.get(), d_out.get(), c.heads * c.d,
                              nullptr);
