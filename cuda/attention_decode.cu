@@ -15,12 +15,15 @@
 // block adds the number of chunks it finished to the row's counter, and the block that completes
 // the count folds the row with the same instructions (one kernel, no second launch).
 //
-// Per tile, in each of the 4 warps: S = Q K^T with mma.sync m16n8k16 (rows: the query heads of the
-// KV head, padded to 16; columns: the 64 keys), an online softmax on the S fragments, then
-// O = O * c + P V for the warp's quarter of head_dim (dim n-tiles w, w + 4, ...). Every warp
-// computes the same S and softmax statistics, so warps never merge; K is read from shared memory by
-// all four warps, V once. Tiles are XOR-swizzled in shared memory: padding rows instead cost 3% of
-// the streaming rate (bank conflicts of the cp.async writes).
+// Per tile, in each of the 4 warps: S^T = K Q^T with mma.sync m16n8k16 (rows: 16 keys per m-tile,
+// columns: the KV head's query heads, 8 per n-tile: a GQA group of up to 8 is one n-tile), an
+// online softmax per head column, P^T transposed into B-fragments in registers (movmatrix), then
+// O^T = O^T * c + V^T P^T for the warp's 16-dim m-tiles w, w + 4, ... Every warp computes the same
+// S and softmax statistics, so warps never merge; K is read from shared memory by all four warps,
+// V once. (With the heads as the rows of the A operand, padded to 16, a tile took twice the MMAs
+// and a register move per zero operand: at B=1, context 8K, 4.32M instructions and 328K MMAs per
+// call against 3.35M and 164K now.) Tiles are XOR-swizzled in shared memory: padding rows instead
+// cost 3% of the streaming rate (bank conflicts of the cp.async writes).
 #include "cuda/attention.h"
 
 #include <cuda_fp16.h>
@@ -50,7 +53,7 @@ enum : int { kFirstTile = 1, kLastTile = 2, kShareEnd = 4, kNoTile = 8 };
 // in two 32-byte slots of shared memory, and cp.async moves every sector twice from L2.)
 struct Control {
   TileInfo info[kStages];  // of the tile in each stage
-  int3 finish[2];          // (b, g, splits) of a row this block completed (b < 0: none), by step parity
+  int4 finish[2];          // (b, g, splits, first) of a row this block completed (b < 0: none), by step parity
 };
 
 template <int D>
@@ -75,6 +78,19 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __half* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(a));
+}
+
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const __half* p) {  // lanes 0-15 address
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+}
+
+// The 8x8 fp16 matrix held by the warp in fragment layout (lane: row lane / 4, columns 2 (lane % 4)
+// + 0, 1), transposed.
+__device__ __forceinline__ uint32_t movmatrix_trans(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
 }
 
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const __half* p) {
@@ -119,6 +135,24 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// *p += v, returning the old value. Release: the chunk states this block wrote (ordered before by
+// the barrier) are visible to whoever sees the new count; acquire: the block that completes a
+// count sees every other block's states (its readers are ordered after by the next barrier).
+__device__ __forceinline__ int atomic_add_acq_rel(int* p, int v) {
+  int old;
+  asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;\n" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
+}
+
+// c = a * b (the accumulator starts at zero).
+__device__ __forceinline__ void mma16816_zero(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%10, %10, %10, %10};\n"
+      : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.0f));
+}
+
 __host__ __device__ inline void split_plan(int n, DecodeSplits plan, int& splits, int& chunk) {
   splits = (n + plan.min_chunk - 1) / plan.min_chunk;
   if (splits > plan.max_splits) splits = plan.max_splits;
@@ -130,9 +164,11 @@ __host__ __device__ inline void split_plan(int n, DecodeSplits plan, int& splits
 
 // Workspace: one record per sequence (so a record's place does not depend on the batch). Record of
 // sequence b, in floats: chunk states o [num_heads][kDecodeMaxSplits][D] and
-// (m, l) [num_heads][kDecodeMaxSplits][2], then int32 row_info [num_kv_heads] and row_count
-// [num_kv_heads] (each padded to num_heads, the record to 16 bytes). row_count is zero between
-// calls: the block that completes a row resets it.
+// (m, l) [num_heads][kDecodeMaxSplits][2], then int32 row_count [num_kv_heads] (padded to
+// num_heads, the record to 16 bytes). A row's counter holds, in its low 16 bits, the number of
+// chunks whose states are done, and above them k + 1 once the block that held chunk 0 has put the
+// fold of chunks 0..k into chunk slot k; so the block that completes the count learns where to
+// start without another read. It is zero between calls: that block resets it.
 
 struct DecodeArgs {
   const __half* q;  // [batch][q_stride], heads of KV head g at columns [g*group*D, (g+1)*group*D)
@@ -157,24 +193,23 @@ struct DecodeArgs {
     return records + b * record_floats + static_cast<int64_t>(num_heads) * kDecodeMaxSplits * head_dim +
            (static_cast<int64_t>(qh) * kDecodeMaxSplits + s) * 2;
   }
-  // k + 1: the fold of the row's chunks 0..k is in chunk slot k (written when the row goes on in
-  // other blocks)
-  __device__ int32_t* row_info(int b, int g) const {
+  __device__ int32_t* row_count(int b, int g) const {
     return reinterpret_cast<int32_t*>(records + b * record_floats +
                                       static_cast<int64_t>(num_heads) * kDecodeMaxSplits * (head_dim + 2)) + g;
   }
-  __device__ int32_t* row_count(int b, int g) const { return row_info(b, g) + num_heads; }  // chunks done
 };
 
 // A position in a block's share of consecutive items: which item, which of its tiles. Every thread holds the
-// same cursor; entering a new sequence reads its position (an L1 hit after the first scan).
+// same cursor.
 struct Cursor {
   int left = 0;  // items left in the share, this one included
   int b, g, s;
-  int n, splits, chunk, tile, tiles;
+  int n, slot, splits, chunk, tile, tiles;
 
-  __device__ void enter_sequence(const DecodeArgs& a) {
-    n = a.positions[b] + 1;
+  __device__ void enter_sequence(const DecodeArgs& a) {  // position and slot: two loads in flight at once
+    const int pos = a.positions[b];
+    slot = a.seq_slots[b];
+    n = pos + 1;
     split_plan(n, a.plan, splits, chunk);
   }
   __device__ void enter_item() {
@@ -207,33 +242,40 @@ __device__ __forceinline__ int warp_scan_incl(int v, int lane) {
   return v;
 }
 
-__device__ __forceinline__ int items_of(const DecodeArgs& a, int b) {
-  if (b >= a.batch) return 0;
+__device__ __forceinline__ int items_of(const DecodeArgs& a, int n) {
   int splits, chunk;
-  split_plan(a.positions[b] + 1, a.plan, splits, chunk);
+  split_plan(n, a.plan, splits, chunk);
   return splits * a.num_kv_heads;
 }
 
-// All items of the batch, by the warp.
-__device__ int total_items(const DecodeArgs& a, int lane) {
+// The cursor at the start of block i's share: the i-th of gridDim.x contiguous shares of the item
+// list (ordered b, g, s; shares differ by at most one item), found by the warp. The positions and
+// slots of the first 32 sequences are read once and together, so a batch of up to 32 pays a single
+// global round trip before its first tile is issued.
+__device__ Cursor start_share(const DecodeArgs& a, int lane) {
+  const bool in0 = lane < a.batch;
+  const int pos0 = in0 ? a.positions[lane] : 0;
+  const int slot0 = in0 ? a.seq_slots[lane] : 0;
+  const int cnt0 = in0 ? items_of(a, pos0 + 1) : 0;
+  auto count_at = [&](int b0) {  // items of sequence b0 + lane
+    if (b0 == 0) return cnt0;
+    return b0 + lane < a.batch ? items_of(a, a.positions[b0 + lane] + 1) : 0;
+  };
   int total = 0;
   for (int b0 = 0; b0 < a.batch; b0 += 32) {
-    int c = items_of(a, b0 + lane);
+    int c = count_at(b0);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
     total += c;
   }
-  return total;
-}
-
-// The cursor at item `first` (< total) of a share of `count` items; the warp scans the per-sequence
-// item counts.
-__device__ Cursor locate(const DecodeArgs& a, int first, int count, int lane) {
+  const int first = static_cast<int>(static_cast<int64_t>(total) * blockIdx.x / gridDim.x);
+  const int count = static_cast<int>(static_cast<int64_t>(total) * (blockIdx.x + 1) / gridDim.x) - first;
   Cursor c;
   c.left = count;
+  if (count == 0) return c;
   int before = 0;
   for (int b0 = 0;; b0 += 32) {  // terminates: first < total
-    const int cnt = items_of(a, b0 + lane);
+    const int cnt = count_at(b0);
     const int incl = warp_scan_incl(cnt, lane);
     const bool hit = before + incl - cnt <= first && first < before + incl;
     const unsigned mask = __ballot_sync(0xffffffffu, hit);
@@ -241,7 +283,14 @@ __device__ Cursor locate(const DecodeArgs& a, int first, int count, int lane) {
       const int src = __ffs(mask) - 1;
       c.b = b0 + src;
       const int rest = first - before - __shfl_sync(0xffffffffu, incl - cnt, src);
-      c.enter_sequence(a);
+      const int pos = __shfl_sync(0xffffffffu, pos0, src), slot = __shfl_sync(0xffffffffu, slot0, src);
+      if (b0 == 0) {
+        c.n = pos + 1;
+        c.slot = slot;
+        split_plan(c.n, a.plan, c.splits, c.chunk);
+      } else {
+        c.enter_sequence(a);
+      }
       c.g = rest / c.splits;
       c.s = rest % c.splits;
       c.enter_item();
@@ -281,20 +330,20 @@ __device__ __forceinline__ void copy_tile(__half* dst, const __half* src, int po
 }  // namespace
 
 // Row (b, g) is complete in the workspace: fold its chunk states in chunk order, starting from the
-// prefix state of the block that held chunk 0 (the fold of register-held chunks gives the same bits),
-// and write the output. The states come from other blocks: read through L2. A thread takes 4 dims.
+// prefix state in slot first - 1 (the fold of register-held chunks 0..first-1 gives the same bits),
+// and write the output. The states come from other blocks: read through L2, 16 chunks in flight. A
+// thread takes 4 dims.
 template <int D>
-__device__ void finish_row(const DecodeArgs& a, int b, int g, int splits) {
-  const int info = __ldcg(a.row_info(b, g));
+__device__ void finish_row(const DecodeArgs& a, int b, int g, int splits, int first) {
   for (int e = threadIdx.x; e < a.group * (D / 4); e += kThreads) {
     const int qh = g * a.group + e / (D / 4), d = 4 * (e % (D / 4));
     const float* ml = a.chunk_ml(b, qh, 0);
     const float* o = a.chunk_o(b, qh, 0) + d;
-    const float2 ml0 = __ldcg(reinterpret_cast<const float2*>(ml) + info - 1);
+    const float2 ml0 = __ldcg(reinterpret_cast<const float2*>(ml) + first - 1);
     float M = ml0.x, L = ml0.y;
-    float4 O = __ldcg(reinterpret_cast<const float4*>(o + (info - 1) * D));
-#pragma unroll 8
-    for (int s = info; s < splits; ++s) {
+    float4 O = __ldcg(reinterpret_cast<const float4*>(o + (first - 1) * D));
+#pragma unroll 16
+    for (int s = first; s < splits; ++s) {
       const float2 mls = __ldcg(reinterpret_cast<const float2*>(ml) + s);
       const float4 os = __ldcg(reinterpret_cast<const float4*>(o + s * D));
       float x, y;
@@ -312,28 +361,23 @@ __device__ void finish_row(const DecodeArgs& a, int b, int g, int splits) {
 template <int D, bool kTall>  // kTall: more than 8 query heads per KV head (rows 8..15 of the tile live)
 static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArgs a) {
   static_assert(D % 16 == 0 && D <= 128, "head_dim: a multiple of 16, at most 128");
-  constexpr int kDimTiles = D / 8;                             // 8-dim n-tiles of the output
+  constexpr int kDimTiles = D / 16;                            // 16-dim m-tiles of O^T
   constexpr int kMyTiles = (kDimTiles + kWarps - 1) / kWarps;  // this warp's: w, w + 4, ...
-  constexpr int kKSteps = D / 16;                              // k-steps of Q K^T
-  constexpr int kQRows = kTall ? 16 : 8;
+  constexpr int kKSteps = D / 16;                              // k-steps of K Q^T
+  constexpr int kHeadTiles = kTall ? 2 : 1;                    // 8-head n-tiles
+  constexpr int kQRows = 8 * kHeadTiles;
   constexpr int kTile = kRows * tile_ld<D>();                  // halves per K or V tile
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __half* smem = reinterpret_cast<__half*>(smem_raw);  // [stage][K|V][kRows rows], then [stage][kQRows rows]
   Control& ctl = *reinterpret_cast<Control*>(smem_raw + tiles_bytes<D, kTall>());
   TileInfo* info = ctl.info;
-  int3* finish = ctl.finish;
+  int4* finish = ctl.finish;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int qr = lane >> 2, qc = 2 * (lane & 3);  // fragment row / first column of this lane
   const bool leader = threadIdx.x == 0;
 
   // Block i takes the i-th contiguous share of the items (shares differ by at most one item).
-  Cursor load;
-  {
-    const int total = total_items(a, lane);
-    const int first = static_cast<int>(static_cast<int64_t>(total) * blockIdx.x / gridDim.x);
-    const int count = static_cast<int>(static_cast<int64_t>(total) * (blockIdx.x + 1) / gridDim.x) - first;
-    if (count > 0) load = locate(a, first, count, lane);
-  }
+  Cursor load = start_share(a, lane);
 
   auto stage_k = [&](int st) { return smem + (st * 2) * kTile; };
   auto stage_v = [&](int st) { return smem + (st * 2 + 1) * kTile; };
@@ -357,7 +401,7 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
         }
       }
       const int j0 = load.begin() + load.tile * kRows, rows = load.end() - j0;
-      const int64_t base = static_cast<int64_t>(a.seq_slots[load.b]) * a.layout.slot_stride +
+      const int64_t base = static_cast<int64_t>(load.slot) * a.layout.slot_stride +
                            load.g * a.layout.head_stride + static_cast<int64_t>(j0) * a.layout.pos_stride;
       const int pos_stride = static_cast<int>(a.layout.pos_stride);
       if (rows >= kRows) {
@@ -380,10 +424,12 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
 
   // ldmatrix: matrix mi = lane / 8 supplies row mr = lane % 8 of its 8x8 block.
   const int mi = lane >> 3, mr = lane & 7;
-  uint32_t qa[kKSteps][4];  // Q A-fragments (rows: the group's heads, padded to 16)
-  float o[kMyTiles][4];     // O fragments of this warp's dims: rows qr, qr + 8; dims 8 nt + qc (+1)
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // rows qr, qr + 8; l: this lane's keys
-  float FO[kMyTiles][4], FM0 = 0.0f, FM1 = 0.0f, FL0 = 0.0f, FL1 = 0.0f;  // fold of the row's chunks
+  // Fragments hold S^T and O^T: rows are keys (S) or dims (O), columns the group's query heads, so
+  // a lane's statistics are those of heads 8 nt + qc and 8 nt + qc + 1 (index [nt][j]).
+  uint32_t qb[kKSteps][kHeadTiles][2];       // Q^T B-fragments (k: dims, n: heads)
+  float o[kMyTiles][kHeadTiles][4];          // O^T of this warp's dim m-tiles w, w + 4, ...
+  float m[kHeadTiles][2], l[kHeadTiles][2];  // running max (base 2) and this lane's key sum
+  float FO[kMyTiles][kHeadTiles][4], FM[kHeadTiles][2], FL[kHeadTiles][2];  // fold of the row's chunks
   bool own = false;    // this block holds chunk 0 of the current row (once true, true to the end)
   int seg_first = -1;  // first chunk of the current row in this block's share
   // A row segment that ended with the row unfinished is counted into row_count one step later (after
@@ -391,27 +437,26 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
   // that; the block that completes the count folds the row. Only the first and the last row of a
   // share can be shared, so a block waits on at most two atomics: a wait on a global round trip
   // queues behind the block's in-flight tiles (a few us), too dear to pay per item.
-  int3 count_row = make_int3(-1, 0, 0);  // (b, g, splits) to count in (uniform), chunks count_n
-  int count_n = 0;
+  int3 count_row = make_int3(-1, 0, 0);  // (b, g, splits) to count in (uniform), adding count_add
+  int count_add = 0;
   int3 ticket_row = make_int3(-1, 0, 0);  // leader: counted, answer pending
-  int ticket = 0, ticket_n = 0;
+  int ticket = 0, ticket_add = 0;
   auto settle = [&](int parity) {  // leader, before a barrier: did our count complete the row?
-    int3 f = make_int3(-1, 0, 0);
-    if (ticket_row.x >= 0 && ticket + ticket_n == ticket_row.z) {
-      __threadfence();  // the other blocks' chunk states, before the barrier that releases the readers
+    int4 f = make_int4(-1, 0, 0, 0);
+    const int sum = ticket + ticket_add;
+    if (ticket_row.x >= 0 && (sum & 0xffff) == ticket_row.z) {
       *a.row_count(ticket_row.x, ticket_row.y) = 0;
-      f = ticket_row;
+      f = make_int4(ticket_row.x, ticket_row.y, ticket_row.z, sum >> 16);
     }
     ticket_row.x = -1;
     finish[parity] = f;
   };
   auto count_in = [&] {  // after a barrier
     if (count_row.x < 0) return;
-    if (leader) {
-      __threadfence();
-      ticket = atomicAdd(a.row_count(count_row.x, count_row.y), count_n);
+    if (leader) {  // before this step's copies are issued, so that nothing new is ahead of the atomic
+      ticket = atomic_add_acq_rel(a.row_count(count_row.x, count_row.y), count_add);
       ticket_row = count_row;
-      ticket_n = count_n;
+      ticket_add = count_add;
     }
     count_row.x = -1;
   };
@@ -421,10 +466,10 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
     asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2));
     if (leader) settle(step & 1);
     __syncthreads();  // tile `step` is visible to all; stage (step - 1) is free again
-    issue((step + kStages - 1) % kStages);
-    const int3 f = finish[step & 1];
-    if (f.x >= 0) finish_row<D>(a, f.x, f.y, f.z);
     count_in();
+    issue((step + kStages - 1) % kStages);
+    const int4 f = finish[step & 1];
+    if (f.x >= 0) finish_row<D>(a, f.x, f.y, f.z, f.w);
     const TileInfo t = info[st];
     if (t.flags & kNoTile) break;
 
@@ -436,95 +481,105 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
         seg_first = t.s;
       }
 #pragma unroll
-      for (int kk = 0; kk < kKSteps; ++kk) {
-        if (kTall) {  // blocks (rows 0-7 | 8-15) x (dims lo | hi)
-          ldmatrix_x4(qa[kk], stage_q(st) + tile_at<D>(8 * (mi & 1) + mr, 2 * kk + (mi >> 1)));
-        } else {  // rows 0-7 x (dims lo | hi); rows 8-15 are zero
-          uint32_t r[4];
-          ldmatrix_x4(r, stage_q(st) + tile_at<D>(mr, 2 * kk + (mi & 1)));
-          qa[kk][0] = r[0];
-          qa[kk][2] = r[1];
-          qa[kk][1] = qa[kk][3] = 0u;
-        }
-      }
-      m0 = m1 = -INFINITY;
-      l0 = l1 = 0.0f;
+      for (int kk = 0; kk < kKSteps; ++kk)
 #pragma unroll
-      for (int i = 0; i < kMyTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+        for (int nt = 0; nt < kHeadTiles; ++nt)  // rows: heads 8 nt + 0-7; matrices: dims lo | hi
+          ldmatrix_x2(qb[kk][nt], stage_q(st) + tile_at<D>(8 * nt + mr, 2 * kk + (mi & 1)));
+#pragma unroll
+      for (int nt = 0; nt < kHeadTiles; ++nt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          m[nt][j] = -INFINITY;
+          l[nt][j] = 0.0f;
+        }
+#pragma unroll
+      for (int i = 0; i < kMyTiles; ++i)
+#pragma unroll
+        for (int nt = 0; nt < kHeadTiles; ++nt) o[i][nt][0] = o[i][nt][1] = o[i][nt][2] = o[i][nt][3] = 0.0f;
     }
 
     const __half* ks = stage_k(st);
     const __half* vs = stage_v(st);
-    // S = Q K^T: rows heads, 8 n-tiles of 8 keys; every warp computes all of it
-    float s[8][4];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+    // S^T = K Q^T: 4 m-tiles of 16 keys; every warp computes all of it (no statistics to share)
+    float s[4][kHeadTiles][4];
 #pragma unroll
     for (int kk = 0; kk < kKSteps; ++kk) {
 #pragma unroll
-      for (int jp = 0; jp < 4; ++jp) {  // blocks (keys 16 jp + 0-7 | 8-15) x (dims lo | hi)
-        uint32_t b[4];
-        ldmatrix_x4(b, ks + tile_at<D>(16 * jp + 8 * (mi >> 1) + mr, 2 * kk + (mi & 1)));
-        mma16816(s[2 * jp], qa[kk], b[0], b[1]);
-        mma16816(s[2 * jp + 1], qa[kk], b[2], b[3]);
+      for (int mt = 0; mt < 4; ++mt) {  // A blocks: (keys lo | hi) x (dims lo | hi)
+        uint32_t ka[4];
+        ldmatrix_x4(ka, ks + tile_at<D>(16 * mt + 8 * (mi & 1) + mr, 2 * kk + (mi >> 1)));
+#pragma unroll
+        for (int nt = 0; nt < kHeadTiles; ++nt) {
+          if (kk == 0) mma16816_zero(s[mt][nt], ka, qb[kk][nt][0], qb[kk][nt][1]);
+          else mma16816(s[mt][nt], ka, qb[kk][nt][0], qb[kk][nt][1]);
+        }
       }
     }
-    // online softmax (base 2); keys past the chunk end (last tile only) are masked, the tile's first
-    // key never is
+    // online softmax (base 2) per head column; keys past the chunk end (last tile only) are masked,
+    // the tile's first key never is. Element e of s[mt][nt]: key 16 mt + qr + 8 (e >> 1), head
+    // 8 nt + qc + (e & 1).
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
+    for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[j][e] *= a.scale_log2;
+      for (int nt = 0; nt < kHeadTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][nt][e] *= a.scale_log2;
     if (t.key0 + kRows > t.kend) {
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
+      for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-          if (t.key0 + 8 * j + qc + (e & 1) >= t.kend) s[j][e] = -INFINITY;
-    }
-    float mx0 = -INFINITY, mx1 = -INFINITY;
+        for (int nt = 0; nt < kHeadTiles; ++nt)
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
-      if (kTall) mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
+          for (int e = 0; e < 4; ++e)
+            if (t.key0 + 16 * mt + qr + 8 * (e >> 1) >= t.kend) s[mt][nt][e] = -INFINITY;
     }
+    float c[kHeadTiles][2];  // rescale of the running state
+    uint32_t pb[4][kHeadTiles][2];  // P^T B-fragments (k: keys of m-tile mt, n: heads)
 #pragma unroll
-    for (int x = 1; x <= 2; x <<= 1) {
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, x));
-      if (kTall) mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, x));
-    }
-    const float n0 = fmaxf(m0, mx0), c0 = fast_exp2(m0 - n0);  // c = 0 on an item's first tile
-    const float n1 = kTall ? fmaxf(m1, mx1) : 0.0f, c1 = kTall ? fast_exp2(m1 - n1) : 0.0f;
-    m0 = n0;
-    m1 = n1;
-    uint32_t pa[4][4];  // P as fp16 A-fragments, k-step = 16 keys
-    float sum0 = 0.0f, sum1 = 0.0f;
+    for (int nt = 0; nt < kHeadTiles; ++nt) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const float p0 = fast_exp2(s[j][0] - n0), p1 = fast_exp2(s[j][1] - n0);
-      const float p2 = kTall ? fast_exp2(s[j][2] - n1) : 0.0f, p3 = kTall ? fast_exp2(s[j][3] - n1) : 0.0f;
-      sum0 += p0 + p1;
-      sum1 += p2 + p3;
-      pa[j >> 1][(j & 1) * 2] = pack_half2(p0, p1);
-      pa[j >> 1][(j & 1) * 2 + 1] = pack_half2(p2, p3);
+      for (int j = 0; j < 2; ++j) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt) mx = fmaxf(mx, fmaxf(s[mt][nt][j], s[mt][nt][j + 2]));
+#pragma unroll
+        for (int x = 4; x < 32; x <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, x));
+        const float mn = fmaxf(m[nt][j], mx);
+        c[nt][j] = fast_exp2(m[nt][j] - mn);  // 0 on an item's first tile
+        m[nt][j] = mn;
+      }
+      float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt) {
+        const float p0 = fast_exp2(s[mt][nt][0] - m[nt][0]), p1 = fast_exp2(s[mt][nt][1] - m[nt][1]);
+        const float p2 = fast_exp2(s[mt][nt][2] - m[nt][0]), p3 = fast_exp2(s[mt][nt][3] - m[nt][1]);
+        sum0 += p0 + p2;
+        sum1 += p1 + p3;
+        // (keys x heads) 8x8 blocks transposed into (heads x keys): the B-fragment layout
+        pb[mt][nt][0] = movmatrix_trans(pack_half2(p0, p1));
+        pb[mt][nt][1] = movmatrix_trans(pack_half2(p2, p3));
+      }
+      l[nt][0] = l[nt][0] * c[nt][0] + sum0;
+      l[nt][1] = l[nt][1] * c[nt][1] + sum1;
     }
-    l0 = l0 * c0 + sum0;
-    l1 = l1 * c1 + sum1;
-    // O = O * c + P V for this warp's dims; V read transposed: blocks of 8 keys x 8 dims
+    // O^T = O^T * c + V^T P^T for this warp's dim m-tiles; V^T A-blocks read transposed
 #pragma unroll
     for (int i = 0; i < kMyTiles; ++i) {
-      const int nt = warp + kWarps * i;
-      if (nt < kDimTiles) {
-        o[i][0] *= c0;
-        o[i][1] *= c0;
-        o[i][2] *= c1;
-        o[i][3] *= c1;
+      const int mdt = warp + kWarps * i;
+      if (mdt < kDimTiles) {
 #pragma unroll
-        for (int kp = 0; kp < 2; ++kp) {
-          uint32_t b[4];
-          ldmatrix_x4_trans(b, vs + tile_at<D>(32 * kp + 8 * mi + mr, nt));
-          mma16816(o[i], pa[2 * kp], b[0], b[1]);
-          mma16816(o[i], pa[2 * kp + 1], b[2], b[3]);
+        for (int nt = 0; nt < kHeadTiles; ++nt) {
+          o[i][nt][0] *= c[nt][0];
+          o[i][nt][1] *= c[nt][1];
+          o[i][nt][2] *= c[nt][0];
+          o[i][nt][3] *= c[nt][1];
+        }
+#pragma unroll
+        for (int kt = 0; kt < 4; ++kt) {  // A blocks: (dims lo | hi) x (keys lo | hi)
+          uint32_t va[4];
+          ldmatrix_x4_trans(va, vs + tile_at<D>(16 * kt + 8 * (mi >> 1) + mr, 2 * mdt + (mi & 1)));
+#pragma unroll
+          for (int nt = 0; nt < kHeadTiles; ++nt) mma16816(o[i][nt], va, pb[kt][nt][0], pb[kt][nt][1]);
         }
       }
     }
@@ -534,78 +589,75 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
       // and writes the output at the last one, or, if its share ends first, its prefix state into the
       // slot of its last chunk; a block that entered the row mid-way writes each chunk's state.
 #pragma unroll
-      for (int x = 1; x <= 2; x <<= 1) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, x);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, x);
-      }
+      for (int nt = 0; nt < kHeadTiles; ++nt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+          for (int x = 4; x < 32; x <<= 1) l[nt][j] += __shfl_xor_sync(0xffffffffu, l[nt][j], x);
       const bool row_done = t.s == t.splits - 1, seg_done = row_done || (t.flags & kShareEnd);
       if (own) {
-        if (t.s == 0) {
-          FM0 = FM1 = -INFINITY;
-          FL0 = FL1 = 0.0f;
 #pragma unroll
-          for (int i = 0; i < kMyTiles; ++i) FO[i][0] = FO[i][1] = FO[i][2] = FO[i][3] = 0.0f;
-        }
-        float x0, y0, x1 = 0.0f, y1 = 0.0f;
-        fold_weights(FM0, m0, x0, y0);
-        FL0 = fold_acc(FL0, x0, l0, y0);
-        if (kTall) {
-          fold_weights(FM1, m1, x1, y1);
-          FL1 = fold_acc(FL1, x1, l1, y1);
-        }
+        for (int nt = 0; nt < kHeadTiles; ++nt) {
+          float x[2], y[2];
 #pragma unroll
-        for (int i = 0; i < kMyTiles; ++i) {
-          FO[i][0] = fold_acc(FO[i][0], x0, o[i][0], y0);
-          FO[i][1] = fold_acc(FO[i][1], x0, o[i][1], y0);
-          if (kTall) {
-            FO[i][2] = fold_acc(FO[i][2], x1, o[i][2], y1);
-            FO[i][3] = fold_acc(FO[i][3], x1, o[i][3], y1);
+          for (int j = 0; j < 2; ++j) {
+            if (t.s == 0) {
+              FM[nt][j] = -INFINITY;
+              FL[nt][j] = 0.0f;
+            }
+            fold_weights(FM[nt][j], m[nt][j], x[j], y[j]);
+            FL[nt][j] = fold_acc(FL[nt][j], x[j], l[nt][j], y[j]);
           }
+#pragma unroll
+          for (int i = 0; i < kMyTiles; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              FO[i][nt][e] = fold_acc(t.s == 0 ? 0.0f : FO[i][nt][e], x[e & 1], o[i][nt][e], y[e & 1]);
         }
       }
       const bool final_out = own && row_done;
       if (!own || seg_done) {
         const bool prefix = own && !row_done;
 #pragma unroll
-        for (int half = 0; half < (kTall ? 2 : 1); ++half) {
-          const int hh = qr + 8 * half;  // head within the group
-          if (hh >= a.group) continue;
-          const int qh = t.g * a.group + hh;
-          float* co = a.chunk_o(t.b, qh, t.s);
+        for (int nt = 0; nt < kHeadTiles; ++nt)
 #pragma unroll
-          for (int i = 0; i < kMyTiles; ++i) {
-            const int d = 8 * (warp + kWarps * i) + qc;
-            if (d >= D) continue;
-            if (final_out) {
-              const float L = half ? FL1 : FL0;
-              *reinterpret_cast<__half2*>(a.out + t.b * a.out_stride + qh * D + d) =
-                  __floats2half2_rn(__fdiv_rn(FO[i][2 * half], L), __fdiv_rn(FO[i][2 * half + 1], L));
-            } else {
-              *reinterpret_cast<float2*>(co + d) = prefix ? make_float2(FO[i][2 * half], FO[i][2 * half + 1])
-                                                          : make_float2(o[i][2 * half], o[i][2 * half + 1]);
+          for (int j = 0; j < 2; ++j) {
+            const int hh = 8 * nt + qc + j;  // head within the group
+            if (hh >= a.group) continue;
+            const int qh = t.g * a.group + hh;
+            float* co = a.chunk_o(t.b, qh, t.s);
+#pragma unroll
+            for (int i = 0; i < kMyTiles; ++i) {
+              const int mdt = warp + kWarps * i;
+              if (mdt >= kDimTiles) continue;
+#pragma unroll
+              for (int r = 0; r < 2; ++r) {
+                const int d = 16 * mdt + qr + 8 * r;
+                const int e = 2 * r + j;
+                if (final_out) a.out[t.b * a.out_stride + qh * D + d] = __float2half_rn(__fdiv_rn(FO[i][nt][e], FL[nt][j]));
+                else co[d] = prefix ? FO[i][nt][e] : o[i][nt][e];
+              }
             }
+            if (!final_out && warp == 0 && qr == 0)
+              *reinterpret_cast<float2*>(a.chunk_ml(t.b, qh, t.s)) =
+                  prefix ? make_float2(FM[nt][j], FL[nt][j]) : make_float2(m[nt][j], l[nt][j]);
           }
-          if (!final_out && warp == 0 && (lane & 3) == 0)
-            *reinterpret_cast<float2*>(a.chunk_ml(t.b, qh, t.s)) =
-                prefix ? make_float2(half ? FM1 : FM0, half ? FL1 : FL0) : make_float2(half ? m1 : m0, half ? l1 : l0);
-        }
-        if (prefix && leader) *a.row_info(t.b, t.g) = t.s + 1;
       }
       if (seg_done && !final_out) {  // the row's other chunks are (or will be) in other blocks' hands
         count_row = make_int3(t.b, t.g, t.splits);
-        count_n = t.s - seg_first + 1;
+        count_add = (t.s - seg_first + 1) + (own ? (t.s + 1) << 16 : 0);  // chunks, and where the prefix is
       }
     }
   }
   if (leader) settle((step + 1) & 1);  // the count made at the last step
   __syncthreads();
-  const int3 f = finish[(step + 1) & 1];
-  if (f.x >= 0) finish_row<D>(a, f.x, f.y, f.z);
+  const int4 f = finish[(step + 1) & 1];
+  if (f.x >= 0) finish_row<D>(a, f.x, f.y, f.z, f.w);
   asm volatile("cp.async.wait_group 0;\n" ::);  // no copy may outlive the block
 }
 
 static int64_t record_floats(int num_heads, int head_dim) {
-  return static_cast<int64_t>(num_heads) * kDecodeMaxSplits * (head_dim + 2) + (2 * num_heads + 3) / 4 * 4;
+  return static_cast<int64_t>(num_heads) * kDecodeMaxSplits * (head_dim + 2) + (num_heads + 3) / 4 * 4;
 }
 
 size_t decode_workspace_bytes(int batch, int num_heads, int head_dim) {
