@@ -236,7 +236,7 @@ def main() -> None:
     args = ap.parse_args()
     say(f"# {torch.cuda.get_device_name()}, {datetime.date.today()}, torch {torch.__version__}, "
         f"kvinfer {kvinfer.__version__}")
-    for _ in range(400):  # ~0.3 s of memory traffic first, so that the clocks are up for the first shape
+    for _ in range(400):  # ~100 GB of writes first (~40 ms), so that the clocks are up for the first shape
         flush_l2()
     torch.cuda.synchronize()
     if "decode" not in args.skip:

@@ -283,10 +283,9 @@ __device__ Cursor start_share(const DecodeArgs& a, int lane) {
       const int src = __ffs(mask) - 1;
       c.b = b0 + src;
       const int rest = first - before - __shfl_sync(0xffffffffu, incl - cnt, src);
-      const int pos = __shfl_sync(0xffffffffu, pos0, src), slot = __shfl_sync(0xffffffffu, slot0, src);
-      if (b0 == 0) {
-        c.n = pos + 1;
-        c.slot = slot;
+      if (b0 == 0) {  // warp-uniform
+        c.n = __shfl_sync(0xffffffffu, pos0, src) + 1;
+        c.slot = __shfl_sync(0xffffffffu, slot0, src);
         split_plan(c.n, a.plan, c.splits, c.chunk);
       } else {
         c.enter_sequence(a);
@@ -358,7 +357,7 @@ __device__ void finish_row(const DecodeArgs& a, int b, int g, int splits, int fi
   }
 }
 
-template <int D, bool kTall>  // kTall: more than 8 query heads per KV head (rows 8..15 of the tile live)
+template <int D, bool kTall>  // kTall: more than 8 query heads per KV head (a second 8-head n-tile)
 static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArgs a) {
   static_assert(D % 16 == 0 && D <= 128, "head_dim: a multiple of 16, at most 128");
   constexpr int kDimTiles = D / 16;                            // 16-dim m-tiles of O^T
