@@ -33,15 +33,21 @@ def say(line: str = "") -> None:
 
 
 _L2_FLUSH: list[torch.Tensor] = []
+FLUSH_MODE = ["read"]
 
 
 def flush_l2() -> None:
-    """Writes 256 MB (5x the H100's L2), so the next call starts with a cold cache, as it does between
+    """Reads 256 MB (5x the H100's L2), so the next call starts with a cold cache, as it does between
     layers of a real decode step; the GPU is also busy while the next call is enqueued, so its
-    launch latency is not timed."""
+    launch latency is not timed. Reading leaves L2 full of clean lines, as the GEMMs before attention
+    do (they read weights). `--flush write` writes the 256 MB instead: then the next call also pays for
+    writing back the ~50 MB of dirty lines that it evicts (the method of the earlier tables)."""
     if not _L2_FLUSH:
-        _L2_FLUSH.append(torch.empty(256 << 20, dtype=torch.uint8, device="cuda"))
-    _L2_FLUSH[0].zero_()
+        _L2_FLUSH.append(torch.zeros(128 << 20, dtype=torch.float16, device="cuda"))
+    if FLUSH_MODE[0] == "write":
+        _L2_FLUSH[0].zero_()
+    else:
+        _L2_FLUSH[0].sum()
 
 
 def paired_time_us(fa, fb, reps: int = 30, warmup: int = 5) -> tuple[float, float]:
@@ -233,10 +239,13 @@ def main() -> None:
     ap.add_argument("--compiled", action="store_true", help="also HF with torch.compile (slow to warm up)")
     ap.add_argument("--sweep-splits", nargs="*", metavar="MIN_CHUNK,MAX_SPLITS",
                     help="decode: also time these chunkings (default: a few) at every decode shape")
+    ap.add_argument("--flush", choices=["read", "write"], default="read",
+                    help="how the L2 is emptied before each timed call (see flush_l2)")
     args = ap.parse_args()
+    FLUSH_MODE[0] = args.flush
     say(f"# {torch.cuda.get_device_name()}, {datetime.date.today()}, torch {torch.__version__}, "
-        f"kvinfer {kvinfer.__version__}")
-    for _ in range(400):  # ~100 GB of writes first (~40 ms), so that the clocks are up for the first shape
+        f"kvinfer {kvinfer.__version__}, L2 flush: {args.flush}")
+    for _ in range(400):  # ~100 GB moved first (~40 ms), so that the clocks are up for the first shape
         flush_l2()
     torch.cuda.synchronize()
     if "decode" not in args.skip:

@@ -46,7 +46,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 struct TileInfo {
   int b, g, s, splits, key0, kend, flags;
 };
-enum : int { kFirstTile = 1, kLastTile = 2, kShareEnd = 4, kNoTile = 8 };
+enum : int { kFirstTile = 1, kLastTile = 2, kShareEnd = 4, kNoTile = 8, kNewRow = 16 };
 
 // A block's control words, after its tiles in shared memory. (Static __shared__ variables would sit
 // before the dynamic tiles and shift them off 32-byte alignment: a 32-byte sector of K/V then lands
@@ -71,6 +71,20 @@ __host__ __device__ constexpr size_t smem_bytes() {
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
+}
+
+// The same for data read once per call (K/V tiles), with an L2 policy from evict_first_policy(): its
+// lines are the first to go when L2 needs room, so streaming the cache does not push out what is
+// reused (the chunk states of this kernel, the weights and activations of the next ones).
+__device__ __forceinline__ void cp_async16_once(void* smem, const void* gmem, int src_bytes, uint64_t policy) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::128B [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(gmem),
+               "r"(src_bytes), "l"(policy));
+}
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t policy;
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __half* p) {
@@ -248,17 +262,27 @@ __device__ __forceinline__ int items_of(const DecodeArgs& a, int n) {
   return splits * a.num_kv_heads;
 }
 
-// The cursor at the start of block i's share: the i-th of gridDim.x contiguous shares of the item
-// list (ordered b, g, s; shares differ by at most one item), found by the warp. The positions and
-// slots of the first 32 sequences are read once and together, so a batch of up to 32 pays a single
-// global round trip before its first tile is issued.
+// The cursor at the start of block i's share (see below for how the items are shared out), found by
+// the warp. The positions and slots of the first 128 sequences are read once and together, so a
+// batch of up to 128 pays a single global round trip before its first tile is issued.
 __device__ Cursor start_share(const DecodeArgs& a, int lane) {
-  const bool in0 = lane < a.batch;
-  const int pos0 = in0 ? a.positions[lane] : 0;
-  const int slot0 = in0 ? a.seq_slots[lane] : 0;
-  const int cnt0 = in0 ? items_of(a, pos0 + 1) : 0;
+  constexpr int kWindows = 4;  // of 32 sequences, read up front
+  int pos_w[kWindows], slot_w[kWindows], cnt_w[kWindows];
+#pragma unroll
+  for (int w = 0; w < kWindows; ++w) {
+    const bool in = 32 * w + lane < a.batch;
+    pos_w[w] = in ? a.positions[32 * w + lane] : 0;
+    slot_w[w] = in ? a.seq_slots[32 * w + lane] : 0;
+  }
+#pragma unroll
+  for (int w = 0; w < kWindows; ++w) {
+    cnt_w[w] = 0;
+    if (32 * w < a.batch && 32 * w + lane < a.batch) cnt_w[w] = items_of(a, pos_w[w] + 1);
+  }
   auto count_at = [&](int b0) {  // items of sequence b0 + lane
-    if (b0 == 0) return cnt0;
+#pragma unroll
+    for (int w = 0; w < kWindows; ++w)
+      if (b0 == 32 * w) return cnt_w[w];
     return b0 + lane < a.batch ? items_of(a, a.positions[b0 + lane] + 1) : 0;
   };
   int total = 0;
@@ -268,8 +292,13 @@ __device__ Cursor start_share(const DecodeArgs& a, int lane) {
     for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
     total += c;
   }
-  const int first = static_cast<int>(static_cast<int64_t>(total) * blockIdx.x / gridDim.x);
-  const int count = static_cast<int>(static_cast<int64_t>(total) * (blockIdx.x + 1) / gridDim.x) - first;
+  // Blocks 0..r-1 take q + 1 items, the rest q. With fewer items than blocks, the low block indices get
+  // them: the first wave of blocks lands on distinct SMs, so a small batch spreads over the SMs instead
+  // of pairing up on some (with evenly spaced shares, blocks i and i + #SMs often shared one).
+  const int q = total / static_cast<int>(gridDim.x), r = total % static_cast<int>(gridDim.x);
+  const int i = static_cast<int>(blockIdx.x);
+  const int first = i * q + min(i, r);
+  const int count = q + (i < r ? 1 : 0);
   Cursor c;
   c.left = count;
   if (count == 0) return c;
@@ -283,9 +312,16 @@ __device__ Cursor start_share(const DecodeArgs& a, int lane) {
       const int src = __ffs(mask) - 1;
       c.b = b0 + src;
       const int rest = first - before - __shfl_sync(0xffffffffu, incl - cnt, src);
-      if (b0 == 0) {  // warp-uniform
-        c.n = __shfl_sync(0xffffffffu, pos0, src) + 1;
-        c.slot = __shfl_sync(0xffffffffu, slot0, src);
+      if (b0 < 32 * kWindows) {  // warp-uniform
+        int pos = 0, slot = 0;
+#pragma unroll
+        for (int w = 0; w < kWindows; ++w)
+          if (b0 == 32 * w) {
+            pos = pos_w[w];
+            slot = slot_w[w];
+          }
+        c.n = __shfl_sync(0xffffffffu, pos, src) + 1;
+        c.slot = __shfl_sync(0xffffffffu, slot, src);
         split_plan(c.n, a.plan, c.splits, c.chunk);
       } else {
         c.enter_sequence(a);
@@ -315,14 +351,14 @@ __device__ __forceinline__ int tile_at(int r, int c) {
 // chunk e = threadIdx.x + i * kThreads is row e / (D / 8), column chunk e % (D / 8): constant math
 // with i unrolled. Without kFull, rows >= `rows` are zero-filled.
 template <int D, bool kFull>
-__device__ __forceinline__ void copy_tile(__half* dst, const __half* src, int pos_stride, int rows) {
+__device__ __forceinline__ void copy_tile(__half* dst, const __half* src, int pos_stride, int rows, uint64_t policy) {
   constexpr int kChunks = D / 8;
   static_assert(kRows * kChunks % kThreads == 0, "tile copies split evenly over the threads");
 #pragma unroll
   for (int i = 0; i < kRows * kChunks / kThreads; ++i) {
     const unsigned e = threadIdx.x + i * kThreads, r = e / kChunks, c = e % kChunks;
     const bool in = kFull || static_cast<int>(r) < rows;
-    cp_async16(dst + tile_at<D>(r, c), src + (in ? r * pos_stride + c * 8 : 0), in ? 16 : 0);
+    cp_async16_once(dst + tile_at<D>(r, c), src + (in ? r * pos_stride + c * 8 : 0), in ? 16 : 0, policy);
   }
 }
 
@@ -330,26 +366,42 @@ __device__ __forceinline__ void copy_tile(__half* dst, const __half* src, int po
 
 // Row (b, g) is complete in the workspace: fold its chunk states in chunk order, starting from the
 // prefix state in slot first - 1 (the fold of register-held chunks 0..first-1 gives the same bits),
-// and write the output. The states come from other blocks: read through L2, 16 chunks in flight. A
-// thread takes 4 dims.
-template <int D>
+// and write the output. The states come from other blocks, through L2; a thread takes 4 dims and
+// issues the loads of kBatch chunks before it folds them, a round trip of about 0.8 us per batch.
+// Inside the tile loop the batch is small (the loop's state is live: 8 chunks, 4 at head_dim 64,
+// which keeps that kernel within 128 registers); after it, up to 32 (tail_batch).
+template <int D, int kBatch>
 __device__ void finish_row(const DecodeArgs& a, int b, int g, int splits, int first) {
   for (int e = threadIdx.x; e < a.group * (D / 4); e += kThreads) {
     const int qh = g * a.group + e / (D / 4), d = 4 * (e % (D / 4));
-    const float* ml = a.chunk_ml(b, qh, 0);
+    const float2* ml = reinterpret_cast<const float2*>(a.chunk_ml(b, qh, 0));
     const float* o = a.chunk_o(b, qh, 0) + d;
-    const float2 ml0 = __ldcg(reinterpret_cast<const float2*>(ml) + first - 1);
-    float M = ml0.x, L = ml0.y;
-    float4 O = __ldcg(reinterpret_cast<const float4*>(o + (first - 1) * D));
-#pragma unroll 16
-    for (int s = first; s < splits; ++s) {
-      const float2 mls = __ldcg(reinterpret_cast<const float2*>(ml) + s);
-      const float4 os = __ldcg(reinterpret_cast<const float4*>(o + s * D));
-      float x, y;
-      fold_weights(M, mls.x, x, y);
-      L = fold_acc(L, x, mls.y, y);
-      O = make_float4(fold_acc(O.x, x, os.x, y), fold_acc(O.y, x, os.y, y), fold_acc(O.z, x, os.z, y),
-                      fold_acc(O.w, x, os.w, y));
+    float M = 0.0f, L = 0.0f;
+    float4 O = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int s0 = first - 1; s0 < splits; s0 += kBatch) {  // slot first - 1 seeds the fold
+      float2 mls[kBatch];
+      float4 os[kBatch];
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        const int s = min(s0 + j, splits - 1);  // past the end: a valid slot, not folded
+        mls[j] = __ldcg(ml + s);
+        os[j] = __ldcg(reinterpret_cast<const float4*>(o + s * D));
+      }
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        if (s0 + j >= splits) break;
+        if (s0 + j == first - 1) {
+          M = mls[j].x;
+          L = mls[j].y;
+          O = os[j];
+          continue;
+        }
+        float x, y;
+        fold_weights(M, mls[j].x, x, y);
+        L = fold_acc(L, x, mls[j].y, y);
+        O = make_float4(fold_acc(O.x, x, os[j].x, y), fold_acc(O.y, x, os[j].y, y), fold_acc(O.z, x, os[j].z, y),
+                        fold_acc(O.w, x, os[j].w, y));
+      }
     }
     __half2* dst = reinterpret_cast<__half2*>(a.out + b * a.out_stride + static_cast<int64_t>(qh) * D + d);
     dst[0] = __floats2half2_rn(__fdiv_rn(O.x, L), __fdiv_rn(O.y, L));
@@ -357,8 +409,16 @@ __device__ void finish_row(const DecodeArgs& a, int b, int g, int splits, int fi
   }
 }
 
+// Blocks per SM that the register budget must allow: shared memory fits 4 of the head_dim-64 kernel.
+template <int D, bool kTall>
+__host__ __device__ constexpr int min_blocks() { return D <= 64 && !kTall ? 4 : 1; }
+// Chunk states loaded at once by the fold after the tile loop: as many as the registers that the
+// kernel's occupancy leaves (2 blocks per SM at head_dim 96 and 128, 3 at 80, 4 at 64).
+template <int D, bool kTall>
+__host__ __device__ constexpr int tail_batch() { return D >= 96 || (kTall && D >= 80) ? 32 : D == 80 ? 16 : 8; }
+
 template <int D, bool kTall>  // kTall: more than 8 query heads per KV head (a second 8-head n-tile)
-static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArgs a) {
+static __global__ void __launch_bounds__(kThreads, min_blocks<D, kTall>()) decode_kernel(const DecodeArgs a) {
   static_assert(D % 16 == 0 && D <= 128, "head_dim: a multiple of 16, at most 128");
   constexpr int kDimTiles = D / 16;                            // 16-dim m-tiles of O^T
   constexpr int kMyTiles = (kDimTiles + kWarps - 1) / kWarps;  // this warp's: w, w + 4, ...
@@ -381,13 +441,18 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
   auto stage_k = [&](int st) { return smem + (st * 2) * kTile; };
   auto stage_v = [&](int st) { return smem + (st * 2 + 1) * kTile; };
   auto stage_q = [&](int st) { return smem + kStages * 2 * kTile + st * kQRows * tile_ld<D>(); };
-  // The next tile into stage st (with the item's queries if it is the item's first tile), its
-  // TileInfo for the compute side, then advance `load`. Rows past the chunk end and query rows past
-  // the group are zero-filled. Called right after a barrier.
+  // The next tile into stage st (with the row's queries if it is the first tile of a row in this
+  // share: the chunks of one row share them), its TileInfo for the compute side, then advance `load`.
+  // Rows past the chunk end and query rows past the group are zero-filled. Called right after a
+  // barrier.
+  bool share_start = true;
+  const uint64_t kv_policy = evict_first_policy();
   auto issue = [&](int st) {
     TileInfo t{0, 0, 0, 0, 0, 0, kNoTile};
     if (load.left > 0) {
-      if (load.tile == 0) {
+      const bool new_row = load.tile == 0 && (load.s == 0 || share_start);
+      share_start = false;
+      if (new_row) {
         constexpr int kChunks = D / 8;
         const __half* qg = a.q + load.b * a.q_stride + static_cast<int64_t>(load.g) * a.group * D;
 #pragma unroll
@@ -404,15 +469,15 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
                            load.g * a.layout.head_stride + static_cast<int64_t>(j0) * a.layout.pos_stride;
       const int pos_stride = static_cast<int>(a.layout.pos_stride);
       if (rows >= kRows) {
-        copy_tile<D, true>(stage_k(st), a.k_cache + base, pos_stride, rows);
-        copy_tile<D, true>(stage_v(st), a.v_cache + base, pos_stride, rows);
+        copy_tile<D, true>(stage_k(st), a.k_cache + base, pos_stride, rows, kv_policy);
+        copy_tile<D, true>(stage_v(st), a.v_cache + base, pos_stride, rows, kv_policy);
       } else {
-        copy_tile<D, false>(stage_k(st), a.k_cache + base, pos_stride, rows);
-        copy_tile<D, false>(stage_v(st), a.v_cache + base, pos_stride, rows);
+        copy_tile<D, false>(stage_k(st), a.k_cache + base, pos_stride, rows, kv_policy);
+        copy_tile<D, false>(stage_v(st), a.v_cache + base, pos_stride, rows, kv_policy);
       }
       const bool last = load.tile == load.tiles - 1;
       t = TileInfo{load.b, load.g, load.s, load.splits, j0, load.end(),
-                   (load.tile == 0 ? kFirstTile : 0) | (last ? kLastTile : 0) |
+                   (load.tile == 0 ? kFirstTile : 0) | (new_row ? kNewRow : 0) | (last ? kLastTile : 0) |
                        (last && load.left == 1 ? kShareEnd : 0)};
       load.advance(a);
     }
@@ -468,22 +533,24 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
     count_in();
     issue((step + kStages - 1) % kStages);
     const int4 f = finish[step & 1];
-    if (f.x >= 0) finish_row<D>(a, f.x, f.y, f.z, f.w);
+    if (f.x >= 0) finish_row<D, (D <= 64 ? 4 : 8)>(a, f.x, f.y, f.z, f.w);
     const TileInfo t = info[st];
     if (t.flags & kNoTile) break;
 
-    if (t.flags & kFirstTile) {  // a new item: its queries, fresh softmax state
+    if (t.flags & kFirstTile) {  // a new item: fresh softmax state (and its row's queries)
       if (t.s == 0) {
         own = true;
         seg_first = 0;
       } else if (seg_first < 0) {  // the share starts inside a row
         seg_first = t.s;
       }
+      if (t.flags & kNewRow) {
 #pragma unroll
-      for (int kk = 0; kk < kKSteps; ++kk)
+        for (int kk = 0; kk < kKSteps; ++kk)
 #pragma unroll
-        for (int nt = 0; nt < kHeadTiles; ++nt)  // rows: heads 8 nt + 0-7; matrices: dims lo | hi
-          ldmatrix_x2(qb[kk][nt], stage_q(st) + tile_at<D>(8 * nt + mr, 2 * kk + (mi & 1)));
+          for (int nt = 0; nt < kHeadTiles; ++nt)  // rows: heads 8 nt + 0-7; matrices: dims lo | hi
+            ldmatrix_x2(qb[kk][nt], stage_q(st) + tile_at<D>(8 * nt + mr, 2 * kk + (mi & 1)));
+      }
 #pragma unroll
       for (int nt = 0; nt < kHeadTiles; ++nt)
 #pragma unroll
@@ -651,7 +718,7 @@ static __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArg
   if (leader) settle((step + 1) & 1);  // the count made at the last step
   __syncthreads();
   const int4 f = finish[(step + 1) & 1];
-  if (f.x >= 0) finish_row<D>(a, f.x, f.y, f.z, f.w);
+  if (f.x >= 0) finish_row<D, tail_batch<D, kTall>()>(a, f.x, f.y, f.z, f.w);
   asm volatile("cp.async.wait_group 0;\n" ::);  // no copy may outlive the block
 }
 
