@@ -15,15 +15,17 @@
 // block adds the number of chunks it finished to the row's counter, and the block that completes
 // the count folds the row with the same instructions (one kernel, no second launch).
 //
-// Per tile, in each of the 4 warps: S^T = K Q^T with mma.sync m16n8k16 (rows: 16 keys per m-tile,
-// columns: the KV head's query heads, 8 per n-tile: a GQA group of up to 8 is one n-tile), an
-// online softmax per head column, P^T transposed into B-fragments in registers (movmatrix), then
-// O^T = O^T * c + V^T P^T for the warp's 16-dim m-tiles w, w + 4, ... Every warp computes the same
-// S and softmax statistics, so warps never merge; K is read from shared memory by all four warps,
-// V once. (With the heads as the rows of the A operand, padded to 16, a tile took twice the MMAs
-// and a register move per zero operand: at B=1, context 8K, 4.32M instructions and 328K MMAs per
-// call against 3.35M and 164K now.) Tiles are XOR-swizzled in shared memory: padding rows instead
-// cost 3% of the streaming rate (bank conflicts of the cp.async writes).
+// Per tile, warp w takes keys 16 w .. 16 w + 15: S^T = K Q^T with mma.sync m16n8k16 (rows: the
+// warp's 16 keys, columns: the KV head's query heads, 8 per n-tile: a GQA group of up to 8 is one
+// n-tile), an online softmax per head column over the warp's keys, P^T transposed into B-fragments
+// in registers (movmatrix), then O^T = O^T * c + V^T P^T for every 16-dim m-tile. At an item's end
+// the four warp states are folded in warp order into the chunk's state, through the K/V rows that
+// each warp read itself. (When every warp computed all of S and a quarter of O, a lone block took
+// about 1.3 us per tile, K was read from shared memory four times, and small batches waited on it.)
+// Tiles are XOR-swizzled in shared memory: padding rows instead cost 3% of the streaming rate (bank
+// conflicts of the cp.async writes). The code is kept small: at small batches most of it runs once
+// per block from a cold instruction cache (the kernels before this one evict it), and each KB of it
+// is paid for on the critical path.
 #include "cuda/attention.h"
 
 #include <cuda_fp16.h>
@@ -167,13 +169,16 @@ __device__ __forceinline__ void mma16816_zero(float (&c)[4], const uint32_t (&a)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.0f));
 }
 
+// Unsigned divisions: every inlined copy of this runs once per block before its first tile, from a
+// cold instruction cache, and a signed division is half again as long.
 __host__ __device__ inline void split_plan(int n, DecodeSplits plan, int& splits, int& chunk) {
-  splits = (n + plan.min_chunk - 1) / plan.min_chunk;
-  if (splits > plan.max_splits) splits = plan.max_splits;
-  if (splits < 1) splits = 1;
-  chunk = (n + splits - 1) / splits;
-  chunk = (chunk + 63) / 64 * 64;
-  splits = (n + chunk - 1) / chunk;
+  const unsigned un = static_cast<unsigned>(n);
+  unsigned sp = (un + plan.min_chunk - 1) / static_cast<unsigned>(plan.min_chunk);
+  sp = sp > static_cast<unsigned>(plan.max_splits) ? plan.max_splits : sp < 1 ? 1 : sp;
+  const unsigned tiles = (un + 63) / 64;      // chunk = ceil(n / sp) rounded up to 64 keys
+  const unsigned ct = (tiles + sp - 1) / sp;  // = ceil(ceil(n / 64) / sp) tiles
+  chunk = static_cast<int>(ct * 64);
+  splits = static_cast<int>((tiles + ct - 1) / ct);
 }
 
 // Workspace: one record per sequence (so a record's place does not depend on the batch). Record of
@@ -262,32 +267,38 @@ __device__ __forceinline__ int items_of(const DecodeArgs& a, int n) {
   return splits * a.num_kv_heads;
 }
 
+// v[i] for a warp-uniform i, as selects: the array stays in registers in a loop that is not unrolled.
+template <int N>
+__device__ __forceinline__ int pick(const int (&v)[N], int i) {
+  int r = v[0];
+#pragma unroll
+  for (int j = 1; j < N; ++j)
+    if (i == j) r = v[j];
+  return r;
+}
+
 // The cursor at the start of block i's share (see below for how the items are shared out), found by
 // the warp. The positions and slots of the first 128 sequences are read once and together, so a
-// batch of up to 128 pays a single global round trip before its first tile is issued.
+// batch of up to 128 pays a single global round trip before its first tile is issued. The loops are
+// kept rolled: this runs once per block, from a cold instruction cache.
 __device__ Cursor start_share(const DecodeArgs& a, int lane) {
   constexpr int kWindows = 4;  // of 32 sequences, read up front
-  int pos_w[kWindows], slot_w[kWindows], cnt_w[kWindows];
+  int pos_w[kWindows], slot_w[kWindows];
 #pragma unroll
   for (int w = 0; w < kWindows; ++w) {
     const bool in = 32 * w + lane < a.batch;
     pos_w[w] = in ? a.positions[32 * w + lane] : 0;
     slot_w[w] = in ? a.seq_slots[32 * w + lane] : 0;
   }
-#pragma unroll
-  for (int w = 0; w < kWindows; ++w) {
-    cnt_w[w] = 0;
-    if (32 * w < a.batch && 32 * w + lane < a.batch) cnt_w[w] = items_of(a, pos_w[w] + 1);
-  }
-  auto count_at = [&](int b0) {  // items of sequence b0 + lane
-#pragma unroll
-    for (int w = 0; w < kWindows; ++w)
-      if (b0 == 32 * w) return cnt_w[w];
-    return b0 + lane < a.batch ? items_of(a, a.positions[b0 + lane] + 1) : 0;
+  auto pos_at = [&](int b0) {  // position of sequence b0 + lane (b0: a multiple of 32); -1 past the batch
+    if (b0 + lane >= a.batch) return -1;
+    return b0 < 32 * kWindows ? pick(pos_w, b0 >> 5) : a.positions[b0 + lane];
   };
   int total = 0;
+#pragma unroll 1
   for (int b0 = 0; b0 < a.batch; b0 += 32) {
-    int c = count_at(b0);
+    const int p = pos_at(b0);
+    int c = p < 0 ? 0 : items_of(a, p + 1);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
     total += c;
@@ -295,16 +306,18 @@ __device__ Cursor start_share(const DecodeArgs& a, int lane) {
   // Blocks 0..r-1 take q + 1 items, the rest q. With fewer items than blocks, the low block indices get
   // them: the first wave of blocks lands on distinct SMs, so a small batch spreads over the SMs instead
   // of pairing up on some (with evenly spaced shares, blocks i and i + #SMs often shared one).
-  const int q = total / static_cast<int>(gridDim.x), r = total % static_cast<int>(gridDim.x);
-  const int i = static_cast<int>(blockIdx.x);
+  const int q = static_cast<int>(static_cast<unsigned>(total) / gridDim.x);
+  const int i = static_cast<int>(blockIdx.x), r = total - q * static_cast<int>(gridDim.x);
   const int first = i * q + min(i, r);
   const int count = q + (i < r ? 1 : 0);
   Cursor c;
   c.left = count;
   if (count == 0) return c;
   int before = 0;
+#pragma unroll 1
   for (int b0 = 0;; b0 += 32) {  // terminates: first < total
-    const int cnt = count_at(b0);
+    const int p = pos_at(b0);
+    const int cnt = p < 0 ? 0 : items_of(a, p + 1);
     const int incl = warp_scan_incl(cnt, lane);
     const bool hit = before + incl - cnt <= first && first < before + incl;
     const unsigned mask = __ballot_sync(0xffffffffu, hit);
@@ -312,22 +325,12 @@ __device__ Cursor start_share(const DecodeArgs& a, int lane) {
       const int src = __ffs(mask) - 1;
       c.b = b0 + src;
       const int rest = first - before - __shfl_sync(0xffffffffu, incl - cnt, src);
-      if (b0 < 32 * kWindows) {  // warp-uniform
-        int pos = 0, slot = 0;
-#pragma unroll
-        for (int w = 0; w < kWindows; ++w)
-          if (b0 == 32 * w) {
-            pos = pos_w[w];
-            slot = slot_w[w];
-          }
-        c.n = __shfl_sync(0xffffffffu, pos, src) + 1;
-        c.slot = __shfl_sync(0xffffffffu, slot, src);
-        split_plan(c.n, a.plan, c.splits, c.chunk);
-      } else {
-        c.enter_sequence(a);
-      }
-      c.g = rest / c.splits;
-      c.s = rest % c.splits;
+      const int slot = b0 < 32 * kWindows ? pick(slot_w, b0 >> 5) : p < 0 ? 0 : a.seq_slots[b0 + lane];
+      c.n = __shfl_sync(0xffffffffu, p, src) + 1;
+      c.slot = __shfl_sync(0xffffffffu, slot, src);
+      split_plan(c.n, a.plan, c.splits, c.chunk);
+      c.g = static_cast<int>(static_cast<unsigned>(rest) / c.splits);
+      c.s = rest - c.g * c.splits;
       c.enter_item();
       return c;
     }
@@ -345,6 +348,15 @@ __device__ __forceinline__ int tile_at(int r, int c) {
   if constexpr (D == 64 || D == 128) return r * D + ((c ^ (r & 7)) << 3);
   else if constexpr (D == 32) return r * D + ((c ^ ((r >> 1) & 3)) << 3);
   else return r * tile_ld<D>() + (c << 3);
+}
+
+// A warp's (head, dim) -> float offset of its O^T state in its own 16 K rows, when the warps fold
+// their states: the 4 lanes that share a key row write heads 0, 2, 4, 6 (or 1, 3, 5, 7), which an
+// XOR of the dim by 4 hh (D a multiple of 32) or rows of D + 4 floats put in distinct banks.
+template <int D>
+__device__ __forceinline__ int scratch_at(int hh, int d) {
+  if constexpr (D % 32 == 0) return hh * D + (d ^ ((hh & 7) << 2));
+  else return hh * (D + 4) + d;
 }
 
 // One 64-row tile (rows of D halves, `pos_stride` apart) into shared memory, by the block. 16-byte
@@ -368,8 +380,9 @@ __device__ __forceinline__ void copy_tile(__half* dst, const __half* src, int po
 // prefix state in slot first - 1 (the fold of register-held chunks 0..first-1 gives the same bits),
 // and write the output. The states come from other blocks, through L2; a thread takes 4 dims and
 // issues the loads of kBatch chunks before it folds them, a round trip of about 0.8 us per batch.
-// Inside the tile loop the batch is small (the loop's state is live: 8 chunks, 4 at head_dim 64,
-// which keeps that kernel within 128 registers); after it, up to 32 (tail_batch).
+// Inside the tile loop, where the loop's state is live, the batch is small: 8 chunks, 4 at head_dim
+// 64, which keeps that kernel within 128 registers. After the loop, rows of up to 8 chunks come here
+// too (one round trip, no barrier); longer ones go through finish_row_staged.
 template <int D, int kBatch>
 __device__ void finish_row(const DecodeArgs& a, int b, int g, int splits, int first) {
   for (int e = threadIdx.x; e < a.group * (D / 4); e += kThreads) {
@@ -409,19 +422,68 @@ __device__ void finish_row(const DecodeArgs& a, int b, int g, int splits, int fi
   }
 }
 
+// The fold of finish_row after the tile loop, through shared memory (the tile stages are free by
+// then): the row's chunk states from slot first - 1 on are copied in with cp.async, as many heads at
+// a time as fit, then each thread folds its elements in chunk order with the same instructions as
+// finish_row, so the bits are the same. The loops stay rolled: this runs once, at the end of the
+// critical path of a small batch, from a cold instruction cache (a 32-chunk fold unrolled in
+// registers was a fifth of the kernel's code); one round trip per batch of heads.
+template <int D>
+__device__ void finish_row_staged(const DecodeArgs& a, int b, int g, int splits, int first, float* buf,
+                                  int buf_floats) {
+  const int s0 = first - 1, nb = splits - s0;  // chunk slots s0 .. splits - 1
+  const int ml0 = s0 & ~1, ml_units = (splits - ml0 + 1) / 2;  // (m, l) pairs from an even slot: 16 bytes
+  const int hb = min(a.group, buf_floats / (nb * D + 4 * ml_units));
+#pragma unroll 1
+  for (int h0 = 0; h0 < a.group; h0 += hb) {
+    const int nh = min(hb, a.group - h0);
+    float* so = buf;                  // [nh][nb][D]
+    float* sml = buf + nh * nb * D;   // [nh][2 ml_units]: (m, l) of slots ml0 ..
+#pragma unroll 1
+    for (int hh = 0; hh < nh; ++hh) {
+      const int qh = g * a.group + h0 + hh;
+      const float* o = a.chunk_o(b, qh, s0);
+      for (int u = threadIdx.x; u < nb * (D / 4); u += kThreads) cp_async16(so + hh * nb * D + 4 * u, o + 4 * u, 16);
+      const float* ml = a.chunk_ml(b, qh, ml0);
+      for (int u = threadIdx.x; u < ml_units; u += kThreads) cp_async16(sml + hh * 4 * ml_units + 4 * u, ml + 4 * u, 16);
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    __syncthreads();
+#pragma unroll 1
+    for (int e = threadIdx.x; e < nh * (D / 4); e += kThreads) {
+      const int hh = e / (D / 4), d = 4 * (e % (D / 4));
+      const float2* ml = reinterpret_cast<const float2*>(sml + hh * 4 * ml_units) + (s0 - ml0);
+      const float4* o = reinterpret_cast<const float4*>(so + hh * nb * D + d);
+      float M = ml[0].x, L = ml[0].y;  // slot first - 1 seeds the fold
+      float4 O = o[0];
+#pragma unroll 4
+      for (int j = 1; j < nb; ++j) {
+        const float2 mlj = ml[j];
+        const float4 oj = o[j * (D / 4)];
+        float x, y;
+        fold_weights(M, mlj.x, x, y);
+        L = fold_acc(L, x, mlj.y, y);
+        O = make_float4(fold_acc(O.x, x, oj.x, y), fold_acc(O.y, x, oj.y, y), fold_acc(O.z, x, oj.z, y),
+                        fold_acc(O.w, x, oj.w, y));
+      }
+      const int qh = g * a.group + h0 + hh;
+      __half2* dst = reinterpret_cast<__half2*>(a.out + b * a.out_stride + static_cast<int64_t>(qh) * D + d);
+      dst[0] = __floats2half2_rn(__fdiv_rn(O.x, L), __fdiv_rn(O.y, L));
+      dst[1] = __floats2half2_rn(__fdiv_rn(O.z, L), __fdiv_rn(O.w, L));
+    }
+    __syncthreads();  // the next batch of heads reuses the buffer
+  }
+}
+
 // Blocks per SM that the register budget must allow: shared memory fits 4 of the head_dim-64 kernel.
 template <int D, bool kTall>
 __host__ __device__ constexpr int min_blocks() { return D <= 64 && !kTall ? 4 : 1; }
-// Chunk states loaded at once by the fold after the tile loop: as many as the registers that the
-// kernel's occupancy leaves (2 blocks per SM at head_dim 96 and 128, 3 at 80, 4 at 64).
-template <int D, bool kTall>
-__host__ __device__ constexpr int tail_batch() { return D >= 96 || (kTall && D >= 80) ? 32 : D == 80 ? 16 : 8; }
 
 template <int D, bool kTall>  // kTall: more than 8 query heads per KV head (a second 8-head n-tile)
 static __global__ void __launch_bounds__(kThreads, min_blocks<D, kTall>()) decode_kernel(const DecodeArgs a) {
   static_assert(D % 16 == 0 && D <= 128, "head_dim: a multiple of 16, at most 128");
   constexpr int kDimTiles = D / 16;                            // 16-dim m-tiles of O^T
-  constexpr int kMyTiles = (kDimTiles + kWarps - 1) / kWarps;  // this warp's: w, w + 4, ...
   constexpr int kKSteps = D / 16;                              // k-steps of K Q^T
   constexpr int kHeadTiles = kTall ? 2 : 1;                    // 8-head n-tiles
   constexpr int kQRows = 8 * kHeadTiles;
@@ -484,16 +546,19 @@ static __global__ void __launch_bounds__(kThreads, min_blocks<D, kTall>()) decod
     if (leader) info[st] = t;
     asm volatile("cp.async.commit_group;\n" ::);  // possibly empty: keeps the group count uniform
   };
-  for (int st = 0; st < kStages - 1; ++st) issue(st);
-
   // ldmatrix: matrix mi = lane / 8 supplies row mr = lane % 8 of its 8x8 block.
   const int mi = lane >> 3, mr = lane & 7;
-  // Fragments hold S^T and O^T: rows are keys (S) or dims (O), columns the group's query heads, so
-  // a lane's statistics are those of heads 8 nt + qc and 8 nt + qc + 1 (index [nt][j]).
+  // Warp w owns keys 16 w .. 16 w + 15 of every tile: S^T and O^T fragments have keys (S) or dims
+  // (O) as rows and the group's query heads as columns, so a lane's statistics are those of heads
+  // 8 nt + qc and 8 nt + qc + 1 (index [nt][j]) over the warp's keys.
   uint32_t qb[kKSteps][kHeadTiles][2];       // Q^T B-fragments (k: dims, n: heads)
-  float o[kMyTiles][kHeadTiles][4];          // O^T of this warp's dim m-tiles w, w + 4, ...
+  float o[kDimTiles][kHeadTiles][4];         // O^T over this warp's keys, every dim m-tile
   float m[kHeadTiles][2], l[kHeadTiles][2];  // running max (base 2) and this lane's key sum
-  float FO[kMyTiles][kHeadTiles][4], FM[kHeadTiles][2], FL[kHeadTiles][2];  // fold of the row's chunks
+  // The fold of the row's chunks, element-wise: thread t holds head 8 nt + t / 16, dims
+  // kE (t % 16) .. kE (t % 16) + kE - 1 of each n-tile nt.
+  constexpr int kE = D / 16;
+  const int fh = threadIdx.x >> 4, fd = kE * (threadIdx.x & 15);
+  float FO[kHeadTiles][kE], FM[kHeadTiles], FL[kHeadTiles];
   bool own = false;    // this block holds chunk 0 of the current row (once true, true to the end)
   int seg_first = -1;  // first chunk of the current row in this block's share
   // A row segment that ended with the row unfinished is counted into row_count one step later (after
@@ -524,14 +589,19 @@ static __global__ void __launch_bounds__(kThreads, min_blocks<D, kTall>()) decod
     }
     count_row.x = -1;
   };
-  int step = 0;
+  // Steps 1 - kStages .. -1 only issue the first tiles: one copy of issue() in the code, which runs
+  // from a cold instruction cache at small batches.
+  int step = 1 - kStages;
   for (;; ++step) {
-    const int st = step % kStages;
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2));
-    if (leader) settle(step & 1);
-    __syncthreads();  // tile `step` is visible to all; stage (step - 1) is free again
-    count_in();
+    if (step >= 0) {
+      asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2));
+      if (leader) settle(step & 1);
+      __syncthreads();  // tile `step` is visible to all; stage (step - 1) is free again
+      count_in();
+    }
     issue((step + kStages - 1) % kStages);
+    if (step < 0) continue;
+    const int st = step % kStages;
     const int4 f = finish[step & 1];
     if (f.x >= 0) finish_row<D, (D <= 64 ? 4 : 8)>(a, f.x, f.y, f.z, f.w);
     const TileInfo t = info[st];
@@ -559,101 +629,87 @@ static __global__ void __launch_bounds__(kThreads, min_blocks<D, kTall>()) decod
           l[nt][j] = 0.0f;
         }
 #pragma unroll
-      for (int i = 0; i < kMyTiles; ++i)
+      for (int i = 0; i < kDimTiles; ++i)
 #pragma unroll
         for (int nt = 0; nt < kHeadTiles; ++nt) o[i][nt][0] = o[i][nt][1] = o[i][nt][2] = o[i][nt][3] = 0.0f;
     }
 
     const __half* ks = stage_k(st);
     const __half* vs = stage_v(st);
-    // S^T = K Q^T: 4 m-tiles of 16 keys; every warp computes all of it (no statistics to share)
-    float s[4][kHeadTiles][4];
+    // S^T = K Q^T for the warp's 16 keys, the k-steps alternating between two accumulators (two
+    // dependent chains of half the length)
+    float s[kHeadTiles][4], s2[kHeadTiles][4];
 #pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) {
+    for (int kk = 0; kk < kKSteps; ++kk) {  // A blocks: (keys lo | hi) x (dims lo | hi)
+      uint32_t ka[4];
+      ldmatrix_x4(ka, ks + tile_at<D>(16 * warp + 8 * (mi & 1) + mr, 2 * kk + (mi >> 1)));
 #pragma unroll
-      for (int mt = 0; mt < 4; ++mt) {  // A blocks: (keys lo | hi) x (dims lo | hi)
-        uint32_t ka[4];
-        ldmatrix_x4(ka, ks + tile_at<D>(16 * mt + 8 * (mi & 1) + mr, 2 * kk + (mi >> 1)));
-#pragma unroll
-        for (int nt = 0; nt < kHeadTiles; ++nt) {
-          if (kk == 0) mma16816_zero(s[mt][nt], ka, qb[kk][nt][0], qb[kk][nt][1]);
-          else mma16816(s[mt][nt], ka, qb[kk][nt][0], qb[kk][nt][1]);
-        }
+      for (int nt = 0; nt < kHeadTiles; ++nt) {
+        if (kk == 0) mma16816_zero(s[nt], ka, qb[kk][nt][0], qb[kk][nt][1]);
+        else if (kk == 1) mma16816_zero(s2[nt], ka, qb[kk][nt][0], qb[kk][nt][1]);
+        else if (kk % 2 == 0) mma16816(s[nt], ka, qb[kk][nt][0], qb[kk][nt][1]);
+        else mma16816(s2[nt], ka, qb[kk][nt][0], qb[kk][nt][1]);
       }
     }
-    // online softmax (base 2) per head column; keys past the chunk end (last tile only) are masked,
-    // the tile's first key never is. Element e of s[mt][nt]: key 16 mt + qr + 8 (e >> 1), head
-    // 8 nt + qc + (e & 1).
+    // online softmax (base 2) per head column; keys past the chunk end (last tile only) are masked.
+    // Element e of s[nt]: key 16 warp + qr + 8 (e >> 1), head 8 nt + qc + (e & 1). A warp may have
+    // no key yet (a short chunk): its max stays -inf and 0 stands in as the reference.
 #pragma unroll
-    for (int mt = 0; mt < 4; ++mt)
+    for (int nt = 0; nt < kHeadTiles; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = (kKSteps > 1 ? s[nt][e] + s2[nt][e] : s[nt][e]) * a.scale_log2;
+    if (t.key0 + kRows > t.kend) {
 #pragma unroll
       for (int nt = 0; nt < kHeadTiles; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[mt][nt][e] *= a.scale_log2;
-    if (t.key0 + kRows > t.kend) {
-#pragma unroll
-      for (int mt = 0; mt < 4; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < kHeadTiles; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e)
-            if (t.key0 + 16 * mt + qr + 8 * (e >> 1) >= t.kend) s[mt][nt][e] = -INFINITY;
+        for (int e = 0; e < 4; ++e)
+          if (t.key0 + 16 * warp + qr + 8 * (e >> 1) >= t.kend) s[nt][e] = -INFINITY;
     }
-    float c[kHeadTiles][2];  // rescale of the running state
-    uint32_t pb[4][kHeadTiles][2];  // P^T B-fragments (k: keys of m-tile mt, n: heads)
+    float c[kHeadTiles][2];         // rescale of the running state
+    uint32_t pb[kHeadTiles][2];     // P^T B-fragments (k: the warp's keys, n: heads)
 #pragma unroll
     for (int nt = 0; nt < kHeadTiles; ++nt) {
+      float ref[2];
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int mt = 0; mt < 4; ++mt) mx = fmaxf(mx, fmaxf(s[mt][nt][j], s[mt][nt][j + 2]));
+        float mx = fmaxf(s[nt][j], s[nt][j + 2]);
 #pragma unroll
         for (int x = 4; x < 32; x <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, x));
         const float mn = fmaxf(m[nt][j], mx);
-        c[nt][j] = fast_exp2(m[nt][j] - mn);  // 0 on an item's first tile
+        ref[j] = mn == -INFINITY ? 0.0f : mn;
+        c[nt][j] = fast_exp2(m[nt][j] - ref[j]);  // 0 on an item's first tile
         m[nt][j] = mn;
       }
-      float sum0 = 0.0f, sum1 = 0.0f;
-#pragma unroll
-      for (int mt = 0; mt < 4; ++mt) {
-        const float p0 = fast_exp2(s[mt][nt][0] - m[nt][0]), p1 = fast_exp2(s[mt][nt][1] - m[nt][1]);
-        const float p2 = fast_exp2(s[mt][nt][2] - m[nt][0]), p3 = fast_exp2(s[mt][nt][3] - m[nt][1]);
-        sum0 += p0 + p2;
-        sum1 += p1 + p3;
-        // (keys x heads) 8x8 blocks transposed into (heads x keys): the B-fragment layout
-        pb[mt][nt][0] = movmatrix_trans(pack_half2(p0, p1));
-        pb[mt][nt][1] = movmatrix_trans(pack_half2(p2, p3));
-      }
-      l[nt][0] = l[nt][0] * c[nt][0] + sum0;
-      l[nt][1] = l[nt][1] * c[nt][1] + sum1;
+      const float p0 = fast_exp2(s[nt][0] - ref[0]), p1 = fast_exp2(s[nt][1] - ref[1]);
+      const float p2 = fast_exp2(s[nt][2] - ref[0]), p3 = fast_exp2(s[nt][3] - ref[1]);
+      l[nt][0] = l[nt][0] * c[nt][0] + (p0 + p2);
+      l[nt][1] = l[nt][1] * c[nt][1] + (p1 + p3);
+      // (keys x heads) 8x8 blocks transposed into (heads x keys): the B-fragment layout
+      pb[nt][0] = movmatrix_trans(pack_half2(p0, p1));
+      pb[nt][1] = movmatrix_trans(pack_half2(p2, p3));
     }
-    // O^T = O^T * c + V^T P^T for this warp's dim m-tiles; V^T A-blocks read transposed
+    // O^T = O^T * c + V^T P^T for every dim m-tile; V^T A-blocks read transposed
 #pragma unroll
-    for (int i = 0; i < kMyTiles; ++i) {
-      const int mdt = warp + kWarps * i;
-      if (mdt < kDimTiles) {
+    for (int mdt = 0; mdt < kDimTiles; ++mdt) {
+      uint32_t va[4];  // A blocks: (dims lo | hi) x (keys lo | hi)
+      ldmatrix_x4_trans(va, vs + tile_at<D>(16 * warp + 8 * (mi >> 1) + mr, 2 * mdt + (mi & 1)));
 #pragma unroll
-        for (int nt = 0; nt < kHeadTiles; ++nt) {
-          o[i][nt][0] *= c[nt][0];
-          o[i][nt][1] *= c[nt][1];
-          o[i][nt][2] *= c[nt][0];
-          o[i][nt][3] *= c[nt][1];
-        }
-#pragma unroll
-        for (int kt = 0; kt < 4; ++kt) {  // A blocks: (dims lo | hi) x (keys lo | hi)
-          uint32_t va[4];
-          ldmatrix_x4_trans(va, vs + tile_at<D>(16 * kt + 8 * (mi >> 1) + mr, 2 * mdt + (mi & 1)));
-#pragma unroll
-          for (int nt = 0; nt < kHeadTiles; ++nt) mma16816(o[i][nt], va, pb[kt][nt][0], pb[kt][nt][1]);
-        }
+      for (int nt = 0; nt < kHeadTiles; ++nt) {
+        o[mdt][nt][0] *= c[nt][0];
+        o[mdt][nt][1] *= c[nt][1];
+        o[mdt][nt][2] *= c[nt][0];
+        o[mdt][nt][3] *= c[nt][1];
+        mma16816(o[mdt][nt], va, pb[nt][0], pb[nt][1]);
       }
     }
 
     if (t.flags & kLastTile) {
-      // Item done: its (m, l, o). The block holding chunk 0 of the row folds the chunks in registers
-      // and writes the output at the last one, or, if its share ends first, its prefix state into the
-      // slot of its last chunk; a block that entered the row mid-way writes each chunk's state.
+      // Item done. The warps' states (each over its keys of the chunk) are folded in warp order
+      // into the chunk's (m, l, o), through the K and V rows of this stage that each warp read
+      // itself (no other warp touches them). The block holding chunk 0 of the row folds the chunks
+      // in registers and writes the output at the last one, or, if its share ends first, its prefix
+      // state into the slot of its last chunk; a block that entered the row mid-way writes each
+      // chunk's state.
 #pragma unroll
       for (int nt = 0; nt < kHeadTiles; ++nt)
 #pragma unroll
@@ -661,53 +717,68 @@ static __global__ void __launch_bounds__(kThreads, min_blocks<D, kTall>()) decod
 #pragma unroll
           for (int x = 4; x < 32; x <<= 1) l[nt][j] += __shfl_xor_sync(0xffffffffu, l[nt][j], x);
       const bool row_done = t.s == t.splits - 1, seg_done = row_done || (t.flags & kShareEnd);
-      if (own) {
-#pragma unroll
-        for (int nt = 0; nt < kHeadTiles; ++nt) {
-          float x[2], y[2];
-#pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            if (t.s == 0) {
-              FM[nt][j] = -INFINITY;
-              FL[nt][j] = 0.0f;
-            }
-            fold_weights(FM[nt][j], m[nt][j], x[j], y[j]);
-            FL[nt][j] = fold_acc(FL[nt][j], x[j], l[nt][j], y[j]);
-          }
-#pragma unroll
-          for (int i = 0; i < kMyTiles; ++i)
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-              FO[i][nt][e] = fold_acc(t.s == 0 ? 0.0f : FO[i][nt][e], x[e & 1], o[i][nt][e], y[e & 1]);
-        }
-      }
       const bool final_out = own && row_done;
-      if (!own || seg_done) {
-        const bool prefix = own && !row_done;
+      const bool prefix = own && !row_done;
+      float* my_o = reinterpret_cast<float*>(stage_k(st) + 16 * warp * tile_ld<D>());   // [8 heads][D]
+      float* my_ml = reinterpret_cast<float*>(stage_v(st) + 16 * warp * tile_ld<D>());  // [8 heads][2]
 #pragma unroll
-        for (int nt = 0; nt < kHeadTiles; ++nt)
+      for (int nt = 0; nt < kHeadTiles; ++nt) {
+        if (nt > 0) __syncthreads();  // the previous n-tile's fold has read the scratch
 #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int hh = 8 * nt + qc + j;  // head within the group
-            if (hh >= a.group) continue;
-            const int qh = t.g * a.group + hh;
-            float* co = a.chunk_o(t.b, qh, t.s);
+        for (int mdt = 0; mdt < kDimTiles; ++mdt)
 #pragma unroll
-            for (int i = 0; i < kMyTiles; ++i) {
-              const int mdt = warp + kWarps * i;
-              if (mdt >= kDimTiles) continue;
+          for (int e = 0; e < 4; ++e) my_o[scratch_at<D>(qc + (e & 1), 16 * mdt + qr + 8 * (e >> 1))] = o[mdt][nt][e];
+        if (qr == 0)
 #pragma unroll
-              for (int r = 0; r < 2; ++r) {
-                const int d = 16 * mdt + qr + 8 * r;
-                const int e = 2 * r + j;
-                if (final_out) a.out[t.b * a.out_stride + qh * D + d] = __float2half_rn(__fdiv_rn(FO[i][nt][e], FL[nt][j]));
-                else co[d] = prefix ? FO[i][nt][e] : o[i][nt][e];
-              }
-            }
-            if (!final_out && warp == 0 && qr == 0)
-              *reinterpret_cast<float2*>(a.chunk_ml(t.b, qh, t.s)) =
-                  prefix ? make_float2(FM[nt][j], FL[nt][j]) : make_float2(m[nt][j], l[nt][j]);
+          for (int j = 0; j < 2; ++j) *reinterpret_cast<float2*>(my_ml + 2 * (qc + j)) = make_float2(m[nt][j], l[nt][j]);
+        __syncthreads();
+        float M, L, O[kE];
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) {
+          const float* wo = reinterpret_cast<const float*>(stage_k(st) + 16 * w * tile_ld<D>());
+          const float2 wml =
+              *reinterpret_cast<const float2*>(reinterpret_cast<const float*>(stage_v(st) + 16 * w * tile_ld<D>()) +
+                                               2 * fh);
+          if (w == 0) {  // warp 0 holds the chunk's first key: its max is finite
+            M = wml.x;
+            L = wml.y;
+#pragma unroll
+            for (int i = 0; i < kE; ++i) O[i] = wo[scratch_at<D>(fh, fd + i)];
+          } else {
+            float x, y;
+            fold_weights(M, wml.x, x, y);
+            L = fold_acc(L, x, wml.y, y);
+#pragma unroll
+            for (int i = 0; i < kE; ++i) O[i] = fold_acc(O[i], x, wo[scratch_at<D>(fh, fd + i)], y);
           }
+        }
+        if (own) {
+          float x, y;
+          if (t.s == 0) {
+            FM[nt] = -INFINITY;
+            FL[nt] = 0.0f;
+          }
+          fold_weights(FM[nt], M, x, y);
+          FL[nt] = fold_acc(FL[nt], x, L, y);
+#pragma unroll
+          for (int i = 0; i < kE; ++i) FO[nt][i] = fold_acc(t.s == 0 ? 0.0f : FO[nt][i], x, O[i], y);
+        }
+        const int hh = 8 * nt + fh;  // head within the group
+        if (hh < a.group && (!own || seg_done)) {
+          const int qh = t.g * a.group + hh;
+          if (final_out) {
+            __half* dst = a.out + t.b * a.out_stride + static_cast<int64_t>(qh) * D + fd;
+#pragma unroll
+            for (int i = 0; i < kE; ++i) dst[i] = __float2half_rn(__fdiv_rn(FO[nt][i], FL[nt]));
+          } else {
+            float* co = a.chunk_o(t.b, qh, t.s) + fd;
+#pragma unroll
+            for (int i = 0; i < kE; ++i) co[i] = prefix ? FO[nt][i] : O[i];
+            if (fd == 0)
+              *reinterpret_cast<float2*>(a.chunk_ml(t.b, qh, t.s)) =
+                  prefix ? make_float2(FM[nt], FL[nt]) : make_float2(M, L);
+          }
+        }
       }
       if (seg_done && !final_out) {  // the row's other chunks are (or will be) in other blocks' hands
         count_row = make_int3(t.b, t.g, t.splits);
@@ -718,7 +789,15 @@ static __global__ void __launch_bounds__(kThreads, min_blocks<D, kTall>()) decod
   if (leader) settle((step + 1) & 1);  // the count made at the last step
   __syncthreads();
   const int4 f = finish[(step + 1) & 1];
-  if (f.x >= 0) finish_row<D, tail_batch<D, kTall>()>(a, f.x, f.y, f.z, f.w);
+  if (f.x >= 0) {
+    if (f.z - f.w + 1 <= 8) {  // a few chunks: straight into registers, no barriers
+      finish_row<D, 8>(a, f.x, f.y, f.z, f.w);
+    } else {
+      asm volatile("cp.async.wait_group 0;\n" ::);  // (the groups left are empty: the share is done)
+      finish_row_staged<D>(a, f.x, f.y, f.z, f.w, reinterpret_cast<float*>(smem_raw),
+                           static_cast<int>(tiles_bytes<D, kTall>() / sizeof(float)));
+    }
+  }
   asm volatile("cp.async.wait_group 0;\n" ::);  // no copy may outlive the block
 }
 
