@@ -261,12 +261,6 @@ __device__ __forceinline__ int warp_scan_incl(int v, int lane) {
   return v;
 }
 
-__device__ __forceinline__ int items_of(const DecodeArgs& a, int n) {
-  int splits, chunk;
-  split_plan(n, a.plan, splits, chunk);
-  return splits * a.num_kv_heads;
-}
-
 // v[i] for a warp-uniform i, as selects: the array stays in registers in a loop that is not unrolled.
 template <int N>
 __device__ __forceinline__ int pick(const int (&v)[N], int i) {
@@ -294,11 +288,14 @@ __device__ Cursor start_share(const DecodeArgs& a, int lane) {
     if (b0 + lane >= a.batch) return -1;
     return b0 < 32 * kWindows ? pick(pos_w, b0 >> 5) : a.positions[b0 + lane];
   };
-  int total = 0;
+  int total = 0, splits0 = 0, chunk0 = 0;  // the chunking of sequence lane, kept for the scan below
 #pragma unroll 1
   for (int b0 = 0; b0 < a.batch; b0 += 32) {
     const int p = pos_at(b0);
-    int c = p < 0 ? 0 : items_of(a, p + 1);
+    int splits = 0, chunk = 0;
+    if (p >= 0) split_plan(p + 1, a.plan, splits, chunk);
+    if (b0 == 0) splits0 = splits, chunk0 = chunk;
+    int c = splits * a.num_kv_heads;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
     total += c;
@@ -317,7 +314,10 @@ __device__ Cursor start_share(const DecodeArgs& a, int lane) {
 #pragma unroll 1
   for (int b0 = 0;; b0 += 32) {  // terminates: first < total
     const int p = pos_at(b0);
-    const int cnt = p < 0 ? 0 : items_of(a, p + 1);
+    int splits = splits0, chunk = chunk0;
+    if (b0 > 0 && p >= 0) split_plan(p + 1, a.plan, splits, chunk);
+    if (b0 > 0 && p < 0) splits = 0;
+    const int cnt = splits * a.num_kv_heads;
     const int incl = warp_scan_incl(cnt, lane);
     const bool hit = before + incl - cnt <= first && first < before + incl;
     const unsigned mask = __ballot_sync(0xffffffffu, hit);
@@ -328,9 +328,16 @@ __device__ Cursor start_share(const DecodeArgs& a, int lane) {
       const int slot = b0 < 32 * kWindows ? pick(slot_w, b0 >> 5) : p < 0 ? 0 : a.seq_slots[b0 + lane];
       c.n = __shfl_sync(0xffffffffu, p, src) + 1;
       c.slot = __shfl_sync(0xffffffffu, slot, src);
-      split_plan(c.n, a.plan, c.splits, c.chunk);
-      c.g = static_cast<int>(static_cast<unsigned>(rest) / c.splits);
-      c.s = rest - c.g * c.splits;
+      c.splits = __shfl_sync(0xffffffffu, splits, src);
+      c.chunk = __shfl_sync(0xffffffffu, chunk, src);
+      // g = rest / splits in float (exact here: the quotient is below num_kv_heads and rest + 0.5 keeps
+      // it half a split away from an integer), corrected once either way to be safe
+      int g = __float2int_rz(__fdividef(static_cast<float>(rest) + 0.5f, static_cast<float>(c.splits)));
+      int sidx = rest - g * c.splits;
+      if (sidx < 0) --g, sidx += c.splits;
+      if (sidx >= c.splits) ++g, sidx -= c.splits;
+      c.g = g;
+      c.s = sidx;
       c.enter_item();
       return c;
     }
