@@ -366,6 +366,22 @@ __device__ __forceinline__ int scratch_at(int hh, int d) {
   else return hh * (D + 4) + d;
 }
 
+// Dims d0 .. d0 + kE - 1 of head hh from a warp's scratch: the XOR keeps groups of 4 dims together,
+// so those are 16-byte loads where kE allows.
+template <int D, int kE>
+__device__ __forceinline__ void load_scratch(const float* wo, int hh, int d0, float (&v)[kE]) {
+  if constexpr (D % 32 == 0 && kE % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < kE; i += 4) {
+      const float4 x = *reinterpret_cast<const float4*>(wo + scratch_at<D>(hh, d0 + i));
+      v[i] = x.x, v[i + 1] = x.y, v[i + 2] = x.z, v[i + 3] = x.w;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kE; ++i) v[i] = wo[scratch_at<D>(hh, d0 + i)];
+  }
+}
+
 // One 64-row tile (rows of D halves, `pos_stride` apart) into shared memory, by the block. 16-byte
 // chunk e = threadIdx.x + i * kThreads is row e / (D / 8), column chunk e % (D / 8): constant math
 // with i unrolled. Without kFull, rows >= `rows` are zero-filled.
@@ -746,17 +762,19 @@ static __global__ void __launch_bounds__(kThreads, min_blocks<D, kTall>()) decod
           const float2 wml =
               *reinterpret_cast<const float2*>(reinterpret_cast<const float*>(stage_v(st) + 16 * w * tile_ld<D>()) +
                                                2 * fh);
+          float v[kE];
+          load_scratch<D>(wo, fh, fd, v);
           if (w == 0) {  // warp 0 holds the chunk's first key: its max is finite
             M = wml.x;
             L = wml.y;
 #pragma unroll
-            for (int i = 0; i < kE; ++i) O[i] = wo[scratch_at<D>(fh, fd + i)];
+            for (int i = 0; i < kE; ++i) O[i] = v[i];
           } else {
             float x, y;
             fold_weights(M, wml.x, x, y);
             L = fold_acc(L, x, wml.y, y);
 #pragma unroll
-            for (int i = 0; i < kE; ++i) O[i] = fold_acc(O[i], x, wo[scratch_at<D>(fh, fd + i)], y);
+            for (int i = 0; i < kE; ++i) O[i] = fold_acc(O[i], x, v[i], y);
           }
         }
         if (own) {
