@@ -358,8 +358,8 @@ __device__ __forceinline__ int tile_at(int r, int c) {
 }
 
 // A warp's (head, dim) -> float offset of its O^T state in its own 16 K rows, when the warps fold
-// their states: the 4 lanes that share a key row write heads 0, 2, 4, 6 (or 1, 3, 5, 7), which an
-// XOR of the dim by 4 hh (D a multiple of 32) or rows of D + 4 floats put in distinct banks.
+// their states: the 4 lanes that hold one dim of O^T write heads 0, 2, 4, 6 (or 1, 3, 5, 7), which
+// an XOR of the dim by 4 hh (D a multiple of 32) or rows of D + 4 floats put in distinct banks.
 template <int D>
 __device__ __forceinline__ int scratch_at(int hh, int d) {
   if constexpr (D % 32 == 0) return hh * D + (d ^ ((hh & 7) << 2));
