@@ -399,6 +399,24 @@ __device__ __forceinline__ void copy_tile(__half* dst, const __half* src, int po
 
 }  // namespace
 
+// (M, L, O) <- (M, L, O) (+) one chunk state, four dims of a head: the fold of finish_row and
+// finish_row_staged.
+__device__ __forceinline__ void fold_chunk4(float& M, float& L, float4& O, float2 ml, float4 o) {
+  float x, y;
+  fold_weights(M, ml.x, x, y);
+  L = fold_acc(L, x, ml.y, y);
+  O = make_float4(fold_acc(O.x, x, o.x, y), fold_acc(O.y, x, o.y, y), fold_acc(O.z, x, o.z, y),
+                  fold_acc(O.w, x, o.w, y));
+}
+
+// out[b, qh, d .. d + 3] = O / L.
+template <int D>
+__device__ __forceinline__ void store_out4(const DecodeArgs& a, int b, int qh, int d, float4 O, float L) {
+  __half2* dst = reinterpret_cast<__half2*>(a.out + b * a.out_stride + static_cast<int64_t>(qh) * D + d);
+  dst[0] = __floats2half2_rn(__fdiv_rn(O.x, L), __fdiv_rn(O.y, L));
+  dst[1] = __floats2half2_rn(__fdiv_rn(O.z, L), __fdiv_rn(O.w, L));
+}
+
 // Row (b, g) is complete in the workspace: fold its chunk states in chunk order, starting from the
 // prefix state in slot first - 1 (the fold of register-held chunks 0..first-1 gives the same bits),
 // and write the output. The states come from other blocks, through L2; a thread takes 4 dims and
@@ -432,16 +450,10 @@ __device__ void finish_row(const DecodeArgs& a, int b, int g, int splits, int fi
           O = os[j];
           continue;
         }
-        float x, y;
-        fold_weights(M, mls[j].x, x, y);
-        L = fold_acc(L, x, mls[j].y, y);
-        O = make_float4(fold_acc(O.x, x, os[j].x, y), fold_acc(O.y, x, os[j].y, y), fold_acc(O.z, x, os[j].z, y),
-                        fold_acc(O.w, x, os[j].w, y));
+        fold_chunk4(M, L, O, mls[j], os[j]);
       }
     }
-    __half2* dst = reinterpret_cast<__half2*>(a.out + b * a.out_stride + static_cast<int64_t>(qh) * D + d);
-    dst[0] = __floats2half2_rn(__fdiv_rn(O.x, L), __fdiv_rn(O.y, L));
-    dst[1] = __floats2half2_rn(__fdiv_rn(O.z, L), __fdiv_rn(O.w, L));
+    store_out4<D>(a, b, qh, d, O, L);
   }
 }
 
@@ -481,19 +493,8 @@ __device__ void finish_row_staged(const DecodeArgs& a, int b, int g, int splits,
       float M = ml[0].x, L = ml[0].y;  // slot first - 1 seeds the fold
       float4 O = o[0];
 #pragma unroll 4
-      for (int j = 1; j < nb; ++j) {
-        const float2 mlj = ml[j];
-        const float4 oj = o[j * (D / 4)];
-        float x, y;
-        fold_weights(M, mlj.x, x, y);
-        L = fold_acc(L, x, mlj.y, y);
-        O = make_float4(fold_acc(O.x, x, oj.x, y), fold_acc(O.y, x, oj.y, y), fold_acc(O.z, x, oj.z, y),
-                        fold_acc(O.w, x, oj.w, y));
-      }
-      const int qh = g * a.group + h0 + hh;
-      __half2* dst = reinterpret_cast<__half2*>(a.out + b * a.out_stride + static_cast<int64_t>(qh) * D + d);
-      dst[0] = __floats2half2_rn(__fdiv_rn(O.x, L), __fdiv_rn(O.y, L));
-      dst[1] = __floats2half2_rn(__fdiv_rn(O.z, L), __fdiv_rn(O.w, L));
+      for (int j = 1; j < nb; ++j) fold_chunk4(M, L, O, ml[j], o[j * (D / 4)]);
+      store_out4<D>(a, b, g * a.group + h0 + hh, d, O, L);
     }
     __syncthreads();  // the next batch of heads reuses the buffer
   }
