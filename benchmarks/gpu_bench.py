@@ -69,7 +69,7 @@ def paired_time_us(fa, fb, reps: int = 30, warmup: int = 5) -> tuple[float, floa
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def bench_decode(B: int, hq: int, hkv: int, D: int, ctx: int, splits: tuple[int, int] | None = None) -> None:
+def bench_decode(B: int, hq: int, hkv: int, D: int, ctx: int, splits: tuple[int, ...] | None = None) -> None:
     k = torch.randn(B, hkv, ctx, D, device="cuda", dtype=torch.float16)
     v = torch.randn_like(k)
     q = torch.randn(B, hq, 1, D, device="cuda", dtype=torch.float16)
@@ -83,7 +83,7 @@ def bench_decode(B: int, hq: int, hkv: int, D: int, ctx: int, splits: tuple[int,
     def ours():
         _core.ops.attention_decode(q.data_ptr(), hq * D, k.data_ptr(), v.data_ptr(), hkv * ctx * D, ctx * D, D,
                                    slots.data_ptr(), positions.data_ptr(), B, hq, hkv, D, scale,
-                                   partial.data_ptr(), out.data_ptr(), hq * D, stream, *(splits or (256, 32)))
+                                   partial.data_ptr(), out.data_ptr(), hq * D, stream, *(splits or ()))
 
     def sdpa():
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=hkv != hq)
@@ -237,7 +237,7 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=["decode", "prefill", "e2e"])
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--compiled", action="store_true", help="also HF with torch.compile (slow to warm up)")
-    ap.add_argument("--sweep-splits", nargs="*", metavar="MIN_CHUNK,MAX_SPLITS",
+    ap.add_argument("--sweep-splits", nargs="*", metavar="MIN_CHUNK,MAX_SPLITS[,GROWTH_KEYS]",
                     help="decode: also time these chunkings (default: a few) at every decode shape")
     ap.add_argument("--flush", choices=["read", "write"], default="read",
                     help="how the L2 is emptied before each timed call (see flush_l2)")
@@ -257,7 +257,7 @@ def main() -> None:
         for B in (1, 16):
             bench_decode(B, 9, 3, 64, 2048)
     if args.sweep_splits is not None:
-        sweep = [tuple(map(int, x.split(","))) for x in args.sweep_splits] or [(64, 32), (128, 32), (512, 32)]
+        sweep = [tuple(map(int, x.split(","))) for x in args.sweep_splits] or [(128, 32), (256, 32, 0), (512, 32)]
         for splits in sweep:
             for B in (1, 8, 64):
                 for ctx in (1024, 8192, 32768):

@@ -37,13 +37,17 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
 // zero. One workspace serves calls of any batch up to the one it was sized for (same heads and
 // head_dim), one call at a time.
 constexpr int kDecodeMaxSplits = 64;  // chunk slots per (sequence, query head) in the workspace
-// How a context is cut into chunks: splits = min(max_splits, ceil(n / min_chunk)), chunk =
-// ceil(n / splits) rounded up to 64 keys. A function of n alone, so never of the batch. The
-// defaults were chosen on an H100 (docs/benchmarks.md): 32 chunks at most keep rows of long
-// contexts whole inside fewer blocks than 64 did (B=1/8, context 32K: 10% and 4% faster).
+// How a context is cut into chunks: splits = min(max_splits, ceil(n / min_chunk),
+// ceil(sqrt(n / growth_keys))), chunk = ceil(n / splits) rounded up to 64 keys. A function of n
+// alone, so never of the batch. The square root lets chunk length and count grow together (a chunk
+// is at least sqrt(growth_keys * n) keys): a row's time is its chunk's tiles plus the fold of its
+// chunk states, and every chunk state a block writes is counted and read back. The defaults were
+// chosen on an H100 (docs/benchmarks.md): 256-key chunks up to 2K keys, 16 of 512 at 8K (32 of 256
+// were 2% slower at batch 8), 32 of 1024 at 32K (64 chunks were 10% slower at batch 1).
 struct DecodeSplits {
   int min_chunk = 256;
-  int max_splits = 32;  // <= kDecodeMaxSplits
+  int max_splits = 32;   // <= kDecodeMaxSplits
+  int growth_keys = 32;  // 0: no square-root bound
 };
 size_t decode_workspace_bytes(int batch, int num_heads, int head_dim);
 void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,

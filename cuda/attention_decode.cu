@@ -3,7 +3,8 @@
 // out[b, h] = softmax(q[b, h] . K[slot_b, g(h), :n_b]^T * scale) V[slot_b, g(h), :n_b], n_b = position + 1.
 //
 // Work items: (sequence b, KV head g, chunk s). Chunking (DecodeSplits): splits = min(max_splits,
-// ceil(n / min_chunk)), chunk = ceil(n / splits) rounded up to 64; both depend only on n. A chunk's
+// ceil(n / min_chunk), ceil(sqrt(n / growth_keys))), chunk = ceil(n / splits) rounded up to 64; both
+// depend only on n. A chunk's
 // state (m, l, o) is computed the same way whichever block takes it, and a row's output is always the
 // fold of its chunk states in chunk order, so a sequence's result is the same in any batch.
 //
@@ -175,6 +176,10 @@ __host__ __device__ inline void split_plan(int n, DecodeSplits plan, int& splits
   const unsigned un = static_cast<unsigned>(n);
   unsigned sp = (un + plan.min_chunk - 1) / static_cast<unsigned>(plan.min_chunk);
   sp = sp > static_cast<unsigned>(plan.max_splits) ? plan.max_splits : sp < 1 ? 1 : sp;
+  if (plan.growth_keys > 0) {  // chunk length and count grow together
+    const unsigned root = static_cast<unsigned>(ceilf(sqrtf(static_cast<float>(un) / plan.growth_keys)));
+    sp = root < sp ? (root < 1 ? 1 : root) : sp;
+  }
   const unsigned tiles = (un + 63) / 64;      // chunk = ceil(n / sp) rounded up to 64 keys
   const unsigned ct = (tiles + sp - 1) / sp;  // = ceil(ceil(n / 64) / sp) tiles
   chunk = static_cast<int>(ct * 64);
@@ -868,9 +873,11 @@ void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                       int head_dim, float scale, float* workspace, half_t* out, int64_t out_stride,
                       cudaStream_t stream, DecodeSplits plan) {
   if (batch == 0) return;
-  KVINFER_CHECK_ARG(plan.min_chunk >= 64 && plan.max_splits >= 1 && plan.max_splits <= kDecodeMaxSplits,
+  KVINFER_CHECK_ARG(plan.min_chunk >= 64 && plan.max_splits >= 1 && plan.max_splits <= kDecodeMaxSplits &&
+                        plan.growth_keys >= 0,
                     "attention_decode: min_chunk=", plan.min_chunk, " max_splits=", plan.max_splits,
-                    " (need min_chunk >= 64, 1 <= max_splits <= ", kDecodeMaxSplits, ")");
+                    " growth_keys=", plan.growth_keys,
+                    " (need min_chunk >= 64, 1 <= max_splits <= ", kDecodeMaxSplits, ", growth_keys >= 0)");
   KVINFER_CHECK_ARG(num_kv_heads > 0 && num_heads % num_kv_heads == 0, "num_heads=", num_heads,
                     " is not a multiple of num_kv_heads=", num_kv_heads);
   const int group = num_heads / num_kv_heads;

@@ -320,7 +320,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaDecode, testing::Values(
     decode_case(6, 2, 128, {1, 2, 3, 17, 64, 65, 100, 255, 256, 300, 511, 512, 513, 1000, 2000, 3000, 4000, 4097, 8200}),
     decode_case(16, 1, 64, {300, 5, 1}),   // GQA 16: all 16 rows of the tensor-core tile are heads
     decode_case(24, 2, 128, {700}),        // GQA 12
-    decode_case(8, 1, 128, {8200, 5000}),  // GQA 8, 32 and 20 chunks: the post-loop fold takes the heads in two batches
+    decode_case(8, 1, 128, {33000, 20000}),  // GQA 8, 32 and 25 chunks: the post-loop fold takes the heads in two batches
     spread_case(32, 8, 128, 80, 3000),     // more chunks than resident blocks: blocks take several items
     spread_case(9, 3, 64, 300, 200)),      // past the 128 sequences read up front; blocks hold several rows
     [](const testing::TestParamInfo<AttnCase>& i) { return std::to_string(i.index) + "_" + i.param.name().substr(0, 40); });
