@@ -176,9 +176,17 @@ __host__ __device__ inline void split_plan(int n, DecodeSplits plan, int& splits
   const unsigned un = static_cast<unsigned>(n);
   unsigned sp = (un + plan.min_chunk - 1) / static_cast<unsigned>(plan.min_chunk);
   sp = sp > static_cast<unsigned>(plan.max_splits) ? plan.max_splits : sp < 1 ? 1 : sp;
-  if (plan.growth_keys > 0) {  // chunk length and count grow together
-    const unsigned root = static_cast<unsigned>(ceilf(sqrtf(static_cast<float>(un) / plan.growth_keys)));
-    sp = root < sp ? (root < 1 ? 1 : root) : sp;
+  if (plan.growth_keys > 0) {  // chunk length and count grow together: sp <= ceil(sqrt(n / growth_keys))
+    // the largest r < 64 with r^2 growth_keys < n, by bits (integers: a float square root was 0.3 us
+    // of a small batch's cold start); r + 1 is the bound, or 64 >= max_splits when it is larger
+    const unsigned g = static_cast<unsigned>(plan.growth_keys);
+    unsigned r = 0;
+#pragma unroll
+    for (unsigned bit = 32; bit > 0; bit >>= 1) {
+      const unsigned t = r + bit;
+      r = t * t * g < un ? t : r;
+    }
+    sp = r + 1 < sp ? r + 1 : sp;
   }
   const unsigned tiles = (un + 63) / 64;      // chunk = ceil(n / sp) rounded up to 64 keys
   const unsigned ct = (tiles + sp - 1) / sp;  // = ceil(ceil(n / 64) / sp) tiles
@@ -874,10 +882,10 @@ void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                       cudaStream_t stream, DecodeSplits plan) {
   if (batch == 0) return;
   KVINFER_CHECK_ARG(plan.min_chunk >= 64 && plan.max_splits >= 1 && plan.max_splits <= kDecodeMaxSplits &&
-                        plan.growth_keys >= 0,
+                        plan.growth_keys >= 0 && plan.growth_keys <= (1 << 20),
                     "attention_decode: min_chunk=", plan.min_chunk, " max_splits=", plan.max_splits,
                     " growth_keys=", plan.growth_keys,
-                    " (need min_chunk >= 64, 1 <= max_splits <= ", kDecodeMaxSplits, ", growth_keys >= 0)");
+                    " (need min_chunk >= 64, 1 <= max_splits <= ", kDecodeMaxSplits, ", 0 <= growth_keys <= 2^20)");
   KVINFER_CHECK_ARG(num_kv_heads > 0 && num_heads % num_kv_heads == 0, "num_heads=", num_heads,
                     " is not a multiple of num_kv_heads=", num_kv_heads);
   const int group = num_heads / num_kv_heads;
