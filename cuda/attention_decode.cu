@@ -3,10 +3,10 @@
 // out[b, h] = softmax(q[b, h] . K[slot_b, g(h), :n_b]^T * scale) V[slot_b, g(h), :n_b], n_b = position + 1.
 //
 // Work items: (sequence b, KV head g, chunk s). Chunking (DecodeSplits): splits = min(max_splits,
-// ceil(n / min_chunk), ceil(sqrt(n / growth_keys))), chunk = ceil(n / splits) rounded up to 64; both
-// depend only on n. A chunk's
-// state (m, l, o) is computed the same way whichever block takes it, and a row's output is always the
-// fold of its chunk states in chunk order, so a sequence's result is the same in any batch.
+// ceil(n / min_chunk), ceil(sqrt(n / growth_keys))), chunk = ceil(n / splits) rounded up to 64;
+// both depend only on n. A chunk's state (m, l, o) is computed the same way whichever block takes
+// it, and a row's output is always the fold of its chunk states in chunk order, so a sequence's
+// result is the same in any batch.
 //
 // The grid is as many blocks as fit on the device at once; block i takes the i-th contiguous share
 // of the item list (ordered b, g, s) and streams 64-key K/V tiles of its items through a 3-stage
