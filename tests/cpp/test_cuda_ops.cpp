@@ -325,6 +325,20 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaDecode, testing::Values(
     spread_case(9, 3, 64, 300, 200)),      // past the 128 sequences read up front; blocks hold several rows
     [](const testing::TestParamInfo<AttnCase>& i) { return std::to_string(i.index) + "_" + i.param.name().substr(0, 40); });
 
+TEST(CudaOps, DecodeRejectsBadChunking) {
+  // The arguments are checked before anything touches the device, so this runs without a GPU too.
+  const KVLayout layout{1, 1, 1};
+  auto call = [&](cuda::DecodeSplits plan) {
+    cuda::attention_decode(nullptr, 64, nullptr, nullptr, layout, nullptr, nullptr, 1, 4, 4, 64, 0.125f, nullptr,
+                           nullptr, 256, nullptr, plan);
+  };
+  EXPECT_THROW(call({32, 32, 32}), std::invalid_argument);                      // min_chunk < 64
+  EXPECT_THROW(call({256, 0, 32}), std::invalid_argument);                      // no splits
+  EXPECT_THROW(call({256, cuda::kDecodeMaxSplits + 1, 32}), std::invalid_argument);
+  EXPECT_THROW(call({256, 32, -1}), std::invalid_argument);                     // growth_keys < 0
+  EXPECT_THROW(call({256, 32, (1 << 20) + 1}), std::invalid_argument);          // the bit search would overflow
+}
+
 TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
   SKIP_WITHOUT_CUDA();
   // One sequence (length 777, 4 chunks) alone and inside batches of 5 and of 120: bit-identical
