@@ -34,6 +34,7 @@ def say(line: str = "") -> None:
 
 _L2_FLUSH: list[torch.Tensor] = []
 FLUSH_MODE = ["read"]
+LENGTHS_HINT = [True]  # decode: pass max_keys / total_keys to attention_decode
 
 
 def flush_l2() -> None:
@@ -83,7 +84,8 @@ def bench_decode(B: int, hq: int, hkv: int, D: int, ctx: int, splits: tuple[int,
     def ours():
         _core.ops.attention_decode(q.data_ptr(), hq * D, k.data_ptr(), v.data_ptr(), hkv * ctx * D, ctx * D, D,
                                    slots.data_ptr(), positions.data_ptr(), B, hq, hkv, D, scale,
-                                   partial.data_ptr(), out.data_ptr(), hq * D, stream, *(splits or ()))
+                                   partial.data_ptr(), out.data_ptr(), hq * D, stream, *(splits or ()),
+                                   max_keys=ctx if LENGTHS_HINT[0] else 0, total_keys=B * ctx)
 
     def sdpa():
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=hkv != hq)
@@ -241,8 +243,11 @@ def main() -> None:
                     help="decode: also time these chunkings (default: a few) at every decode shape")
     ap.add_argument("--flush", choices=["read", "write"], default="read",
                     help="how the L2 is emptied before each timed call (see flush_l2)")
+    ap.add_argument("--no-lengths-hint", action="store_true",
+                    help="decode: do not tell attention_decode the lengths (always the persistent grid)")
     args = ap.parse_args()
     FLUSH_MODE[0] = args.flush
+    LENGTHS_HINT[0] = not args.no_lengths_hint
     say(f"# {torch.cuda.get_device_name()}, {datetime.date.today()}, torch {torch.__version__}, "
         f"kvinfer {kvinfer.__version__}, L2 flush: {args.flush}")
     for _ in range(400):  # ~100 GB moved first (~40 ms), so that the clocks are up for the first shape
@@ -256,6 +261,8 @@ def main() -> None:
                 bench_decode(B, 32, 8, 128, ctx)
         for B in (1, 16):
             bench_decode(B, 9, 3, 64, 2048)
+        bench_decode(128, 32, 8, 128, 1024)  # beyond the shapes: larger batches
+        bench_decode(64, 9, 3, 64, 2048)
     if args.sweep_splits is not None:
         sweep = [tuple(map(int, x.split(","))) for x in args.sweep_splits] or [(128, 32), (256, 32, 0), (512, 32)]
         for splits in sweep:

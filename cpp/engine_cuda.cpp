@@ -80,7 +80,11 @@ void Engine::forward_cuda(const int32_t* tokens, int T, const int32_t* seq_slots
   int32_t* m = meta_host_.data();
   std::memcpy(m, tokens, 4 * size_t(T));
   int max_rows = 0;
+  cuda::DecodeLengths lengths;  // keys each sequence attends to at its last row
   for (int b = 0; b < batch; ++b) {
+    const int keys = cache_.length(seq_slots[b]) + (seq_starts[b + 1] - seq_starts[b]);
+    lengths.max_keys = std::max(lengths.max_keys, keys);
+    lengths.total_keys += keys;
     for (int t = seq_starts[b]; t < seq_starts[b + 1]; ++t) {
       m[T + t] = cache_.length(seq_slots[b]) + (t - seq_starts[b]);
       m[2 * T + t] = seq_slots[b];
@@ -130,7 +134,7 @@ void Engine::forward_cuda(const int32_t* tokens, int T, const int32_t* seq_slots
     if (decode)
       cuda::attention_decode(qkv, qkv_dim, cache_.k_layer(l), cache_.v_layer(l), layout, d_seq_slots,
                              d_pos, batch, c.num_heads, c.num_kv_heads, c.head_dim, scale,
-                             view<float>(act_.decode), attn, q_dim, st);
+                             view<float>(act_.decode), attn, q_dim, st, cuda::DecodeSplits{}, lengths);
     else
       cuda::attention_prefill(qkv, qkv_dim, cache_.k_layer(l), cache_.v_layer(l), layout, d_seq_slots,
                               d_seq_starts, d_pos, batch, max_rows, c.num_heads, c.num_kv_heads,

@@ -49,11 +49,24 @@ struct DecodeSplits {
   int max_splits = 32;   // <= kDecodeMaxSplits
   int growth_keys = 32;  // 0: no square-root bound
 };
+// What the caller knows of the batch's lengths (keys per sequence, n = position + 1): the longest
+// and the sum, 0 when unknown. It picks the launch shape only, never the results: any hint, even a
+// wrong one, gives the same bits.
+struct DecodeLengths {
+  int max_keys = 0;
+  int64_t total_keys = 0;
+};
+// Launch shape: the persistent grid (blocks take contiguous shares of the chunks, so a few long
+// sequences spread over every SM), or, for many short rows of similar length, one block per
+// (sequence, KV head) row in a grid the hardware schedules: an SM that streams faster takes more
+// rows, where fixed shares leave it idle at the end (docs/benchmarks.md). Rows: batch * num_kv_heads.
+constexpr int kRowBlocksMaxKeys = 4096;
+bool decode_row_blocks(int batch, int num_kv_heads, int num_sms, DecodeLengths lengths);
 size_t decode_workspace_bytes(int batch, int num_heads, int head_dim);
 void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                       const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,
                       const int32_t* positions, int batch, int num_heads, int num_kv_heads,
                       int head_dim, float scale, float* workspace, half_t* out, int64_t out_stride,
-                      cudaStream_t stream, DecodeSplits splits = {});
+                      cudaStream_t stream, DecodeSplits splits = {}, DecodeLengths lengths = {});
 
 }  // namespace kvinfer::cuda

@@ -10,7 +10,8 @@
 //
 // The grid is as many blocks as fit on the device at once; block i takes the i-th contiguous share
 // of the item list (ordered b, g, s) and streams 64-key K/V tiles of its items through a 3-stage
-// cp.async pipeline that runs across item boundaries. A block that holds chunk 0 of a row folds the
+// cp.async pipeline that runs across item boundaries. (For many short rows the caller's lengths hint
+// selects one block per row instead, a share that is a whole row: the same code, the same bits.) A block that holds chunk 0 of a row folds the
 // row's chunks in registers and writes the output itself, so at large batch almost nothing but the
 // output leaves the kernel. Rows shared between blocks go through chunk slots in the workspace: each
 // block adds the number of chunks it finished to the row's counter, and the block that completes
@@ -213,6 +214,7 @@ struct DecodeArgs {
   int batch, num_heads, num_kv_heads, group, head_dim;
   float scale_log2;  // scale * log2(e): the softmax runs in base 2
   DecodeSplits plan;
+  bool row_blocks;   // block i is row i = (sequence i / num_kv_heads, KV head i % num_kv_heads)
   float* records;    // [batch][record_floats]
   int64_t record_floats;
   __half* out;       // [batch][out_stride]
@@ -289,6 +291,16 @@ __device__ __forceinline__ int pick(const int (&v)[N], int i) {
 // batch of up to 128 pays a single global round trip before its first tile is issued. The loops are
 // kept rolled: this runs once per block, from a cold instruction cache.
 __device__ Cursor start_share(const DecodeArgs& a, int lane) {
+  if (a.row_blocks) {  // the share is one whole row
+    Cursor c;
+    c.b = static_cast<int>(blockIdx.x / static_cast<unsigned>(a.num_kv_heads));
+    c.g = static_cast<int>(blockIdx.x) - c.b * a.num_kv_heads;
+    c.s = 0;
+    c.enter_sequence(a);
+    c.left = c.splits;
+    c.enter_item();
+    return c;
+  }
   constexpr int kWindows = 4;  // of 32 sequences, read up front
   int pos_w[kWindows], slot_w[kWindows];
 #pragma unroll
@@ -862,15 +874,29 @@ static int blocks_per_sm() {
   return blocks;
 }
 
+bool decode_row_blocks(int batch, int num_kv_heads, int num_sms, DecodeLengths lengths) {
+  // Rows of up to 4K keys (64 tiles): at 8K keys a row is too coarse a unit to balance 1.9 rows
+  // per block slot (B=64 ctx=8K 0.2% slower than the persistent grid). At least one row per SM, and
+  // rows of similar length (the mean at least half the longest): one long row among short ones
+  // would be streamed by a single block.
+  const int64_t rows = static_cast<int64_t>(batch) * num_kv_heads;
+  return lengths.max_keys > 0 && lengths.max_keys <= kRowBlocksMaxKeys && rows >= num_sms &&
+         2 * lengths.total_keys >= static_cast<int64_t>(batch) * lengths.max_keys;
+}
+
 template <int D>
-static void launch_decode(const DecodeArgs& a, cudaStream_t stream) {
+static void launch_decode(DecodeArgs a, DecodeLengths lengths, cudaStream_t stream) {
   int device = 0, sms = 0;
   KVINFER_CUDA_CHECK(cudaGetDevice(&device));
   KVINFER_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  a.row_blocks = decode_row_blocks(a.batch, a.num_kv_heads, sms, lengths);
+  const int rows = a.batch * a.num_kv_heads;
   if (a.group > 8) {
-    decode_kernel<D, true><<<sms * blocks_per_sm<D, true>(), kThreads, smem_bytes<D, true>(), stream>>>(a);
+    const int slots = sms * blocks_per_sm<D, true>();  // (which also raises the shared-memory limit)
+    decode_kernel<D, true><<<a.row_blocks ? rows : slots, kThreads, smem_bytes<D, true>(), stream>>>(a);
   } else {
-    decode_kernel<D, false><<<sms * blocks_per_sm<D, false>(), kThreads, smem_bytes<D, false>(), stream>>>(a);
+    const int slots = sms * blocks_per_sm<D, false>();
+    decode_kernel<D, false><<<a.row_blocks ? rows : slots, kThreads, smem_bytes<D, false>(), stream>>>(a);
   }
   KVINFER_CUDA_CHECK_LAUNCH();
 }
@@ -879,13 +905,15 @@ void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                       const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,
                       const int32_t* positions, int batch, int num_heads, int num_kv_heads,
                       int head_dim, float scale, float* workspace, half_t* out, int64_t out_stride,
-                      cudaStream_t stream, DecodeSplits plan) {
+                      cudaStream_t stream, DecodeSplits plan, DecodeLengths lengths) {
   if (batch == 0) return;
   KVINFER_CHECK_ARG(plan.min_chunk >= 64 && plan.max_splits >= 1 && plan.max_splits <= kDecodeMaxSplits &&
                         plan.growth_keys >= 0 && plan.growth_keys <= (1 << 20),
                     "attention_decode: min_chunk=", plan.min_chunk, " max_splits=", plan.max_splits,
                     " growth_keys=", plan.growth_keys,
                     " (need min_chunk >= 64, 1 <= max_splits <= ", kDecodeMaxSplits, ", 0 <= growth_keys <= 2^20)");
+  KVINFER_CHECK_ARG(lengths.max_keys >= 0 && lengths.total_keys >= 0, "attention_decode: max_keys=",
+                    lengths.max_keys, " total_keys=", lengths.total_keys, " (lengths hint: >= 0, 0 when unknown)");
   KVINFER_CHECK_ARG(num_kv_heads > 0 && num_heads % num_kv_heads == 0, "num_heads=", num_heads,
                     " is not a multiple of num_kv_heads=", num_kv_heads);
   const int group = num_heads / num_kv_heads;
@@ -899,15 +927,15 @@ void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                     "attention_decode: the workspace must be 16-byte aligned");
   const DecodeArgs a{reinterpret_cast<const __half*>(q), q_stride, reinterpret_cast<const __half*>(k_cache),
                      reinterpret_cast<const __half*>(v_cache), layout, seq_slots, positions, batch, num_heads,
-                     num_kv_heads, group, head_dim, scale * kLog2e, plan, workspace,
+                     num_kv_heads, group, head_dim, scale * kLog2e, plan, false, workspace,
                      record_floats(num_heads, head_dim),
                      reinterpret_cast<__half*>(out), out_stride};
   switch (head_dim) {
-    case 32: return launch_decode<32>(a, stream);
-    case 64: return launch_decode<64>(a, stream);
-    case 80: return launch_decode<80>(a, stream);
-    case 96: return launch_decode<96>(a, stream);
-    case 128: return launch_decode<128>(a, stream);
+    case 32: return launch_decode<32>(a, lengths, stream);
+    case 64: return launch_decode<64>(a, lengths, stream);
+    case 80: return launch_decode<80>(a, lengths, stream);
+    case 96: return launch_decode<96>(a, lengths, stream);
+    case 128: return launch_decode<128>(a, lengths, stream);
     default:
       throw std::invalid_argument(str("attention_decode: head_dim=", head_dim,
                                       " is not supported (32, 64, 80, 96, 128)"));

@@ -249,15 +249,21 @@ void run_attention(const AttnCase& c, bool decode) {
   if (decode) {
     // Zeroed once; every call leaves its counters at zero again, so the second call must give the
     // bits of the first. The output is poisoned (NaN) in between: a row the second call failed to
-    // finish cannot pass on the first call's values.
+    // finish cannot pass on the first call's values. The second call is told the lengths, which
+    // picks one block per row where there are many short rows: the same bits again.
     const std::vector<float> zeros(cuda::decode_workspace_bytes(batch, c.heads, c.d) / 4);
     Guarded<float> part(zeros.size(), &zeros);
+    cuda::DecodeLengths lengths;
+    for (int b = 0; b < batch; ++b) {
+      lengths.max_keys = std::max(lengths.max_keys, c.cached[b] + 1);
+      lengths.total_keys += c.cached[b] + 1;
+    }
     std::vector<half_t> first;
     for (int call = 0; call < 2; ++call) {
       if (call == 1) ASSERT_EQ(cudaMemset(d_out.get(), 0xFF, ref.size() * sizeof(half_t)), cudaSuccess);
       cuda::attention_decode(d_q.get(), q_stride, d_k.get(), d_v.get(), layout, d_slots.get(), d_pos.get(),
                              batch, c.heads, c.kv_heads, c.d, scale, part.get(), d_out.get(), c.heads * c.d,
-                             nullptr);
+                             nullptr, {}, call == 1 ? lengths : cuda::DecodeLengths{});
       sync();
       if (call == 0) first = d_out.read();
     }
@@ -310,6 +316,12 @@ AttnCase spread_case(int heads, int kv, int d, int batch, int max_len) {
   for (int b = 0; b < batch; ++b) lengths[b] = 1 + spread(b, max_len);
   return decode_case(heads, kv, d, lengths);
 }
+// `batch` sequences of lengths spread over [min_len, max_len].
+AttnCase uniform_case(int heads, int kv, int d, int batch, int min_len, int max_len) {
+  std::vector<int> lengths(batch);
+  for (int b = 0; b < batch; ++b) lengths[b] = min_len + spread(b, max_len - min_len + 1);
+  return decode_case(heads, kv, d, lengths);
+}
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaDecode, testing::Values(
     decode_case(4, 4, 64, {1}),
     decode_case(9, 3, 64, {17, 1, 1000}),
@@ -322,7 +334,10 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaDecode, testing::Values(
     decode_case(24, 2, 128, {700}),        // GQA 12
     decode_case(8, 1, 128, {33000, 20000}),  // GQA 8, 32 and 25 chunks: the post-loop fold takes the heads in two batches
     spread_case(32, 8, 128, 80, 3000),     // more chunks than resident blocks: blocks take several items
-    spread_case(9, 3, 64, 300, 200)),      // past the 128 sequences read up front; blocks hold several rows
+    spread_case(9, 3, 64, 300, 200),       // past the 128 sequences read up front; blocks hold several rows
+    uniform_case(32, 8, 128, 40, 900, 1000),  // 320 rows of similar length: one block per row when told
+    uniform_case(9, 3, 64, 64, 1500, 2048),
+    uniform_case(24, 2, 128, 80, 600, 700)),  // GQA 12
     [](const testing::TestParamInfo<AttnCase>& i) { return std::to_string(i.index) + "_" + i.param.name().substr(0, 40); });
 
 TEST(CudaOps, DecodeRejectsBadChunking) {
@@ -337,6 +352,65 @@ TEST(CudaOps, DecodeRejectsBadChunking) {
   EXPECT_THROW(call({256, cuda::kDecodeMaxSplits + 1, 32}), std::invalid_argument);
   EXPECT_THROW(call({256, 32, -1}), std::invalid_argument);                     // growth_keys < 0
   EXPECT_THROW(call({256, 32, (1 << 20) + 1}), std::invalid_argument);          // the bit search would overflow
+  EXPECT_THROW(cuda::attention_decode(nullptr, 64, nullptr, nullptr, layout, nullptr, nullptr, 1, 4, 4, 64, 0.125f,
+                                      nullptr, nullptr, 256, nullptr, {}, {-1, 0}),
+               std::invalid_argument);  // a negative lengths hint
+}
+
+TEST(CudaOps, DecodeRowBlocksRule) {
+  // One block per row only when told the lengths, rows of at most 4K keys, at least one row per SM,
+  // and the mean length at least half the longest. (A host function: runs without a GPU.)
+  const int sms = 132;
+  auto rows = [&](int batch, int kv, int max_keys, int64_t total) {
+    return cuda::decode_row_blocks(batch, kv, sms, {max_keys, total});
+  };
+  EXPECT_TRUE(rows(64, 8, 1024, 64 * 1024));
+  EXPECT_TRUE(rows(64, 3, 2048, 64 * 2048));     // 192 rows
+  EXPECT_TRUE(rows(64, 8, 4096, 64 * 2048));     // mean exactly half the longest
+  EXPECT_FALSE(rows(64, 8, 4096, 64 * 2048 - 1));
+  EXPECT_FALSE(rows(64, 8, 4097, 64 * 4097));    // rows too long to balance
+  EXPECT_FALSE(rows(16, 8, 1024, 16 * 1024));    // 128 rows < 132 SMs
+  EXPECT_FALSE(rows(64, 8, 0, 0));               // lengths unknown
+}
+
+TEST(CudaOps, DecodeRowBlocksGiveTheSameBits) {
+  SKIP_WITHOUT_CUDA();
+  // Many rows of similar length: with the lengths hint the launch is one block per row (asserted
+  // first), without it the persistent grid; every output bit must agree.
+  int device = 0, sms = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), cudaSuccess);
+  const int heads = 16, kv = 4, d = 128, ctx = 1024, batch = sms / kv + 5;
+  std::vector<int32_t> slots(batch), pos(batch);
+  cuda::DecodeLengths lengths;
+  for (int b = 0; b < batch; ++b) {
+    slots[b] = (b * 7) % batch, pos[b] = 700 + spread(b, ctx - 700);
+    lengths.max_keys = std::max(lengths.max_keys, pos[b] + 1);
+    lengths.total_keys += pos[b] + 1;
+  }
+  ASSERT_TRUE(cuda::decode_row_blocks(batch, kv, sms, lengths));
+  ASSERT_FALSE(cuda::decode_row_blocks(batch, kv, sms, {}));
+  KVCacheConfig cfg{1, ctx, kv, d, batch};
+  const KVLayout layout = KVCache::layout(cfg);
+  auto kc = to_half(random_floats(size_t(layout.slot_stride) * batch, 23));
+  auto vc = to_half(random_floats(size_t(layout.slot_stride) * batch, 24));
+  auto q = to_half(random_floats(size_t(batch) * heads * d, 25));
+  Guarded<half_t> d_k(kc.size(), &kc), d_v(vc.size(), &vc), d_q(q.size(), &q);
+  Guarded<int32_t> d_slots(batch, &slots), d_pos(batch, &pos);
+  const std::vector<float> zeros(cuda::decode_workspace_bytes(batch, heads, d) / 4);
+  Guarded<float> part(zeros.size(), &zeros);
+  const size_t row = size_t(heads) * d;
+  auto run = [&](cuda::DecodeLengths hint) {
+    Guarded<half_t> out(size_t(batch) * row);
+    cuda::attention_decode(d_q.get(), row, d_k.get(), d_v.get(), layout, d_slots.get(), d_pos.get(), batch, heads,
+                           kv, d, 0.088f, part.get(), out.get(), row, nullptr, {}, hint);
+    sync();
+    EXPECT_TRUE(out.guards_intact());
+    return out.read();
+  };
+  const auto persistent = run({}), per_row = run(lengths);
+  ASSERT_EQ(per_row.size(), persistent.size());
+  EXPECT_TRUE(test::rows_equal(per_row, persistent));
 }
 
 TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
