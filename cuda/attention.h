@@ -60,8 +60,12 @@ struct DecodeLengths {
 // sequences spread over every SM), or, for many short rows of similar length, one block per
 // (sequence, KV head) row in a grid the hardware schedules: an SM that streams faster takes more
 // rows, where fixed shares leave it idle at the end (docs/benchmarks.md). Rows: batch * num_kv_heads.
+// With no more chunks than SMs, a deeper copy pipeline per block. Neither changes a result bit.
 constexpr int kRowBlocksMaxKeys = 4096;
-bool decode_row_blocks(int batch, int num_kv_heads, int num_sms, DecodeLengths lengths);
+struct DecodeLaunch {
+  bool row_blocks = false, deep_pipeline = false;
+};
+DecodeLaunch decode_launch(int batch, int num_kv_heads, int num_sms, DecodeSplits splits, DecodeLengths lengths);
 size_t decode_workspace_bytes(int batch, int num_heads, int head_dim);
 void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                       const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,

@@ -43,7 +43,10 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRows = 64;   // keys per tile
-constexpr int kStages = 3;  // tiles in flight per block
+// Tiles in flight per block: 3 lets two head_dim-128 blocks share an SM; when every block holds at
+// most one item (a small batch) the SM is the block's alone, and a 4th stage puts a whole 256-key
+// chunk in flight before the first tile is waited for.
+constexpr int kShallowStages = 3, kDeepStages = 4;
 constexpr float kLog2e = 1.4426950408889634f;
 
 // What the compute side needs of a tile that was issued into a stage.
@@ -55,6 +58,7 @@ enum : int { kFirstTile = 1, kLastTile = 2, kShareEnd = 4, kNoTile = 8, kNewRow 
 // A block's control words, after its tiles in shared memory. (Static __shared__ variables would sit
 // before the dynamic tiles and shift them off 32-byte alignment: a 32-byte sector of K/V then lands
 // in two 32-byte slots of shared memory, and cp.async moves every sector twice from L2.)
+template <int kStages>
 struct Control {
   TileInfo info[kStages];  // of the tile in each stage
   int4 finish[2];          // (b, g, splits, first) of a row this block completed (b < 0: none), by step parity
@@ -62,13 +66,13 @@ struct Control {
 
 template <int D>
 __host__ __device__ constexpr int tile_ld();
-template <int D, bool kTall>
+template <int D, bool kTall, int kStages>
 __host__ __device__ constexpr size_t tiles_bytes() {  // K/V tiles [stage][K|V][key], queries [stage][row]
   return size_t{kStages} * (2 * kRows + (kTall ? 16 : 8)) * tile_ld<D>() * sizeof(__half);
 }
-template <int D, bool kTall>
+template <int D, bool kTall, int kStages>
 __host__ __device__ constexpr size_t smem_bytes() {
-  return tiles_bytes<D, kTall>() + sizeof(Control);
+  return tiles_bytes<D, kTall, kStages>() + sizeof(Control<kStages>);
 }
 
 // 16-byte global -> shared copy; src_bytes 0 writes zeros (rows past the chunk end).
@@ -529,7 +533,8 @@ __device__ void finish_row_staged(const DecodeArgs& a, int b, int g, int splits,
 template <int D, bool kTall>
 __host__ __device__ constexpr int min_blocks() { return D <= 64 && !kTall ? 4 : 1; }
 
-template <int D, bool kTall>  // kTall: more than 8 query heads per KV head (a second 8-head n-tile)
+// kTall: more than 8 query heads per KV head (a second 8-head n-tile). kStages changes no arithmetic.
+template <int D, bool kTall, int kStages>
 static __global__ void __launch_bounds__(kThreads, min_blocks<D, kTall>()) decode_kernel(const DecodeArgs a) {
   static_assert(D % 16 == 0 && D <= 128, "head_dim: a multiple of 16, at most 128");
   constexpr int kDimTiles = D / 16;                            // 16-dim m-tiles of O^T
@@ -539,7 +544,7 @@ static __global__ void __launch_bounds__(kThreads, min_blocks<D, kTall>()) decod
   constexpr int kTile = kRows * tile_ld<D>();                  // halves per K or V tile
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __half* smem = reinterpret_cast<__half*>(smem_raw);  // [stage][K|V][kRows rows], then [stage][kQRows rows]
-  Control& ctl = *reinterpret_cast<Control*>(smem_raw + tiles_bytes<D, kTall>());
+  Control<kStages>& ctl = *reinterpret_cast<Control<kStages>*>(smem_raw + tiles_bytes<D, kTall, kStages>());
   TileInfo* info = ctl.info;
   int4* finish = ctl.finish;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -846,7 +851,7 @@ static __global__ void __launch_bounds__(kThreads, min_blocks<D, kTall>()) decod
     } else {
       asm volatile("cp.async.wait_group 0;\n" ::);  // (the groups left are empty: the share is done)
       finish_row_staged<D>(a, f.x, f.y, f.z, f.w, reinterpret_cast<float*>(smem_raw),
-                           static_cast<int>(tiles_bytes<D, kTall>() / sizeof(float)));
+                           static_cast<int>(tiles_bytes<D, kTall, kStages>() / sizeof(float)));
     }
   }
   asm volatile("cp.async.wait_group 0;\n" ::);  // no copy may outlive the block
@@ -861,27 +866,43 @@ size_t decode_workspace_bytes(int batch, int num_heads, int head_dim) {
 }
 
 // Resident blocks per SM of one kernel instance, asked once (it also raises the shared-memory limit).
-template <int D, bool kTall>
+template <int D, bool kTall, int kStages>
 static int blocks_per_sm() {
   static int blocks = 0;
   static std::once_flag once;
   std::call_once(once, [] {
-    KVINFER_CUDA_CHECK(cudaFuncSetAttribute(decode_kernel<D, kTall>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(smem_bytes<D, kTall>())));
-    KVINFER_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_kernel<D, kTall>, kThreads,
-                                                                     smem_bytes<D, kTall>()));
+    KVINFER_CUDA_CHECK(cudaFuncSetAttribute(decode_kernel<D, kTall, kStages>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(smem_bytes<D, kTall, kStages>())));
+    KVINFER_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_kernel<D, kTall, kStages>,
+                                                                     kThreads, smem_bytes<D, kTall, kStages>()));
   });
   return blocks;
 }
 
-bool decode_row_blocks(int batch, int num_kv_heads, int num_sms, DecodeLengths lengths) {
-  // Rows of up to 4K keys (64 tiles): at 8K keys a row is too coarse a unit to balance 1.9 rows
-  // per block slot (B=64 ctx=8K 0.2% slower than the persistent grid). At least one row per SM, and
-  // rows of similar length (the mean at least half the longest): one long row among short ones
-  // would be streamed by a single block.
+// One launch: the persistent grid (as many blocks as fit at once) or one block per row.
+template <int D, bool kTall, int kStages>
+static void launch_shape(const DecodeArgs& a, int sms, cudaStream_t stream) {
+  const int slots = sms * blocks_per_sm<D, kTall, kStages>();  // (which also raises the shared-memory limit)
+  const int grid = a.row_blocks ? a.batch * a.num_kv_heads : slots;
+  decode_kernel<D, kTall, kStages><<<grid, kThreads, smem_bytes<D, kTall, kStages>(), stream>>>(a);
+}
+
+DecodeLaunch decode_launch(int batch, int num_kv_heads, int num_sms, DecodeSplits splits, DecodeLengths lengths) {
+  DecodeLaunch l;
+  if (lengths.max_keys <= 0) return l;  // unknown: the persistent grid, 3 stages
+  // Row blocks: rows of up to 4K keys (64 tiles; at 8K a row is too coarse a unit to balance 1.9
+  // rows per block slot: B=64 ctx=8K 0.2% slower than the persistent grid), at least one row per
+  // SM, and rows of similar length (the mean at least half the longest): one long row among short
+  // ones would be streamed by a single block.
   const int64_t rows = static_cast<int64_t>(batch) * num_kv_heads;
-  return lengths.max_keys > 0 && lengths.max_keys <= kRowBlocksMaxKeys && rows >= num_sms &&
-         2 * lengths.total_keys >= static_cast<int64_t>(batch) * lengths.max_keys;
+  l.row_blocks = lengths.max_keys <= kRowBlocksMaxKeys && rows >= num_sms &&
+                 2 * lengths.total_keys >= static_cast<int64_t>(batch) * lengths.max_keys;
+  // Deep pipeline: no more items than SMs (the longest row's chunk count bounds every row's).
+  int max_splits = 0, chunk = 0;
+  split_plan(lengths.max_keys, splits, max_splits, chunk);
+  l.deep_pipeline = !l.row_blocks && rows * max_splits <= num_sms;
+  return l;
 }
 
 template <int D>
@@ -889,14 +910,14 @@ static void launch_decode(DecodeArgs a, DecodeLengths lengths, cudaStream_t stre
   int device = 0, sms = 0;
   KVINFER_CUDA_CHECK(cudaGetDevice(&device));
   KVINFER_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  a.row_blocks = decode_row_blocks(a.batch, a.num_kv_heads, sms, lengths);
-  const int rows = a.batch * a.num_kv_heads;
+  const DecodeLaunch l = decode_launch(a.batch, a.num_kv_heads, sms, a.plan, lengths);
+  a.row_blocks = l.row_blocks;
   if (a.group > 8) {
-    const int slots = sms * blocks_per_sm<D, true>();  // (which also raises the shared-memory limit)
-    decode_kernel<D, true><<<a.row_blocks ? rows : slots, kThreads, smem_bytes<D, true>(), stream>>>(a);
+    if (l.deep_pipeline) launch_shape<D, true, kDeepStages>(a, sms, stream);
+    else launch_shape<D, true, kShallowStages>(a, sms, stream);
   } else {
-    const int slots = sms * blocks_per_sm<D, false>();
-    decode_kernel<D, false><<<a.row_blocks ? rows : slots, kThreads, smem_bytes<D, false>(), stream>>>(a);
+    if (l.deep_pipeline) launch_shape<D, false, kDeepStages>(a, sms, stream);
+    else launch_shape<D, false, kShallowStages>(a, sms, stream);
   }
   KVINFER_CUDA_CHECK_LAUNCH();
 }

@@ -250,7 +250,8 @@ void run_attention(const AttnCase& c, bool decode) {
     // Zeroed once; every call leaves its counters at zero again, so the second call must give the
     // bits of the first. The output is poisoned (NaN) in between: a row the second call failed to
     // finish cannot pass on the first call's values. The second call is told the lengths, which
-    // picks one block per row where there are many short rows: the same bits again.
+    // picks one block per row where there are many short rows, or a deeper copy pipeline where there
+    // are no more chunks than SMs: the same bits again.
     const std::vector<float> zeros(cuda::decode_workspace_bytes(batch, c.heads, c.d) / 4);
     Guarded<float> part(zeros.size(), &zeros);
     cuda::DecodeLengths lengths;
@@ -357,12 +358,16 @@ TEST(CudaOps, DecodeRejectsBadChunking) {
                std::invalid_argument);  // a negative lengths hint
 }
 
-TEST(CudaOps, DecodeRowBlocksRule) {
+TEST(CudaOps, DecodeLaunchRule) {
   // One block per row only when told the lengths, rows of at most 4K keys, at least one row per SM,
-  // and the mean length at least half the longest. (A host function: runs without a GPU.)
+  // and the mean length at least half the longest; the deep pipeline when told the lengths and the
+  // chunks of the longest row times the rows fit in one per SM. (Host code: runs without a GPU.)
   const int sms = 132;
   auto rows = [&](int batch, int kv, int max_keys, int64_t total) {
-    return cuda::decode_row_blocks(batch, kv, sms, {max_keys, total});
+    return cuda::decode_launch(batch, kv, sms, {}, {max_keys, total}).row_blocks;
+  };
+  auto deep = [&](int batch, int kv, int max_keys) {
+    return cuda::decode_launch(batch, kv, sms, {}, {max_keys, int64_t(batch) * max_keys}).deep_pipeline;
   };
   EXPECT_TRUE(rows(64, 8, 1024, 64 * 1024));
   EXPECT_TRUE(rows(64, 3, 2048, 64 * 2048));     // 192 rows
@@ -371,6 +376,12 @@ TEST(CudaOps, DecodeRowBlocksRule) {
   EXPECT_FALSE(rows(64, 8, 4097, 64 * 4097));    // rows too long to balance
   EXPECT_FALSE(rows(16, 8, 1024, 16 * 1024));    // 128 rows < 132 SMs
   EXPECT_FALSE(rows(64, 8, 0, 0));               // lengths unknown
+  EXPECT_TRUE(deep(1, 8, 1024));                  // 8 rows x 4 chunks
+  EXPECT_TRUE(deep(1, 3, 2048));                  // 3 x 8
+  EXPECT_TRUE(deep(1, 8, 8192));                  // 8 x 16 = 128
+  EXPECT_FALSE(deep(1, 8, 32768));                // 8 x 32
+  EXPECT_FALSE(deep(8, 8, 1024));                 // 64 x 4
+  EXPECT_FALSE(deep(1, 8, 0));                    // lengths unknown
 }
 
 TEST(CudaOps, DecodeRowBlocksGiveTheSameBits) {
@@ -388,8 +399,8 @@ TEST(CudaOps, DecodeRowBlocksGiveTheSameBits) {
     lengths.max_keys = std::max(lengths.max_keys, pos[b] + 1);
     lengths.total_keys += pos[b] + 1;
   }
-  ASSERT_TRUE(cuda::decode_row_blocks(batch, kv, sms, lengths));
-  ASSERT_FALSE(cuda::decode_row_blocks(batch, kv, sms, {}));
+  ASSERT_TRUE(cuda::decode_launch(batch, kv, sms, {}, lengths).row_blocks);
+  ASSERT_FALSE(cuda::decode_launch(batch, kv, sms, {}, {}).row_blocks);
   KVCacheConfig cfg{1, ctx, kv, d, batch};
   const KVLayout layout = KVCache::layout(cfg);
   auto kc = to_half(random_floats(size_t(layout.slot_stride) * batch, 23));
@@ -433,10 +444,11 @@ TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
   const std::vector<float> zeros(cuda::decode_workspace_bytes(big, heads, d) / 4);
   Guarded<float> part(zeros.size(), &zeros);
   const size_t row = size_t(heads) * d;
-  auto run = [&](int first, int batch) {
+  auto run = [&](int first, int batch, cuda::DecodeLengths hint = {}) {
     Guarded<half_t> out(size_t(batch) * row);
     cuda::attention_decode(d_q.get() + first * row, row, d_k.get(), d_v.get(), layout, d_slots.get() + first,
-                           d_pos.get() + first, batch, heads, kv, d, 0.088f, part.get(), out.get(), row, nullptr);
+                           d_pos.get() + first, batch, heads, kv, d, 0.088f, part.get(), out.get(), row, nullptr,
+                           {}, hint);
     sync();
     auto all = out.read();
     EXPECT_TRUE(out.guards_intact());
@@ -446,6 +458,13 @@ TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
   const auto alone = run(at, 1);
   EXPECT_TRUE(test::rows_equal(run(at - 2, 5), alone));
   EXPECT_TRUE(test::rows_equal(run(0, big), alone));
+  // Told its length, the lone sequence runs the deep pipeline (16 chunks, fewer than the SMs).
+  int device = 0, sms = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), cudaSuccess);
+  const cuda::DecodeLengths told{777, 777};
+  ASSERT_TRUE(cuda::decode_launch(1, kv, sms, {}, told).deep_pipeline);
+  EXPECT_TRUE(test::rows_equal(run(at, 1, told), alone));
 }
 
 TEST(CudaOps, SamplingMatchesCpu) {
