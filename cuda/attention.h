@@ -57,15 +57,21 @@ struct DecodeLengths {
   int64_t total_keys = 0;
 };
 // Launch shape: the persistent grid (blocks take contiguous shares of the chunks, so a few long
-// sequences spread over every SM), or, for many short rows of similar length, one block per
-// (sequence, KV head) row in a grid the hardware schedules: an SM that streams faster takes more
-// rows, where fixed shares leave it idle at the end (docs/benchmarks.md). Rows: batch * num_kv_heads.
-// With no more chunks than SMs, a deeper copy pipeline per block. Neither changes a result bit.
-constexpr int kRowBlocksMaxKeys = 4096;
+// sequences spread over every SM), or, with enough rows (batch * num_kv_heads) of similar length,
+// one block per piece of a row (a run of its chunks; a whole row when there are more rows than
+// SMs) in a grid the hardware schedules: an SM that streams faster takes more blocks, where fixed
+// shares leave it idle at the end, and a row is cut in as few places as the SMs allow
+// (docs/benchmarks.md). With no more chunks than SMs, a deeper copy pipeline per block. None of
+// this changes a result bit.
+constexpr int kRowBlocksMaxKeys = 4096;  // whole rows per block only up to this length
+constexpr int kRowPiecesMinRows = 16;
 struct DecodeLaunch {
-  bool row_blocks = false, deep_pipeline = false;
+  int row_pieces = 0;    // pieces per row, 0: the persistent grid
+  int piece_chunks = 0;  // chunks per piece
+  bool deep_pipeline = false;
 };
-DecodeLaunch decode_launch(int batch, int num_kv_heads, int num_sms, DecodeSplits splits, DecodeLengths lengths);
+DecodeLaunch decode_launch(int batch, int num_kv_heads, int head_dim, int num_sms, DecodeSplits splits,
+                           DecodeLengths lengths);
 size_t decode_workspace_bytes(int batch, int num_heads, int head_dim);
 void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                       const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,

@@ -10,8 +10,8 @@
 //
 // The grid is as many blocks as fit on the device at once; block i takes the i-th contiguous share
 // of the item list (ordered b, g, s) and streams 64-key K/V tiles of its items through a 3-stage
-// cp.async pipeline that runs across item boundaries. (For many short rows the caller's lengths hint
-// selects one block per row instead, a share that is a whole row: the same code, the same bits.) A block that holds chunk 0 of a row folds the
+// cp.async pipeline that runs across item boundaries. (Where the caller's lengths hint shows enough
+// rows, block i takes a piece of a row instead: the same code, the same bits.) A block that holds chunk 0 of a row folds the
 // row's chunks in registers and writes the output itself, so at large batch almost nothing but the
 // output leaves the kernel. Rows shared between blocks go through chunk slots in the workspace: each
 // block adds the number of chunks it finished to the row's counter, and the block that completes
@@ -218,7 +218,8 @@ struct DecodeArgs {
   int batch, num_heads, num_kv_heads, group, head_dim;
   float scale_log2;  // scale * log2(e): the softmax runs in base 2
   DecodeSplits plan;
-  bool row_blocks;   // block i is row i = (sequence i / num_kv_heads, KV head i % num_kv_heads)
+  int row_pieces;    // 0: the persistent grid; else block i is piece i % row_pieces of row i / row_pieces
+  int piece_chunks;  // chunks per piece: piece p of a row is its chunks p * piece_chunks, ...
   float* records;    // [batch][record_floats]
   int64_t record_floats;
   __half* out;       // [batch][out_stride]
@@ -295,14 +296,16 @@ __device__ __forceinline__ int pick(const int (&v)[N], int i) {
 // batch of up to 128 pays a single global round trip before its first tile is issued. The loops are
 // kept rolled: this runs once per block, from a cold instruction cache.
 __device__ Cursor start_share(const DecodeArgs& a, int lane) {
-  if (a.row_blocks) {  // the share is one whole row
+  if (a.row_pieces > 0) {  // the share is one piece of a row (none past the row's last chunk)
+    const unsigned row = blockIdx.x / static_cast<unsigned>(a.row_pieces);
+    const int piece = static_cast<int>(blockIdx.x - row * a.row_pieces);
     Cursor c;
-    c.b = static_cast<int>(blockIdx.x / static_cast<unsigned>(a.num_kv_heads));
-    c.g = static_cast<int>(blockIdx.x) - c.b * a.num_kv_heads;
-    c.s = 0;
+    c.b = static_cast<int>(row / static_cast<unsigned>(a.num_kv_heads));
+    c.g = static_cast<int>(row) - c.b * a.num_kv_heads;
     c.enter_sequence(a);
-    c.left = c.splits;
-    c.enter_item();
+    c.s = piece * a.piece_chunks;
+    c.left = max(0, min(a.piece_chunks, c.splits - c.s));
+    if (c.left > 0) c.enter_item();
     return c;
   }
   constexpr int kWindows = 4;  // of 32 sequences, read up front
@@ -884,24 +887,35 @@ static int blocks_per_sm() {
 template <int D, bool kTall, int kStages>
 static void launch_shape(const DecodeArgs& a, int sms, cudaStream_t stream) {
   const int slots = sms * blocks_per_sm<D, kTall, kStages>();  // (which also raises the shared-memory limit)
-  const int grid = a.row_blocks ? a.batch * a.num_kv_heads : slots;
+  const int grid = a.row_pieces > 0 ? a.batch * a.num_kv_heads * a.row_pieces : slots;
   decode_kernel<D, kTall, kStages><<<grid, kThreads, smem_bytes<D, kTall, kStages>(), stream>>>(a);
 }
 
-DecodeLaunch decode_launch(int batch, int num_kv_heads, int num_sms, DecodeSplits splits, DecodeLengths lengths) {
+DecodeLaunch decode_launch(int batch, int num_kv_heads, int head_dim, int num_sms, DecodeSplits splits,
+                           DecodeLengths lengths) {
   DecodeLaunch l;
   if (lengths.max_keys <= 0) return l;  // unknown: the persistent grid, 3 stages
-  // Row blocks: rows of up to 4K keys (64 tiles; at 8K a row is too coarse a unit to balance 1.9
-  // rows per block slot: B=64 ctx=8K 0.2% slower than the persistent grid), at least one row per
-  // SM, and rows of similar length (the mean at least half the longest): one long row among short
-  // ones would be streamed by a single block.
   const int64_t rows = static_cast<int64_t>(batch) * num_kv_heads;
-  l.row_blocks = lengths.max_keys <= kRowBlocksMaxKeys && rows >= num_sms &&
-                 2 * lengths.total_keys >= static_cast<int64_t>(batch) * lengths.max_keys;
-  // Deep pipeline: no more items than SMs (the longest row's chunk count bounds every row's).
-  int max_splits = 0, chunk = 0;
+  int max_splits = 0, chunk = 0;  // the longest row's chunk count bounds every row's
   split_plan(lengths.max_keys, splits, max_splits, chunk);
-  l.deep_pipeline = !l.row_blocks && rows * max_splits <= num_sms;
+  const int64_t items = rows * max_splits;
+  // Rows of similar length (the mean at least half the longest): a piece's size is set by the
+  // longest row, and one long row among short ones would be streamed by few blocks.
+  const bool similar = 2 * lengths.total_keys >= static_cast<int64_t>(batch) * lengths.max_keys;
+  if (items <= num_sms) {  // every block holds at most one chunk: the deep pipeline
+    l.deep_pipeline = true;
+  } else if (similar && rows >= num_sms && lengths.max_keys <= kRowBlocksMaxKeys) {
+    // a whole row per block (at 8K keys a row is too coarse a unit to balance 1.9 rows per block
+    // slot: B=64 ctx=8K 0.2% slower than the persistent grid)
+    l.row_pieces = 1;
+    l.piece_chunks = max_splits;
+  } else if (similar && rows >= kRowPiecesMinRows && rows < num_sms) {
+    // equal pieces of rows, about one block per SM at head_dim > 64 and three at 64 (with half the
+    // bytes per tile)
+    const int64_t target = static_cast<int64_t>(num_sms) * (head_dim <= 64 ? 3 : 1);
+    l.piece_chunks = static_cast<int>((items + target - 1) / target);
+    l.row_pieces = (max_splits + l.piece_chunks - 1) / l.piece_chunks;
+  }
   return l;
 }
 
@@ -910,8 +924,9 @@ static void launch_decode(DecodeArgs a, DecodeLengths lengths, cudaStream_t stre
   int device = 0, sms = 0;
   KVINFER_CUDA_CHECK(cudaGetDevice(&device));
   KVINFER_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const DecodeLaunch l = decode_launch(a.batch, a.num_kv_heads, sms, a.plan, lengths);
-  a.row_blocks = l.row_blocks;
+  const DecodeLaunch l = decode_launch(a.batch, a.num_kv_heads, D, sms, a.plan, lengths);
+  a.row_pieces = l.row_pieces;
+  a.piece_chunks = l.piece_chunks;
   if (a.group > 8) {
     if (l.deep_pipeline) launch_shape<D, true, kDeepStages>(a, sms, stream);
     else launch_shape<D, true, kShallowStages>(a, sms, stream);
@@ -948,7 +963,7 @@ void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                     "attention_decode: the workspace must be 16-byte aligned");
   const DecodeArgs a{reinterpret_cast<const __half*>(q), q_stride, reinterpret_cast<const __half*>(k_cache),
                      reinterpret_cast<const __half*>(v_cache), layout, seq_slots, positions, batch, num_heads,
-                     num_kv_heads, group, head_dim, scale * kLog2e, plan, false, workspace,
+                     num_kv_heads, group, head_dim, scale * kLog2e, plan, 0, 0, workspace,
                      record_floats(num_heads, head_dim),
                      reinterpret_cast<__half*>(out), out_stride};
   switch (head_dim) {

@@ -338,7 +338,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaDecode, testing::Values(
     spread_case(9, 3, 64, 300, 200),       // past the 128 sequences read up front; blocks hold several rows
     uniform_case(32, 8, 128, 40, 900, 1000),  // 320 rows of similar length: one block per row when told
     uniform_case(9, 3, 64, 64, 1500, 2048),
-    uniform_case(24, 2, 128, 80, 600, 700)),  // GQA 12
+    uniform_case(24, 2, 128, 80, 600, 700),   // GQA 12
+    uniform_case(9, 3, 64, 8, 1500, 2048),    // 24 rows: pieces of rows when told
+    uniform_case(24, 2, 128, 10, 2500, 3000)),
     [](const testing::TestParamInfo<AttnCase>& i) { return std::to_string(i.index) + "_" + i.param.name().substr(0, 40); });
 
 TEST(CudaOps, DecodeRejectsBadChunking) {
@@ -359,69 +361,86 @@ TEST(CudaOps, DecodeRejectsBadChunking) {
 }
 
 TEST(CudaOps, DecodeLaunchRule) {
-  // One block per row only when told the lengths, rows of at most 4K keys, at least one row per SM,
-  // and the mean length at least half the longest; the deep pipeline when told the lengths and the
-  // chunks of the longest row times the rows fit in one per SM. (Host code: runs without a GPU.)
+  // Host code: runs without a GPU. With the lengths unknown, always the persistent grid.
   const int sms = 132;
-  auto rows = [&](int batch, int kv, int max_keys, int64_t total) {
-    return cuda::decode_launch(batch, kv, sms, {}, {max_keys, total}).row_blocks;
+  auto launch = [&](int batch, int kv, int d, int max_keys, int64_t total) {
+    return cuda::decode_launch(batch, kv, d, sms, {}, {max_keys, total});
+  };
+  auto pieces = [&](int batch, int kv, int d, int max_keys) {  // (pieces per row, chunks per piece)
+    const auto l = launch(batch, kv, d, max_keys, int64_t(batch) * max_keys);
+    return std::make_pair(l.row_pieces, l.piece_chunks);
   };
   auto deep = [&](int batch, int kv, int max_keys) {
-    return cuda::decode_launch(batch, kv, sms, {}, {max_keys, int64_t(batch) * max_keys}).deep_pipeline;
+    return launch(batch, kv, 128, max_keys, int64_t(batch) * max_keys).deep_pipeline;
   };
-  EXPECT_TRUE(rows(64, 8, 1024, 64 * 1024));
-  EXPECT_TRUE(rows(64, 3, 2048, 64 * 2048));     // 192 rows
-  EXPECT_TRUE(rows(64, 8, 4096, 64 * 2048));     // mean exactly half the longest
-  EXPECT_FALSE(rows(64, 8, 4096, 64 * 2048 - 1));
-  EXPECT_FALSE(rows(64, 8, 4097, 64 * 4097));    // rows too long to balance
-  EXPECT_FALSE(rows(16, 8, 1024, 16 * 1024));    // 128 rows < 132 SMs
-  EXPECT_FALSE(rows(64, 8, 0, 0));               // lengths unknown
+  using P = std::pair<int, int>;
+  // whole rows: at least one row per SM, rows of at most 4K keys
+  EXPECT_EQ(pieces(64, 8, 128, 1024), P(1, 4));
+  EXPECT_EQ(pieces(64, 3, 64, 2048), P(1, 8));       // 192 rows
+  EXPECT_EQ(pieces(64, 8, 128, 8192), P(0, 0));      // rows too long to balance: the persistent grid
+  // pieces: about one block per SM (head_dim 128: 16 chunks of 512 at 8K; 4 of 256 at 1K)
+  EXPECT_EQ(pieces(8, 8, 128, 8192), P(2, 8));
+  EXPECT_EQ(pieces(8, 8, 128, 1024), P(2, 2));
+  EXPECT_EQ(pieces(16, 8, 128, 8192), P(1, 16));     // 128 rows: whole rows, even at 8K
+  EXPECT_EQ(pieces(16, 3, 64, 2048), P(8, 1));       // head_dim 64: about three blocks per SM
+  EXPECT_EQ(pieces(1, 8, 128, 32768), P(0, 0));      // 8 rows: too few to cut into pieces
+  // the mean at least half the longest
+  EXPECT_EQ(launch(64, 8, 128, 4096, 64 * 2048).row_pieces, 1);
+  EXPECT_EQ(launch(64, 8, 128, 4096, 64 * 2048 - 1).row_pieces, 0);
+  EXPECT_EQ(launch(64, 8, 128, 0, 0).row_pieces, 0);  // lengths unknown
+  // the deep pipeline: no more chunks than SMs
   EXPECT_TRUE(deep(1, 8, 1024));                  // 8 rows x 4 chunks
-  EXPECT_TRUE(deep(1, 3, 2048));                  // 3 x 8
   EXPECT_TRUE(deep(1, 8, 8192));                  // 8 x 16 = 128
   EXPECT_FALSE(deep(1, 8, 32768));                // 8 x 32
   EXPECT_FALSE(deep(8, 8, 1024));                 // 64 x 4
   EXPECT_FALSE(deep(1, 8, 0));                    // lengths unknown
 }
 
-TEST(CudaOps, DecodeRowBlocksGiveTheSameBits) {
+TEST(CudaOps, DecodeRowPiecesGiveTheSameBits) {
   SKIP_WITHOUT_CUDA();
-  // Many rows of similar length: with the lengths hint the launch is one block per row (asserted
-  // first), without it the persistent grid; every output bit must agree.
+  // Told the lengths, the launch is one block per row or per piece of a row (asserted first);
+  // untold, the persistent grid. Every output bit must agree.
   int device = 0, sms = 0;
   ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
   ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), cudaSuccess);
-  const int heads = 16, kv = 4, d = 128, ctx = 1024, batch = sms / kv + 5;
-  std::vector<int32_t> slots(batch), pos(batch);
-  cuda::DecodeLengths lengths;
-  for (int b = 0; b < batch; ++b) {
-    slots[b] = (b * 7) % batch, pos[b] = 700 + spread(b, ctx - 700);
-    lengths.max_keys = std::max(lengths.max_keys, pos[b] + 1);
-    lengths.total_keys += pos[b] + 1;
-  }
-  ASSERT_TRUE(cuda::decode_launch(batch, kv, sms, {}, lengths).row_blocks);
-  ASSERT_FALSE(cuda::decode_launch(batch, kv, sms, {}, {}).row_blocks);
-  KVCacheConfig cfg{1, ctx, kv, d, batch};
-  const KVLayout layout = KVCache::layout(cfg);
-  auto kc = to_half(random_floats(size_t(layout.slot_stride) * batch, 23));
-  auto vc = to_half(random_floats(size_t(layout.slot_stride) * batch, 24));
-  auto q = to_half(random_floats(size_t(batch) * heads * d, 25));
-  Guarded<half_t> d_k(kc.size(), &kc), d_v(vc.size(), &vc), d_q(q.size(), &q);
-  Guarded<int32_t> d_slots(batch, &slots), d_pos(batch, &pos);
-  const std::vector<float> zeros(cuda::decode_workspace_bytes(batch, heads, d) / 4);
-  Guarded<float> part(zeros.size(), &zeros);
-  const size_t row = size_t(heads) * d;
-  auto run = [&](cuda::DecodeLengths hint) {
-    Guarded<half_t> out(size_t(batch) * row);
-    cuda::attention_decode(d_q.get(), row, d_k.get(), d_v.get(), layout, d_slots.get(), d_pos.get(), batch, heads,
-                           kv, d, 0.088f, part.get(), out.get(), row, nullptr, {}, hint);
-    sync();
-    EXPECT_TRUE(out.guards_intact());
-    return out.read();
+  const int heads = 16, kv = 4, d = 128;
+  auto check = [&](int batch, int lo, int hi, bool whole_rows) {
+    SCOPED_TRACE("batch " + std::to_string(batch) + " lengths " + std::to_string(lo) + ".." + std::to_string(hi));
+    std::vector<int32_t> slots(batch), pos(batch);
+    cuda::DecodeLengths lengths;
+    for (int b = 0; b < batch; ++b) {
+      slots[b] = (b * 7) % batch, pos[b] = lo - 1 + spread(b, hi - lo + 1);
+      lengths.max_keys = std::max(lengths.max_keys, pos[b] + 1);
+      lengths.total_keys += pos[b] + 1;
+    }
+    const auto l = cuda::decode_launch(batch, kv, d, sms, {}, lengths);
+    if (whole_rows) ASSERT_EQ(l.row_pieces, 1);
+    else ASSERT_GT(l.row_pieces, 1);
+    ASSERT_EQ(cuda::decode_launch(batch, kv, d, sms, {}, {}).row_pieces, 0);
+    KVCacheConfig cfg{1, hi, kv, d, batch};
+    const KVLayout layout = KVCache::layout(cfg);
+    auto kc = to_half(random_floats(size_t(layout.slot_stride) * batch, 23));
+    auto vc = to_half(random_floats(size_t(layout.slot_stride) * batch, 24));
+    auto q = to_half(random_floats(size_t(batch) * heads * d, 25));
+    Guarded<half_t> d_k(kc.size(), &kc), d_v(vc.size(), &vc), d_q(q.size(), &q);
+    Guarded<int32_t> d_slots(batch, &slots), d_pos(batch, &pos);
+    const std::vector<float> zeros(cuda::decode_workspace_bytes(batch, heads, d) / 4);
+    Guarded<float> part(zeros.size(), &zeros);
+    const size_t row = size_t(heads) * d;
+    auto run = [&](cuda::DecodeLengths hint) {
+      Guarded<half_t> out(size_t(batch) * row);
+      cuda::attention_decode(d_q.get(), row, d_k.get(), d_v.get(), layout, d_slots.get(), d_pos.get(), batch,
+                             heads, kv, d, 0.088f, part.get(), out.get(), row, nullptr, {}, hint);
+      sync();
+      EXPECT_TRUE(out.guards_intact());
+      return out.read();
+    };
+    const auto persistent = run({}), pieces = run(lengths);
+    ASSERT_EQ(pieces.size(), persistent.size());
+    EXPECT_TRUE(test::rows_equal(pieces, persistent));
   };
-  const auto persistent = run({}), per_row = run(lengths);
-  ASSERT_EQ(per_row.size(), persistent.size());
-  EXPECT_TRUE(test::rows_equal(per_row, persistent));
+  check(sms / kv + 5, 700, 1024, true);
+  check(8, 2500, 3000, false);  // 32 rows of 10 chunks: on 132 SMs, 4 pieces of 3, 3, 3 and 1 chunks
 }
 
 TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
@@ -463,7 +482,7 @@ TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
   ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
   ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), cudaSuccess);
   const cuda::DecodeLengths told{777, 777};
-  ASSERT_TRUE(cuda::decode_launch(1, kv, sms, {}, told).deep_pipeline);
+  ASSERT_TRUE(cuda::decode_launch(1, kv, d, sms, {}, told).deep_pipeline);
   EXPECT_TRUE(test::rows_equal(run(at, 1, told), alone));
 }
 
