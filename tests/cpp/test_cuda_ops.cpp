@@ -396,14 +396,53 @@ TEST(CudaOps, DecodeLaunchRule) {
   EXPECT_FALSE(deep(1, 8, 0));                    // lengths unknown
 }
 
+int sm_count() {
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return 0;
+  return sms;
+}
+
+// A decode batch on the device for the bit-identity tests: one slot per sequence, random K/V and
+// queries (16 heads over 4 KV heads, head_dim 128), a workspace zeroed once.
+struct DecodeBatch {
+  static constexpr int kHeads = 16, kKv = 4, kD = 128;
+  static constexpr size_t kRow = size_t(kHeads) * kD;
+  DecodeBatch(std::vector<int32_t> slots, std::vector<int32_t> positions, int ctx, uint32_t seed)
+      : batch(int(slots.size())),
+        layout(KVCache::layout(KVCacheConfig{1, ctx, kKv, kD, batch})),
+        k(size_t(layout.slot_stride) * batch, ptr(to_half(random_floats(size_t(layout.slot_stride) * batch, seed)))),
+        v(size_t(layout.slot_stride) * batch, ptr(to_half(random_floats(size_t(layout.slot_stride) * batch, seed + 1)))),
+        q(batch * kRow, ptr(to_half(random_floats(batch * kRow, seed + 2)))),
+        d_slots(batch, &slots),
+        d_pos(batch, &positions),
+        part(cuda::decode_workspace_bytes(batch, kHeads, kD) / 4,
+             ptr(std::vector<float>(cuda::decode_workspace_bytes(batch, kHeads, kD) / 4))) {}
+  // Decodes sequences [first, first + n); their outputs, [n][kRow].
+  std::vector<half_t> run(int first, int n, cuda::DecodeLengths hint = {}) {
+    Guarded<half_t> out(size_t(n) * kRow);
+    cuda::attention_decode(q.get() + first * kRow, kRow, k.get(), v.get(), layout, d_slots.get() + first,
+                           d_pos.get() + first, n, kHeads, kKv, kD, 0.088f, part.get(), out.get(), kRow, nullptr,
+                           {}, hint);
+    sync();
+    EXPECT_TRUE(out.guards_intact());
+    return out.read();
+  }
+  template <typename T>
+  static const std::vector<T>* ptr(const std::vector<T>& v) { return &v; }  // alive for the full expression
+  int batch;
+  KVLayout layout;
+  Guarded<half_t> k, v, q;
+  Guarded<int32_t> d_slots, d_pos;
+  Guarded<float> part;
+};
+
 TEST(CudaOps, DecodeRowPiecesGiveTheSameBits) {
   SKIP_WITHOUT_CUDA();
   // Told the lengths, the launch is one block per row or per piece of a row (asserted first);
   // untold, the persistent grid. Every output bit must agree.
-  int device = 0, sms = 0;
-  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
-  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), cudaSuccess);
-  const int heads = 16, kv = 4, d = 128;
+  const int sms = sm_count(), kv = DecodeBatch::kKv, d = DecodeBatch::kD;
   auto check = [&](int batch, int lo, int hi, bool whole_rows) {
     SCOPED_TRACE("batch " + std::to_string(batch) + " lengths " + std::to_string(lo) + ".." + std::to_string(hi));
     std::vector<int32_t> slots(batch), pos(batch);
@@ -417,25 +456,8 @@ TEST(CudaOps, DecodeRowPiecesGiveTheSameBits) {
     if (whole_rows) ASSERT_EQ(l.row_pieces, 1);
     else ASSERT_GT(l.row_pieces, 1);
     ASSERT_EQ(cuda::decode_launch(batch, kv, d, sms, {}, {}).row_pieces, 0);
-    KVCacheConfig cfg{1, hi, kv, d, batch};
-    const KVLayout layout = KVCache::layout(cfg);
-    auto kc = to_half(random_floats(size_t(layout.slot_stride) * batch, 23));
-    auto vc = to_half(random_floats(size_t(layout.slot_stride) * batch, 24));
-    auto q = to_half(random_floats(size_t(batch) * heads * d, 25));
-    Guarded<half_t> d_k(kc.size(), &kc), d_v(vc.size(), &vc), d_q(q.size(), &q);
-    Guarded<int32_t> d_slots(batch, &slots), d_pos(batch, &pos);
-    const std::vector<float> zeros(cuda::decode_workspace_bytes(batch, heads, d) / 4);
-    Guarded<float> part(zeros.size(), &zeros);
-    const size_t row = size_t(heads) * d;
-    auto run = [&](cuda::DecodeLengths hint) {
-      Guarded<half_t> out(size_t(batch) * row);
-      cuda::attention_decode(d_q.get(), row, d_k.get(), d_v.get(), layout, d_slots.get(), d_pos.get(), batch,
-                             heads, kv, d, 0.088f, part.get(), out.get(), row, nullptr, {}, hint);
-      sync();
-      EXPECT_TRUE(out.guards_intact());
-      return out.read();
-    };
-    const auto persistent = run({}), pieces = run(lengths);
+    DecodeBatch db(slots, pos, hi, 23);
+    const auto persistent = db.run(0, batch), pieces = db.run(0, batch, lengths);
     ASSERT_EQ(pieces.size(), persistent.size());
     EXPECT_TRUE(test::rows_equal(pieces, persistent));
   };
@@ -449,41 +471,24 @@ TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
   // output. Alone, each chunk gets a block of its own and the block that completes the row folds the
   // states read back from the workspace; in the batch of 120 blocks take several items, so the
   // sequence's chunks are folded in registers or across blocks: the two fold paths must agree.
-  const int heads = 16, kv = 4, d = 128, ctx = 1024, big = 120, at = 37;
-  KVCacheConfig cfg{1, ctx, kv, d, big};
-  const KVLayout layout = KVCache::layout(cfg);
-  auto kc = to_half(random_floats(size_t(layout.slot_stride) * big, 20));
-  auto vc = to_half(random_floats(size_t(layout.slot_stride) * big, 21));
-  auto q = to_half(random_floats(size_t(big) * heads * d, 22));
-  Guarded<half_t> d_k(kc.size(), &kc), d_v(vc.size(), &vc), d_q(q.size(), &q);
+  const int ctx = 1024, big = 120, at = 37;
   std::vector<int32_t> slots(big), pos(big);
   for (int b = 0; b < big; ++b) slots[b] = (b * 7) % big, pos[b] = spread(b, ctx);
   pos[at] = 776;
-  Guarded<int32_t> d_slots(big, &slots), d_pos(big, &pos);
-  const std::vector<float> zeros(cuda::decode_workspace_bytes(big, heads, d) / 4);
-  Guarded<float> part(zeros.size(), &zeros);
-  const size_t row = size_t(heads) * d;
-  auto run = [&](int first, int batch, cuda::DecodeLengths hint = {}) {
-    Guarded<half_t> out(size_t(batch) * row);
-    cuda::attention_decode(d_q.get() + first * row, row, d_k.get(), d_v.get(), layout, d_slots.get() + first,
-                           d_pos.get() + first, batch, heads, kv, d, 0.088f, part.get(), out.get(), row, nullptr,
-                           {}, hint);
-    sync();
-    auto all = out.read();
-    EXPECT_TRUE(out.guards_intact());
+  DecodeBatch db(slots, pos, ctx, 20);
+  const size_t row = DecodeBatch::kRow;
+  auto seq_at = [&](int first, int n, cuda::DecodeLengths hint = {}) {
+    const auto all = db.run(first, n, hint);
     const size_t k = size_t(at - first) * row;
     return std::vector<half_t>(all.begin() + k, all.begin() + k + row);
   };
-  const auto alone = run(at, 1);
-  EXPECT_TRUE(test::rows_equal(run(at - 2, 5), alone));
-  EXPECT_TRUE(test::rows_equal(run(0, big), alone));
+  const auto alone = seq_at(at, 1);
+  EXPECT_TRUE(test::rows_equal(seq_at(at - 2, 5), alone));
+  EXPECT_TRUE(test::rows_equal(seq_at(0, big), alone));
   // Told its length, the lone sequence runs the deep pipeline (16 chunks, fewer than the SMs).
-  int device = 0, sms = 0;
-  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
-  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), cudaSuccess);
   const cuda::DecodeLengths told{777, 777};
-  ASSERT_TRUE(cuda::decode_launch(1, kv, d, sms, {}, told).deep_pipeline);
-  EXPECT_TRUE(test::rows_equal(run(at, 1, told), alone));
+  ASSERT_TRUE(cuda::decode_launch(1, DecodeBatch::kKv, DecodeBatch::kD, sm_count(), {}, told).deep_pipeline);
+  EXPECT_TRUE(test::rows_equal(seq_at(at, 1, told), alone));
 }
 
 TEST(CudaOps, SamplingMatchesCpu) {
