@@ -51,7 +51,7 @@ struct DecodeSplits {
 };
 // What the caller knows of the batch's lengths (keys per sequence, n = position + 1): the longest
 // and the sum, 0 when unknown. It picks the launch shape only, never the results: any hint, even a
-// wrong one, gives the same bits.
+// wrong one, gives the same bits (a wrong one may be slower).
 struct DecodeLengths {
   int max_keys = 0;
   int64_t total_keys = 0;

@@ -11,8 +11,8 @@
 // The grid is as many blocks as fit on the device at once; block i takes the i-th contiguous share
 // of the item list (ordered b, g, s) and streams 64-key K/V tiles of its items through a 3-stage
 // cp.async pipeline that runs across item boundaries. (Where the caller's lengths hint shows enough
-// rows, block i takes a piece of a row instead: the same code, the same bits.) A block that holds chunk 0 of a row folds the
-// row's chunks in registers and writes the output itself, so at large batch almost nothing but the
+// rows, block i takes a piece of a row instead: the same code, the same bits.) A block that holds
+// chunk 0 of a row folds the row's chunks in registers and writes the output itself, so at large batch almost nothing but the
 // output leaves the kernel. Rows shared between blocks go through chunk slots in the workspace: each
 // block adds the number of chunks it finished to the row's counter, and the block that completes
 // the count folds the row with the same instructions (one kernel, no second launch).
@@ -296,7 +296,7 @@ __device__ __forceinline__ int pick(const int (&v)[N], int i) {
 // batch of up to 128 pays a single global round trip before its first tile is issued. The loops are
 // kept rolled: this runs once per block, from a cold instruction cache.
 __device__ Cursor start_share(const DecodeArgs& a, int lane) {
-  if (a.row_pieces > 0) {  // the share is one piece of a row (none past the row's last chunk)
+  if (a.row_pieces > 0) {  // the share is one piece of a row
     const unsigned row = blockIdx.x / static_cast<unsigned>(a.row_pieces);
     const int piece = static_cast<int>(blockIdx.x - row * a.row_pieces);
     Cursor c;
@@ -304,7 +304,9 @@ __device__ Cursor start_share(const DecodeArgs& a, int lane) {
     c.g = static_cast<int>(row) - c.b * a.num_kv_heads;
     c.enter_sequence(a);
     c.s = piece * a.piece_chunks;
-    c.left = max(0, min(a.piece_chunks, c.splits - c.s));
+    // none past the row's last chunk; the last piece takes every chunk left (a row longer than the
+    // hint said: slower, never wrong)
+    c.left = max(0, piece == a.row_pieces - 1 ? c.splits - c.s : min(a.piece_chunks, c.splits - c.s));
     if (c.left > 0) c.enter_item();
     return c;
   }
@@ -883,7 +885,7 @@ static int blocks_per_sm() {
   return blocks;
 }
 
-// One launch: the persistent grid (as many blocks as fit at once) or one block per row.
+// One launch: the persistent grid (as many blocks as fit at once) or one block per piece of a row.
 template <int D, bool kTall, int kStages>
 static void launch_shape(const DecodeArgs& a, int sms, cudaStream_t stream) {
   const int slots = sms * blocks_per_sm<D, kTall, kStages>();  // (which also raises the shared-memory limit)

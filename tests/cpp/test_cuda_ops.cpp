@@ -460,6 +460,11 @@ TEST(CudaOps, DecodeRowPiecesGiveTheSameBits) {
     const auto persistent = db.run(0, batch), pieces = db.run(0, batch, lengths);
     ASSERT_EQ(pieces.size(), persistent.size());
     EXPECT_TRUE(test::rows_equal(pieces, persistent));
+    // A hint of two thirds of the lengths: the pieces are cut for shorter rows, and the last piece
+    // of each row must take the chunks past them.
+    const cuda::DecodeLengths short_hint{lengths.max_keys * 2 / 3, lengths.total_keys * 2 / 3};
+    ASSERT_GT(cuda::decode_launch(batch, kv, d, sms, {}, short_hint).row_pieces, 0);
+    EXPECT_TRUE(test::rows_equal(db.run(0, batch, short_hint), persistent));
   };
   check(sms / kv + 5, 700, 1024, true);
   check(8, 2500, 3000, false);  // 32 rows of 10 chunks: on 132 SMs, 4 pieces of 3, 3, 3 and 1 chunks
