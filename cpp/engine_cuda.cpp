@@ -82,11 +82,12 @@ void Engine::forward_cuda(const int32_t* tokens, int T, const int32_t* seq_slots
   int max_rows = 0;
   cuda::DecodeLengths lengths;  // keys each sequence attends to at its last row
   for (int b = 0; b < batch; ++b) {
-    const int keys = cache_.length(seq_slots[b]) + (seq_starts[b + 1] - seq_starts[b]);
+    const int cached = cache_.length(seq_slots[b]);
+    const int keys = cached + (seq_starts[b + 1] - seq_starts[b]);
     lengths.max_keys = std::max(lengths.max_keys, keys);
     lengths.total_keys += keys;
     for (int t = seq_starts[b]; t < seq_starts[b + 1]; ++t) {
-      m[T + t] = cache_.length(seq_slots[b]) + (t - seq_starts[b]);
+      m[T + t] = cached + (t - seq_starts[b]);
       m[2 * T + t] = seq_slots[b];
     }
     m[3 * T + b] = seq_slots[b];

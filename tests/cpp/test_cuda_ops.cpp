@@ -490,7 +490,8 @@ TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
   const auto alone = seq_at(at, 1);
   EXPECT_TRUE(test::rows_equal(seq_at(at - 2, 5), alone));
   EXPECT_TRUE(test::rows_equal(seq_at(0, big), alone));
-  // Told its length, the lone sequence runs the deep pipeline (16 chunks, fewer than the SMs).
+  // Told its length, the lone sequence runs the deep pipeline (4 KV heads x 4 chunks, fewer than
+  // the SMs).
   const cuda::DecodeLengths told{777, 777};
   ASSERT_TRUE(cuda::decode_launch(1, DecodeBatch::kKv, DecodeBatch::kD, sm_count(), {}, told).deep_pipeline);
   EXPECT_TRUE(test::rows_equal(seq_at(at, 1, told), alone));
