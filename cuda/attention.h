@@ -61,14 +61,15 @@ struct DecodeLengths {
 // one block per piece of a row (a run of its chunks; a whole row when there are more rows than
 // SMs) in a grid the hardware schedules: an SM that streams faster takes more blocks, where fixed
 // shares leave it idle at the end, and a row is cut in as few places as the SMs allow
-// (docs/benchmarks.md). With no more chunks than SMs, a deeper copy pipeline per block. None of
-// this changes a result bit.
-constexpr int kRowBlocksMaxKeys = 4096;  // whole rows per block only up to this length
+// (docs/benchmarks.md). The copy pipeline is deeper with no more chunks than SMs (each block has an
+// SM to itself) and shallower with a row per SM (the DRAM is the limit). None of this changes a
+// result bit.
+constexpr int kRowBlocksMaxKeys = 4096;  // longer rows are whole-row blocks only at head_dim > 64
 constexpr int kRowPiecesMinRows = 16;
 struct DecodeLaunch {
   int row_pieces = 0;    // pieces per row, 0: the persistent grid
   int piece_chunks = 0;  // chunks per piece
-  bool deep_pipeline = false;
+  int stages = 3;        // K/V tiles in flight per block: 2, 3 or 4 (no result bit depends on it)
 };
 DecodeLaunch decode_launch(int batch, int num_kv_heads, int head_dim, int num_sms, DecodeSplits splits,
                            DecodeLengths lengths);

@@ -10,7 +10,8 @@
 //
 // The grid is as many blocks as fit on the device at once; block i takes the i-th contiguous share
 // of the item list (ordered b, g, s) and streams 64-key K/V tiles of its items through a 3-stage (4
-// when no block has more than one item) cp.async pipeline that runs across item boundaries. (Where
+// when no block has more than one item, 2 when there is a row per SM) cp.async pipeline that runs
+// across item boundaries. (Where
 // the caller's lengths hint shows enough rows, block i takes a piece of a row instead: the same
 // code, the same bits.) A block that holds chunk 0 of a row folds the row's chunks in registers and
 // writes the output itself, so at large batch almost nothing but the output leaves the kernel. Rows
@@ -44,10 +45,6 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRows = 64;   // keys per tile
-// Tiles in flight per block: 3 lets two head_dim-128 blocks share an SM; when every block holds at
-// most one item (a small batch) the SM is the block's alone, and a 4th stage puts a whole 256-key
-// chunk in flight before the first tile is waited for.
-constexpr int kShallowStages = 3, kDeepStages = 4;
 constexpr float kLog2e = 1.4426950408889634f;
 
 // What the compute side needs of a tile that was issued into a stage.
@@ -894,6 +891,13 @@ static void launch_shape(const DecodeArgs& a, int sms, cudaStream_t stream) {
   decode_kernel<D, kTall, kStages><<<grid, kThreads, smem_bytes<D, kTall, kStages>(), stream>>>(a);
 }
 
+template <int D, bool kTall>
+static void launch_stages(const DecodeArgs& a, int stages, int sms, cudaStream_t stream) {
+  if (stages == 2) launch_shape<D, kTall, 2>(a, sms, stream);
+  else if (stages == 4) launch_shape<D, kTall, 4>(a, sms, stream);
+  else launch_shape<D, kTall, 3>(a, sms, stream);
+}
+
 DecodeLaunch decode_launch(int batch, int num_kv_heads, int head_dim, int num_sms, DecodeSplits splits,
                            DecodeLengths lengths) {
   DecodeLaunch l;
@@ -905,11 +909,14 @@ DecodeLaunch decode_launch(int batch, int num_kv_heads, int head_dim, int num_sm
   // Rows of similar length (the mean at least half the longest): a piece's size is set by the
   // longest row, and one long row among short ones would be streamed by few blocks.
   const bool similar = 2 * lengths.total_keys >= static_cast<int64_t>(batch) * lengths.max_keys;
-  if (items <= num_sms) {  // every block holds at most one chunk: the deep pipeline
-    l.deep_pipeline = true;
-  } else if (similar && rows >= num_sms && lengths.max_keys <= kRowBlocksMaxKeys) {
-    // a whole row per block (at 8K keys a row is too coarse a unit to balance 1.9 rows per block
-    // slot: B=64 ctx=8K 0.2% slower than the persistent grid)
+  if (items <= num_sms) {  // every block holds at most one chunk: the SM is its alone
+    l.stages = 4;
+  } else if (similar && rows >= num_sms &&
+             (lengths.max_keys <= kRowBlocksMaxKeys || (head_dim > 64 && 5 * rows >= 6 * num_sms))) {
+    // a whole row per block. Rows longer than 4K only at head_dim > 64 (2 stages, below) and with
+    // at least 1.2 rows per SM. At ctx=8K: B=20 (1.21 rows per SM) 232 us against 242 for the
+    // persistent grid (3 stages; 255 with 2), B=17 (1.03) 210 against 197 (2 stages); at head_dim
+    // 64 (3 stages) SmolLM2 B=48 (1.09) 135 against 115.
     l.row_pieces = 1;
     l.piece_chunks = max_splits;
   } else if (similar && rows >= kRowPiecesMinRows && rows < num_sms) {
@@ -919,6 +926,10 @@ DecodeLaunch decode_launch(int batch, int num_kv_heads, int head_dim, int num_sm
     l.piece_chunks = static_cast<int>((items + target - 1) / target);
     l.row_pieces = (max_splits + l.piece_chunks - 1) / l.piece_chunks;
   }
+  // At least a row per SM: 2 stages at head_dim > 64. The DRAM is the limit there, and fewer bytes
+  // queued per block stream it as fast or faster (docs/benchmarks.md); at head_dim 64 they were
+  // 5-10% slower (SmolLM2 B=48 and 64).
+  if (items > num_sms && rows >= num_sms && head_dim > 64) l.stages = 2;
   return l;
 }
 
@@ -930,13 +941,8 @@ static void launch_decode(DecodeArgs a, DecodeLengths lengths, cudaStream_t stre
   const DecodeLaunch l = decode_launch(a.batch, a.num_kv_heads, D, sms, a.plan, lengths);
   a.row_pieces = l.row_pieces;
   a.piece_chunks = l.piece_chunks;
-  if (a.group > 8) {
-    if (l.deep_pipeline) launch_shape<D, true, kDeepStages>(a, sms, stream);
-    else launch_shape<D, true, kShallowStages>(a, sms, stream);
-  } else {
-    if (l.deep_pipeline) launch_shape<D, false, kDeepStages>(a, sms, stream);
-    else launch_shape<D, false, kShallowStages>(a, sms, stream);
-  }
+  if (a.group > 8) launch_stages<D, true>(a, l.stages, sms, stream);
+  else launch_stages<D, false>(a, l.stages, sms, stream);
   KVINFER_CUDA_CHECK_LAUNCH();
 }
 

@@ -370,14 +370,21 @@ TEST(CudaOps, DecodeLaunchRule) {
     const auto l = launch(batch, kv, d, max_keys, int64_t(batch) * max_keys);
     return std::make_pair(l.row_pieces, l.piece_chunks);
   };
-  auto deep = [&](int batch, int kv, int max_keys) {
-    return launch(batch, kv, 128, max_keys, int64_t(batch) * max_keys).deep_pipeline;
+  auto stages = [&](int batch, int kv, int d, int max_keys) {
+    return launch(batch, kv, d, max_keys, int64_t(batch) * max_keys).stages;
   };
+  auto deep = [&](int batch, int kv, int max_keys) { return stages(batch, kv, 128, max_keys) == 4; };
   using P = std::pair<int, int>;
-  // whole rows: at least one row per SM, rows of at most 4K keys
+  // whole rows: at least one row per SM; beyond 4K keys only at head_dim > 64 and 1.2 rows per SM
   EXPECT_EQ(pieces(64, 8, 128, 1024), P(1, 4));
+  EXPECT_EQ(pieces(17, 8, 128, 4096), P(1, 11));     // 136 rows
+  EXPECT_EQ(pieces(64, 8, 128, 8192), P(1, 16));
+  EXPECT_EQ(pieces(64, 8, 128, 32768), P(1, 32));
+  EXPECT_EQ(pieces(20, 8, 128, 8192), P(1, 16));     // 160 rows: 1.21 per SM
+  EXPECT_EQ(pieces(17, 8, 128, 8192), P(0, 0));      // 136 rows: the persistent grid
   EXPECT_EQ(pieces(64, 3, 64, 2048), P(1, 8));       // 192 rows
-  EXPECT_EQ(pieces(64, 8, 128, 8192), P(0, 0));      // rows too long to balance: the persistent grid
+  EXPECT_EQ(pieces(64, 3, 64, 4096), P(1, 11));
+  EXPECT_EQ(pieces(64, 3, 64, 8192), P(0, 0));       // head_dim 64, 8K: the persistent grid
   // pieces: about one block per SM (head_dim 128: 16 chunks of 512 at 8K; 4 of 256 at 1K)
   EXPECT_EQ(pieces(8, 8, 128, 8192), P(2, 8));
   EXPECT_EQ(pieces(8, 8, 128, 1024), P(2, 2));
@@ -394,6 +401,14 @@ TEST(CudaOps, DecodeLaunchRule) {
   EXPECT_FALSE(deep(1, 8, 32768));                // 8 x 32
   EXPECT_FALSE(deep(8, 8, 1024));                 // 64 x 4
   EXPECT_FALSE(deep(1, 8, 0));                    // lengths unknown
+  // 2 stages with a row per SM at head_dim > 64, whole rows or not; 3 otherwise
+  EXPECT_EQ(stages(64, 8, 128, 1024), 2);
+  EXPECT_EQ(stages(64, 8, 128, 8192), 2);
+  EXPECT_EQ(stages(17, 8, 128, 8192), 2);         // the persistent grid
+  EXPECT_EQ(stages(64, 8, 96, 1024), 2);
+  EXPECT_EQ(stages(64, 3, 64, 2048), 3);
+  EXPECT_EQ(stages(8, 8, 128, 8192), 3);          // pieces
+  EXPECT_EQ(stages(64, 8, 128, 0), 3);            // lengths unknown
 }
 
 int sm_count() {
@@ -440,8 +455,8 @@ struct DecodeBatch {
 
 TEST(CudaOps, DecodeRowPiecesGiveTheSameBits) {
   SKIP_WITHOUT_CUDA();
-  // Told the lengths, the launch is one block per row or per piece of a row (asserted first);
-  // untold, the persistent grid. Every output bit must agree.
+  // Told the lengths, the launch is one block per row or per piece of a row (asserted first), whole
+  // rows with a 2-stage pipeline; untold, the persistent grid with 3. Every output bit must agree.
   const int sms = sm_count(), kv = DecodeBatch::kKv, d = DecodeBatch::kD;
   auto check = [&](int batch, int lo, int hi, bool whole_rows) {
     SCOPED_TRACE("batch " + std::to_string(batch) + " lengths " + std::to_string(lo) + ".." + std::to_string(hi));
@@ -453,8 +468,12 @@ TEST(CudaOps, DecodeRowPiecesGiveTheSameBits) {
       lengths.total_keys += pos[b] + 1;
     }
     const auto l = cuda::decode_launch(batch, kv, d, sms, {}, lengths);
-    if (whole_rows) ASSERT_EQ(l.row_pieces, 1);
-    else ASSERT_GT(l.row_pieces, 1);
+    if (whole_rows) {
+      ASSERT_EQ(l.row_pieces, 1);
+      ASSERT_EQ(l.stages, 2);  // against the persistent grid's 3
+    } else {
+      ASSERT_GT(l.row_pieces, 1);
+    }
     ASSERT_EQ(cuda::decode_launch(batch, kv, d, sms, {}, {}).row_pieces, 0);
     DecodeBatch db(slots, pos, hi, 23);
     const auto persistent = db.run(0, batch), pieces = db.run(0, batch, lengths);
@@ -493,7 +512,7 @@ TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
   // Told its length, the lone sequence runs the deep pipeline (4 KV heads x 4 chunks, fewer than
   // the SMs).
   const cuda::DecodeLengths told{777, 777};
-  ASSERT_TRUE(cuda::decode_launch(1, DecodeBatch::kKv, DecodeBatch::kD, sm_count(), {}, told).deep_pipeline);
+  ASSERT_EQ(cuda::decode_launch(1, DecodeBatch::kKv, DecodeBatch::kD, sm_count(), {}, told).stages, 4);
   EXPECT_TRUE(test::rows_equal(seq_at(at, 1, told), alone));
 }
 
