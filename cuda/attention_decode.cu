@@ -11,13 +11,12 @@
 // The grid is as many blocks as fit on the device at once; block i takes the i-th contiguous share
 // of the item list (ordered b, g, s) and streams 64-key K/V tiles of its items through a 3-stage (4
 // when no block has more than one item, 2 when there is a row per SM) cp.async pipeline that runs
-// across item boundaries. (Where
-// the caller's lengths hint shows enough rows, block i takes a piece of a row instead: the same
-// code, the same bits.) A block that holds chunk 0 of a row folds the row's chunks in registers and
-// writes the output itself, so at large batch almost nothing but the output leaves the kernel. Rows
-// shared between blocks go through chunk slots in the workspace: each block adds the number of
-// chunks it finished to the row's counter, and the block that completes the count folds the row
-// with the same instructions (one kernel, no second launch).
+// across item boundaries. (Where the caller's lengths hint shows enough rows, block i takes a piece
+// of a row instead: the same code, the same bits.) A block that holds chunk 0 of a row folds the
+// row's chunks in registers and writes the output itself, so at large batch almost nothing but the
+// output leaves the kernel. Rows shared between blocks go through chunk slots in the workspace:
+// each block adds the number of chunks it finished to the row's counter, and the block that
+// completes the count folds the row with the same instructions (one kernel, no second launch).
 //
 // Per tile, warp w takes keys 16 w .. 16 w + 15: S^T = K Q^T with mma.sync m16n8k16 (rows: the
 // warp's 16 keys, columns: the KV head's query heads, 8 per n-tile: a GQA group of up to 8 is one
@@ -891,10 +890,15 @@ static void launch_shape(const DecodeArgs& a, int sms, cudaStream_t stream) {
   decode_kernel<D, kTall, kStages><<<grid, kThreads, smem_bytes<D, kTall, kStages>(), stream>>>(a);
 }
 
+// 2 stages only where decode_launch picks them (head_dim > 64) and two blocks still share an SM:
+// more than 8 heads per KV head take a second n-tile and so many registers (209-243) that one block
+// fills an SM at any stage count, and 2 stages would only halve its bytes in flight; those keep 3.
 template <int D, bool kTall>
 static void launch_stages(const DecodeArgs& a, int stages, int sms, cudaStream_t stream) {
-  if (stages == 2) launch_shape<D, kTall, 2>(a, sms, stream);
-  else if (stages == 4) launch_shape<D, kTall, 4>(a, sms, stream);
+  if constexpr (D > 64 && !kTall) {
+    if (stages == 2) return launch_shape<D, kTall, 2>(a, sms, stream);
+  }
+  if (stages == 4) launch_shape<D, kTall, 4>(a, sms, stream);
   else launch_shape<D, kTall, 3>(a, sms, stream);
 }
 
@@ -909,7 +913,7 @@ DecodeLaunch decode_launch(int batch, int num_kv_heads, int head_dim, int num_sm
   // Rows of similar length (the mean at least half the longest): a piece's size is set by the
   // longest row, and one long row among short ones would be streamed by few blocks.
   const bool similar = 2 * lengths.total_keys >= static_cast<int64_t>(batch) * lengths.max_keys;
-  if (items <= num_sms) {  // every block holds at most one chunk: the SM is its alone
+  if (items <= num_sms) {  // every block holds at most one chunk and has an SM to itself
     l.stages = 4;
   } else if (similar && rows >= num_sms &&
              (lengths.max_keys <= kRowBlocksMaxKeys || (head_dim > 64 && 5 * rows >= 6 * num_sms))) {
