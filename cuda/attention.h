@@ -69,10 +69,10 @@ constexpr int kRowPiecesMinRows = 16;
 struct DecodeLaunch {
   int row_pieces = 0;    // pieces per row, 0: the persistent grid
   int piece_chunks = 0;  // chunks per piece
-  int stages = 3;        // K/V tiles in flight per block: 2 (3 for GQA groups > 8), 3 or 4; no bit depends on it
+  int stages = 3;        // K/V tiles in flight per block: 2, 3 or 4 (no result bit depends on it)
 };
-DecodeLaunch decode_launch(int batch, int num_kv_heads, int head_dim, int num_sms, DecodeSplits splits,
-                           DecodeLengths lengths);
+DecodeLaunch decode_launch(int batch, int num_heads, int num_kv_heads, int head_dim, int num_sms,
+                           DecodeSplits splits, DecodeLengths lengths);
 size_t decode_workspace_bytes(int batch, int num_heads, int head_dim);
 void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                       const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,

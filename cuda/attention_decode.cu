@@ -890,9 +890,7 @@ static void launch_shape(const DecodeArgs& a, int sms, cudaStream_t stream) {
   decode_kernel<D, kTall, kStages><<<grid, kThreads, smem_bytes<D, kTall, kStages>(), stream>>>(a);
 }
 
-// 2 stages only where decode_launch picks them (head_dim > 64) and two blocks still share an SM:
-// more than 8 heads per KV head take a second n-tile and so many registers (209-243) that one block
-// fills an SM at any stage count, and 2 stages would only halve its bytes in flight; those keep 3.
+// Only the kernels decode_launch can pick are built: 2 stages only at head_dim > 64, groups <= 8.
 template <int D, bool kTall>
 static void launch_stages(const DecodeArgs& a, int stages, int sms, cudaStream_t stream) {
   if constexpr (D > 64 && !kTall) {
@@ -902,8 +900,8 @@ static void launch_stages(const DecodeArgs& a, int stages, int sms, cudaStream_t
   else launch_shape<D, kTall, 3>(a, sms, stream);
 }
 
-DecodeLaunch decode_launch(int batch, int num_kv_heads, int head_dim, int num_sms, DecodeSplits splits,
-                           DecodeLengths lengths) {
+DecodeLaunch decode_launch(int batch, int num_heads, int num_kv_heads, int head_dim, int num_sms,
+                           DecodeSplits splits, DecodeLengths lengths) {
   DecodeLaunch l;
   if (lengths.max_keys <= 0) return l;  // unknown: the persistent grid, 3 stages
   const int64_t rows = static_cast<int64_t>(batch) * num_kv_heads;
@@ -932,8 +930,10 @@ DecodeLaunch decode_launch(int batch, int num_kv_heads, int head_dim, int num_sm
   }
   // At least a row per SM: 2 stages at head_dim > 64. The DRAM is the limit there, and fewer bytes
   // queued per block stream it as fast or faster (docs/benchmarks.md); at head_dim 64 they were
-  // 5-10% slower (SmolLM2 B=48 and 64).
-  if (items > num_sms && rows >= num_sms && head_dim > 64) l.stages = 2;
+  // 5-10% slower (SmolLM2 B=48 and 64). Not for more than 8 heads per KV head: a second n-tile
+  // takes so many registers (209-243) that one block fills an SM at any stage count, and 2 stages
+  // would only halve its bytes in flight.
+  if (items > num_sms && rows >= num_sms && head_dim > 64 && num_heads <= 8 * num_kv_heads) l.stages = 2;
   return l;
 }
 
@@ -942,7 +942,7 @@ static void launch_decode(DecodeArgs a, DecodeLengths lengths, cudaStream_t stre
   int device = 0, sms = 0;
   KVINFER_CUDA_CHECK(cudaGetDevice(&device));
   KVINFER_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const DecodeLaunch l = decode_launch(a.batch, a.num_kv_heads, D, sms, a.plan, lengths);
+  const DecodeLaunch l = decode_launch(a.batch, a.num_heads, a.num_kv_heads, D, sms, a.plan, lengths);
   a.row_pieces = l.row_pieces;
   a.piece_chunks = l.piece_chunks;
   if (a.group > 8) launch_stages<D, true>(a, l.stages, sms, stream);

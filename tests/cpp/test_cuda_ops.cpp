@@ -364,7 +364,7 @@ TEST(CudaOps, DecodeLaunchRule) {
   // Host code: runs without a GPU. With the lengths unknown, always the persistent grid.
   const int sms = 132;
   auto launch = [&](int batch, int kv, int d, int max_keys, int64_t total) {
-    return cuda::decode_launch(batch, kv, d, sms, {}, {max_keys, total});
+    return cuda::decode_launch(batch, 4 * kv, kv, d, sms, {}, {max_keys, total});  // GQA 4
   };
   auto pieces = [&](int batch, int kv, int d, int max_keys) {  // (pieces per row, chunks per piece)
     const auto l = launch(batch, kv, d, max_keys, int64_t(batch) * max_keys);
@@ -409,6 +409,7 @@ TEST(CudaOps, DecodeLaunchRule) {
   EXPECT_EQ(stages(64, 3, 64, 2048), 3);
   EXPECT_EQ(stages(8, 8, 128, 8192), 3);          // pieces
   EXPECT_EQ(stages(64, 8, 128, 0), 3);            // lengths unknown
+  EXPECT_EQ(cuda::decode_launch(80, 32, 2, 128, sms, {}, {1024, 80 * 1024}).stages, 3);  // GQA 16: one block per SM
 }
 
 int sm_count() {
@@ -457,7 +458,7 @@ TEST(CudaOps, DecodeRowPiecesGiveTheSameBits) {
   SKIP_WITHOUT_CUDA();
   // Told the lengths, the launch is one block per row or per piece of a row (asserted first), whole
   // rows with a 2-stage pipeline; untold, the persistent grid with 3. Every output bit must agree.
-  const int sms = sm_count(), kv = DecodeBatch::kKv, d = DecodeBatch::kD;
+  const int sms = sm_count(), heads = DecodeBatch::kHeads, kv = DecodeBatch::kKv, d = DecodeBatch::kD;
   auto check = [&](int batch, int lo, int hi, bool whole_rows) {
     SCOPED_TRACE("batch " + std::to_string(batch) + " lengths " + std::to_string(lo) + ".." + std::to_string(hi));
     std::vector<int32_t> slots(batch), pos(batch);
@@ -467,14 +468,14 @@ TEST(CudaOps, DecodeRowPiecesGiveTheSameBits) {
       lengths.max_keys = std::max(lengths.max_keys, pos[b] + 1);
       lengths.total_keys += pos[b] + 1;
     }
-    const auto l = cuda::decode_launch(batch, kv, d, sms, {}, lengths);
+    const auto l = cuda::decode_launch(batch, heads, kv, d, sms, {}, lengths);
     if (whole_rows) {
       ASSERT_EQ(l.row_pieces, 1);
       ASSERT_EQ(l.stages, 2);  // against the persistent grid's 3
     } else {
       ASSERT_GT(l.row_pieces, 1);
     }
-    ASSERT_EQ(cuda::decode_launch(batch, kv, d, sms, {}, {}).row_pieces, 0);
+    ASSERT_EQ(cuda::decode_launch(batch, heads, kv, d, sms, {}, {}).row_pieces, 0);
     DecodeBatch db(slots, pos, hi, 23);
     const auto persistent = db.run(0, batch), pieces = db.run(0, batch, lengths);
     ASSERT_EQ(pieces.size(), persistent.size());
@@ -482,7 +483,7 @@ TEST(CudaOps, DecodeRowPiecesGiveTheSameBits) {
     // A hint of two thirds of the lengths: the pieces are cut for shorter rows, and the last piece
     // of each row must take the chunks past them.
     const cuda::DecodeLengths short_hint{lengths.max_keys * 2 / 3, lengths.total_keys * 2 / 3};
-    ASSERT_GT(cuda::decode_launch(batch, kv, d, sms, {}, short_hint).row_pieces, 0);
+    ASSERT_GT(cuda::decode_launch(batch, heads, kv, d, sms, {}, short_hint).row_pieces, 0);
     EXPECT_TRUE(test::rows_equal(db.run(0, batch, short_hint), persistent));
   };
   check(sms / kv + 5, 700, 1024, true);
@@ -512,7 +513,8 @@ TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
   // Told its length, the lone sequence runs the deep pipeline (4 KV heads x 4 chunks, fewer than
   // the SMs).
   const cuda::DecodeLengths told{777, 777};
-  ASSERT_EQ(cuda::decode_launch(1, DecodeBatch::kKv, DecodeBatch::kD, sm_count(), {}, told).stages, 4);
+  ASSERT_EQ(cuda::decode_launch(1, DecodeBatch::kHeads, DecodeBatch::kKv, DecodeBatch::kD, sm_count(), {}, told).stages,
+            4);
   EXPECT_TRUE(test::rows_equal(seq_at(at, 1, told), alone));
 }
 
