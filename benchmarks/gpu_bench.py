@@ -239,7 +239,7 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=["decode", "prefill", "e2e"])
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--compiled", action="store_true", help="also HF with torch.compile (slow to warm up)")
-    ap.add_argument("--sweep-splits", nargs="*", metavar="MIN_CHUNK,MAX_SPLITS[,GROWTH_KEYS]",
+    ap.add_argument("--sweep-splits", nargs="*", metavar="MIN_CHUNK,MAX_SPLITS[,GROWTH_KEYS[,MIN_SPLITS]]",
                     help="decode: also time these chunkings (default: a few) at every decode shape")
     ap.add_argument("--flush", choices=["read", "write"], default="read",
                     help="how the L2 is emptied before each timed call (see flush_l2)")

@@ -135,7 +135,8 @@ void Engine::forward_cuda(const int32_t* tokens, int T, const int32_t* seq_slots
     if (decode)
       cuda::attention_decode(qkv, qkv_dim, cache_.k_layer(l), cache_.v_layer(l), layout, d_seq_slots,
                              d_pos, batch, c.num_heads, c.num_kv_heads, c.head_dim, scale,
-                             view<float>(act_.decode), attn, q_dim, st, cuda::DecodeSplits{}, lengths);
+                             view<float>(act_.decode), attn, q_dim, st, cuda::decode_splits(c.num_kv_heads),
+                             lengths);
     else
       cuda::attention_prefill(qkv, qkv_dim, cache_.k_layer(l), cache_.v_layer(l), layout, d_seq_slots,
                               d_seq_starts, d_pos, batch, max_rows, c.num_heads, c.num_kv_heads,

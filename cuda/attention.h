@@ -6,8 +6,8 @@
 // accumulate). head_dim 32, 64, 80, 96 or 128.
 //
 // attention_decode: one query row per sequence (slots of different lengths in one launch). The
-// context is split into chunks whose size depends only on the sequence's own length; a persistent
-// grid streams the chunks' K/V tiles once for all query heads of a GQA group (tensor cores, up to
+// context is split into chunks whose size depends only on the sequence's own length (and the
+// model's chunking plan); a persistent grid streams the chunks' K/V tiles once for all query heads of a GQA group (tensor cores, up to
 // 16 query heads per KV head). A sequence's chunks are always folded in chunk order, in registers
 // when one block holds them all, else by the block that completes the row, so results never depend
 // on the batch composition.
@@ -38,17 +38,25 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
 // head_dim), one call at a time.
 constexpr int kDecodeMaxSplits = 64;  // chunk slots per (sequence, query head) in the workspace
 // How a context is cut into chunks: splits = min(max_splits, ceil(n / min_chunk),
-// ceil(sqrt(n / growth_keys))), chunk = ceil(n / splits) rounded up to 64 keys. A function of n
-// alone, so never of the batch. The square root lets chunk length and count grow together (a chunk
-// is at least sqrt(growth_keys * n) keys): a row's time is its chunk's tiles plus the fold of its
-// chunk states, and every chunk state a block writes is counted and read back. The defaults were
-// chosen on an H100 (docs/benchmarks.md): 256-key chunks up to 2K keys, 16 of 512 at 8K (32 of 256
-// were 2% slower at batch 8), 32 of 1024 at 32K (64 chunks were 10% slower at batch 1).
+// max(min_splits, ceil(sqrt(n / growth_keys)))), chunk = ceil(n / splits) rounded up to 64 keys.
+// A function of n and the model alone, so never of the batch. The square root lets chunk length
+// and count grow together (a chunk is at least sqrt(growth_keys * n) keys): a row's time is its
+// chunk's tiles plus the fold of its chunk states, and every chunk state a block writes is counted
+// and read back. The defaults were chosen on an H100 (docs/benchmarks.md): 256-key chunks up to 2K
+// keys, 16 of 512 at 8K (32 of 256 were 2% slower at batch 8), 32 of 1024 at 32K (64 chunks were
+// 10% slower at batch 1).
 struct DecodeSplits {
   int min_chunk = 256;
   int max_splits = 32;   // <= kDecodeMaxSplits
   int growth_keys = 32;  // 0: no square-root bound
+  int min_splits = 0;    // <= kDecodeMaxSplits: the square-root bound is at least this
 };
+// The chunking of a model with num_kv_heads KV heads. A lone sequence has num_kv_heads chunks per
+// chunk index to spread over the SMs, and at batch 1 its time is the tiles of one chunk: with fewer
+// than 8 KV heads, chunks are 128 keys up to 2K keys and there are at least 16 up to 8K (SmolLM2, 3
+// KV heads, B=1 ctx=2K: 9.5 against 10.2 us; its B=64 pays 5%, docs/benchmarks.md); from 8 on,
+// the defaults (where 128-key chunks cost batch 64 at 1K more than they gain at batch 1).
+DecodeSplits decode_splits(int num_kv_heads);
 // What the caller knows of the batch's lengths (keys per sequence, n = position + 1): the longest
 // and the sum, 0 when unknown. It picks the launch shape only, never the results: any hint, even a
 // wrong one, gives the same bits (a wrong one may be slower).
@@ -61,9 +69,9 @@ struct DecodeLengths {
 // one block per piece of a row (a run of its chunks; a whole row when there are more rows than
 // SMs) in a grid the hardware schedules: an SM that streams faster takes more blocks, where fixed
 // shares leave it idle at the end, and a row is cut in as few places as the SMs allow
-// (docs/benchmarks.md). The copy pipeline is deeper with no more chunks than SMs (each block has an
-// SM to itself) and shallower with a row per SM (the DRAM is the limit). None of this changes a
-// result bit.
+// (docs/benchmarks.md). With no more chunks than SMs, a block per chunk (each block has an SM to
+// itself) and a deeper copy pipeline; a shallower one with a row per SM (the DRAM is the limit).
+// None of this changes a result bit.
 constexpr int kRowBlocksMaxKeys = 4096;  // longer rows are whole-row blocks only at head_dim > 64
 constexpr int kRowPiecesMinRows = 16;
 struct DecodeLaunch {

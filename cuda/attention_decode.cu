@@ -3,16 +3,17 @@
 // out[b, h] = softmax(q[b, h] . K[slot_b, g(h), :n_b]^T * scale) V[slot_b, g(h), :n_b], n_b = position + 1.
 //
 // Work items: (sequence b, KV head g, chunk s). Chunking (DecodeSplits): splits = min(max_splits,
-// ceil(n / min_chunk), ceil(sqrt(n / growth_keys))), chunk = ceil(n / splits) rounded up to 64;
-// both depend only on n. A chunk's state (m, l, o) is computed the same way whichever block takes
+// ceil(n / min_chunk), max(min_splits, ceil(sqrt(n / growth_keys)))), chunk = ceil(n / splits)
+// rounded up to 64; both depend only on n and the plan (one per model). A chunk's state (m, l, o) is computed the same way whichever block takes
 // it, and a row's output is always the fold of its chunk states in chunk order, so a sequence's
 // result is the same in any batch.
 //
 // The grid is as many blocks as fit on the device at once; block i takes the i-th contiguous share
 // of the item list (ordered b, g, s) and streams 64-key K/V tiles of its items through a 3-stage (4
 // when no block has more than one item, 2 when there is a row per SM) cp.async pipeline that runs
-// across item boundaries. (Where the caller's lengths hint shows enough rows, block i takes a piece
-// of a row instead: the same code, the same bits.) A block that holds chunk 0 of a row folds the
+// across item boundaries. (Where the caller's lengths hint shows enough rows, or no more chunks
+// than SMs, block i takes a piece of a row instead, down to a single chunk: the same code, the
+// same bits.) A block that holds chunk 0 of a row folds the
 // row's chunks in registers and writes the output itself, so at large batch almost nothing but the
 // output leaves the kernel. Rows shared between blocks go through chunk slots in the workspace:
 // each block adds the number of chunks it finished to the row's counter, and the block that
@@ -188,7 +189,8 @@ __host__ __device__ inline void split_plan(int n, DecodeSplits plan, int& splits
       const unsigned t = r + bit;
       r = t * t * g < un ? t : r;
     }
-    sp = r + 1 < sp ? r + 1 : sp;
+    const unsigned bound = r + 1 > static_cast<unsigned>(plan.min_splits) ? r + 1 : plan.min_splits;
+    sp = bound < sp ? bound : sp;
   }
   const unsigned tiles = (un + 63) / 64;      // chunk = ceil(n / sp) rounded up to 64 keys
   const unsigned ct = (tiles + sp - 1) / sp;  // = ceil(ceil(n / 64) / sp) tiles
@@ -900,6 +902,11 @@ static void launch_stages(const DecodeArgs& a, int stages, int sms, cudaStream_t
   else launch_shape<D, kTall, 3>(a, sms, stream);
 }
 
+DecodeSplits decode_splits(int num_kv_heads) {
+  if (num_kv_heads >= 8) return DecodeSplits{};
+  return DecodeSplits{128, 32, 32, 16};
+}
+
 DecodeLaunch decode_launch(int batch, int num_heads, int num_kv_heads, int head_dim, int num_sms,
                            DecodeSplits splits, DecodeLengths lengths) {
   DecodeLaunch l;
@@ -911,7 +918,12 @@ DecodeLaunch decode_launch(int batch, int num_heads, int num_kv_heads, int head_
   // Rows of similar length (the mean at least half the longest): a piece's size is set by the
   // longest row, and one long row among short ones would be streamed by few blocks.
   const bool similar = 2 * lengths.total_keys >= static_cast<int64_t>(batch) * lengths.max_keys;
-  if (items <= num_sms) {  // every block holds at most one chunk and has an SM to itself
+  if (items <= num_sms) {
+    // a block per chunk, each on an SM of its own, with its whole chunk in flight at once. The
+    // persistent grid gives the same blocks the same single chunks, but first scans the batch
+    // for them: 0.3-0.7 us more at B=1 (docs/benchmarks.md).
+    l.row_pieces = max_splits;
+    l.piece_chunks = 1;
     l.stages = 4;
   } else if (similar && rows >= num_sms &&
              (lengths.max_keys <= kRowBlocksMaxKeys || (head_dim > 64 && 5 * rows >= 6 * num_sms))) {
@@ -957,10 +969,12 @@ void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                       cudaStream_t stream, DecodeSplits plan, DecodeLengths lengths) {
   if (batch == 0) return;
   KVINFER_CHECK_ARG(plan.min_chunk >= 64 && plan.max_splits >= 1 && plan.max_splits <= kDecodeMaxSplits &&
-                        plan.growth_keys >= 0 && plan.growth_keys <= (1 << 20),
+                        plan.growth_keys >= 0 && plan.growth_keys <= (1 << 20) && plan.min_splits >= 0 &&
+                        plan.min_splits <= kDecodeMaxSplits,
                     "attention_decode: min_chunk=", plan.min_chunk, " max_splits=", plan.max_splits,
-                    " growth_keys=", plan.growth_keys,
-                    " (need min_chunk >= 64, 1 <= max_splits <= ", kDecodeMaxSplits, ", 0 <= growth_keys <= 2^20)");
+                    " growth_keys=", plan.growth_keys, " min_splits=", plan.min_splits,
+                    " (need min_chunk >= 64, 1 <= max_splits <= ", kDecodeMaxSplits,
+                    ", 0 <= growth_keys <= 2^20, 0 <= min_splits <= ", kDecodeMaxSplits, ")");
   KVINFER_CHECK_ARG(lengths.max_keys >= 0 && lengths.total_keys >= 0, "attention_decode: max_keys=",
                     lengths.max_keys, " total_keys=", lengths.total_keys, " (lengths hint: >= 0, 0 when unknown)");
   KVINFER_CHECK_ARG(num_kv_heads > 0 && num_heads % num_kv_heads == 0, "num_heads=", num_heads,

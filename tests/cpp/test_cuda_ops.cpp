@@ -250,8 +250,9 @@ void run_attention(const AttnCase& c, bool decode) {
     // Zeroed once; every call leaves its counters at zero again, so the second call must give the
     // bits of the first. The output is poisoned (NaN) in between: a row the second call failed to
     // finish cannot pass on the first call's values. The second call is told the lengths, which
-    // picks one block per row where there are many short rows, or a deeper copy pipeline where there
-    // are no more chunks than SMs: the same bits again.
+    // picks one block per row where there are many short rows, or a block per chunk with a deeper
+    // copy pipeline where there are no more chunks than SMs: the same bits again. Chunked as the
+    // engine chunks the model (fewer than 8 KV heads: shorter chunks).
     const std::vector<float> zeros(cuda::decode_workspace_bytes(batch, c.heads, c.d) / 4);
     Guarded<float> part(zeros.size(), &zeros);
     cuda::DecodeLengths lengths;
@@ -264,7 +265,7 @@ void run_attention(const AttnCase& c, bool decode) {
       if (call == 1) ASSERT_EQ(cudaMemset(d_out.get(), 0xFF, ref.size() * sizeof(half_t)), cudaSuccess);
       cuda::attention_decode(d_q.get(), q_stride, d_k.get(), d_v.get(), layout, d_slots.get(), d_pos.get(),
                              batch, c.heads, c.kv_heads, c.d, scale, part.get(), d_out.get(), c.heads * c.d,
-                             nullptr, {}, call == 1 ? lengths : cuda::DecodeLengths{});
+                             nullptr, cuda::decode_splits(c.kv_heads), call == 1 ? lengths : cuda::DecodeLengths{});
       sync();
       if (call == 0) first = d_out.read();
     }
@@ -410,6 +411,38 @@ TEST(CudaOps, DecodeLaunchRule) {
   EXPECT_EQ(stages(8, 8, 128, 8192), 3);          // pieces
   EXPECT_EQ(stages(64, 8, 128, 0), 3);            // lengths unknown
   EXPECT_EQ(cuda::decode_launch(80, 32, 2, 128, sms, {}, {1024, 80 * 1024}).stages, 3);  // GQA 16: one block per SM
+  // no more chunks than SMs: a block per chunk
+  EXPECT_EQ(pieces(1, 8, 128, 1024), P(4, 1));
+  EXPECT_EQ(pieces(1, 8, 128, 8192), P(16, 1));
+  EXPECT_EQ(pieces(4, 8, 128, 1024), P(4, 1));       // 128 chunks
+  EXPECT_EQ(pieces(1, 8, 128, 200), P(1, 1));        // one chunk per row
+}
+
+TEST(CudaOps, DecodeSplitsOfAModel) {
+  // Host code. The chunk count shows in the launch: a whole-row block holds all of its row's chunks,
+  // a block per chunk where there are no more chunks than SMs.
+  const int sms = 132;
+  using P = std::pair<int, int>;
+  auto pieces = [&](int batch, int heads, int kv, int d, int max_keys) {
+    const auto l = cuda::decode_launch(batch, heads, kv, d, sms, cuda::decode_splits(kv),
+                                       {max_keys, int64_t(batch) * max_keys});
+    return P(l.row_pieces, l.piece_chunks);
+  };
+  // 8 KV heads and more: the defaults
+  const cuda::DecodeSplits def{}, eight = cuda::decode_splits(8), many = cuda::decode_splits(32);
+  for (const auto& p : {eight, many})
+    EXPECT_TRUE(p.min_chunk == def.min_chunk && p.max_splits == def.max_splits &&
+                p.growth_keys == def.growth_keys && p.min_splits == def.min_splits);
+  EXPECT_EQ(pieces(64, 32, 8, 128, 1024), P(1, 4));   // 4 chunks of 256
+  EXPECT_EQ(pieces(64, 32, 8, 64, 2048), P(1, 8));    // 8 of 256
+  // fewer: 128-key chunks up to 2K keys, at least 16 up to 8K, then the square root
+  EXPECT_EQ(pieces(64, 9, 3, 64, 512), P(1, 4));      // 4 of 128
+  EXPECT_EQ(pieces(64, 9, 3, 64, 2048), P(1, 16));    // 16 of 128
+  EXPECT_EQ(pieces(64, 9, 3, 64, 4096), P(1, 16));    // 16 of 256 (the defaults: 11 of 384)
+  EXPECT_EQ(pieces(1, 9, 3, 64, 8192), P(16, 1));     // 16 of 512, as the defaults
+  EXPECT_EQ(pieces(1, 9, 3, 64, 32768), P(32, 1));    // 32 of 1024, as the defaults
+  EXPECT_EQ(pieces(64, 12, 2, 128, 1000), P(1, 8));   // 7 of 128 and one of 104
+  EXPECT_EQ(pieces(1, 4, 1, 64, 100), P(1, 1));       // one chunk
 }
 
 int sm_count() {
@@ -510,12 +543,22 @@ TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
   const auto alone = seq_at(at, 1);
   EXPECT_TRUE(test::rows_equal(seq_at(at - 2, 5), alone));
   EXPECT_TRUE(test::rows_equal(seq_at(0, big), alone));
-  // Told its length, the lone sequence runs the deep pipeline (4 KV heads x 4 chunks, fewer than
-  // the SMs).
-  const cuda::DecodeLengths told{777, 777};
-  ASSERT_EQ(cuda::decode_launch(1, DecodeBatch::kHeads, DecodeBatch::kKv, DecodeBatch::kD, sm_count(), {}, told).stages,
-            4);
+  // Told its length, the lone sequence (4 KV heads x 4 chunks, fewer than the SMs) runs a block per
+  // chunk with the deep pipeline. Told a shorter length (3 chunks), the row's last block takes 2
+  // chunks; told a longer one (8 chunks), half of the row's blocks have none.
+  auto launch = [&](cuda::DecodeLengths hint) {
+    return cuda::decode_launch(1, DecodeBatch::kHeads, DecodeBatch::kKv, DecodeBatch::kD, sm_count(), {}, hint);
+  };
+  const cuda::DecodeLengths told{777, 777}, short_hint{600, 600}, long_hint{2000, 2000};
+  ASSERT_EQ(launch(told).stages, 4);
+  ASSERT_EQ(launch(told).row_pieces, 4);
+  ASSERT_EQ(launch(told).piece_chunks, 1);
+  ASSERT_EQ(launch(short_hint).row_pieces, 3);
+  ASSERT_EQ(launch(long_hint).row_pieces, 8);
   EXPECT_TRUE(test::rows_equal(seq_at(at, 1, told), alone));
+  EXPECT_TRUE(test::rows_equal(seq_at(at, 1, short_hint), alone));
+  EXPECT_TRUE(test::rows_equal(seq_at(at, 1, long_hint), alone));
+  EXPECT_TRUE(test::rows_equal(seq_at(at - 2, 5, {1024, 5 * 1024}), alone));  // 5 x 4 x 4 blocks
 }
 
 TEST(CudaOps, SamplingMatchesCpu) {
