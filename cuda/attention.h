@@ -7,10 +7,10 @@
 //
 // attention_decode: one query row per sequence (slots of different lengths in one launch). The
 // context is split into chunks whose size depends only on the sequence's own length (and the
-// model's chunking plan); a persistent grid streams the chunks' K/V tiles once for all query heads of a GQA group (tensor cores, up to
-// 16 query heads per KV head). A sequence's chunks are always folded in chunk order, in registers
-// when one block holds them all, else by the block that completes the row, so results never depend
-// on the batch composition.
+// model's chunking plan); a persistent grid streams the chunks' K/V tiles once for all query heads
+// of a GQA group (tensor cores, up to 16 query heads per KV head). A sequence's chunks are always
+// folded in chunk order, in registers when one block holds them all, else by the block that
+// completes the row, so results never depend on the batch composition.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -51,11 +51,11 @@ struct DecodeSplits {
   int growth_keys = 32;  // 0: no square-root bound
   int min_splits = 0;    // <= kDecodeMaxSplits: the square-root bound is at least this
 };
-// The chunking of a model with num_kv_heads KV heads. A lone sequence has num_kv_heads chunks per
-// chunk index to spread over the SMs, and at batch 1 its time is the tiles of one chunk: with fewer
-// than 8 KV heads, chunks are 128 keys up to 2K keys and there are at least 16 up to 8K (SmolLM2, 3
-// KV heads, B=1 ctx=2K: 9.5 against 10.2 us; its B=64 pays 5%, docs/benchmarks.md); from 8 on,
-// the defaults (where 128-key chunks cost batch 64 at 1K more than they gain at batch 1).
+// The chunking of a model with num_kv_heads KV heads. A lone sequence is num_kv_heads rows of
+// chunks spread over the SMs, and at batch 1 its time is that of one chunk's tiles. With fewer
+// than 8 KV heads, chunks are 128 keys up to 2K keys and at least 16 up to 8K (SmolLM2, 3 KV heads,
+// B=1 ctx=2K: 9.5 us against 10.2 with the defaults; its B=64 pays 5%, docs/benchmarks.md); from 8
+// on, the defaults (there, shorter chunks cost batch 64 at 1K more than they gain at batch 1).
 DecodeSplits decode_splits(int num_kv_heads);
 // What the caller knows of the batch's lengths (keys per sequence, n = position + 1): the longest
 // and the sum, 0 when unknown. It picks the launch shape only, never the results: any hint, even a

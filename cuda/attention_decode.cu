@@ -4,20 +4,20 @@
 //
 // Work items: (sequence b, KV head g, chunk s). Chunking (DecodeSplits): splits = min(max_splits,
 // ceil(n / min_chunk), max(min_splits, ceil(sqrt(n / growth_keys)))), chunk = ceil(n / splits)
-// rounded up to 64; both depend only on n and the plan (one per model). A chunk's state (m, l, o) is computed the same way whichever block takes
-// it, and a row's output is always the fold of its chunk states in chunk order, so a sequence's
-// result is the same in any batch.
+// rounded up to 64; both depend only on n and the plan (one per model). A chunk's state (m, l, o)
+// is computed the same way whichever block takes it, and a row's output is always the fold of its
+// chunk states in chunk order, so a sequence's result is the same in any batch.
 //
 // The grid is as many blocks as fit on the device at once; block i takes the i-th contiguous share
 // of the item list (ordered b, g, s) and streams 64-key K/V tiles of its items through a 3-stage (4
 // when no block has more than one item, 2 when there is a row per SM) cp.async pipeline that runs
 // across item boundaries. (Where the caller's lengths hint shows enough rows, or no more chunks
 // than SMs, block i takes a piece of a row instead, down to a single chunk: the same code, the
-// same bits.) A block that holds chunk 0 of a row folds the
-// row's chunks in registers and writes the output itself, so at large batch almost nothing but the
-// output leaves the kernel. Rows shared between blocks go through chunk slots in the workspace:
-// each block adds the number of chunks it finished to the row's counter, and the block that
-// completes the count folds the row with the same instructions (one kernel, no second launch).
+// same bits.) A block that holds chunk 0 of a row folds the row's chunks in registers and writes
+// the output itself, so at large batch almost nothing but the output leaves the kernel. Rows
+// shared between blocks go through chunk slots in the workspace: each block adds the number of
+// chunks it finished to the row's counter, and the block that completes the count folds the row
+// with the same instructions (one kernel, no second launch).
 //
 // Per tile, warp w takes keys 16 w .. 16 w + 15: S^T = K Q^T with mma.sync m16n8k16 (rows: the
 // warp's 16 keys, columns: the KV head's query heads, 8 per n-tile: a GQA group of up to 8 is one
