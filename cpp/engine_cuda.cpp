@@ -119,6 +119,7 @@ void Engine::forward_cuda(const int32_t* tokens, int T, const int32_t* seq_slots
 
   const KVLayout layout = cache_.layout();
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  const cuda::DecodeSplits splits = cuda::decode_splits(c.num_kv_heads);  // the model's chunking
   const bool decode = T == batch;  // one new token per sequence
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& w = layers_[l];
@@ -135,8 +136,7 @@ void Engine::forward_cuda(const int32_t* tokens, int T, const int32_t* seq_slots
     if (decode)
       cuda::attention_decode(qkv, qkv_dim, cache_.k_layer(l), cache_.v_layer(l), layout, d_seq_slots,
                              d_pos, batch, c.num_heads, c.num_kv_heads, c.head_dim, scale,
-                             view<float>(act_.decode), attn, q_dim, st, cuda::decode_splits(c.num_kv_heads),
-                             lengths);
+                             view<float>(act_.decode), attn, q_dim, st, splits, lengths);
     else
       cuda::attention_prefill(qkv, qkv_dim, cache_.k_layer(l), cache_.v_layer(l), layout, d_seq_slots,
                               d_seq_starts, d_pos, batch, max_rows, c.num_heads, c.num_kv_heads,

@@ -441,7 +441,7 @@ TEST(CudaOps, DecodeSplitsOfAModel) {
   EXPECT_EQ(pieces(64, 9, 3, 64, 4096), P(1, 16));    // 16 of 256 (the defaults: 11 of 384)
   EXPECT_EQ(pieces(1, 9, 3, 64, 8192), P(16, 1));     // 16 of 512, as the defaults
   EXPECT_EQ(pieces(1, 9, 3, 64, 32768), P(32, 1));    // 32 of 1024, as the defaults
-  EXPECT_EQ(pieces(64, 12, 2, 128, 1000), P(1, 8));   // 7 of 128 and one of 104
+  EXPECT_EQ(pieces(66, 12, 2, 128, 1000), P(1, 8));   // 132 rows: 7 of 128 and one of 104
   EXPECT_EQ(pieces(1, 4, 1, 64, 100), P(1, 1));       // one chunk
 }
 
