@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import kvinfer
-from kvinfer import _core
+from kvinfer import _bench_ops  # built with KVINFER_BENCH_OPS=ON (benchmarks/gpu_env.sh)
 
 LINES: list[str] = []
 
@@ -77,12 +77,12 @@ def bench_decode(B: int, hq: int, hkv: int, D: int, ctx: int, splits: tuple[int,
     scale = D ** -0.5
     slots = torch.arange(B, device="cuda", dtype=torch.int32)
     positions = torch.full((B,), ctx - 1, device="cuda", dtype=torch.int32)
-    partial = torch.zeros(_core.ops.decode_workspace_bytes(B, hq, D) // 4, device="cuda", dtype=torch.float32)
+    partial = torch.zeros(_bench_ops.decode_workspace_bytes(B, hq, D) // 4, device="cuda", dtype=torch.float32)
     out = torch.empty(B, hq * D, device="cuda", dtype=torch.float16)
     stream = torch.cuda.current_stream().cuda_stream
 
     def ours():
-        _core.ops.attention_decode(q.data_ptr(), hq * D, k.data_ptr(), v.data_ptr(), hkv * ctx * D, ctx * D, D,
+        _bench_ops.attention_decode(q.data_ptr(), hq * D, k.data_ptr(), v.data_ptr(), hkv * ctx * D, ctx * D, D,
                                    slots.data_ptr(), positions.data_ptr(), B, hq, hkv, D, scale,
                                    partial.data_ptr(), out.data_ptr(), hq * D, stream, *(splits or ()),
                                    max_keys=ctx if LENGTHS_HINT[0] else 0, total_keys=B * ctx)
@@ -113,7 +113,7 @@ def bench_prefill(S: int, D: int, hq: int = 32, hkv: int = 8) -> None:
     qt = q.permute(1, 0, 2).unsqueeze(0)  # [1, Hq, S, D] view
 
     def ours():
-        _core.ops.attention_prefill(q.data_ptr(), hq * D, k.data_ptr(), v.data_ptr(), hkv * S * D, S * D, D,
+        _bench_ops.attention_prefill(q.data_ptr(), hq * D, k.data_ptr(), v.data_ptr(), hkv * S * D, S * D, D,
                                     zero.data_ptr(), starts.data_ptr(), positions.data_ptr(), 1, S, hq, hkv, D,
                                     scale, out.data_ptr(), hq * D, stream)
 

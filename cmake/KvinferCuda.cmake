@@ -1,5 +1,5 @@
 # Decides KVINFER_WITH_CUDA and finds what the CUDA backend needs: nvcc, the toolkit (runtime),
-# and the cuBLAS headers. cuBLAS itself is loaded at run time (cpp/cublas_loader.cpp), so only its
+# and the cuBLAS headers. cuBLAS itself is loaded at run time (cpp/core/cublas_loader.cpp), so only its
 # headers are needed here; they come from KVINFER_CUBLAS_INCLUDE_DIR (environment), the CUDA
 # toolkit, or the pip package nvidia-cublas of the Python that runs the build.
 set(KVINFER_WITH_CUDA OFF)

@@ -3,7 +3,8 @@ allocated, computed with the engine's own size functions (weight layout, KVCache
 activation layout, cuBLAS workspace). The engine's tracker report after loading equals the plan.
 
 On CUDA the driver also needs memory for the context itself (kernels, cuBLAS, the driver's own
-heaps). That part is not allocated by kvinfer and is given as a stated estimate."""
+heaps) and for the captured decode graphs. Those parts are not allocated by kvinfer and are given
+as stated estimates (the graphs' measured bytes are in LLM.graphs after loading)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from kvinfer.config import architecture_of, attention_window, model_config, read
 from kvinfer.model_zoo import builtin_config
 
 CUDA_CONTEXT_ESTIMATE = 600 << 20  # CUDA context + cuBLAS module load on an H100 (measured ~0.5 GiB)
+CUDA_GRAPHS_ESTIMATE = 64 << 20    # the decode graphs of every batch size (see docs/memory.md)
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -63,16 +65,16 @@ class MemoryPlan:
     device: str
     context: int
     batch: int
-    step_tokens: int  # requested prefill chunk; the engine uses max(step_tokens, batch)
+    max_step_tokens: int  # tokens of one step (the prefill chunk): the request, raised to the batch
     dtype: str
     kv_dtype: str
     parameters: int
     weights_bytes: int
     kv_cache_bytes: int
-    kv_lengths_bytes: int
     activations_bytes: int
     workspace_bytes: int
     cuda_context_bytes: int  # stated estimate, not allocated by kvinfer
+    cuda_graphs_bytes: int   # stated estimate, not allocated by kvinfer
     kv_bytes_per_token: int
     kv_formula: str
     gpu_memory: int | None = None
@@ -86,7 +88,6 @@ class MemoryPlan:
         out = {"weights": self.weights_bytes, "kv_cache": self.kv_cache_bytes,
                "activations": self.activations_bytes}
         if self.device == "cuda":
-            out["kv_lengths"] = self.kv_lengths_bytes
             out["workspace"] = self.workspace_bytes
         return out
 
@@ -95,8 +96,13 @@ class MemoryPlan:
         return sum(self.by_purpose().values())
 
     @property
+    def unallocated_bytes(self) -> int:
+        """What the driver takes beside kvinfer's allocations (stated estimates)."""
+        return self.cuda_context_bytes + self.cuda_graphs_bytes
+
+    @property
     def total_bytes(self) -> int:
-        return self.allocated_bytes + self.cuda_context_bytes
+        return self.allocated_bytes + self.unallocated_bytes
 
     @property
     def fits(self) -> bool | None:
@@ -114,17 +120,16 @@ class MemoryPlan:
 
 def plan_memory(model: str, context: int | None = None, batch: int = 1, dtype: str = "fp16",
                 gpu_memory: str | int | None = None, kv_dtype: str = "fp16", device: str = "cuda",
-                step_tokens: int = 512) -> MemoryPlan:
+                max_step_tokens: int = 512) -> MemoryPlan:
     """The plan for `model` (built-in name, folder or config.json) at `context` tokens x `batch`
-    slots. `device` is "cuda" or "cpu"; `step_tokens` is the prefill chunk (the LLM's
-    max_step_tokens)."""
+    slots. `device` is "cuda" or "cpu"; `max_step_tokens` is the prefill chunk."""
     name, hf, folder = load_model_config(model)
-    return plan_for_config(name, hf, context, batch, dtype, gpu_memory, kv_dtype, device, step_tokens, folder)
+    return plan_for_config(name, hf, context, batch, dtype, gpu_memory, kv_dtype, device, max_step_tokens, folder)
 
 
 def plan_for_config(name: str, hf: dict, context: int | None, batch: int, dtype: str = "fp16",
                     gpu_memory: str | int | None = None, kv_dtype: str = "fp16", device: str = "cuda",
-                    step_tokens: int = 512, folder: str | None = None) -> MemoryPlan:
+                    max_step_tokens: int = 512, folder: str | None = None) -> MemoryPlan:
     arch = architecture_of(hf)
     c = model_config(hf)
     for label, value in (("dtype", dtype), ("kv_dtype", kv_dtype)):
@@ -139,7 +144,9 @@ def plan_for_config(name: str, hf: dict, context: int | None, batch: int, dtype:
     if int(batch) < 1:
         raise ValueError(f"batch={batch} must be >= 1")
     batch = int(batch)
-    steps = max(int(step_tokens), batch)
+    if int(max_step_tokens) < 1:
+        raise ValueError(f"max_step_tokens={max_step_tokens} must be >= 1")
+    steps = max(int(max_step_tokens), batch)
     elem = DTYPE_BYTES[dtype]
     weights = sum((elem * _numel(shape) + 255) // 256 * 256 for _, shape, _ in c.weight_specs())
     kv_elem = DTYPE_BYTES[kv_dtype]
@@ -147,12 +154,13 @@ def plan_for_config(name: str, hf: dict, context: int | None, batch: int, dtype:
     kv = kv * kv_elem // 2
     per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * kv_elem
     return MemoryPlan(
-        model=name, architecture=arch, device=kind, context=context, batch=batch, step_tokens=int(step_tokens),
+        model=name, architecture=arch, device=kind, context=context, batch=batch, max_step_tokens=steps,
         dtype=dtype, kv_dtype=kv_dtype, parameters=c.parameter_count(), weights_bytes=weights,
-        kv_cache_bytes=kv, kv_lengths_bytes=4 * batch if kind == "cuda" else 0,
+        kv_cache_bytes=kv,
         activations_bytes=_core.activation_bytes(c, batch, context, steps, kind),
         workspace_bytes=_core.gemm_workspace_bytes(kind),
         cuda_context_bytes=CUDA_CONTEXT_ESTIMATE if kind == "cuda" else 0,
+        cuda_graphs_bytes=CUDA_GRAPHS_ESTIMATE if kind == "cuda" else 0,
         kv_bytes_per_token=per_token,
         kv_formula=f"2 * {c.num_layers} layers * {c.num_kv_heads} kv_heads * {c.head_dim} head_dim * {kv_elem} B",
         gpu_memory=parse_bytes(gpu_memory) if gpu_memory is not None else None,
@@ -201,18 +209,18 @@ def _replan(plan: MemoryPlan, hf: dict, **change) -> MemoryPlan:
     args = dict(context=plan.context, batch=plan.batch)
     args.update(change)
     return plan_for_config(plan.model, hf, args["context"], args["batch"], plan.dtype, None, plan.kv_dtype,
-                           plan.device, plan.step_tokens)
+                           plan.device, plan.max_step_tokens)
 
 
 def fit_to_memory(name: str, hf: dict, memory: int, context: int | None, batch: int | None, device: str,
-                  step_tokens: int = 512, batch_cap: int = 64) -> MemoryPlan:
+                  max_step_tokens: int = 512, batch_cap: int = 64) -> MemoryPlan:
     """The plan an engine uses under `memory` bytes: the given context/batch, or, where one is
     left open, the largest that fits (batch up to `batch_cap`; context up to the default). Raises
     kvinfer.OutOfMemoryError with the numbers, before anything is allocated, when nothing fits."""
     import kvinfer
 
     def plan(ctx, b):
-        return plan_for_config(name, hf, ctx, b, "fp16", memory, "fp16", device, step_tokens)
+        return plan_for_config(name, hf, ctx, b, "fp16", memory, "fp16", device, max_step_tokens)
 
     base = plan(context, batch or 1)
     notes = []
@@ -235,6 +243,6 @@ def fit_to_memory(name: str, hf: dict, memory: int, context: int | None, batch: 
         parts = ", ".join(f"{k} {v:,} B" for k, v in base.by_purpose().items())
         raise kvinfer.OutOfMemoryError(
             f"{name} at context {base.context} x batch {base.batch} needs {base.total_bytes:,} B ({parts}, "
-            f"cuda context estimate {base.cuda_context_bytes:,} B) but max_memory is {memory:,} B")
+            f"cuda context and graphs estimate {base.unallocated_bytes:,} B) but max_memory is {memory:,} B")
     notes.append(f"planned {base.total_bytes:,} B of {memory:,} B")
     return dataclasses.replace(base, notes=notes)

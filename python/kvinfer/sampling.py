@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-
 @dataclass
 class SamplingParams:
     max_tokens: int = 256
@@ -38,7 +37,3 @@ class SamplingParams:
         check(all(isinstance(s, str) and s for s in self.stop), "stop", "a list of non-empty strings")
         check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
               "a list of token ids >= 0")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0

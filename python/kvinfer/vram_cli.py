@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="fp16", choices=sorted(planner.DTYPE_BYTES), help="weight dtype")
     p.add_argument("--kv-dtype", default="fp16", choices=sorted(planner.DTYPE_BYTES))
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    p.add_argument("--step-tokens", type=int, default=512, help="prefill chunk (tokens per forward step)")
+    p.add_argument("--max-step-tokens", type=int, default=512, help="prefill chunk (tokens per forward step)")
     p.add_argument("--gpu-memory", default=None, help="memory to fit in, e.g. 80GiB or 24GB")
     p.add_argument("--max-context", action="store_true", help="largest context for --batch within --gpu-memory")
     p.add_argument("--max-batch", action="store_true", help="largest batch for --context within --gpu-memory")
@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     name, hf, folder = planner.load_model_config(args.model)
     plan = planner.plan_for_config(name, hf, args.context, args.batch, args.dtype, args.gpu_memory,
-                                   args.kv_dtype, args.device, args.step_tokens, folder)
+                                   args.kv_dtype, args.device, args.max_step_tokens, folder)
     if (args.max_context or args.max_batch) and plan.gpu_memory is None:
         raise ValueError("--max-context / --max-batch need --gpu-memory")
     change = {}
@@ -53,10 +53,11 @@ def run(args: argparse.Namespace) -> int:
 def print_table(plan: planner.MemoryPlan) -> None:
     print(f"model {plan.model} ({plan.architecture}), {plan.parameters:,} parameters, {plan.dtype} weights, "
           f"{plan.kv_dtype} KV cache, device {plan.device}")
-    print(f"context {plan.context} tokens x batch {plan.batch} (prefill chunk {max(plan.step_tokens, plan.batch)})")
+    print(f"context {plan.context} tokens x batch {plan.batch} (prefill chunk {plan.max_step_tokens})")
     rows = list(plan.by_purpose().items())
     if plan.device == "cuda":
         rows.append(("cuda context (estimate)", plan.cuda_context_bytes))
+        rows.append(("cuda graphs (estimate)", plan.cuda_graphs_bytes))
     for purpose, n in rows:
         extra = ""
         if purpose == "kv_cache":
@@ -89,8 +90,8 @@ def plot(plan: planner.MemoryPlan, hf: dict, path: str) -> None:
     limit = min(c.max_positions, attention_window(hf) or c.max_positions)
     contexts = sorted({max(1, limit * i // 32) for i in range(1, 33)})
     plans = [planner._replan(plan, hf, context=n) for n in contexts]
-    purposes = list(plans[0].by_purpose()) + (["cuda context"] if plan.device == "cuda" else [])
-    series = [[p.by_purpose().get(k, p.cuda_context_bytes) / 2**30 for p in plans] for k in purposes]
+    purposes = list(plans[0].by_purpose()) + (["cuda context and graphs"] if plan.device == "cuda" else [])
+    series = [[p.by_purpose().get(k, p.unallocated_bytes) / 2**30 for p in plans] for k in purposes]
     fig, ax = plt.subplots(figsize=(8, 5))
     ax.stackplot(contexts, series, labels=purposes)
     if plan.gpu_memory:

@@ -6,13 +6,16 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
-#include "device_memory.h"
-#include "half.h"
+#include "core/device_memory.h"
+#include "core/half.h"
+#include "runtime/staging.h"
+#include "types/step_batch.h"
 
 namespace kvinfer::test {
 
@@ -88,5 +91,50 @@ inline testing::AssertionResult nmse_below(const std::vector<float>& got, const 
   if (nmse > limit) return testing::AssertionFailure() << "NMSE " << nmse << " > " << limit;
   return testing::AssertionSuccess() << "NMSE " << nmse;
 }
+
+// A step's fields as the ops read them, from per-sequence lists, staged the way the runner stages
+// them: `host` for the CPU ops; device() copies them up for the CUDA ops. Sequence b has
+// rows[b] new tokens after cached[b] cached ones in KV slot slots[b]; logits rows default to each
+// sequence's last token.
+struct TestStep {
+  std::vector<int32_t> tokens, query_starts, cached, slots, logit_rows;
+  std::vector<SamplingArgs> sampling;
+  std::vector<uint64_t> region;  // 8-byte aligned staging
+  StepLayout layout{};
+  StepArrays host{};
+
+  TestStep(std::vector<int32_t> tokens_, const std::vector<int>& rows, std::vector<int32_t> cached_,
+           std::vector<int32_t> slots_, std::vector<int32_t> logit_rows_ = {},
+           std::vector<SamplingArgs> sampling_ = {})
+      : tokens(std::move(tokens_)), cached(std::move(cached_)), slots(std::move(slots_)),
+        logit_rows(std::move(logit_rows_)), sampling(std::move(sampling_)) {
+    query_starts.assign(1, 0);
+    for (int n : rows) query_starts.push_back(query_starts.back() + n);
+    if (tokens.empty()) tokens.assign(query_starts.back(), 0);
+    if (logit_rows.empty())
+      for (size_t b = 0; b < rows.size(); ++b) logit_rows.push_back(query_starts[b + 1] - 1);
+    StepBatch batch;
+    batch.num_tokens = static_cast<int>(tokens.size());
+    batch.num_seqs = static_cast<int>(rows.size());
+    batch.num_logit_rows = static_cast<int>(logit_rows.size());
+    batch.tokens = tokens.data();
+    batch.query_starts = query_starts.data();
+    batch.cached_lengths = cached.data();
+    batch.kv_slots = slots.data();
+    batch.logit_rows = logit_rows.data();
+    batch.sampling = sampling.empty() ? nullptr : sampling.data();
+    region.assign(step_layout(batch.num_tokens, batch.num_seqs, batch.num_logit_rows).bytes / 8 + 1, 0);
+    layout = stage_step(batch, 0, region.data());
+    host = layout.at(region.data());
+  }
+  int num_tokens() const { return static_cast<int>(tokens.size()); }
+  // The same fields in device memory (kept in `mem`).
+  StepArrays device(std::unique_ptr<Guarded<uint8_t>>& mem) const {
+    std::vector<uint8_t> bytes(layout.bytes);
+    std::memcpy(bytes.data(), region.data(), layout.bytes);
+    mem = std::make_unique<Guarded<uint8_t>>(bytes.size(), &bytes);
+    return layout.at(mem->get());
+  }
+};
 
 }  // namespace kvinfer::test

@@ -5,21 +5,20 @@
 #include <algorithm>
 #include <numeric>
 
-#include "kv_cache.h"
-#include "ops/cpu_ops.h"
-#include "ops/kv_append.h"
-#include "ops/sampling.h"
+#include "runtime/kv_cache.h"
+#include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/sampling.h"
 #include "parity.h"
 #include "test_util.h"
 
 #if KVINFER_WITH_CUDA
 #include <cuda_runtime_api.h>
 
-#include "cublas_loader.h"
-#include "cuda/attention.h"
-#include "cuda/elementwise.h"
-#include "cuda/gemm.h"
-#include "cuda/sampling.h"
+#include "core/cublas_loader.h"
+#include "backend/cuda/attention.h"
+#include "backend/cuda/elementwise.h"
+#include "backend/cuda/gemm.h"
+#include "backend/cuda/sampling.h"
 #endif
 
 namespace kvinfer {
@@ -54,19 +53,32 @@ TEST(CudaOps, Embedding) {
         const int V = 100, ctx = 40, slots = 3;
         auto table = to_half(random_floats(size_t(V) * H, 1));
         auto pos_table = to_half(random_floats(size_t(ctx) * H, 2));
-        std::vector<int32_t> tokens(T), positions(T), token_slots(T);
-        for (int t = 0; t < T; ++t) tokens[t] = (t * 37 + 11) % V, positions[t] = (t * 7) % ctx, token_slots[t] = t % slots;
+        // one sequence per slot, its tokens after (t * 7) % 13 cached ones
+        std::vector<int32_t> tokens(T), cached(slots), slot_ids(slots);
+        std::vector<int> rows(slots, 0);
+        for (int t = 0; t < T; ++t) tokens[t] = (t * 37 + 11) % V, rows[t % slots] += 1;
+        for (int b = 0; b < slots; ++b) cached[b] = (b * 7) % 13, slot_ids[b] = slots - 1 - b;
+        std::vector<int> used;
+        std::vector<int32_t> used_cached, used_slots;
+        for (int b = 0; b < slots; ++b)
+          if (rows[b] > 0) used.push_back(rows[b]), used_cached.push_back(cached[b]), used_slots.push_back(slot_ids[b]);
+        test::TestStep step(tokens, used, used_cached, used_slots);
+        // the second token (if any) comes from the previous step's samples
+        std::vector<int32_t> sampled = {V - 1, V - 2};
+        if (T > 1) step.host.prev_sample_row[1] = 1;
         std::vector<float> ref(size_t(T) * H);
         std::vector<int32_t> ref_hist(size_t(slots) * ctx, -1);
-        cpu::embedding(tokens.data(), table.data(), learned ? pos_table.data() : nullptr, positions.data(),
-                       token_slots.data(), ref_hist.data(), ctx, ref.data(), T, H);
+        std::unique_ptr<Guarded<uint8_t>> d_step;
+        const StepArrays dev = step.device(d_step);
+        if (T > 1) step.host.tokens[1] = sampled[1];  // what the CUDA op resolves on the device
+        cpu::embedding(step.host, T, table.data(), learned ? pos_table.data() : nullptr, ref_hist.data(), ctx,
+                       ref.data(), H);
         Guarded<half_t> d_table(table.size(), &table), d_pos(pos_table.size(), &pos_table);
-        Guarded<int32_t> d_tok(T, &tokens), d_p(T, &positions), d_s(T, &token_slots);
         std::vector<int32_t> hist(size_t(slots) * ctx, -1);
-        Guarded<int32_t> d_hist(hist.size(), &hist);
+        Guarded<int32_t> d_hist(hist.size(), &hist), d_sampled(sampled.size(), &sampled);
         Guarded<float> d_out(ref.size());
-        cuda::embedding(d_tok.get(), d_table.get(), learned ? d_pos.get() : nullptr, d_p.get(), d_s.get(),
-                        d_hist.get(), ctx, d_out.get(), T, H, nullptr);
+        cuda::embedding(dev, T, d_sampled.get(), d_table.get(), learned ? d_pos.get() : nullptr, d_hist.get(), ctx,
+                        d_out.get(), H, nullptr);
         sync();
         EXPECT_TRUE(nmse_below(d_out.read(), ref, kFloatNmse));
         EXPECT_EQ(d_hist.read(), ref_hist);
@@ -128,12 +140,12 @@ TEST(CudaOps, Rope) {
     std::vector<int32_t> pos(c.T);
     for (int t = 0; t < c.T; ++t) pos[t] = (t * 613 + 5) % 4097;
     auto ref = qkv;
-    cpu::rope(ref.data(), ref.data() + c.heads * c.d, stride, pos.data(), c.T, c.heads, c.kv, c.d, inv.data(), 1.0f);
+    cpu::rope(ref.data(), ref.data() + c.heads * c.d, stride, pos.data(), c.T, c.heads, c.kv, c.d, inv.data());
     auto h = to_half(qkv);
     Guarded<half_t> d_qkv(h.size(), &h);
     Guarded<int32_t> d_pos(c.T, &pos);
     Guarded<float> d_inv(inv.size(), &inv);
-    cuda::rope(d_qkv.get(), d_qkv.get() + c.heads * c.d, stride, d_pos.get(), c.T, c.heads, c.kv, c.d, d_inv.get(), 1.0f, nullptr);
+    cuda::rope(d_qkv.get(), d_qkv.get() + c.heads * c.d, stride, d_pos.get(), c.T, c.heads, c.kv, c.d, d_inv.get(), nullptr);
     sync();
     EXPECT_TRUE(nmse_below(to_float(d_qkv.read()), ref, kHalfNmse));
     EXPECT_TRUE(d_qkv.guards_intact());
@@ -234,18 +246,16 @@ void run_attention(const AttnCase& c, bool decode) {
   auto kc = to_half(random_floats(block, 12)), vc = to_half(random_floats(block, 13));
   const int q_stride = c.heads * c.d + 8;  // padded rows: strides are honoured
   auto q = to_half(random_floats(size_t(total) * q_stride, 14, -2.0f, 2.0f));
-  std::vector<int32_t> slots(c.slots.begin(), c.slots.end()), starts(batch + 1, 0), positions(total), token_slots(total);
-  for (int b = 0; b < batch; ++b) {
-    starts[b + 1] = starts[b] + c.rows[b];
-    for (int r = 0; r < c.rows[b]; ++r) positions[starts[b] + r] = c.cached[b] + r, token_slots[starts[b] + r] = c.slots[b];
-  }
+  test::TestStep step({}, c.rows, std::vector<int32_t>(c.cached.begin(), c.cached.end()),
+                      std::vector<int32_t>(c.slots.begin(), c.slots.end()));
   const float scale = 1.0f / std::sqrt(float(c.d));
   std::vector<float> ref(size_t(total) * c.heads * c.d);
   auto qf = to_float(q);
-  cpu::attention(qf.data(), q_stride, kc.data(), vc.data(), layout, token_slots.data(), positions.data(), total,
-                 c.heads, c.kv_heads, c.d, scale, ref.data(), c.heads * c.d);
+  cpu::attention(qf.data(), q_stride, kc.data(), vc.data(), layout, step.host, total, c.heads, c.kv_heads, c.d,
+                 scale, ref.data(), c.heads * c.d);
   Guarded<half_t> d_k(kc.size(), &kc), d_v(vc.size(), &vc), d_q(q.size(), &q), d_out(ref.size());
-  Guarded<int32_t> d_slots(batch, &slots), d_starts(batch + 1, &starts), d_pos(total, &positions);
+  std::unique_ptr<Guarded<uint8_t>> d_step;
+  const StepArrays dev = step.device(d_step);
   if (decode) {
     // Zeroed once; every call leaves its counters at zero again, so the second call must give the
     // bits of the first. The output is poisoned (NaN) in between: a row the second call failed to
@@ -263,7 +273,7 @@ void run_attention(const AttnCase& c, bool decode) {
     std::vector<half_t> first;
     for (int call = 0; call < 2; ++call) {
       if (call == 1) ASSERT_EQ(cudaMemset(d_out.get(), 0xFF, ref.size() * sizeof(half_t)), cudaSuccess);
-      cuda::attention_decode(d_q.get(), q_stride, d_k.get(), d_v.get(), layout, d_slots.get(), d_pos.get(),
+      cuda::attention_decode(d_q.get(), q_stride, d_k.get(), d_v.get(), layout, dev.kv_slots, dev.positions,
                              batch, c.heads, c.kv_heads, c.d, scale, part.get(), d_out.get(), c.heads * c.d,
                              nullptr, cuda::decode_splits(c.kv_heads), call == 1 ? lengths : cuda::DecodeLengths{});
       sync();
@@ -272,8 +282,8 @@ void run_attention(const AttnCase& c, bool decode) {
     EXPECT_TRUE(test::rows_equal(first, d_out.read()));
     EXPECT_TRUE(part.guards_intact());
   } else {
-    cuda::attention_prefill(d_q.get(), q_stride, d_k.get(), d_v.get(), layout, d_slots.get(), d_starts.get(),
-                            d_pos.get(), batch, max_rows, c.heads, c.kv_heads, c.d, scale, d_out.get(),
+    cuda::attention_prefill(d_q.get(), q_stride, d_k.get(), d_v.get(), layout, dev.kv_slots, dev.query_starts,
+                            dev.positions, batch, max_rows, c.heads, c.kv_heads, c.d, scale, d_out.get(),
                             c.heads * c.d, nullptr);
     sync();
   }
@@ -568,9 +578,10 @@ TEST(CudaOps, SamplingMatchesCpu) {
   std::vector<float> logits(size_t(B) * V);
   std::mt19937 rng(30);
   for (auto& v : logits) v = std::round(std::normal_distribution<float>(0.0f, 3.0f)(rng) * 4.0f) / 4.0f;
-  std::vector<int32_t> history(size_t(B) * ctx), slots(B), lens(B);
+  // sequence b: one token at position 2 + b of slot B - 1 - b (a history of 3 + b ids)
+  std::vector<int32_t> history(size_t(B) * ctx), slots(B), cached(B);
   for (size_t i = 0; i < history.size(); ++i) history[i] = (i * 131) % V;
-  for (int b = 0; b < B; ++b) slots[b] = B - 1 - b, lens[b] = 3 + b;
+  for (int b = 0; b < B; ++b) slots[b] = B - 1 - b, cached[b] = 2 + b;
   std::vector<SamplingArgs> cases = {
       {0.0f, 0, 1.0f, 0.0f, 1.0f, 1, 0},      // greedy
       {0.0f, 0, 1.0f, 0.0f, 1.3f, 1, 0},      // greedy with repetition penalty
@@ -581,13 +592,14 @@ TEST(CudaOps, SamplingMatchesCpu) {
   for (uint64_t seed = 0; seed < 20; ++seed) {
     std::vector<SamplingArgs> args(cases);
     for (auto& a : args) a.seed += seed * 1000;
+    test::TestStep step({}, std::vector<int>(B, 1), cached, slots, {}, args);
     std::vector<float> cpu_logits(logits);
     std::vector<int32_t> want(B);
-    cpu::sample(cpu_logits.data(), B, V, args.data(), history.data(), ctx, slots.data(), lens.data(), want.data());
+    cpu::sample(cpu_logits.data(), B, V, step.host, history.data(), ctx, want.data());
     Guarded<float> d_logits(logits.size(), &logits);
-    Guarded<int32_t> d_hist(history.size(), &history), d_slots(B, &slots), d_lens(B, &lens), d_out(B);
-    Guarded<SamplingArgs> d_args(B, &args);
-    cuda::sample(d_logits.get(), B, V, d_args.get(), d_hist.get(), ctx, d_slots.get(), d_lens.get(), d_out.get(), nullptr);
+    Guarded<int32_t> d_hist(history.size(), &history), d_out(B);
+    std::unique_ptr<Guarded<uint8_t>> d_step;
+    cuda::sample(d_logits.get(), B, V, step.device(d_step), d_hist.get(), ctx, d_out.get(), nullptr);
     sync();
     EXPECT_EQ(d_out.read(), want) << "seed " << seed;
     EXPECT_TRUE(d_out.guards_intact() && d_logits.guards_intact());
@@ -606,7 +618,8 @@ TEST(Sampling, CpuSupportAndFrequencies) {
       std::vector<float> x(logits);
       int32_t tok;
       a.step = i;
-      cpu::sample(x.data(), 1, V, &a, nullptr, 0, nullptr, nullptr, &tok);
+      test::TestStep step({}, {1}, {0}, {0}, {}, {a});
+      cpu::sample(x.data(), 1, V, step.host, nullptr, 0, &tok);
       counts[tok]++;
     }
     return counts;
@@ -641,9 +654,10 @@ TEST(Sampling, CpuSupportAndFrequencies) {
 TEST(Sampling, RepetitionPenaltyOncePerId) {
   std::vector<float> x = {2.0f, -1.0f, 1.0f};
   std::vector<int32_t> history = {0, 0, 1, 0};
-  int32_t slot = 0, len = 4, tok;
+  int32_t tok;
   SamplingArgs a{0.0f, 0, 1.0f, 0.0f, 2.0f, 0, 0};
-  cpu::sample(x.data(), 1, 3, &a, history.data(), 4, &slot, &len, &tok);
+  test::TestStep step({}, {1}, {3}, {0}, {}, {a});  // position 3: a history of 4 ids
+  cpu::sample(x.data(), 1, 3, step.host, history.data(), 4, &tok);
   EXPECT_FLOAT_EQ(x[0], 1.0f);   // 2 / 2, once despite three occurrences
   EXPECT_FLOAT_EQ(x[1], -2.0f);  // -1 * 2
   EXPECT_FLOAT_EQ(x[2], 1.0f);   // untouched

@@ -4,8 +4,8 @@
 #include <thread>
 #include <vector>
 
-#include "device_memory.h"
-#include "errors.h"
+#include "core/device_memory.h"
+#include "core/errors.h"
 #include "test_util.h"
 
 namespace kvinfer {

@@ -3,7 +3,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "half.h"
+#include "core/half.h"
 
 namespace kvinfer {
 namespace {

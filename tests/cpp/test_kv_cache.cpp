@@ -4,9 +4,9 @@
 #include <map>
 #include <vector>
 
-#include "device_memory.h"
-#include "errors.h"
-#include "kv_cache.h"
+#include "core/device_memory.h"
+#include "core/errors.h"
+#include "runtime/kv_cache.h"
 #include "test_util.h"
 
 namespace kvinfer {
@@ -78,7 +78,7 @@ TEST_P(KVCacheTest, OneAllocationTrackedAsKvCache) {
     auto r = tracker->report();
     EXPECT_EQ(r["kv_cache"].bytes, KVCache::size_bytes(cfg));
     EXPECT_EQ(r["kv_cache"].allocations, 1u);
-    if (device().is_cuda()) EXPECT_EQ(r["kv_lengths"].bytes, 3 * sizeof(int32_t));
+    EXPECT_EQ(r.size(), 1u);  // nothing else: lengths stay on the host
   }
   EXPECT_EQ(tracker->total_bytes(), 0u);
 }

@@ -4,8 +4,8 @@
 
 #include <vector>
 
-#include "model_config.h"
-#include "ops/cpu_ops.h"
+#include "model/model_config.h"
+#include "backend/cpu/cpu_ops.h"
 #include "test_util.h"
 
 namespace kvinfer {

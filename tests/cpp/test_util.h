@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "device.h"
-#include "half.h"
+#include "core/device.h"
+#include "core/half.h"
 
 namespace kvinfer::test {
 

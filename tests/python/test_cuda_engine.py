@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.cuda,
 
 from kvinfer.llm import LLM  # noqa: E402
 from kvinfer.sampling import SamplingParams  # noqa: E402
+from step_helpers import decode_rows  # noqa: E402
 from tiny_models import ARCHS, VOCAB, make_model  # noqa: E402
 
 GREEDY = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
@@ -89,14 +90,7 @@ def test_logits_and_decode_steps_match_cpu(model_dirs):
     rel = np.abs(g - c).max() / np.abs(c).max()
     assert rel < 2e-2, rel  # fp16 activations on the GPU vs fp32 on the CPU
     # decode step by step on the GPU against the GPU's own prefill rows
-    e = gpu.engine
-    e.cache.clear(1)
-    e.forward(np.asarray(ids[:50], np.int32), np.array([1], np.int32), np.array([0, 50], np.int32))
-    rows = [e.logits[0].copy()]
-    for t in range(50, 150):
-        e.forward(np.array([ids[t]], np.int32), np.array([1], np.int32), np.array([0, 1], np.int32))
-        rows.append(e.logits[0].copy())
-    steps = np.stack(rows)
+    steps = decode_rows(gpu, ids, 50)
     err = np.abs(steps - g[49:]).max() / np.abs(g[49:]).max()
     assert err < 1e-2, err
     assert (steps.argmax(-1) == g[49:].argmax(-1)).mean() > 0.95
@@ -117,7 +111,7 @@ def test_memory_is_tracked_and_released(model_dirs):
     llm = LLM(model_dirs["llama_gqa3"], device="cuda:0", max_context=128, max_batch=2, tracker=tracker)
     report = tracker.report()["purposes"]
     assert {k: v["bytes"] for k, v in report.items()} == llm.plan.by_purpose()  # plan == allocation
-    assert set(report) == {"weights", "kv_cache", "kv_lengths", "activations", "workspace"}
+    assert set(report) == {"weights", "kv_cache", "activations", "workspace"}
     assert report["kv_cache"]["bytes"] == kvinfer.KVCache.size_bytes(
         kvinfer.KVCacheConfig(llm.config.num_layers, 128, llm.config.num_kv_heads, llm.config.head_dim, 2))
     llm.close()

@@ -129,10 +129,9 @@ def llm(good):
 
 
 def test_prompt_longer_than_context(llm):
-    before = llm.engine.cache.lengths
     with pytest.raises(ValueError, match=r"prompt \(70 tokens\) \+ max_tokens \(1\) = 71 exceeds max_context=64"):
         llm.generate([5] * 70, SamplingParams(max_tokens=1))
-    assert llm.engine.cache.lengths == before
+    assert llm.engine.free_slots() == 2 and llm.runner.steps_in_flight == 0
 
 
 def test_max_tokens_beyond_context(llm):
@@ -164,16 +163,30 @@ def test_bad_token_ids_and_empty_prompt(llm):
         llm.generate("")
 
 
-def test_engine_rejects_bad_steps_without_side_effects(llm):
-    e = llm.engine
+def test_runner_rejects_bad_steps_without_side_effects(llm):
+    r = llm.runner
     i32 = lambda *v: np.array(v, np.int32)  # noqa: E731
-    with pytest.raises(ValueError, match="slot 0 appears twice"):
-        e.forward(i32(1, 2), i32(0, 0), i32(0, 1, 2))
-    with pytest.raises(ValueError, match=r"slot=5 is out of range"):
-        e.forward(i32(1), i32(5), i32(0, 1))
+    greedy = np.array([(0.0, 0, 1.0, 0.0, 1.0, 0, 0)], kvinfer.engine.SAMPLING_DTYPE)
+    with pytest.raises(ValueError, match="kv slot 0 appears twice"):
+        r.step(i32(1, 2), i32(0, 1, 2), i32(0, 0), i32(0, 0), i32(1))
+    with pytest.raises(ValueError, match=r"kv slot=5 is out of range"):
+        r.step(i32(1), i32(0, 1), i32(0), i32(5), i32(0))
     with pytest.raises(kvinfer.ContextOverflowError, match="65 more exceed max_context=64"):
-        e.forward(np.ones(65, np.int32), i32(0), i32(0, 65))
-    assert e.cache.lengths == [0, 0]
+        r.step(np.ones(65, np.int32), i32(0, 65), i32(0), i32(0), i32(64))
+    with pytest.raises(kvinfer.ContextOverflowError, match="holds 60 tokens; 5 more exceed max_context=64"):
+        r.step(np.ones(5, np.int32), i32(0, 5), i32(60), i32(0), i32(4))
+    r.step(i32(1), i32(0, 1), i32(0), i32(0), i32())  # a step that samples nothing
+    with pytest.raises(ValueError, match="takes row 0 of the previous step's samples, which had 0 rows"):
+        r.step(i32(1), i32(0, 1), i32(0), i32(0), i32(0), greedy, prev_sample_row=i32(0))
+    with pytest.raises(ValueError, match="sampling arguments of row 0 are out of range"):
+        r.step(i32(1), i32(0, 1), i32(0), i32(0), i32(0), np.zeros(1, kvinfer.engine.SAMPLING_DTYPE))
+    with pytest.raises(ValueError, match="logit_rows must be ascending"):
+        r.step(i32(1, 2), i32(0, 2), i32(0), i32(0), i32(1, 0))
+    with pytest.raises(ValueError, match="collect\\(\\): no step is in flight"):
+        r.collect()
+    with pytest.raises(TypeError):
+        r.step(np.array([1.5]), i32(0, 1), i32(0), i32(0), i32(0))  # float token ids are not truncated
+    assert r.steps_in_flight == 0
     out = llm.generate([3, 4, 5], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
     assert len(out[0].token_ids) == 4  # still usable
 

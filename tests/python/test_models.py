@@ -12,6 +12,7 @@ pytest.importorskip("transformers")
 import kvinfer  # noqa: E402
 from kvinfer.llm import LLM  # noqa: E402
 from kvinfer.sampling import SamplingParams  # noqa: E402
+from step_helpers import decode_rows  # noqa: E402
 from tiny_models import ARCHS, VOCAB, hf_model, make_model  # noqa: E402
 
 # Tolerances, relative to the largest reference magnitude. Our K/V cache is fp16 (HF keeps fp32),
@@ -87,15 +88,9 @@ def test_decode_steps_equal_prefill_rows_bit_for_bit(model_dirs):
     llm = load(model_dirs["llama_gqa3"])
     ids = prompt(60, 4)
     full = llm.logits(ids)
-    engine, cache = llm.engine, llm.engine.cache
-    cache.clear(1)
-    engine.forward(np.asarray(ids[:23], np.int32), np.array([1], np.int32), np.array([0, 23], np.int32))
-    rows = [engine.logits[0].copy()]
-    for t in range(23, 60):
-        engine.forward(np.array([ids[t]], np.int32), np.array([1], np.int32), np.array([0, 1], np.int32))
-        rows.append(engine.logits[0].copy())
-    assert cache.length(1) == 60
-    np.testing.assert_array_equal(np.stack(rows), full[22:])
+    steps = decode_rows(llm, ids, 23)
+    assert steps.shape == full[22:].shape
+    np.testing.assert_array_equal(steps, full[22:])
 
 
 def test_cached_generation_equals_uncached_recomputation(model_dirs):

@@ -1,0 +1,146 @@
+// The CPU backend: the layer recipe's ops on fp32 activations (weights and K/V fp16), through the
+// reference ops of cpu_ops.h. A step runs inside launch(); its fields are read where the runner
+// staged them.
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/sampling.h"
+#include "backend/cpu/simd.h"
+#include "core/device_memory.h"
+#include "runtime/backend.h"
+
+namespace kvinfer {
+
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(const BackendInit& init)
+      : c_(init.config),
+        shape_(init.shape),
+        cache_(init.cache),
+        act_(activation_layout(init.config, init.shape, DeviceKind::CPU)),
+        memory_(act_.total, Device::cpu(), "activations", init.tracker, /*zero=*/true) {
+    for (auto& out : out_) out.resize(shape_.max_batch);
+    if (c_.positions == PositionKind::Rope)
+      cpu::rope_inv_freq(view<float>(act_.inv_freq), c_.head_dim, c_.rope_theta, c_.rope_scaling);
+  }
+
+  void* staging(int) override { return view<char>(act_.step); }
+  StepArrays upload(const StepLayout& layout, int) override { return layout.at(view<char>(act_.step)); }
+  void finish(int rows, int ticket) override {
+    std::memcpy(out_[ticket].data(), view<int32_t>(act_.sampled), 4 * size_t(rows));
+  }
+  const int32_t* wait(int ticket) override { return out_[ticket].data(); }
+
+  void embed(const half_t* table, const half_t* pos_table, const StepContext& s) override {
+    const int32_t* sampled = view<int32_t>(act_.sampled);
+    for (int t = 0; t < s.num_tokens; ++t)  // tokens the previous step sampled
+      if (s.arrays.prev_sample_row[t] >= 0) s.arrays.tokens[t] = sampled[s.arrays.prev_sample_row[t]];
+    cpu::embedding(s.arrays, s.num_tokens, table, pos_table, view<int32_t>(act_.history),
+                   shape_.max_context, x(), c_.hidden_size);
+  }
+
+  void norm_linear(const Norm& norm, const Linear& w, Buffer out, const StepContext& s) override {
+    const int T = s.num_tokens;
+    norm_rows(x(), norm, h(), T);
+    cpu::matmul(h(), c_.hidden_size, w.weight, w.bias, buffer(out), stride(out), T, w.out, w.in, false);
+  }
+
+  void rope_kv_write(int layer, const StepContext& s) override {
+    const int T = s.num_tokens, q_dim = c_.q_dim(), kv_dim = c_.kv_dim(), qkv_dim = c_.qkv_dim();
+    float* qkv = buffer(Buffer::qkv);
+    if (c_.positions == PositionKind::Rope)
+      cpu::rope(qkv, qkv + q_dim, qkv_dim, s.arrays.positions, T, c_.num_heads, c_.num_kv_heads,
+                c_.head_dim, view<float>(act_.inv_freq));
+    half_t* kv16 = view<half_t>(act_.kv16);  // [T][k | v][kv_dim]
+    for (int t = 0; t < T; ++t) {
+      simd::f32_to_f16(qkv + int64_t(t) * qkv_dim + q_dim, kv16 + int64_t(t) * 2 * kv_dim, kv_dim);
+      simd::f32_to_f16(qkv + int64_t(t) * qkv_dim + q_dim + kv_dim, kv16 + int64_t(t) * 2 * kv_dim + kv_dim, kv_dim);
+    }
+    cpu::kv_write(cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(), c_.num_kv_heads,
+                  c_.head_dim, kv16, kv16 + kv_dim, 2 * kv_dim, s.arrays, T);
+  }
+
+  void attention(int layer, const StepContext& s) override {
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c_.head_dim));
+    cpu::attention(buffer(Buffer::qkv), c_.qkv_dim(), cache_.k_layer(layer), cache_.v_layer(layer),
+                   cache_.layout(), s.arrays, s.num_tokens, c_.num_heads, c_.num_kv_heads, c_.head_dim,
+                   scale, buffer(Buffer::attn), c_.q_dim());
+  }
+
+  void linear_residual(Buffer in, Activation act, const Linear& w, const StepContext& s) override {
+    const int T = s.num_tokens;
+    float* src = buffer(in);
+    const int64_t ld = stride(in);
+    if (act == Activation::silu_mul) cpu::silu_mul(src, ld, src, ld, T, w.in);  // in place: row t's first half
+    if (act == Activation::gelu_new) cpu::gelu_new(src, int64_t(T) * ld);
+    cpu::matmul(src, ld, w.weight, w.bias, x(), c_.hidden_size, T, w.out, w.in, /*accumulate=*/true);
+  }
+
+  void logits(const Norm& norm, const Linear& w, const StepContext& s) override {
+    const int R = s.num_logit_rows, H = c_.hidden_size, V = c_.vocab_size;
+    for (int r = 0; r < R; ++r)
+      norm_rows(x() + int64_t(s.arrays.logit_rows[r]) * H, norm, h() + int64_t(r) * H, 1);
+    // straight into the caller's rows when it asked for them (there may be more than max_batch)
+    float* out = s.logits_out && !s.sample ? s.logits_out : view<float>(act_.logits);
+    cpu::matmul(h(), H, w.weight, w.bias, out, V, R, V, H, false);
+    if (s.logits_out && s.sample) std::memcpy(s.logits_out, out, sizeof(float) * size_t(R) * V);
+  }
+
+  void sample(const StepContext& s) override {
+    cpu::sample(view<float>(act_.logits), s.num_logit_rows, c_.vocab_size, s.arrays,
+                view<int32_t>(act_.history), shape_.max_context, view<int32_t>(act_.sampled));
+  }
+
+  void capture_hidden(int index, const StepContext& s) override {
+    if (!s.hidden_out) return;
+    const size_t n = size_t(s.num_tokens) * c_.hidden_size;
+    std::memcpy(s.hidden_out + index * n, x(), sizeof(float) * n);
+  }
+
+ private:
+  template <class T>
+  T* view(size_t offset) const { return reinterpret_cast<T*>(memory_.as<char>() + offset); }
+  float* x() const { return view<float>(act_.x); }
+  float* h() const { return view<float>(act_.h); }
+  float* buffer(Buffer b) const {
+    switch (b) {
+      case Buffer::qkv: return view<float>(act_.qkv);
+      case Buffer::attn: return view<float>(act_.attn);
+      case Buffer::mlp: return view<float>(act_.mlp);
+    }
+    return nullptr;
+  }
+  int64_t stride(Buffer b) const {
+    switch (b) {
+      case Buffer::qkv: return c_.qkv_dim();
+      case Buffer::attn: return c_.q_dim();
+      case Buffer::mlp: return c_.mlp_in_dim();
+    }
+    return 0;
+  }
+  void norm_rows(const float* in, const Norm& n, float* out, int rows) const {
+    if (c_.norm == NormKind::RMSNorm) cpu::rms_norm(in, n.weight, out, rows, c_.hidden_size, c_.norm_eps);
+    else cpu::layer_norm(in, n.weight, n.bias, out, rows, c_.hidden_size, c_.norm_eps);
+  }
+
+  const ModelConfig& c_;
+  RunnerShape shape_;
+  const KVCache& cache_;
+  ActivationLayout act_;
+  DeviceMemory memory_;
+  std::array<std::vector<int32_t>, kTickets> out_;  // sampled ids per ticket
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(const BackendInit& init) {
+  return std::make_unique<CpuBackend>(init);
+}
+
+}  // namespace kvinfer

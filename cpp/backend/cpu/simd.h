@@ -1,0 +1,22 @@
+// Vector kernels for the CPU ops: fp16 weights/cache against fp32 activations, fp32 accumulation.
+// AVX2+FMA+F16C when the CPU has them (checked once at run time), plain loops otherwise; both
+// give the same results up to fp32 summation order.
+#pragma once
+
+#include <cstdint>
+
+#include "core/half.h"
+
+namespace kvinfer::simd {
+
+bool has_avx2();  // AVX2, FMA and F16C are all present
+
+// sum_i a[i] * b[i]
+float dot_f16_f32(const half_t* a, const float* b, int64_t n);
+float dot_f32(const float* a, const float* b, int64_t n);
+// y[i] = y[i] * scale + p * v[i]
+void scale_axpy_f16(float scale, float p, const half_t* v, float* y, int64_t n);
+void f16_to_f32(const half_t* src, float* dst, int64_t n);
+void f32_to_f16(const float* src, half_t* dst, int64_t n);
+
+}  // namespace kvinfer::simd

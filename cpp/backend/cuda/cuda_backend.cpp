@@ -1,0 +1,330 @@
+// The CUDA backend: the layer recipe's ops on one stream with nothing allocated per step. fp16
+// feeds every GEMM (fp32 accumulation); the residual stream stays fp32 and the output and down
+// projections accumulate into it. A step's fields go up in one asynchronous copy from pinned
+// staging, its sampled ids come down into pinned memory, and an event per ticket says when they
+// are there. Decode steps replay CUDA graphs captured for a ladder of batch sizes.
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "backend/cuda/attention.h"
+#include "backend/cuda/elementwise.h"
+#include "backend/cuda/gemm.h"
+#include "backend/cuda/kv_write.h"
+#include "backend/cuda/sampling.h"
+#include "backend/cpu/cpu_ops.h"
+#include "core/cublas_loader.h"
+#include "core/cuda_check.h"
+#include "core/device_memory.h"
+#include "core/errors.h"
+#include "runtime/backend.h"
+
+namespace kvinfer {
+
+namespace {
+
+// Batch sizes that get a decode graph: every size up to max_batch runs in the smallest that holds it.
+std::vector<int> graph_ladder(int max_batch) {
+  std::vector<int> out;
+  for (int b : {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256})
+    if (b < max_batch) out.push_back(b);
+  for (int b = 320; b < max_batch; b += 64) out.push_back(b);
+  out.push_back(max_batch);
+  return out;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const BackendInit& init)
+      : c_(init.config),
+        shape_(init.shape),
+        device_(init.device),
+        cache_(init.cache),
+        act_(activation_layout(init.config, init.shape, DeviceKind::CUDA)),
+        splits_(cuda::decode_splits(init.config.num_kv_heads)),
+        stage_bytes_(step_layout(init.shape.max_step_tokens, init.shape.max_batch, init.shape.max_step_tokens).bytes) {
+    DeviceGuard guard(device_);
+    try {
+      KVINFER_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+      const auto& blas = cublas::api();
+      CUBLAS_CHECK(blas.create(&blas_));
+      CUBLAS_CHECK(blas.set_stream(blas_, stream_));
+      workspace_ = DeviceMemory(gemm_workspace_bytes(DeviceKind::CUDA), device_, "workspace", init.tracker, false);
+      CUBLAS_CHECK(blas.set_workspace(blas_, workspace_.data(), workspace_.bytes()));
+      memory_ = DeviceMemory(act_.total, device_, "activations", init.tracker, /*zero=*/true);
+      for (int i = 0; i < kTickets; ++i) {
+        KVINFER_CUDA_CHECK(cudaHostAlloc(&staging_[i], stage_bytes_, cudaHostAllocDefault));
+        KVINFER_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&out_[i]), 4 * size_t(shape_.max_batch),
+                                         cudaHostAllocDefault));
+        KVINFER_CUDA_CHECK(cudaEventCreateWithFlags(&done_[i], cudaEventDisableTiming));
+      }
+      if (c_.positions == PositionKind::Rope) {
+        std::vector<float> inv(c_.head_dim / 2);
+        cpu::rope_inv_freq(inv.data(), c_.head_dim, c_.rope_theta, c_.rope_scaling);
+        KVINFER_CUDA_CHECK(cudaMemcpy(view<float>(act_.inv_freq), inv.data(), inv.size() * 4,
+                                      cudaMemcpyHostToDevice));
+      }
+    } catch (...) {
+      destroy();
+      throw;
+    }
+  }
+  ~CudaBackend() override { destroy(); }
+
+  void* staging(int ticket) override { return staging_[ticket]; }
+
+  StepArrays upload(const StepLayout& layout, int ticket) override {
+    DeviceGuard guard(device_);
+    KVINFER_CUDA_CHECK(cudaMemcpyAsync(view<char>(act_.step), staging_[ticket], layout.bytes,
+                                       cudaMemcpyHostToDevice, stream_));
+    return layout.at(view<char>(act_.step));
+  }
+
+  int graph_batch(int num_seqs) const override {
+    for (const Graph& g : graphs_)
+      if (g.batch >= num_seqs) return g.batch;
+    return 0;
+  }
+
+  void run(const StepContext& step, const Recipe& recipe) override {
+    DeviceGuard guard(device_);
+    if (step.replay)
+      for (const Graph& g : graphs_)
+        if (g.batch == step.num_seqs) {
+          KVINFER_CUDA_CHECK(cudaGraphLaunch(g.exec, stream_));
+          return;
+        }
+    recipe(step);
+  }
+
+  GraphStats capture_graphs(const Recipe& recipe) override {
+    DeviceGuard guard(device_);
+    GraphStats stats;
+    destroy_graphs();
+    KVINFER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    size_t free0 = 0, free1 = 0, total = 0;
+    KVINFER_CUDA_CHECK(cudaMemGetInfo(&free0, &total));
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int b : graph_ladder(shape_.max_batch)) {
+      const StepContext step = dummy_decode(b);
+      recipe(step);  // once eagerly: every kernel's one-time set-up happens outside the capture
+      KVINFER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      cudaGraph_t graph = nullptr;
+      KVINFER_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      try {
+        recipe(step);
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        throw;
+      }
+      KVINFER_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      KVINFER_CUDA_CHECK(err);
+      graphs_.push_back({b, exec});
+      KVINFER_CUDA_CHECK(cudaGraphUpload(exec, stream_));
+      stats.batch_sizes.push_back(b);
+    }
+    KVINFER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    stats.capture_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    KVINFER_CUDA_CHECK(cudaMemGetInfo(&free1, &total));
+    stats.device_bytes = free0 > free1 ? free0 - free1 : 0;
+    return stats;
+  }
+
+  void finish(int rows, int ticket) override {
+    DeviceGuard guard(device_);
+    if (rows > 0)
+      KVINFER_CUDA_CHECK(cudaMemcpyAsync(out_[ticket], view<int32_t>(act_.sampled), 4 * size_t(rows),
+                                         cudaMemcpyDeviceToHost, stream_));
+    KVINFER_CUDA_CHECK(cudaEventRecord(done_[ticket], stream_));
+  }
+
+  const int32_t* wait(int ticket) override {
+    DeviceGuard guard(device_);
+    KVINFER_CUDA_CHECK(cudaEventSynchronize(done_[ticket]));  // a kernel's failure surfaces here
+    return out_[ticket];
+  }
+
+  void drain() noexcept override {
+    if (!stream_) return;
+    DeviceGuard guard(device_);
+    cudaStreamSynchronize(stream_);
+  }
+
+  // ---- the recipe's ops ----------------------------------------------------------------------
+  void embed(const half_t* table, const half_t* pos_table, const StepContext& s) override {
+    cuda::embedding(s.arrays, s.num_tokens, view<int32_t>(act_.sampled), table, pos_table,
+                    view<int32_t>(act_.history), shape_.max_context, x(), c_.hidden_size, stream_);
+  }
+
+  void norm_linear(const Norm& norm, const Linear& w, Buffer out, const StepContext& s) override {
+    const int T = s.num_tokens;
+    norm_rows(nullptr, norm, T);
+    cuda::gemm(blas_, h(), c_.hidden_size, w.weight, buffer(out), false, stride(out), T, w.out, w.in, 0.0f);
+    if (w.bias) cuda::bias_add(buffer(out), stride(out), w.bias, T, w.out, stream_);
+  }
+
+  void rope_kv_write(int layer, const StepContext& s) override {
+    const int T = s.num_tokens, q_dim = c_.q_dim(), kv_dim = c_.kv_dim(), qkv_dim = c_.qkv_dim();
+    half_t* qkv = buffer(Buffer::qkv);
+    if (c_.positions == PositionKind::Rope)
+      cuda::rope(qkv, qkv + q_dim, qkv_dim, s.arrays.positions, T, c_.num_heads, c_.num_kv_heads,
+                 c_.head_dim, view<float>(act_.inv_freq), stream_);
+    cuda::kv_write(cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(), c_.num_kv_heads,
+                   c_.head_dim, qkv + q_dim, qkv + q_dim + kv_dim, qkv_dim, s.arrays, T, stream_);
+  }
+
+  void attention(int layer, const StepContext& s) override {
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c_.head_dim));
+    const half_t* qkv = buffer(Buffer::qkv);
+    if (s.decode())
+      cuda::attention_decode(qkv, c_.qkv_dim(), cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(),
+                             s.arrays.kv_slots, s.arrays.positions, s.num_seqs, c_.num_heads, c_.num_kv_heads,
+                             c_.head_dim, scale, view<float>(act_.decode), buffer(Buffer::attn), c_.q_dim(),
+                             stream_, splits_, cuda::DecodeLengths{s.max_keys, s.total_keys});
+    else
+      cuda::attention_prefill(qkv, c_.qkv_dim(), cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(),
+                              s.arrays.kv_slots, s.arrays.query_starts, s.arrays.positions, s.num_seqs,
+                              s.max_query_len, c_.num_heads, c_.num_kv_heads, c_.head_dim, scale,
+                              buffer(Buffer::attn), c_.q_dim(), stream_);
+  }
+
+  void linear_residual(Buffer in, Activation act, const Linear& w, const StepContext& s) override {
+    const int T = s.num_tokens;
+    half_t* src = buffer(in);
+    const int64_t ld = stride(in);
+    if (act == Activation::silu_mul) cuda::silu_mul(src, ld, src, ld, T, w.in, stream_);
+    if (act == Activation::gelu_new) cuda::gelu_new(src, int64_t(T) * ld, stream_);
+    cuda::gemm(blas_, src, ld, w.weight, x(), true, c_.hidden_size, T, w.out, w.in, 1.0f);
+    if (w.bias) cuda::bias_add(x(), c_.hidden_size, w.bias, T, w.out, stream_);
+  }
+
+  void logits(const Norm& norm, const Linear& w, const StepContext& s) override {
+    const int R = s.num_logit_rows, H = c_.hidden_size, V = c_.vocab_size;
+    norm_rows(s.arrays.logit_rows, norm, R);
+    float* logits = view<float>(act_.logits);
+    for (int r0 = 0; r0 < R; r0 += shape_.max_batch) {  // more rows than max_batch: logits only, in groups
+      const int rows = std::min(shape_.max_batch, R - r0);
+      cuda::gemm(blas_, h() + int64_t(r0) * H, H, w.weight, logits, true, V, rows, V, H, 0.0f);
+      if (s.logits_out)
+        KVINFER_CUDA_CHECK(cudaMemcpyAsync(s.logits_out + int64_t(r0) * V, logits, sizeof(float) * rows * V,
+                                           cudaMemcpyDeviceToHost, stream_));
+    }
+  }
+
+  void sample(const StepContext& s) override {
+    cuda::sample(view<float>(act_.logits), s.num_logit_rows, c_.vocab_size, s.arrays, view<int32_t>(act_.history),
+                 shape_.max_context, view<int32_t>(act_.sampled), stream_);
+  }
+
+  void capture_hidden(int index, const StepContext& s) override {
+    if (!s.hidden_out) return;
+    const size_t n = size_t(s.num_tokens) * c_.hidden_size;
+    KVINFER_CUDA_CHECK(cudaMemcpyAsync(s.hidden_out + index * n, x(), sizeof(float) * n,
+                                       cudaMemcpyDeviceToHost, stream_));
+  }
+
+ private:
+  struct Graph {
+    int batch;
+    cudaGraphExec_t exec;
+  };
+
+  template <class T>
+  T* view(size_t offset) const { return reinterpret_cast<T*>(memory_.as<char>() + offset); }
+  float* x() const { return view<float>(act_.x); }
+  half_t* h() const { return view<half_t>(act_.h); }
+  half_t* buffer(Buffer b) const {
+    switch (b) {
+      case Buffer::qkv: return view<half_t>(act_.qkv);
+      case Buffer::attn: return view<half_t>(act_.attn);
+      case Buffer::mlp: return view<half_t>(act_.mlp);
+    }
+    return nullptr;
+  }
+  int64_t stride(Buffer b) const {
+    switch (b) {
+      case Buffer::qkv: return c_.qkv_dim();
+      case Buffer::attn: return c_.q_dim();
+      case Buffer::mlp: return c_.mlp_in_dim();
+    }
+    return 0;
+  }
+  // h[i] = norm(x[rows ? rows[i] : i]) for n rows
+  void norm_rows(const int32_t* rows, const Norm& n, int count) {
+    if (c_.norm == NormKind::RMSNorm)
+      cuda::rms_norm(x(), rows, n.weight, h(), count, c_.hidden_size, c_.norm_eps, stream_);
+    else
+      cuda::layer_norm(x(), rows, n.weight, n.bias, h(), count, c_.hidden_size, c_.norm_eps, stream_);
+  }
+
+  // A valid decode step of b sequences, uploaded: token 0 at position 0 of slots 0..b-1, greedy.
+  // (It writes position 0 of those slots, which any sequence writes before it reads.)
+  StepContext dummy_decode(int b) {
+    const StepLayout layout = step_layout(b, b, b);
+    StepArrays host = layout.at(staging_[0]);
+    for (int i = 0; i < b; ++i) {
+      host.tokens[i] = 0, host.prev_sample_row[i] = -1, host.positions[i] = 0, host.token_seq[i] = i;
+      host.query_starts[i] = i, host.cached_lengths[i] = 0, host.kv_slots[i] = i, host.logit_rows[i] = i;
+      host.sampling[i] = SamplingArgs{};
+    }
+    host.query_starts[b] = b;
+    StepContext step;
+    step.arrays = upload(layout, 0);
+    step.num_tokens = step.num_seqs = step.num_logit_rows = b;
+    step.max_query_len = 1;
+    step.sample = true;
+    return step;
+  }
+
+  void destroy_graphs() noexcept {
+    for (const Graph& g : graphs_) cudaGraphExecDestroy(g.exec);
+    graphs_.clear();
+  }
+
+  void destroy() noexcept {
+    DeviceGuard guard(device_);
+    if (stream_) cudaStreamSynchronize(stream_);
+    destroy_graphs();
+    for (int i = 0; i < kTickets; ++i) {
+      if (staging_[i]) cudaFreeHost(staging_[i]);
+      if (out_[i]) cudaFreeHost(out_[i]);
+      if (done_[i]) cudaEventDestroy(done_[i]);
+      staging_[i] = nullptr, out_[i] = nullptr, done_[i] = nullptr;
+    }
+    if (blas_ && cublas::available()) cublas::api().destroy(blas_);
+    blas_ = nullptr;
+    if (stream_) cudaStreamDestroy(stream_);
+    stream_ = nullptr;
+  }
+
+  const ModelConfig& c_;
+  RunnerShape shape_;
+  Device device_;
+  const KVCache& cache_;
+  ActivationLayout act_;
+  cuda::DecodeSplits splits_;  // the model's decode chunking
+  size_t stage_bytes_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  DeviceMemory workspace_;
+  DeviceMemory memory_;
+  std::array<void*, kTickets> staging_{};
+  std::array<int32_t*, kTickets> out_{};
+  std::array<cudaEvent_t, kTickets> done_{};
+  std::vector<Graph> graphs_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(const BackendInit& init) {
+  return std::make_unique<CudaBackend>(init);
+}
+
+}  // namespace kvinfer

@@ -1,0 +1,41 @@
+// Small CUDA ops of the forward pass; each mirrors a CPU reference in cpp/ops/cpu_ops.h with
+// device pointers, fp16 activations where the CPU uses fp32 (the residual stream stays fp32), and
+// a stream. Element strides as in the CPU ops.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "core/half.h"
+#include "model/model_config.h"
+#include "types/step_batch.h"
+
+namespace kvinfer::cuda {
+
+// cpu::embedding on the GPU. First the step's tokens are resolved: where prev_sample_row[t] >= 0,
+// tokens[t] = sampled[prev_sample_row[t]] (the previous step's ids, still on the device).
+void embedding(const StepArrays& step, int T, const int32_t* sampled, const half_t* table,
+               const half_t* pos_table, int32_t* history, int64_t history_stride, float* out, int H,
+               cudaStream_t stream);
+
+// y[i] = norm(x[rows ? rows[i] : i]) as fp16; RMSNorm when bias is unused (layer_norm=false).
+void rms_norm(const float* x, const int32_t* rows, const half_t* weight, half_t* y, int n_rows,
+              int H, float eps, cudaStream_t stream);
+void layer_norm(const float* x, const int32_t* rows, const half_t* weight, const half_t* bias,
+                half_t* y, int n_rows, int H, float eps, cudaStream_t stream);
+
+// Rotary embedding in place on fp16 q/k rows (same contract as cpu::rope).
+void rope(half_t* q, half_t* k, int64_t stride, const int32_t* positions, int T, int num_heads,
+          int num_kv_heads, int head_dim, const float* inv_freq, cudaStream_t stream);
+
+// out[t][i] = silu(gate_up[t][i]) * gate_up[t][I + i]
+void silu_mul(const half_t* gate_up, int64_t stride, half_t* out, int64_t out_stride, int T, int I,
+              cudaStream_t stream);
+// x = gelu_new(x), in place, n elements
+void gelu_new(half_t* x, int64_t n, cudaStream_t stream);
+// y[t][n] += bias[n]
+void bias_add(half_t* y, int64_t stride, const half_t* bias, int T, int N, cudaStream_t stream);
+void bias_add(float* y, int64_t stride, const half_t* bias, int T, int N, cudaStream_t stream);
+
+}  // namespace kvinfer::cuda

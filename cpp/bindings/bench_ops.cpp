@@ -1,0 +1,54 @@
+// kvinfer._bench_ops: raw CUDA ops on device pointers, for benchmarks that compare them with other
+// libraries' kernels on the same tensors (benchmarks/gpu_bench.py). Not part of the product:
+// built only with KVINFER_BENCH_OPS=ON and never imported by `import kvinfer`.
+//
+// Pointers are integers; layout strides in elements; stream 0 = legacy default.
+// attention_decode's `partial` is its workspace: decode_workspace_bytes(batch, heads, head_dim)
+// bytes, zeroed once before the first call (every call leaves its counters at zero); max_keys and
+// total_keys are the lengths hint (launch shape only; 0 = unknown); min_chunk 0 chunks as the
+// engine does for a model with kv_heads KV heads (cuda::decode_splits), else the plan given.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+
+#include "backend/cuda/attention.h"
+
+namespace py = pybind11;
+using namespace kvinfer;
+
+PYBIND11_MODULE(_bench_ops, ops) {
+  ops.doc() = "raw CUDA ops on device pointers (benchmarks only)";
+
+  ops.def("attention_decode", [](uintptr_t q, int64_t q_stride, uintptr_t k, uintptr_t v, int64_t slot_stride,
+                                 int64_t head_stride, int64_t pos_stride, uintptr_t slots, uintptr_t positions,
+                                 int batch, int heads, int kv_heads, int head_dim, float scale, uintptr_t partial,
+                                 uintptr_t out, int64_t out_stride, uintptr_t stream, int min_chunk, int max_splits,
+                                 int growth_keys, int min_splits, int max_keys, int64_t total_keys) {
+    cuda::attention_decode(reinterpret_cast<const half_t*>(q), q_stride, reinterpret_cast<const half_t*>(k),
+                           reinterpret_cast<const half_t*>(v), KVLayout{slot_stride, head_stride, pos_stride},
+                           reinterpret_cast<const int32_t*>(slots), reinterpret_cast<const int32_t*>(positions),
+                           batch, heads, kv_heads, head_dim, scale, reinterpret_cast<float*>(partial),
+                           reinterpret_cast<half_t*>(out), out_stride, reinterpret_cast<cudaStream_t>(stream),
+                           min_chunk == 0 ? cuda::decode_splits(kv_heads)
+                                          : cuda::DecodeSplits{min_chunk, max_splits, growth_keys, min_splits},
+                           cuda::DecodeLengths{max_keys, total_keys});
+  }, py::arg("q"), py::arg("q_stride"), py::arg("k"), py::arg("v"), py::arg("slot_stride"), py::arg("head_stride"),
+     py::arg("pos_stride"), py::arg("slots"), py::arg("positions"), py::arg("batch"), py::arg("heads"),
+     py::arg("kv_heads"), py::arg("head_dim"), py::arg("scale"), py::arg("partial"), py::arg("out"),
+     py::arg("out_stride"), py::arg("stream"), py::arg("min_chunk") = 0,
+     py::arg("max_splits") = cuda::DecodeSplits{}.max_splits,
+     py::arg("growth_keys") = cuda::DecodeSplits{}.growth_keys,
+     py::arg("min_splits") = cuda::DecodeSplits{}.min_splits, py::arg("max_keys") = 0,
+     py::arg("total_keys") = 0);
+  ops.def("attention_prefill", [](uintptr_t q, int64_t q_stride, uintptr_t k, uintptr_t v, int64_t slot_stride,
+                                  int64_t head_stride, int64_t pos_stride, uintptr_t seq_slots, uintptr_t seq_starts,
+                                  uintptr_t positions, int batch, int max_rows, int heads, int kv_heads, int head_dim,
+                                  float scale, uintptr_t out, int64_t out_stride, uintptr_t stream) {
+    cuda::attention_prefill(reinterpret_cast<const half_t*>(q), q_stride, reinterpret_cast<const half_t*>(k),
+                            reinterpret_cast<const half_t*>(v), KVLayout{slot_stride, head_stride, pos_stride},
+                            reinterpret_cast<const int32_t*>(seq_slots), reinterpret_cast<const int32_t*>(seq_starts),
+                            reinterpret_cast<const int32_t*>(positions), batch, max_rows, heads, kv_heads, head_dim,
+                            scale, reinterpret_cast<half_t*>(out), out_stride, reinterpret_cast<cudaStream_t>(stream));
+  });
+  ops.def("decode_workspace_bytes", &cuda::decode_workspace_bytes);
+}

@@ -1,0 +1,63 @@
+#include "model/decoder.h"
+
+namespace kvinfer {
+
+ModelWeights model_weights(const ModelConfig& c, const std::vector<TensorSpec>& layout,
+                           const void* base) {
+  ModelWeights w;
+  w.layers.resize(c.num_layers);
+  for (int l = 0; l < c.num_layers; ++l) {
+    LayerWeights& lw = w.layers[l];
+    lw.qkv.out = c.qkv_dim(), lw.qkv.in = c.hidden_size;
+    lw.o.out = c.hidden_size, lw.o.in = c.q_dim();
+    lw.mlp_in.out = c.mlp_in_dim(), lw.mlp_in.in = c.hidden_size;
+    lw.down.out = c.hidden_size, lw.down.in = c.intermediate_size;
+  }
+  w.lm_head.out = c.vocab_size, w.lm_head.in = c.hidden_size;
+  for (const TensorSpec& t : layout) {
+    const half_t* p = reinterpret_cast<const half_t*>(static_cast<const char*>(base) + t.offset);
+    LayerWeights* lw = t.layer >= 0 ? &w.layers[t.layer] : nullptr;
+    switch (t.role) {
+      case WeightRole::embed: w.embed = p; break;
+      case WeightRole::pos_embed: w.pos_embed = p; break;
+      case WeightRole::final_norm: w.final_norm.weight = p; break;
+      case WeightRole::final_norm_bias: w.final_norm.bias = p; break;
+      case WeightRole::lm_head: w.lm_head.weight = p; break;
+      case WeightRole::attn_norm: lw->attn_norm.weight = p; break;
+      case WeightRole::attn_norm_bias: lw->attn_norm.bias = p; break;
+      case WeightRole::qkv: lw->qkv.weight = p; break;
+      case WeightRole::qkv_bias: lw->qkv.bias = p; break;
+      case WeightRole::o: lw->o.weight = p; break;
+      case WeightRole::o_bias: lw->o.bias = p; break;
+      case WeightRole::mlp_norm: lw->mlp_norm.weight = p; break;
+      case WeightRole::mlp_norm_bias: lw->mlp_norm.bias = p; break;
+      case WeightRole::mlp_in: lw->mlp_in.weight = p; break;
+      case WeightRole::mlp_in_bias: lw->mlp_in.bias = p; break;
+      case WeightRole::down: lw->down.weight = p; break;
+      case WeightRole::down_bias: lw->down.bias = p; break;
+    }
+  }
+  if (c.tie_word_embeddings) w.lm_head.weight = w.embed;
+  return w;
+}
+
+void run_decoder(DecoderOps& ops, const ModelConfig& c, const ModelWeights& w,
+                 const StepContext& step) {
+  const Activation act = c.mlp == MlpKind::SwiGLU ? Activation::silu_mul : Activation::gelu_new;
+  ops.embed(w.embed, w.pos_embed, step);
+  ops.capture_hidden(0, step);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& lw = w.layers[l];
+    ops.norm_linear(lw.attn_norm, lw.qkv, Buffer::qkv, step);
+    ops.rope_kv_write(l, step);
+    ops.attention(l, step);
+    ops.linear_residual(Buffer::attn, Activation::none, lw.o, step);
+    ops.norm_linear(lw.mlp_norm, lw.mlp_in, Buffer::mlp, step);
+    ops.linear_residual(Buffer::mlp, act, lw.down, step);
+    ops.capture_hidden(l + 1, step);
+  }
+  ops.logits(w.final_norm, w.lm_head, step);
+  if (step.sample) ops.sample(step);
+}
+
+}  // namespace kvinfer

@@ -1,0 +1,89 @@
+// The layer recipe of every supported model, written once against DecoderOps, the small set of
+// operations a backend (backend/cpu, backend/cuda) implements on its own buffers. What differs
+// between model families is data: the ModelConfig fields the ops read and the weights present.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/half.h"
+#include "model/model_config.h"
+#include "types/step_batch.h"
+
+namespace kvinfer {
+
+// y = x W^T (+ bias), W [out][in] fp16.
+struct Linear {
+  const half_t* weight = nullptr;
+  const half_t* bias = nullptr;  // [out] or null
+  int out = 0, in = 0;
+};
+struct Norm {
+  const half_t* weight = nullptr;
+  const half_t* bias = nullptr;  // LayerNorm only
+};
+struct LayerWeights {
+  Norm attn_norm;
+  Linear qkv;  // rows: q heads, then k heads, then v heads
+  Linear o;
+  Norm mlp_norm;
+  Linear mlp_in;  // gate rows then up rows (SwiGLU), or fc (GeluNew)
+  Linear down;
+};
+struct ModelWeights {
+  const half_t* embed = nullptr;
+  const half_t* pos_embed = nullptr;  // learned positions only
+  std::vector<LayerWeights> layers;
+  Norm final_norm;
+  Linear lm_head;  // the embedding when tied
+};
+// Views of the tensors of `layout` inside the weight allocation at `base`.
+ModelWeights model_weights(const ModelConfig& config, const std::vector<TensorSpec>& layout,
+                           const void* base);
+
+// A step as the ops see it.
+struct StepContext {
+  StepArrays arrays;  // the fields, where the ops read them (host on the CPU, device on CUDA)
+  int num_tokens = 0, num_seqs = 0, num_logit_rows = 0;
+  int max_query_len = 0;  // most new tokens of one sequence (a prefill's grid size)
+  // Keys the longest sequence attends to, and the sum over sequences: picks decode attention's
+  // launch shape, never a result. 0 when unknown (a step captured in a CUDA graph).
+  int max_keys = 0;
+  int64_t total_keys = 0;
+  bool sample = false;             // sample every logits row
+  bool replay = false;             // a decode step of exactly the size of a captured graph
+  float* logits_out = nullptr;     // host [R][vocab], or null: logits stay where they are
+  float* hidden_out = nullptr;     // host [num_layers + 1][T][hidden], or null (tests)
+  bool decode() const { return num_tokens == num_seqs; }
+};
+
+enum class Buffer { qkv, attn, mlp };
+enum class Activation { none, silu_mul, gelu_new };  // applied to a projection's input
+
+class DecoderOps {
+ public:
+  virtual ~DecoderOps() = default;
+  // x = table[token] (+ pos_table[position]); each token id is recorded in its slot's history.
+  virtual void embed(const half_t* table, const half_t* pos_table, const StepContext& step) = 0;
+  // out = norm(x) W^T + bias
+  virtual void norm_linear(const Norm& norm, const Linear& w, Buffer out, const StepContext& step) = 0;
+  // Rotates the q and k heads of qkv (RoPE models) and writes k and v into the layer's cache at
+  // each token's position.
+  virtual void rope_kv_write(int layer, const StepContext& step) = 0;
+  // attn = causal softmax(q K^T / sqrt(d)) V over each sequence's cached positions.
+  virtual void attention(int layer, const StepContext& step) = 0;
+  // x += act(in) W^T + bias
+  virtual void linear_residual(Buffer in, Activation act, const Linear& w, const StepContext& step) = 0;
+  // logits[r] = norm(x[logit_rows[r]]) W^T, copied to step.logits_out when it is given.
+  virtual void logits(const Norm& norm, const Linear& w, const StepContext& step) = 0;
+  // One token id per logits row, into the step's sampled-token buffer.
+  virtual void sample(const StepContext& step) = 0;
+  // step.hidden_out[index] = x (the residual stream after the embedding or a layer).
+  virtual void capture_hidden(int index, const StepContext& step) = 0;
+};
+
+// The forward step (and sampling) of a decoder-only transformer.
+void run_decoder(DecoderOps& ops, const ModelConfig& config, const ModelWeights& weights,
+                 const StepContext& step);
+
+}  // namespace kvinfer

@@ -1,0 +1,41 @@
+// The activation buffers of a runner, all views of one allocation (purpose "activations") made at
+// construction, so a step allocates nothing. Byte offsets, each 256-aligned. The CPU backend
+// keeps activations in fp32; the CUDA backend feeds fp16 to its GEMMs and keeps the residual in
+// fp32.
+#pragma once
+
+#include <cstddef>
+
+#include "core/device.h"
+#include "model/model_config.h"
+
+namespace kvinfer {
+
+struct RunnerShape {
+  int max_batch = 1;        // sequences of one step, and KV cache slots
+  int max_context = 0;      // tokens per slot
+  int max_step_tokens = 0;  // new tokens of one step (a prefill chunk); >= max_batch
+  void validate(const ModelConfig& config) const;
+};
+
+struct ActivationLayout {
+  size_t x;         // float [T][hidden] residual stream
+  size_t h;         // [T][hidden] normed
+  size_t qkv;       // [T][qkv_dim]
+  size_t attn;      // [T][q_dim]
+  size_t mlp;       // [T][mlp_in_dim]
+  size_t kv16;      // half [T][k | v][kv_dim] (CPU: the cache is fp16, the activations fp32)
+  size_t logits;    // float [max_batch][vocab]
+  size_t step;      // the step's fields (types/step_batch.h): the device copy (CUDA) or the staging (CPU)
+  size_t history;   // int32 [max_batch][max_context] token ids per slot (repetition penalty)
+  size_t decode;    // float split-K partials of decode attention (CUDA)
+  size_t sampled;   // int32 [max_batch] the last step's sampled ids
+  size_t inv_freq;  // float [head_dim / 2]
+  size_t total;
+};
+ActivationLayout activation_layout(const ModelConfig& config, const RunnerShape& shape, DeviceKind device);
+
+// cuBLAS workspace given to the handle (purpose "workspace"); 0 on the CPU.
+size_t gemm_workspace_bytes(DeviceKind device);
+
+}  // namespace kvinfer

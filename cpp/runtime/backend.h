@@ -1,0 +1,70 @@
+// What the runner asks of a backend beyond the layer recipe's ops: where a step's fields are read,
+// how a step runs (op by op, or a captured graph), and how its sampled token ids come back.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "core/vram_tracker.h"
+#include "model/decoder.h"
+#include "runtime/activations.h"
+#include "runtime/kv_cache.h"
+#include "types/step_batch.h"
+
+namespace kvinfer {
+
+struct RunnerOptions {
+  bool cuda_graphs = true;  // decode steps replay captured graphs (CUDA; see capture_graphs)
+};
+
+// What capturing the decode graphs did.
+struct GraphStats {
+  std::vector<int> batch_sizes;  // one graph per size
+  double capture_seconds = 0;
+  size_t device_bytes = 0;  // device memory the graphs took (cudaMemGetInfo before and after)
+};
+
+using Recipe = std::function<void(const StepContext&)>;
+
+class Backend : public DecoderOps {
+ public:
+  static constexpr int kTickets = 2;  // steps in flight at most
+
+  // Host memory where the runner stages the fields of the step with this ticket (pinned on CUDA,
+  // so that their upload is asynchronous): step_layout(max_step_tokens, max_batch,
+  // max_step_tokens).bytes each.
+  virtual void* staging(int ticket) = 0;
+  // The step's fields where the ops read them: the staging region itself (CPU) or its device copy,
+  // sent with one asynchronous copy (CUDA).
+  virtual StepArrays upload(const StepLayout& layout, int ticket) = 0;
+  // The batch size a decode step of `num_seqs` sequences runs at: the smallest captured graph
+  // that holds it (the runner pads the batch), or 0 when it runs op by op.
+  virtual int graph_batch(int num_seqs) const { return 0; }
+  // Runs the step: the graph captured for its size when graph_batch() chose one, else recipe(step).
+  virtual void run(const StepContext& step, const Recipe& recipe) { recipe(step); }
+  // Captures the decode step for a ladder of batch sizes up to max_batch (CUDA).
+  virtual GraphStats capture_graphs(const Recipe& recipe) { return {}; }
+  // After run(): the first `num_rows` sampled ids go to the host buffer of `ticket`
+  // (asynchronously on CUDA).
+  virtual void finish(int num_rows, int ticket) = 0;
+  // Waits for the step of `ticket`; its sampled ids (host).
+  virtual const int32_t* wait(int ticket) = 0;
+  // Waits for everything in flight; never throws (used before memory is freed).
+  virtual void drain() noexcept {}
+};
+
+struct BackendInit {
+  const ModelConfig& config;
+  const RunnerShape& shape;
+  const Device& device;
+  std::shared_ptr<VramTracker> tracker;
+  const KVCache& cache;
+  RunnerOptions options;
+};
+std::unique_ptr<Backend> make_cpu_backend(const BackendInit& init);
+// Throws std::invalid_argument in a build without the CUDA backend.
+std::unique_ptr<Backend> make_cuda_backend(const BackendInit& init);
+
+}  // namespace kvinfer

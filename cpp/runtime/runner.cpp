@@ -1,0 +1,225 @@
+#include "runtime/runner.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/errors.h"
+#include "runtime/staging.h"
+
+namespace kvinfer {
+
+namespace {
+
+KVCacheConfig cache_config(const ModelConfig& c, const RunnerShape& s) {
+  s.validate(c);
+  return {c.num_layers, s.max_context, c.num_kv_heads, c.head_dim, s.max_batch};
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "(";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + (s.size() == 1 ? ",)" : ")");
+}
+
+}  // namespace
+
+Runner::Runner(const ModelConfig& config, const Device& device, const RunnerShape& shape,
+               std::shared_ptr<VramTracker> tracker, RunnerOptions options)
+    : config_(config),
+      shape_(shape),
+      device_(device),
+      options_(options),
+      specs_(weight_layout(config)),
+      loaded_(specs_.size(), 0),
+      weights_(weight_bytes(config), device, "weights", tracker, /*zero=*/false),
+      cache_(cache_config(config, shape), device, weights_.tracker()),
+      views_(model_weights(config, specs_, weights_.data())),
+      slot_seen_(shape.max_batch) {
+  for (size_t i = 0; i < specs_.size(); ++i) spec_index_[specs_[i].name] = i;
+  const BackendInit init{config_, shape_, device_, weights_.tracker(), cache_, options_};
+  backend_ = device.is_cuda() ? make_cuda_backend(init) : make_cpu_backend(init);
+}
+
+Runner::~Runner() { release(); }
+
+bool Runner::released() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return weights_.empty();
+}
+
+void Runner::check_usable() const {
+  KVINFER_CHECK_ARG(!weights_.empty(), "this model was closed (its memory was released)");
+}
+
+void Runner::set_weight(const std::string& name, const half_t* data, const std::vector<int64_t>& shape) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  check_usable();
+  auto it = spec_index_.find(name);
+  KVINFER_CHECK_ARG(it != spec_index_.end(), "model ", config_.architecture, " has no weight '",
+                    name, "'");
+  const TensorSpec& spec = specs_[it->second];
+  KVINFER_CHECK_ARG(shape == spec.shape, "weight '", name, "' has shape ", shape_str(shape),
+                    ", expected ", shape_str(spec.shape));
+  copy_bytes(weights_.as<char>() + spec.offset, device_, data, Device::cpu(), spec.bytes());
+  if (!loaded_[it->second]) ++loaded_count_;
+  loaded_[it->second] = 1;
+}
+
+std::vector<std::string> Runner::missing_weights() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<std::string> out;
+  for (size_t i = 0; i < specs_.size(); ++i)
+    if (!loaded_[i]) out.push_back(specs_[i].name);
+  return out;
+}
+
+GraphStats Runner::capture_graphs() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  check_usable();
+  KVINFER_CHECK_ARG(loaded_count_ == specs_.size(), "capture_graphs: not every weight is loaded");
+  KVINFER_CHECK_ARG(in_flight_.empty(), "capture_graphs: steps are in flight");
+  if (!options_.cuda_graphs) return graph_stats_;
+  graph_stats_ = backend_->capture_graphs(
+      [this](const StepContext& step) { run_decoder(*backend_, config_, views_, step); });
+  return graph_stats_;
+}
+
+void Runner::validate(const StepBatch& b) const {
+  check_usable();
+  const int T = b.num_tokens, B = b.num_seqs, R = b.num_logit_rows;
+  KVINFER_CHECK_ARG(B >= 1 && B <= shape_.max_batch, "sequences in this step=", B,
+                    " must be in [1, max_batch=", shape_.max_batch, "]");
+  KVINFER_CHECK_ARG(T >= 1 && T <= shape_.max_step_tokens, "tokens in this step=", T,
+                    " must be in [1, max_step_tokens=", shape_.max_step_tokens, "]");
+  KVINFER_CHECK_ARG(b.tokens && b.query_starts && b.cached_lengths && b.kv_slots && (R == 0 || b.logit_rows),
+                    "a step needs tokens, query_starts, cached_lengths and kv_slots");
+  KVINFER_CHECK_ARG(b.query_starts[0] == 0 && b.query_starts[B] == T, "query_starts must run from 0 to ",
+                    T, ", got ", b.query_starts[0], " .. ", b.query_starts[B]);
+  std::vector<uint8_t>& seen = slot_seen_;  // scratch: no allocation per step
+  std::fill(seen.begin(), seen.end(), 0);
+  for (int q = 0; q < B; ++q) {
+    const int slot = b.kv_slots[q], n = b.query_starts[q + 1] - b.query_starts[q];
+    KVINFER_CHECK_ARG(slot >= 0 && slot < shape_.max_batch, "sequence ", q, ": kv slot=", slot,
+                      " is out of range [0, ", shape_.max_batch, ")");
+    KVINFER_CHECK_ARG(!seen[slot], "kv slot ", slot, " appears twice in one step");
+    seen[slot] = 1;
+    KVINFER_CHECK_ARG(n >= 1, "sequence ", q, " has ", n, " new tokens; each needs at least 1");
+    KVINFER_CHECK_ARG(b.cached_lengths[q] >= 0, "sequence ", q, ": cached length ", b.cached_lengths[q],
+                      " must be >= 0");
+    if (static_cast<int64_t>(b.cached_lengths[q]) + n > shape_.max_context)
+      throw ContextOverflowError(str("sequence ", q, " holds ", b.cached_lengths[q], " tokens; ", n,
+                                     " more exceed max_context=", shape_.max_context));
+  }
+  for (int t = 0; t < T; ++t) {
+    const int from = b.prev_sample_row ? b.prev_sample_row[t] : -1;
+    if (from >= 0) {
+      KVINFER_CHECK_ARG(from < last_sampled_rows_, "token ", t, " takes row ", from,
+                        " of the previous step's samples, which had ", last_sampled_rows_, " rows");
+      continue;
+    }
+    KVINFER_CHECK_ARG(from == -1, "prev_sample_row[", t, "]=", from, " must be -1 or a row index");
+    KVINFER_CHECK_ARG(b.tokens[t] >= 0 && b.tokens[t] < config_.vocab_size, "token id ", b.tokens[t],
+                      " at position ", t, " is out of range [0, ", config_.vocab_size, ")");
+  }
+  KVINFER_CHECK_ARG(R >= 0 && R <= T, "logit rows=", R, " must be in [0, tokens=", T, "]");
+  for (int r = 0; r < R; ++r)
+    KVINFER_CHECK_ARG(b.logit_rows[r] >= 0 && b.logit_rows[r] < T && (r == 0 || b.logit_rows[r] > b.logit_rows[r - 1]),
+                      "logit_rows must be ascending token indices in [0, ", T, "); row ", r, " is ",
+                      b.logit_rows[r]);
+  if (b.sampling) {
+    KVINFER_CHECK_ARG(R <= shape_.max_batch, "sampled rows=", R, " exceed max_batch=", shape_.max_batch);
+    for (int r = 0; r < R; ++r) {
+      const SamplingArgs& a = b.sampling[r];
+      KVINFER_CHECK_ARG(a.temperature >= 0 && a.top_k >= 0 && a.top_p > 0 && a.top_p <= 1 &&
+                            a.min_p >= 0 && a.min_p <= 1 && a.repetition_penalty > 0,
+                        "sampling arguments of row ", r, " are out of range");
+    }
+  }
+  if (loaded_count_ != specs_.size()) {
+    std::vector<std::string> missing;
+    for (size_t i = 0; i < specs_.size(); ++i)
+      if (!loaded_[i]) missing.push_back(specs_[i].name);
+    throw std::invalid_argument(str("weight '", missing.front(), "' was never loaded (", missing.size(),
+                                    " missing)"));
+  }
+}
+
+void Runner::launch_locked(const StepBatch& b, float* logits, float* hidden_states) {
+  validate(b);
+  KVINFER_CHECK_ARG(b.num_logit_rows <= shape_.max_batch || logits, "logit rows=", b.num_logit_rows,
+                    " exceed max_batch=", shape_.max_batch, "; more rows are possible only when their "
+                    "logits are copied out");
+  KVINFER_CHECK_ARG(static_cast<int>(in_flight_.size()) < Backend::kTickets, Backend::kTickets,
+                    " steps are in flight: collect() one before launching another");
+  const bool plain_decode = b.decode() && b.sampling && b.num_logit_rows == b.num_seqs && !logits &&
+                            !hidden_states;
+  const int padded = plain_decode ? backend_->graph_batch(b.num_seqs) : 0;
+  const int ticket = next_ticket_;
+  const StepLayout layout = stage_step(b, padded, backend_->staging(ticket));
+  StepContext step;
+  step.arrays = backend_->upload(layout, ticket);
+  step.num_tokens = padded > 0 ? padded : b.num_tokens;
+  step.num_seqs = padded > 0 ? padded : b.num_seqs;
+  step.num_logit_rows = padded > 0 ? padded : b.num_logit_rows;
+  step.sample = b.sampling != nullptr;
+  step.replay = padded > 0;
+  step.logits_out = logits;
+  step.hidden_out = hidden_states;
+  for (int q = 0; q < b.num_seqs; ++q) {
+    const int n = b.query_starts[q + 1] - b.query_starts[q];
+    step.max_query_len = std::max(step.max_query_len, n);
+    if (padded == 0) {  // a graph is captured without the lengths hint
+      step.max_keys = std::max(step.max_keys, b.cached_lengths[q] + n);
+      step.total_keys += b.cached_lengths[q] + n;
+    }
+  }
+  backend_->run(step, [this](const StepContext& s) { run_decoder(*backend_, config_, views_, s); });
+  const int rows = step.sample ? b.num_logit_rows : 0;
+  backend_->finish(rows, ticket);
+  in_flight_.push_back({ticket, rows});
+  next_ticket_ = (next_ticket_ + 1) % Backend::kTickets;
+  last_sampled_rows_ = rows;
+}
+
+int Runner::collect_locked(int32_t* tokens) {
+  KVINFER_CHECK_ARG(!in_flight_.empty(), "collect(): no step is in flight");
+  const InFlight f = in_flight_.front();
+  in_flight_.pop_front();
+  const int32_t* sampled = backend_->wait(f.ticket);
+  if (tokens) std::memcpy(tokens, sampled, 4 * size_t(f.rows));
+  return f.rows;
+}
+
+void Runner::launch(const StepBatch& batch) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  launch_locked(batch, nullptr, nullptr);
+}
+
+int Runner::collect(int32_t* tokens) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  check_usable();
+  return collect_locked(tokens);
+}
+
+int Runner::step(const StepBatch& batch, int32_t* tokens, float* logits, float* hidden_states) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  KVINFER_CHECK_ARG(in_flight_.empty(), "step(): collect() the steps in flight first");
+  launch_locked(batch, logits, hidden_states);
+  return collect_locked(tokens);
+}
+
+int Runner::steps_in_flight() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return static_cast<int>(in_flight_.size());
+}
+
+void Runner::release() noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (backend_) backend_->drain();
+  in_flight_.clear();
+  backend_.reset();
+  cache_.release();
+  weights_.reset();
+}
+
+}  // namespace kvinfer

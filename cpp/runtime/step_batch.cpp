@@ -1,0 +1,71 @@
+#include "types/step_batch.h"
+
+#include <cstring>
+
+#include "runtime/staging.h"
+
+namespace kvinfer {
+
+StepLayout step_layout(int num_tokens, int num_seqs, int num_logit_rows) {
+  StepLayout l{};
+  size_t at = 0;
+  auto take = [&](size_t bytes) {
+    const size_t offset = at;
+    at += (bytes + 15) / 16 * 16;
+    return offset;
+  };
+  const size_t T = num_tokens, B = num_seqs, R = num_logit_rows;
+  l.tokens = take(T * 4);
+  l.prev_sample_row = take(T * 4);
+  l.positions = take(T * 4);
+  l.token_seq = take(T * 4);
+  l.query_starts = take((B + 1) * 4);
+  l.cached_lengths = take(B * 4);
+  l.kv_slots = take(B * 4);
+  l.logit_rows = take(R * 4);
+  l.sampling = take(R * sizeof(SamplingArgs));
+  l.bytes = at;
+  return l;
+}
+
+StepArrays StepLayout::at(void* base) const {
+  char* p = static_cast<char*>(base);
+  auto i32 = [&](size_t offset) { return reinterpret_cast<int32_t*>(p + offset); };
+  return StepArrays{i32(tokens),         i32(prev_sample_row), i32(positions),
+                    i32(token_seq),      i32(query_starts),    i32(cached_lengths),
+                    i32(kv_slots),       i32(logit_rows),      reinterpret_cast<SamplingArgs*>(p + sampling)};
+}
+
+StepLayout stage_step(const StepBatch& b, int padded, void* region) {
+  const int T = padded > 0 ? padded : b.num_tokens, B = padded > 0 ? padded : b.num_seqs;
+  const int R = padded > 0 ? padded : b.num_logit_rows;
+  const StepLayout layout = step_layout(T, B, R);
+  const StepArrays s = layout.at(region);
+  for (int q = 0; q < b.num_seqs; ++q)
+    for (int t = b.query_starts[q]; t < b.query_starts[q + 1]; ++t) {
+      s.tokens[t] = b.tokens[t];
+      s.prev_sample_row[t] = b.prev_sample_row ? b.prev_sample_row[t] : -1;
+      s.positions[t] = b.cached_lengths[q] + (t - b.query_starts[q]);
+      s.token_seq[t] = q;
+    }
+  std::memcpy(s.query_starts, b.query_starts, 4 * size_t(b.num_seqs + 1));
+  std::memcpy(s.cached_lengths, b.cached_lengths, 4 * size_t(b.num_seqs));
+  std::memcpy(s.kv_slots, b.kv_slots, 4 * size_t(b.num_seqs));
+  std::memcpy(s.logit_rows, b.logit_rows, 4 * size_t(b.num_logit_rows));
+  if (b.sampling) std::memcpy(s.sampling, b.sampling, sizeof(SamplingArgs) * b.num_logit_rows);
+  for (int p = b.num_seqs; p < B; ++p) {  // padding (decode: one token, one row per sequence)
+    const int last = b.num_seqs - 1;
+    s.tokens[p] = s.tokens[last];
+    s.prev_sample_row[p] = s.prev_sample_row[last];
+    s.positions[p] = s.positions[last];
+    s.token_seq[p] = p;
+    s.query_starts[p + 1] = p + 1;
+    s.cached_lengths[p] = s.cached_lengths[last];
+    s.kv_slots[p] = s.kv_slots[last];
+    s.logit_rows[p] = p;
+    s.sampling[p] = s.sampling[last];
+  }
+  return layout;
+}
+
+}  // namespace kvinfer

@@ -1,0 +1,58 @@
+// The inputs of one step of the model: which tokens run, where each belongs, what is already
+// cached, and which rows are sampled with what arguments.
+//
+// StepBatch is what a caller hands to the runner (host memory, read during the call). The runner
+// expands it into StepArrays, the named fields every op and kernel reads, packed into one region
+// of host staging memory and sent to the device with a single copy (on the CPU the staging region
+// is what the ops read). The packing depends only on the counts, so a step of the same shape
+// always finds each field at the same address: a captured CUDA graph replays against it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "types/sampling_args.h"
+
+namespace kvinfer {
+
+struct StepBatch {
+  int num_tokens = 0;      // T: new tokens in this step, sequence after sequence
+  int num_seqs = 0;        // B
+  int num_logit_rows = 0;  // R: rows whose logits are computed (and sampled when `sampling`)
+  const int32_t* tokens = nullptr;          // [T] token ids
+  // [T] or null. prev_sample_row[t] >= 0: token t is the one the previous step sampled for that
+  // row (it never leaves the device); tokens[t] is then ignored. -1: tokens[t].
+  const int32_t* prev_sample_row = nullptr;
+  const int32_t* query_starts = nullptr;    // [B + 1] sequence b owns tokens [q[b], q[b+1])
+  const int32_t* cached_lengths = nullptr;  // [B] tokens of sequence b already in the KV cache
+  const int32_t* kv_slots = nullptr;        // [B] the KV cache slot sequence b reads and writes
+  const int32_t* logit_rows = nullptr;      // [R] token indices, ascending
+  const SamplingArgs* sampling = nullptr;   // [R] or null: logits only, nothing sampled
+
+  bool decode() const { return num_tokens == num_seqs; }  // one new token per sequence
+};
+
+// The step's fields as the ops read them, all at fixed offsets of one region (StepLayout).
+// positions and token_seq are expanded from query_starts and cached_lengths by the runner.
+struct StepArrays {
+  int32_t* tokens;           // [T] (resolved on the device from prev_sample_row)
+  int32_t* prev_sample_row;  // [T]
+  int32_t* positions;        // [T] absolute position of each token in its sequence
+  int32_t* token_seq;        // [T] the sequence each token belongs to
+  int32_t* query_starts;     // [B + 1]
+  int32_t* cached_lengths;   // [B]
+  int32_t* kv_slots;         // [B]
+  int32_t* logit_rows;       // [R]
+  SamplingArgs* sampling;    // [R] (R <= B when sampling)
+};
+
+// Byte offsets of the StepArrays fields for T tokens, B sequences and R logit rows, each field
+// 16-byte aligned; `bytes` is the region's size.
+struct StepLayout {
+  size_t tokens, prev_sample_row, positions, token_seq, query_starts, cached_lengths, kv_slots,
+      logit_rows, sampling, bytes;
+  StepArrays at(void* base) const;
+};
+StepLayout step_layout(int num_tokens, int num_seqs, int num_logit_rows);
+
+}  // namespace kvinfer

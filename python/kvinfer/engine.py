@@ -1,0 +1,160 @@
+"""The generation loop over a native Runner: sequences take KV-cache slots, prompts are prefilled in
+chunks of at most max_step_tokens tokens, then every unfinished sequence decodes one token per
+step. generate() keeps two decode steps in flight: step n + 1 is enqueued (its input tokens taken
+on the device from step n's samples) before step n's tokens are read, so the GPU never waits for
+the host; stop conditions are checked one step late and a finished sequence's extra token is
+dropped. Each sequence carries its own cached length; the runner keeps none."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from kvinfer import _core
+from kvinfer.sampling import SamplingParams
+from kvinfer.tokenizer import StreamDecoder
+
+SAMPLING_DTYPE = _core.sampling_args_dtype()
+
+
+@dataclass
+class Sequence:
+    index: int               # in the caller's list of prompts
+    slot: int                # KV-cache slot, held until the sequence ends
+    prompt_ids: list[int]
+    seed: int
+    decoder: StreamDecoder
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+    cached: int = 0          # tokens of this sequence whose K/V are in the cache (or enqueued)
+    sampled: int = 0         # tokens sampled (or enqueued to be)
+
+
+class Engine:
+    """Runs waves of sequences on one Runner. A lock serialises every use of the runner; slots come
+    from a pool, so a suspended stream and a generate() never share one."""
+
+    def __init__(self, runner: _core.Runner, eos_ids: set[int]):
+        self.runner = runner
+        self.eos_ids = eos_ids
+        self.lock = threading.RLock()
+        self._free = list(range(runner.max_batch))
+
+    # ---- slots ------------------------------------------------------------------------------------
+    def free_slots(self) -> int:
+        with self.lock:
+            return len(self._free)
+
+    def take_slots(self, n: int) -> list[int]:
+        with self.lock:
+            if not self._free:
+                raise RuntimeError(f"all {self.runner.max_batch} sequence slots are held by unfinished "
+                                   "streams; finish or close them first")
+            taken, self._free = self._free[:n], self._free[n:]
+            return taken
+
+    def give_back(self, slots: list[int]) -> None:
+        with self.lock:
+            self._free = sorted(self._free + slots)
+
+    # ---- waves ------------------------------------------------------------------------------------
+    def run(self, seqs: list[Sequence], params: SamplingParams) -> None:
+        """Runs a wave to the end, two decode steps in flight."""
+        with self.lock:
+            for _ in self.steps(seqs, params, depth=2):
+                pass
+
+    def steps(self, seqs: list[Sequence], params: SamplingParams, depth: int = 1) -> Iterator[Sequence]:
+        """Yields a sequence after each token it gets. With depth 1 nothing is in flight at a yield
+        (the lock is released there, so a stream can be suspended)."""
+        stop_ids = (set() if params.ignore_eos else self.eos_ids) | set(params.stop_token_ids)
+        base = np.zeros(len(seqs), SAMPLING_DTYPE)
+        for i, s in enumerate(seqs):
+            base[i] = (params.temperature, params.top_k, params.top_p, params.min_p,
+                       params.repetition_penalty, s.seed, 0)
+        rows_of = {id(s): i for i, s in enumerate(seqs)}
+
+        def args(rows: list[Sequence]) -> np.ndarray:
+            a = base[[rows_of[id(s)] for s in rows]]
+            a["step"] = [s.sampled for s in rows]
+            return a
+
+        for s, token in self._prefill(seqs, args):
+            yield from self._accept(s, token, params, stop_ids)
+        in_flight: deque[list[Sequence]] = deque()
+        while True:
+            rows = [s for s in seqs if s.finish_reason is None and s.sampled < params.max_tokens]
+            if rows and len(in_flight) < depth:
+                with self.lock:
+                    self._launch_decode(rows, in_flight[-1] if in_flight else None, args(rows))
+                in_flight.append(rows)
+                if len(in_flight) < depth:
+                    continue
+            if not in_flight:
+                return
+            with self.lock:
+                tokens = self.runner.collect()
+            for s, token in zip(in_flight.popleft(), tokens.tolist()):
+                if s.finish_reason is None:  # else the token was enqueued before its stop was seen
+                    yield from self._accept(s, token, params, stop_ids)
+
+    def _launch_decode(self, rows: list[Sequence], prev: list[Sequence] | None, sampling: np.ndarray) -> None:
+        n = len(rows)
+        prev_row = {id(s): r for r, s in enumerate(prev)} if prev else {}
+        from_prev = np.array([prev_row.get(id(s), -1) for s in rows], np.int32)
+        tokens = np.array([s.token_ids[-1] if f < 0 else 0 for s, f in zip(rows, from_prev)], np.int32)
+        cached = np.array([s.cached for s in rows], np.int32)
+        steps = np.arange(n + 1, dtype=np.int32)
+        self.runner.launch(tokens, steps, cached, np.array([s.slot for s in rows], np.int32), steps[:n],
+                           sampling, from_prev if prev_row else None)
+        for s in rows:
+            s.cached += 1
+            s.sampled += 1
+
+    def _prefill(self, seqs: list[Sequence], args) -> Iterator[tuple[Sequence, int]]:
+        """Packs prompt chunks into steps of at most max_step_tokens tokens (one chunk per sequence
+        per step); yields (sequence, first token) for each sequence whose prompt ends in a step."""
+        budget_max = self.runner.max_step_tokens
+        pending = list(seqs)
+        while pending:
+            step, budget, rest = [], budget_max, []
+            for s in pending:
+                n = min(len(s.prompt_ids) - s.cached, budget)
+                if n > 0:
+                    step.append((s, n))
+                    budget -= n
+                if s.cached + n < len(s.prompt_ids):
+                    rest.append(s)
+            tokens = np.concatenate([np.asarray(s.prompt_ids[s.cached:s.cached + n], np.int32) for s, n in step])
+            starts = np.cumsum([0] + [n for _, n in step]).astype(np.int32)
+            ending = [b for b, (s, n) in enumerate(step) if s.cached + n == len(s.prompt_ids)]
+            with self.lock:
+                sampled = self.runner.step(tokens, starts, np.array([s.cached for s, _ in step], np.int32),
+                                           np.array([s.slot for s, _ in step], np.int32),
+                                           (starts[1:] - 1)[ending].astype(np.int32),
+                                           args([step[b][0] for b in ending]))
+            for s, n in step:
+                s.cached += n
+            for b, token in zip(ending, sampled.tolist()):
+                step[b][0].sampled += 1
+                yield step[b][0], token
+            pending = rest
+
+    @staticmethod
+    def _accept(s: Sequence, token: int, params: SamplingParams, stop_ids: set[int]) -> Iterator[Sequence]:
+        s.token_ids.append(token)
+        s.text += s.decoder.push(token)
+        if token in stop_ids:
+            s.finish_reason = "stop"
+        for stop in params.stop:
+            at = s.text.find(stop)
+            if at >= 0:
+                s.text, s.finish_reason = s.text[:at], "stop"
+        if s.finish_reason is None and len(s.token_ids) >= params.max_tokens:
+            s.finish_reason = "length"
+        yield s

@@ -1,0 +1,183 @@
+"""Model families: for each one, how its config.json maps onto kvinfer's ModelConfig (the
+description) and which checkpoint tensors make each kvinfer weight (the weight map). Everything
+the engine does differently per family is in those ModelConfig fields; the layer recipe itself is
+written once (cpp/model/decoder.cpp). Adding a family is one Family here plus tests.
+
+kvinfer's weight names (cpp/model/model_config.h): embed, pos_embed, layers.{i}.attn_norm.weight,
+layers.{i}.qkv.weight (Q, K and V rows in one matrix), layers.{i}.o.weight, layers.{i}.mlp_norm.weight,
+layers.{i}.gate_up.weight (gate rows, then up rows) or layers.{i}.fc.weight, layers.{i}.down.weight,
+the biases beside them, final_norm.weight, lm_head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from kvinfer import _core
+
+
+@dataclass(frozen=True)
+class Source:
+    target: str                          # kvinfer weight name
+    parts: tuple[str, ...]               # checkpoint tensor names, concatenated along rows in this order
+    shapes: tuple[tuple[int, ...], ...]  # expected checkpoint shape of each part
+    transpose: bool = False              # stored [in, out] (GPT-2's Conv1D) -> [out, in]
+
+
+@dataclass(frozen=True)
+class Family:
+    architectures: tuple[str, ...]   # config.json "architectures" names
+    model_types: tuple[str, ...]     # config.json "model_type" names
+    describe: Callable[[dict[str, Any], _core.ModelConfig], None]  # fills the ModelConfig
+    weights: Callable[[_core.ModelConfig, set[str]], list[Source]]
+    window: Callable[[dict[str, Any]], int | None] = lambda cfg: None  # sliding-window size, if any
+
+
+def _get(cfg: dict[str, Any], key: str, default: Any = None, *, required: bool = True) -> Any:
+    value = cfg.get(key, default)
+    if value is None and required:
+        raise ValueError(f"config.json lacks {key!r}")
+    return value
+
+
+def _rope(cfg: dict[str, Any], c: _core.ModelConfig) -> None:
+    """rope_theta and rope_scaling, from the transformers-4 keys or transformers-5 rope_parameters."""
+    params = cfg.get("rope_parameters") or {}
+    scaling_cfg = cfg.get("rope_scaling") or params
+    c.rope_theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    kind = scaling_cfg.get("rope_type", scaling_cfg.get("type", "default")) if scaling_cfg else "default"
+    if kind in ("default", None):
+        return
+    if kind not in ("linear", "llama3"):
+        raise ValueError(f"rope_scaling type {kind!r} is not supported (supported: default, linear, llama3)")
+    scaling = _core.RopeScaling()
+    scaling.type = kind
+    scaling.factor = float(scaling_cfg["factor"])
+    if kind == "llama3":
+        scaling.low_freq_factor = float(scaling_cfg["low_freq_factor"])
+        scaling.high_freq_factor = float(scaling_cfg["high_freq_factor"])
+        scaling.original_max_positions = int(scaling_cfg["original_max_position_embeddings"])
+    c.rope_scaling = scaling
+
+
+# ---- Llama, Mistral, Qwen2: RMSNorm, RoPE, GQA, SwiGLU ---------------------------------------------
+def _describe_llama(cfg: dict[str, Any], c: _core.ModelConfig, qkv_bias: bool = False) -> None:
+    act = cfg.get("hidden_act", "silu")
+    if act != "silu":
+        raise ValueError(f"hidden_act {act!r} is not supported (supported: silu)")
+    c.hidden_size = int(_get(cfg, "hidden_size"))
+    c.num_layers = int(_get(cfg, "num_hidden_layers"))
+    c.num_heads = int(_get(cfg, "num_attention_heads"))
+    c.num_kv_heads = int(cfg.get("num_key_value_heads") or c.num_heads)
+    c.head_dim = int(cfg.get("head_dim") or c.hidden_size // c.num_heads)
+    c.intermediate_size = int(_get(cfg, "intermediate_size"))
+    c.max_positions = int(_get(cfg, "max_position_embeddings"))
+    c.norm_eps = float(cfg.get("rms_norm_eps", 1e-6))
+    _rope(cfg, c)
+    c.tie_word_embeddings = bool(cfg.get("tie_word_embeddings", False))
+    bias = bool(cfg.get("attention_bias", False))
+    c.qkv_bias = bias or qkv_bias
+    c.o_bias = bias
+    c.mlp_bias = bool(cfg.get("mlp_bias", False))
+
+
+def _llama_weights(c: _core.ModelConfig, names: set[str]) -> list[Source]:
+    H, d = c.hidden_size, c.head_dim
+    q, kv, inter = c.num_heads * d, c.num_kv_heads * d, c.intermediate_size
+    out = [Source("embed", ("model.embed_tokens.weight",), ((c.vocab_size, H),))]
+    for i in range(c.num_layers):
+        p, t = f"model.layers.{i}.", f"layers.{i}."
+        attn = [p + f"self_attn.{x}_proj" for x in "qkv"]
+        mlp = [p + "mlp.gate_proj", p + "mlp.up_proj"]
+        out += [
+            Source(t + "attn_norm.weight", (p + "input_layernorm.weight",), ((H,),)),
+            Source(t + "qkv.weight", tuple(a + ".weight" for a in attn), ((q, H), (kv, H), (kv, H))),
+            Source(t + "o.weight", (p + "self_attn.o_proj.weight",), ((H, q),)),
+            Source(t + "mlp_norm.weight", (p + "post_attention_layernorm.weight",), ((H,),)),
+            Source(t + "gate_up.weight", tuple(m + ".weight" for m in mlp), ((inter, H), (inter, H))),
+            Source(t + "down.weight", (p + "mlp.down_proj.weight",), ((H, inter),)),
+        ]
+        if c.qkv_bias:
+            out.append(Source(t + "qkv.bias", tuple(a + ".bias" for a in attn), ((q,), (kv,), (kv,))))
+        if c.o_bias:
+            out.append(Source(t + "o.bias", (p + "self_attn.o_proj.bias",), ((H,),)))
+        if c.mlp_bias:
+            out.append(Source(t + "gate_up.bias", tuple(m + ".bias" for m in mlp), ((inter,), (inter,))))
+            out.append(Source(t + "down.bias", (p + "mlp.down_proj.bias",), ((H,),)))
+    out.append(Source("final_norm.weight", ("model.norm.weight",), ((H,),)))
+    if not c.tie_word_embeddings:
+        out.append(Source("lm_head", ("lm_head.weight",), ((c.vocab_size, H),)))
+    return out
+
+
+# ---- GPT-2: LayerNorm, learned positions, gelu_new, Conv1D weights ---------------------------------
+def _describe_gpt2(cfg: dict[str, Any], c: _core.ModelConfig) -> None:
+    act = cfg.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"GPT-2 activation_function {act!r} is not supported (supported: gelu_new)")
+    if cfg.get("scale_attn_by_inverse_layer_idx") or cfg.get("scale_attn_weights") is False:
+        raise ValueError("GPT-2 attention scaling options other than the default are not supported")
+    c.hidden_size = int(_get(cfg, "n_embd"))
+    c.num_layers = int(_get(cfg, "n_layer"))
+    c.num_heads = c.num_kv_heads = int(_get(cfg, "n_head"))
+    c.head_dim = c.hidden_size // c.num_heads
+    c.intermediate_size = int(cfg.get("n_inner") or 4 * c.hidden_size)
+    c.max_positions = int(_get(cfg, "n_positions"))
+    c.norm_eps = float(cfg.get("layer_norm_epsilon", 1e-5))
+    c.norm, c.mlp, c.positions = "layer", "gelu_new", "learned"
+    c.norm_bias = c.qkv_bias = c.o_bias = c.mlp_bias = True
+    c.tie_word_embeddings = bool(cfg.get("tie_word_embeddings", True))
+
+
+def _gpt2_weights(c: _core.ModelConfig, names: set[str]) -> list[Source]:
+    # GPT2LMHeadModel checkpoints say "transformer.h.0...", bare GPT2Model ones "h.0...".
+    prefix = "transformer." if not names or "transformer.wte.weight" in names else ""
+    H, inter = c.hidden_size, c.intermediate_size
+    out = [Source("embed", (prefix + "wte.weight",), ((c.vocab_size, H),)),
+           Source("pos_embed", (prefix + "wpe.weight",), ((c.max_positions, H),))]
+    for i in range(c.num_layers):
+        p, t = f"{prefix}h.{i}.", f"layers.{i}."
+        out += [
+            Source(t + "attn_norm.weight", (p + "ln_1.weight",), ((H,),)),
+            Source(t + "attn_norm.bias", (p + "ln_1.bias",), ((H,),)),
+            Source(t + "qkv.weight", (p + "attn.c_attn.weight",), ((H, 3 * H),), transpose=True),
+            Source(t + "qkv.bias", (p + "attn.c_attn.bias",), ((3 * H,),)),
+            Source(t + "o.weight", (p + "attn.c_proj.weight",), ((H, H),), transpose=True),
+            Source(t + "o.bias", (p + "attn.c_proj.bias",), ((H,),)),
+            Source(t + "mlp_norm.weight", (p + "ln_2.weight",), ((H,),)),
+            Source(t + "mlp_norm.bias", (p + "ln_2.bias",), ((H,),)),
+            Source(t + "fc.weight", (p + "mlp.c_fc.weight",), ((H, inter),), transpose=True),
+            Source(t + "fc.bias", (p + "mlp.c_fc.bias",), ((inter,),)),
+            Source(t + "down.weight", (p + "mlp.c_proj.weight",), ((inter, H),), transpose=True),
+            Source(t + "down.bias", (p + "mlp.c_proj.bias",), ((H,),)),
+        ]
+    out += [Source("final_norm.weight", (prefix + "ln_f.weight",), ((H,),)),
+            Source("final_norm.bias", (prefix + "ln_f.bias",), ((H,),))]
+    if not c.tie_word_embeddings:
+        out.append(Source("lm_head", ("lm_head.weight",), ((c.vocab_size, H),)))
+    return out
+
+
+FAMILIES = (
+    Family(("LlamaForCausalLM",), ("llama",), _describe_llama, _llama_weights),
+    # Mistral: full attention equals its sliding window attention within the window, so the
+    # context is capped there.
+    Family(("MistralForCausalLM",), ("mistral",), _describe_llama, _llama_weights,
+           window=lambda cfg: cfg.get("sliding_window")),
+    Family(("Qwen2ForCausalLM",), ("qwen2",), lambda cfg, c: _describe_llama(cfg, c, qkv_bias=True),
+           _llama_weights, window=lambda cfg: cfg.get("sliding_window") if cfg.get("use_sliding_window") else None),
+    Family(("GPT2LMHeadModel",), ("gpt2",), _describe_gpt2, _gpt2_weights),
+)
+SUPPORTED_ARCHITECTURES = tuple(a for f in FAMILIES for a in f.architectures)
+
+
+def family_of(cfg: dict[str, Any]) -> tuple[str, Family]:
+    """(architecture name, Family) of a config.json dict; ValueError when it is not supported."""
+    archs = cfg.get("architectures") or []
+    model_type = cfg.get("model_type", "")
+    for f in FAMILIES:
+        if (archs and archs[0] in f.architectures) or (not archs and model_type in f.model_types):
+            return (archs[0] if archs else f.architectures[0]), f
+    name = archs[0] if archs else model_type
+    raise ValueError(f"unsupported architecture {name!r}; supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}")

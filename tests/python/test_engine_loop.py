@@ -1,0 +1,135 @@
+"""The generation loop (kvinfer.engine) on the CPU: generate() keeps two decode steps in flight and
+checks stops one step late; it must give exactly what the step-by-step loop gives. One LLM shared
+between threads, a suspended stream beside a generate(), and a close() racing a generate() never
+corrupt a result or crash."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import kvinfer  # noqa: E402
+from kvinfer.llm import LLM  # noqa: E402
+from kvinfer.sampling import SamplingParams  # noqa: E402
+from tiny_models import VOCAB, make_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_model("llama_gqa3", str(tmp_path_factory.mktemp("loop") / "m"))
+
+
+@pytest.fixture(scope="module")
+def llm(folder):
+    return LLM(folder, device="cpu", max_context=128, max_batch=4, max_step_tokens=32, tracker=kvinfer.VramTracker())
+
+
+def prompt(n: int, seed: int) -> list[int]:
+    return np.random.default_rng(seed).integers(1, VOCAB, size=n).tolist()
+
+
+def streamed_ids(llm: LLM, ids: list[int], params: SamplingParams) -> list[int]:
+    """Token ids of the step-by-step loop (one step in flight at a time)."""
+    slots = llm.engine.take_slots(1)
+    try:
+        seq = llm._sequences([ids], slots, params)[0]
+        for _ in llm.engine.steps([seq], params, depth=1):
+            pass
+        return seq.token_ids
+    finally:
+        llm.engine.give_back(slots)
+
+
+PARAMS = [SamplingParams(max_tokens=30, temperature=0, ignore_eos=True),
+          SamplingParams(max_tokens=25, temperature=0.8, top_k=20, top_p=0.9, repetition_penalty=1.2, seed=7,
+                         ignore_eos=True)]
+
+
+@pytest.mark.parametrize("params", PARAMS)
+def test_pipelined_generate_equals_step_by_step(llm, params):
+    prompts = [prompt(n, 40 + n) for n in (3, 20, 45)]
+    outs = llm.generate(prompts, params)
+    assert [len(o.token_ids) for o in outs] == [params.max_tokens] * 3
+    for p, o in zip(prompts, outs):
+        assert o.token_ids == streamed_ids(llm, p, params)
+
+
+def test_a_stop_seen_one_step_late_drops_the_extra_token(llm):
+    """Each sequence stops at a token it produces mid-way; its next step is already in flight when
+    that token is read. The other sequences must not notice."""
+    prompts = [prompt(n, 60 + n) for n in (5, 9, 14)]
+    free = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
+    full = [o.token_ids for o in llm.generate(prompts, free)]
+    stop = full[0][6]  # sequence 0 stops at its 7th token; the others may too, wherever it occurs
+    params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, stop_token_ids=[stop])
+    outs = llm.generate(prompts, params)
+    for o, ids in zip(outs, full):
+        cut = ids.index(stop) + 1 if stop in ids else len(ids)
+        assert o.token_ids == ids[:cut]
+        assert o.finish_reason == ("stop" if stop in ids else "length")
+    assert len(outs[0].token_ids) == 7
+    assert llm.engine.free_slots() == 4 and llm.runner.steps_in_flight == 0
+
+
+def test_two_threads_share_one_llm(llm):
+    params = PARAMS[1]
+    work = {i: [prompt(8 + 3 * i, 80 + i)] * (1 + i % 3) for i in range(6)}
+    expected = {i: [o.token_ids for o in llm.generate(p, params)] for i, p in work.items()}
+    got: dict[int, list[list[int]]] = {}
+    errors: list[BaseException] = []
+
+    def worker(keys):
+        try:
+            for i in keys:
+                got[i] = [o.token_ids for o in llm.generate(work[i], params)]
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in ([0, 2, 4], [1, 3, 5])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert got == expected
+
+
+def test_a_suspended_stream_and_a_generate_keep_their_outputs(llm):
+    params = PARAMS[1]
+    ids = prompt(12, 5)
+    alone = "".join(llm.stream(ids, params))
+    stream = llm.stream(ids, params)
+    first = [next(stream) for _ in range(3)]
+    other = llm.generate([prompt(30, 6)] * 3, params)  # takes the other slots while the stream waits
+    assert len(other) == 3
+    assert "".join(first) + "".join(stream) == alone
+    assert llm.engine.free_slots() == 4
+
+
+def test_close_racing_a_generate_fails_cleanly(folder):
+    llm = LLM(folder, device="cpu", max_context=128, max_batch=2, tracker=kvinfer.VramTracker())
+    result: list[object] = []
+
+    def run():
+        try:
+            result.append(llm.generate([prompt(40, 1)] * 2, SamplingParams(max_tokens=60, temperature=0,
+                                                                            ignore_eos=True)))
+        except ValueError as e:  # the model was closed between two steps
+            result.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    llm.close()
+    t.join()
+    assert len(result) == 1
+    if isinstance(result[0], ValueError):
+        assert "closed" in str(result[0])
+    else:
+        assert all(len(o.token_ids) == 60 for o in result[0])
+    with pytest.raises(ValueError, match="closed"):
+        llm.generate([1, 2, 3])
