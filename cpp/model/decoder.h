@@ -45,6 +45,7 @@ ModelWeights model_weights(const ModelConfig& config, const std::vector<TensorSp
 struct StepContext {
   StepArrays arrays;  // the fields, where the ops read them (host on the CPU, device on CUDA)
   int num_tokens = 0, num_seqs = 0, num_logit_rows = 0;
+  int caller_rows = 0;    // logits rows the caller asked for: num_logit_rows less a graph's padding
   int max_query_len = 0;  // most new tokens of one sequence (a prefill's grid size)
   // Keys the longest sequence attends to, and the sum over sequences: picks decode attention's
   // launch shape, never a result. 0 when unknown (a step captured in a CUDA graph).

@@ -151,8 +151,14 @@ void Runner::launch_locked(const StepBatch& b, float* logits, float* hidden_stat
                     "logits are copied out");
   KVINFER_CHECK_ARG(static_cast<int>(in_flight_.size()) < Backend::kTickets, Backend::kTickets,
                     " steps are in flight: collect() one before launching another");
-  const bool plain_decode = b.decode() && b.sampling && b.num_logit_rows == b.num_seqs && !logits &&
-                            !hidden_states;
+  // A decode step that samples every sequence may replay a graph. Its logits can be copied out
+  // only after the sampling, which leaves them as they were where a row is greedy without a
+  // repetition penalty (tests compare a replay's logits with an op-by-op step that way).
+  bool untouched = true;
+  for (int r = 0; b.sampling && r < b.num_logit_rows; ++r)
+    untouched = untouched && b.sampling[r].temperature == 0 && b.sampling[r].repetition_penalty == 1.0f;
+  const bool plain_decode = b.decode() && b.sampling && b.num_logit_rows == b.num_seqs && !hidden_states &&
+                            (!logits || untouched);
   const int padded = plain_decode ? backend_->graph_batch(b.num_seqs) : 0;
   const int ticket = next_ticket_;
   const StepLayout layout = stage_step(b, padded, backend_->staging(ticket));
@@ -161,6 +167,7 @@ void Runner::launch_locked(const StepBatch& b, float* logits, float* hidden_stat
   step.num_tokens = padded > 0 ? padded : b.num_tokens;
   step.num_seqs = padded > 0 ? padded : b.num_seqs;
   step.num_logit_rows = padded > 0 ? padded : b.num_logit_rows;
+  step.caller_rows = b.num_logit_rows;
   step.sample = b.sampling != nullptr;
   step.replay = padded > 0;
   step.logits_out = logits;

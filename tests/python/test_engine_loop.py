@@ -1,4 +1,4 @@
-"""The generation loop (kvinfer.engine) on the CPU: generate() keeps two decode steps in flight and
+"""The generation loop (kvinfer.engine) on every device: generate() keeps two decode steps in flight and
 checks stops one step late; it must give exactly what the step-by-step loop gives. One LLM shared
 between threads, a suspended stream beside a generate(), and a close() racing a generate() never
 corrupt a result or crash."""
@@ -16,6 +16,7 @@ pytest.importorskip("transformers")
 import kvinfer  # noqa: E402
 from kvinfer.llm import LLM  # noqa: E402
 from kvinfer.sampling import SamplingParams  # noqa: E402
+from conftest import DEVICES  # noqa: E402
 from tiny_models import VOCAB, make_model  # noqa: E402
 
 
@@ -24,9 +25,10 @@ def folder(tmp_path_factory):
     return make_model("llama_gqa3", str(tmp_path_factory.mktemp("loop") / "m"))
 
 
-@pytest.fixture(scope="module")
-def llm(folder):
-    return LLM(folder, device="cpu", max_context=128, max_batch=4, max_step_tokens=32, tracker=kvinfer.VramTracker())
+@pytest.fixture(scope="module", params=DEVICES)
+def llm(folder, request):
+    return LLM(folder, device=request.param, max_context=128, max_batch=4, max_step_tokens=32,
+               tracker=kvinfer.VramTracker())
 
 
 def prompt(n: int, seed: int) -> list[int]:
@@ -111,8 +113,8 @@ def test_a_suspended_stream_and_a_generate_keep_their_outputs(llm):
     assert llm.engine.free_slots() == 4
 
 
-def test_close_racing_a_generate_fails_cleanly(folder):
-    llm = LLM(folder, device="cpu", max_context=128, max_batch=2, tracker=kvinfer.VramTracker())
+def test_close_racing_a_generate_fails_cleanly(folder, device):
+    llm = LLM(folder, device=device, max_context=128, max_batch=2, tracker=kvinfer.VramTracker())
     result: list[object] = []
 
     def run():

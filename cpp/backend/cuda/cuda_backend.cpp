@@ -95,6 +95,10 @@ class CudaBackend final : public Backend {
       for (const Graph& g : graphs_)
         if (g.batch == step.num_seqs) {
           KVINFER_CUDA_CHECK(cudaGraphLaunch(g.exec, stream_));
+          if (step.logits_out)  // after the sampling: the runner asks only where it left them as they were
+            KVINFER_CUDA_CHECK(cudaMemcpyAsync(step.logits_out, view<float>(act_.logits),
+                                               sizeof(float) * step.caller_rows * c_.vocab_size,
+                                               cudaMemcpyDeviceToHost, stream_));
           return;
         }
     recipe(step);

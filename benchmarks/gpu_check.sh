@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build with the test suite, run the suites, then the benchmark.
+# Logs go to $OUT (or ./gpu-logs); a short summary is printed last.
+#   STAGES      which of: build ctest pytest sanitize bench (default: build ctest pytest bench)
+#   CTEST_ARGS  extra ctest arguments (e.g. -R CudaOps)
+#   PYTEST_ARGS extra pytest arguments (e.g. -k cuda)
+#   BENCH_ARGS  arguments of benchmarks/gpu_bench.py (e.g. --skip decode prefill)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu-logs}
+mkdir -p "$out"
+source benchmarks/gpu_env.sh
+stages=${STAGES:-build ctest pytest bench}
+summary=()
+run() {  # name, command...
+  local name=$1
+  shift
+  local t0=$SECONDS
+  "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  summary+=("$name: rc=$rc, $((SECONDS - t0)) s: $(tail -n 1 "$out/$name.log")")
+  return $rc
+}
+for stage in $stages; do
+  case $stage in
+    build) run build python3 -m pip install -q --no-build-isolation --no-deps \
+             --config-settings=build-dir=build/gpu --config-settings=cmake.define.KVINFER_BUILD_TESTS=ON . || break ;;
+    ctest) run ctest ctest --test-dir build/gpu --output-on-failure --timeout 600 ${CTEST_ARGS:-} ;;
+    pytest) run pytest bash -c "cd tests/python && python3 -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} ." ;;
+    sanitize)
+      for tool in memcheck racecheck; do
+        run "sanitize-$tool" compute-sanitizer --tool "$tool" --error-exitcode 1 build/gpu/tests/cpp/kvinfer_tests \
+          --gtest_filter="${SANITIZE_FILTER:-CudaOps.*:Shapes/*}"
+      done ;;
+    bench) run bench python3 benchmarks/gpu_bench.py --out "$out/bench.md" ${BENCH_ARGS:-} ;;
+  esac
+done
+[ -f "$out/bench.md" ] && cat "$out/bench.md"
+printf '%s\n' "${summary[@]}"
