@@ -1,5 +1,7 @@
 #include "runtime/activations.h"
 
+#include <algorithm>
+
 #include "backend/cuda/workspace.h"
 #include "core/errors.h"
 #include "types/step_batch.h"
@@ -40,6 +42,20 @@ ActivationLayout activation_layout(const ModelConfig& c, const RunnerShape& s, D
   a.decode = take(cuda ? cuda::decode_workspace_bytes(s.max_batch, c.num_heads, c.head_dim) : 0);
   a.sampled = take(B * 4);
   a.inv_freq = take(size_t(c.head_dim / 2) * 4);
+  // the model's projections as (N, K): the skinny GEMMs' workspace is sized by the largest
+  const int gemms[5][2] = {{c.qkv_dim(), c.hidden_size}, {c.hidden_size, c.q_dim()},
+                           {c.mlp_in_dim(), c.hidden_size}, {c.hidden_size, c.intermediate_size},
+                           {c.vocab_size, c.hidden_size}};
+  size_t partials = 0, counters = 0;
+  for (const auto& nk : gemms) {
+    partials = std::max(partials, cuda::skinny_partial_floats(nk[0], nk[1]));
+    counters = std::max(counters, size_t(cuda::skinny_counters(nk[0], nk[1])));
+  }
+  const size_t rows = std::min<size_t>(T, cuda::kSkinnyMaxRows);
+  a.x_ss = take(cuda ? rows * (c.hidden_size / cuda::kSkinnyTile) * 4 : 0);
+  a.skinny = take(cuda ? partials * 4 : 0);
+  a.counters = take(cuda ? counters * 4 : 0);
+  a.argmax = take(cuda ? B * ((c.vocab_size + cuda::kSkinnyTile - 1) / cuda::kSkinnyTile) * 8 : 0);
   a.total = at;
   return a;
 }

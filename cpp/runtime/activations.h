@@ -31,6 +31,11 @@ struct ActivationLayout {
   size_t decode;    // float split-K partials of decode attention (CUDA)
   size_t sampled;   // int32 [max_batch] the last step's sampled ids
   size_t inv_freq;  // float [head_dim / 2]
+  // CUDA, steps of at most kSkinnyMaxRows rows (backend/cuda/skinny_gemm.h):
+  size_t x_ss;      // float [rows][hidden / 16] sums of squares of the residual's 16-column groups
+  size_t skinny;    // float split-K partials of the largest skinny GEMM of the model
+  size_t counters;  // int32 tile counters of the same
+  size_t argmax;    // int2 [max_batch][ceil(vocab / 16)] each LM-head tile's largest logit
   size_t total;
 };
 ActivationLayout activation_layout(const ModelConfig& config, const RunnerShape& shape, DeviceKind device);

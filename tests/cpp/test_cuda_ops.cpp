@@ -76,12 +76,16 @@ TEST(CudaOps, Embedding) {
         Guarded<half_t> d_table(table.size(), &table), d_pos(pos_table.size(), &pos_table);
         std::vector<int32_t> hist(size_t(slots) * ctx, -1);
         Guarded<int32_t> d_hist(hist.size(), &hist), d_sampled(sampled.size(), &sampled);
-        Guarded<float> d_out(ref.size());
+        Guarded<float> d_out(ref.size()), d_ss(size_t(T) * (H / 16));
         cuda::embedding(dev, T, d_sampled.get(), d_table.get(), learned ? d_pos.get() : nullptr, d_hist.get(), ctx,
-                        d_out.get(), H, nullptr);
+                        d_out.get(), H, d_ss.get(), nullptr);
         sync();
         EXPECT_TRUE(nmse_below(d_out.read(), ref, kFloatNmse));
         EXPECT_EQ(d_hist.read(), ref_hist);
+        std::vector<float> ss(size_t(T) * (H / 16));  // sums of squares of 16-column groups
+        for (size_t i = 0; i < ref.size(); ++i) ss[i / 16] += ref[i] * ref[i];
+        EXPECT_TRUE(nmse_below(d_ss.read(), ss, 1e-10));
+        EXPECT_TRUE(d_ss.guards_intact());
         EXPECT_TRUE(d_out.guards_intact());
         EXPECT_TRUE(d_hist.guards_intact());
       }
@@ -599,10 +603,27 @@ TEST(CudaOps, SamplingMatchesCpu) {
     Guarded<float> d_logits(logits.size(), &logits);
     Guarded<int32_t> d_hist(history.size(), &history), d_out(B);
     std::unique_ptr<Guarded<uint8_t>> d_step;
-    cuda::sample(d_logits.get(), B, V, step.device(d_step), d_hist.get(), ctx, d_out.get(), nullptr);
+    const StepArrays dev = step.device(d_step);
+    cuda::sample(d_logits.get(), B, V, dev, d_hist.get(), ctx, nullptr, 0, d_out.get(), nullptr);
     sync();
     EXPECT_EQ(d_out.read(), want) << "seed " << seed;
     EXPECT_TRUE(d_out.guards_intact() && d_logits.guards_intact());
+    // The skinny LM head's per-tile maxima (16 logits each): greedy rows without a penalty fold
+    // those; every other row ignores them.
+    const int tiles = (V + 15) / 16;
+    std::vector<int2> maxima(size_t(B) * tiles);
+    for (int b = 0; b < B; ++b)
+      for (int t = 0; t < tiles; ++t) {
+        int best = t * 16;
+        for (int n = t * 16; n < std::min(V, t * 16 + 16); ++n)
+          if (logits[size_t(b) * V + n] > logits[size_t(b) * V + best]) best = n;
+        maxima[size_t(b) * tiles + t] = int2{*reinterpret_cast<const int*>(&logits[size_t(b) * V + best]), best};
+      }
+    Guarded<float> d_logits2(logits.size(), &logits);
+    Guarded<int2> d_max(maxima.size(), &maxima);
+    cuda::sample(d_logits2.get(), B, V, dev, d_hist.get(), ctx, d_max.get(), tiles, d_out.get(), nullptr);
+    sync();
+    EXPECT_EQ(d_out.read(), want) << "seed " << seed << ", from the per-tile maxima";
   }
 }
 #endif  // KVINFER_WITH_CUDA

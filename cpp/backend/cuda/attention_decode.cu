@@ -38,6 +38,7 @@
 
 #include "core/cuda_check.h"
 #include "core/errors.h"
+#include "backend/cuda/common.cuh"
 
 namespace kvinfer::cuda {
 
@@ -144,24 +145,6 @@ __device__ __forceinline__ void fold_weights(float& M, float m, float& x, float&
 }
 __device__ __forceinline__ float fold_acc(float acc, float x, float v, float y) {
   return __fmaf_rn(acc, x, __fmul_rn(v, y));
-}
-
-// c += a (16x16, row-major) * b (16x8, column-major); fp16 in, fp32 accumulate.
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// *p += v, returning the old value. Release: the chunk states this block wrote (ordered before by
-// the barrier) are visible to whoever sees the new count; acquire: the block that completes a
-// count sees every other block's states (its readers are ordered after by the next barrier).
-__device__ __forceinline__ int atomic_add_acq_rel(int* p, int v) {
-  int old;
-  asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;\n" : "=r"(old) : "l"(p), "r"(v) : "memory");
-  return old;
 }
 
 // c = a * b (the accumulator starts at zero).

@@ -1,4 +1,4 @@
-// Device helpers shared by the kernels: warp/block reductions, fp16 vector loads.
+// Device helpers shared by the kernels: warp/block reductions, tensor-core MMA, atomics.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -39,6 +39,24 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   __syncthreads();
   v = lane < warps ? scratch[lane] : -INFINITY;
   return warp_max(v);
+}
+
+// c += a (16x16, row-major) * b (16x8, column-major); fp16 in, fp32 accumulate.
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// *p += v, returning the old value. Release: what this block wrote before (ordered by a barrier) is
+// visible to whoever sees the new value; acquire: the block that reads a final count sees what
+// every other block wrote before its add (its readers are ordered after by the next barrier).
+__device__ __forceinline__ int atomic_add_acq_rel(int* p, int v) {
+  int old;
+  asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;\n" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
 }
 
 inline unsigned blocks_for(int64_t n, int threads, int64_t cap = 65535) {

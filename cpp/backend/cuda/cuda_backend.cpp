@@ -1,6 +1,8 @@
 // The CUDA backend: the layer recipe's ops on one stream with nothing allocated per step. fp16
 // feeds every GEMM (fp32 accumulation); the residual stream stays fp32 and the output and down
-// projections accumulate into it. A step's fields go up in one asynchronous copy from pinned
+// projections accumulate into it. Steps of at most kSkinnyMaxRows rows (decode) run every
+// projection as a skinny GEMM with the norm, the MLP activation, the residual add and the LM
+// head's argmax fused in (skinny_gemm.h); larger steps use cuBLAS and separate kernels. A step's fields go up in one asynchronous copy from pinned
 // staging, its sampled ids come down into pinned memory, and an event per ticket says when they
 // are there. Decode steps replay CUDA graphs captured for a ladder of batch sizes.
 #include <algorithm>
@@ -15,6 +17,7 @@
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/kv_write.h"
 #include "backend/cuda/sampling.h"
+#include "backend/cuda/skinny_gemm.h"
 #include "backend/cpu/cpu_ops.h"
 #include "core/cublas_loader.h"
 #include "core/cuda_check.h"
@@ -164,11 +167,17 @@ class CudaBackend final : public Backend {
   // ---- the recipe's ops ----------------------------------------------------------------------
   void embed(const half_t* table, const half_t* pos_table, const StepContext& s) override {
     cuda::embedding(s.arrays, s.num_tokens, view<int32_t>(act_.sampled), table, pos_table,
-                    view<int32_t>(act_.history), shape_.max_context, x(), c_.hidden_size, stream_);
+                    view<int32_t>(act_.history), shape_.max_context, x(), c_.hidden_size,
+                    skinny(s.num_tokens) ? x_ss() : nullptr, stream_);
   }
 
   void norm_linear(const Norm& norm, const Linear& w, Buffer out, const StepContext& s) override {
     const int T = s.num_tokens;
+    if (skinny(T)) {
+      cuda::SkinnyOutput o{cuda::SkinnyOut::half, buffer(out), stride(out), w.bias};
+      skinny_gemm(w, T, normed_input(norm, nullptr, T), o);
+      return;
+    }
     norm_rows(nullptr, norm, T);
     cuda::gemm(blas_, h(), c_.hidden_size, w.weight, buffer(out), false, stride(out), T, w.out, w.in, 0.0f);
     if (w.bias) cuda::bias_add(buffer(out), stride(out), w.bias, T, w.out, stream_);
@@ -203,6 +212,15 @@ class CudaBackend final : public Backend {
     const int T = s.num_tokens;
     half_t* src = buffer(in);
     const int64_t ld = stride(in);
+    if (skinny(T)) {
+      const cuda::SkinnyIn kind = act == Activation::silu_mul ? cuda::SkinnyIn::silu_mul
+                                  : act == Activation::gelu_new ? cuda::SkinnyIn::gelu
+                                                                : cuda::SkinnyIn::half;
+      cuda::SkinnyInput i{kind, src, ld, /*up_offset=*/w.in};
+      cuda::SkinnyOutput o{cuda::SkinnyOut::residual, x(), c_.hidden_size, w.bias, x_ss()};
+      skinny_gemm(w, T, i, o);
+      return;
+    }
     if (act == Activation::silu_mul) cuda::silu_mul(src, ld, src, ld, T, w.in, stream_);
     if (act == Activation::gelu_new) cuda::gelu_new(src, int64_t(T) * ld, stream_);
     cuda::gemm(blas_, src, ld, w.weight, x(), true, c_.hidden_size, T, w.out, w.in, 1.0f);
@@ -211,8 +229,16 @@ class CudaBackend final : public Backend {
 
   void logits(const Norm& norm, const Linear& w, const StepContext& s) override {
     const int R = s.num_logit_rows, H = c_.hidden_size, V = c_.vocab_size;
-    norm_rows(s.arrays.logit_rows, norm, R);
     float* logits = view<float>(act_.logits);
+    argmax_ready_ = skinny(s.num_tokens) && R <= shape_.max_batch;
+    if (argmax_ready_) {
+      cuda::SkinnyOutput o{cuda::SkinnyOut::logits, logits, V, nullptr, nullptr, argmax()};
+      skinny_gemm(w, R, normed_input(norm, s.arrays.logit_rows, R), o);
+      if (s.logits_out)
+        KVINFER_CUDA_CHECK(cudaMemcpyAsync(s.logits_out, logits, sizeof(float) * R * V, cudaMemcpyDeviceToHost, stream_));
+      return;
+    }
+    norm_rows(s.arrays.logit_rows, norm, R);
     for (int r0 = 0; r0 < R; r0 += shape_.max_batch) {  // more rows than max_batch: logits only, in groups
       const int rows = std::min(shape_.max_batch, R - r0);
       cuda::gemm(blas_, h() + int64_t(r0) * H, H, w.weight, logits, true, V, rows, V, H, 0.0f);
@@ -224,7 +250,8 @@ class CudaBackend final : public Backend {
 
   void sample(const StepContext& s) override {
     cuda::sample(view<float>(act_.logits), s.num_logit_rows, c_.vocab_size, s.arrays, view<int32_t>(act_.history),
-                 shape_.max_context, view<int32_t>(act_.sampled), stream_);
+                 shape_.max_context, argmax_ready_ ? argmax() : nullptr, argmax_tiles(), view<int32_t>(act_.sampled),
+                 stream_);
   }
 
   void capture_hidden(int index, const StepContext& s) override {
@@ -260,6 +287,34 @@ class CudaBackend final : public Backend {
     }
     return 0;
   }
+  // Steps of few rows take the skinny GEMMs, where every projection's K and the residual width
+  // allow 16-byte loads and 16-column sums of squares.
+  bool skinny(int rows) const {
+    const bool shapes = c_.hidden_size % cuda::kSkinnyTile == 0 && c_.q_dim() % 8 == 0 &&
+                        c_.intermediate_size % 8 == 0;
+    return shapes && rows <= cuda::kSkinnyMaxRows;
+  }
+  float* x_ss() const { return view<float>(act_.x_ss); }
+  int2* argmax() const { return view<int2>(act_.argmax); }
+  int argmax_tiles() const { return (c_.vocab_size + cuda::kSkinnyTile - 1) / cuda::kSkinnyTile; }
+
+  // The input of a skinny GEMM that normalises rows of x (rows[i], or i): RMSNorm fused in, from the
+  // sums of squares the producers of x left; LayerNorm into h first.
+  cuda::SkinnyInput normed_input(const Norm& norm, const int32_t* rows, int count) {
+    if (c_.norm == NormKind::RMSNorm && c_.hidden_size % cuda::kSkinnyTile == 0) {
+      cuda::SkinnyInput in{cuda::SkinnyIn::rms_norm, x(), c_.hidden_size};
+      in.rows = rows, in.ss = x_ss(), in.norm_weight = norm.weight, in.eps = c_.norm_eps;
+      return in;
+    }
+    norm_rows(rows, norm, count);
+    return cuda::SkinnyInput{cuda::SkinnyIn::half, h(), c_.hidden_size};
+  }
+
+  void skinny_gemm(const Linear& w, int rows, const cuda::SkinnyInput& in, const cuda::SkinnyOutput& out) {
+    cuda::skinny_gemm(w.weight, w.out, w.in, rows, in, out,
+                      cuda::SkinnyWorkspace{view<float>(act_.skinny), view<int32_t>(act_.counters)}, stream_);
+  }
+
   // h[i] = norm(x[rows ? rows[i] : i]) for n rows
   void norm_rows(const int32_t* rows, const Norm& n, int count) {
     if (c_.norm == NormKind::RMSNorm)
@@ -323,6 +378,7 @@ class CudaBackend final : public Backend {
   std::array<int32_t*, kTickets> out_{};
   std::array<cudaEvent_t, kTickets> done_{};
   std::vector<Graph> graphs_;
+  bool argmax_ready_ = false;  // the last logits() left per-tile maxima for sample()
 };
 
 }  // namespace

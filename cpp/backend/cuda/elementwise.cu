@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 
 #include "core/cuda_check.h"
+#include "core/errors.h"
 #include "backend/cuda/common.cuh"
 
 namespace kvinfer::cuda {
@@ -13,7 +14,7 @@ namespace kvinfer::cuda {
 static __global__ void embedding_kernel(StepArrays step, const int32_t* __restrict__ sampled,
                                         const __half* __restrict__ table, const __half* __restrict__ pos_table,
                                         int32_t* __restrict__ history, int64_t history_stride,
-                                        float* __restrict__ out, int H) {
+                                        float* __restrict__ out, int H, float* __restrict__ ss) {
   const int t = blockIdx.x;
   const int from = step.prev_sample_row[t];
   const int token = from >= 0 ? sampled[from] : step.tokens[t];
@@ -29,15 +30,25 @@ static __global__ void embedding_kernel(StepArrays step, const int32_t* __restri
     step.tokens[t] = token;
     if (history) history[step.kv_slots[step.token_seq[t]] * history_stride + pos] = token;
   }
+  if (ss) {  // each thread sums the squares of its own 16 columns, in order
+    __syncthreads();
+    const float* row = out + static_cast<int64_t>(t) * H;
+    for (int gi = threadIdx.x; gi < H / 16; gi += blockDim.x) {
+      float s = 0.0f;
+      for (int i = 0; i < 16; ++i) s += row[16 * gi + i] * row[16 * gi + i];
+      ss[static_cast<int64_t>(t) * (H / 16) + gi] = s;
+    }
+  }
 }
 
 void embedding(const StepArrays& step, int T, const int32_t* sampled, const half_t* table,
                const half_t* pos_table, int32_t* history, int64_t history_stride, float* out, int H,
-               cudaStream_t stream) {
+               float* ss, cudaStream_t stream) {
   if (T == 0) return;
+  KVINFER_CHECK_ARG(!ss || H % 16 == 0, "embedding: sums of squares need hidden=", H, " to be a multiple of 16");
   embedding_kernel<<<T, 256, 0, stream>>>(step, sampled, reinterpret_cast<const __half*>(table),
                                           reinterpret_cast<const __half*>(pos_table), history,
-                                          history_stride, out, H);
+                                          history_stride, out, H, ss);
   KVINFER_CUDA_CHECK_LAUNCH();
 }
 

@@ -14,10 +14,12 @@
 namespace kvinfer::cuda {
 
 // cpu::embedding on the GPU. First the step's tokens are resolved: where prev_sample_row[t] >= 0,
-// tokens[t] = sampled[prev_sample_row[t]] (the previous step's ids, still on the device).
+// tokens[t] = sampled[prev_sample_row[t]] (the previous step's ids, still on the device). With ss,
+// also ss[t][g] = sum of out[t][16 g .. 16 g + 15]^2 (H a multiple of 16), what the skinny GEMMs'
+// RMSNorm reads (skinny_gemm.h).
 void embedding(const StepArrays& step, int T, const int32_t* sampled, const half_t* table,
                const half_t* pos_table, int32_t* history, int64_t history_stride, float* out, int H,
-               cudaStream_t stream);
+               float* ss, cudaStream_t stream);
 
 // y[i] = norm(x[rows ? rows[i] : i]) as fp16; RMSNorm when bias is unused (layer_norm=false).
 void rms_norm(const float* x, const int32_t* rows, const half_t* weight, half_t* y, int n_rows,

@@ -53,7 +53,8 @@ __device__ float threshold(const float* x, int n, float target, bool mass, float
 
 static __global__ void __launch_bounds__(kThreads)
     sample_kernel(float* __restrict__ logits, int vocab, StepArrays step,
-                  const int32_t* __restrict__ history, int64_t history_stride, int32_t* __restrict__ out) {
+                  const int32_t* __restrict__ history, int64_t history_stride, const int2* __restrict__ argmax,
+                  int argmax_tiles, int32_t* __restrict__ out) {
   extern __shared__ uint32_t seen[];  // [ceil(vocab / 32)] bitmap
   __shared__ float scratch[32];
   __shared__ float best_val[32];
@@ -62,6 +63,7 @@ static __global__ void __launch_bounds__(kThreads)
   const int b = blockIdx.x, tid = threadIdx.x;
   float* x = logits + static_cast<int64_t>(b) * vocab;
   const SamplingArgs a = step.sampling[b];
+  const bool plain_greedy = a.temperature <= 0.0f && a.repetition_penalty == 1.0f;
 
   if (a.repetition_penalty != 1.0f && history) {
     const int words = (vocab + 31) / 32;
@@ -76,14 +78,23 @@ static __global__ void __launch_bounds__(kThreads)
     __syncthreads();
   }
 
-  // argmax, lowest id on ties
+  // argmax, lowest id on ties: over the LM head's per-tile maxima where they say it all
   float bv = -INFINITY;
   int bi = 0x7fffffff;
-  for (int i = tid; i < vocab; i += kThreads)
-    if (x[i] > bv) {
-      bv = x[i];
-      bi = i;
+  if (plain_greedy && argmax) {
+    const int2* row = argmax + static_cast<int64_t>(b) * argmax_tiles;
+    for (int i = tid; i < argmax_tiles; i += kThreads) {
+      const int2 p = row[i];
+      const float v = __int_as_float(p.x);
+      if (v > bv || (v == bv && p.y < bi)) bv = v, bi = p.y;
     }
+  } else {
+    for (int i = tid; i < vocab; i += kThreads)
+      if (x[i] > bv) {
+        bv = x[i];
+        bi = i;
+      }
+  }
   warp_argmax(bv, bi);
   if ((tid & 31) == 0) {
     best_val[tid >> 5] = bv;
@@ -155,14 +166,16 @@ static __global__ void __launch_bounds__(kThreads)
 }
 
 void sample(float* logits, int R, int vocab, const StepArrays& step, const int32_t* history,
-            int64_t history_stride, int32_t* out_tokens, cudaStream_t stream) {
+            int64_t history_stride, const int2* argmax, int argmax_tiles, int32_t* out_tokens,
+            cudaStream_t stream) {
   if (R == 0) return;
   const size_t bitmap = static_cast<size_t>((vocab + 31) / 32) * 4;
   KVINFER_CHECK_ARG(bitmap <= 160 * 1024, "vocab=", vocab, " is too large for the sampling kernel");
   if (bitmap > 48 * 1024)
     KVINFER_CUDA_CHECK(cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(bitmap)));
-  sample_kernel<<<R, kThreads, bitmap, stream>>>(logits, vocab, step, history, history_stride, out_tokens);
+  sample_kernel<<<R, kThreads, bitmap, stream>>>(logits, vocab, step, history, history_stride, argmax,
+                                                 argmax_tiles, out_tokens);
   KVINFER_CUDA_CHECK_LAUNCH();
 }
 

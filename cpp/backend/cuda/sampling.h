@@ -11,6 +11,10 @@
 #include "types/step_batch.h"
 
 namespace kvinfer::cuda {
+// argmax (or null): [R][argmax_tiles] (value bits, index) of the largest logit of each tile of the
+// row, from the skinny LM head; a greedy row without repetition penalty then folds those instead of
+// scanning its logits (same token: the largest value, lowest id on ties).
 void sample(float* logits, int R, int vocab, const StepArrays& step, const int32_t* history,
-            int64_t history_stride, int32_t* out_tokens, cudaStream_t stream);
+            int64_t history_stride, const int2* argmax, int argmax_tiles, int32_t* out_tokens,
+            cudaStream_t stream);
 }  // namespace kvinfer::cuda

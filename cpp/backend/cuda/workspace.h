@@ -18,4 +18,37 @@ inline size_t decode_workspace_bytes(int batch, int num_heads, int head_dim) {
   return static_cast<size_t>(batch) * decode_record_floats(num_heads, head_dim) * sizeof(float);
 }
 
+// Skinny GEMMs (skinny_gemm.h): at most kSkinnyMaxRows rows, tiles of kSkinnyTile weight rows.
+constexpr int kSkinnyMaxRows = 64;  // more rows go to cuBLAS
+constexpr int kSkinnyTile = 16;     // output columns (rows of W) per tile; also the sums-of-squares group
+constexpr int kSkinnySlice = 32;    // columns of K per lane step
+constexpr int kSkinnyTargetUnits = 256;  // (tile, K range) blocks to aim for: about 2 per SM
+
+// How K is split: `splits` contiguous ranges of k_per_split columns (a multiple of 32), each summed
+// as four quarters folded in order, the ranges then folded in order by the block that finishes a
+// tile last. A function of N and K alone: the reduction order of every output, whatever M is.
+struct SkinnyPlan {
+  int tiles = 0, splits = 1, k_per_split = 0;
+};
+inline SkinnyPlan skinny_plan(int N, int K) {
+  SkinnyPlan p;
+  p.tiles = (N + kSkinnyTile - 1) / kSkinnyTile;
+  const int slices = (K + kSkinnySlice - 1) / kSkinnySlice;
+  // split while there are few blocks and every range keeps at least 8 slices (2 per warp)
+  while (static_cast<int64_t>(p.tiles) * p.splits < kSkinnyTargetUnits && slices >= 16 * p.splits) p.splits *= 2;
+  const int per = (slices + p.splits - 1) / p.splits;
+  p.k_per_split = per * kSkinnySlice;
+  p.splits = (slices + per - 1) / per;  // no empty range
+  return p;
+}
+// Floats of the split partials of one call, and tile counters (both 0 without splits).
+inline size_t skinny_partial_floats(int N, int K) {
+  const SkinnyPlan p = skinny_plan(N, K);
+  return p.splits > 1 ? static_cast<size_t>(p.tiles) * p.splits * kSkinnyTile * kSkinnyMaxRows : 0;
+}
+inline int skinny_counters(int N, int K) {
+  const SkinnyPlan p = skinny_plan(N, K);
+  return p.splits > 1 ? p.tiles : 0;
+}
+
 }  // namespace kvinfer::cuda

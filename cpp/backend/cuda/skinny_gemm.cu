@@ -1,0 +1,253 @@
+// Skinny GEMM (skinny_gemm.h). Block = 4 warps on one tile of 16 weight rows and one K range;
+// warp w takes quarter w of the range. Per 32 columns a lane loads 16 bytes of each of its two
+// weight rows (g and g + 8, g = lane / 4) and 16 bytes of its token's input row, at column
+// 8 (lane % 4): that is two m16n8k16 MMAs (weights as A, tokens as the 8 columns of B) with the
+// columns of K permuted the same way in A and B, so every load is a 16-byte vector. The quarters
+// are folded in order through shared memory; with several ranges (splits) each block leaves its
+// partial in the workspace and the block that finishes a tile last folds them in range order and
+// runs the epilogue, so no result depends on which block came last, nor on M.
+#include "backend/cuda/skinny_gemm.h"
+
+#include <cuda_fp16.h>
+
+#include "backend/cuda/common.cuh"
+#include "core/cuda_check.h"
+#include "core/errors.h"
+
+namespace kvinfer::cuda {
+
+namespace {
+constexpr int kThreads = 128, kWarps = 4, kSlice = kSkinnySlice;
+
+__device__ __forceinline__ uint4 load_stream(const half_t* p) {  // read once: no L1 allocation
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ uint32_t pack(float a, float b) {
+  const __half2 h = __floats2half2_rn(a, b);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+__device__ __forceinline__ float2 unpack(uint32_t u) { return __half22float2(*reinterpret_cast<const __half2*>(&u)); }
+
+__device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+__device__ __forceinline__ float gelu_new(float v) {
+  return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+}
+
+// Columns k .. k + 7 of input row m as four fp16 pairs (zeros past K: their products add nothing).
+template <SkinnyIn IN>
+__device__ __forceinline__ uint4 load_input(const SkinnyInput& in, int m, int k, int K, float inv) {
+  if (k >= K) return make_uint4(0, 0, 0, 0);
+  if constexpr (IN == SkinnyIn::rms_norm) {
+    const int row = in.rows ? in.rows[m] : m;
+    const float4* x = reinterpret_cast<const float4*>(static_cast<const float*>(in.x) + row * in.ld + k);
+    const float4 a = x[0], b = x[1];
+    const uint4 w = *reinterpret_cast<const uint4*>(in.norm_weight + k);
+    const float2 w0 = unpack(w.x), w1 = unpack(w.y), w2 = unpack(w.z), w3 = unpack(w.w);
+    return make_uint4(pack(a.x * inv * w0.x, a.y * inv * w0.y), pack(a.z * inv * w1.x, a.w * inv * w1.y),
+                      pack(b.x * inv * w2.x, b.y * inv * w2.y), pack(b.z * inv * w3.x, b.w * inv * w3.y));
+  } else {
+    const __half* x = static_cast<const __half*>(in.x) + m * in.ld + k;
+    const uint4 v = *reinterpret_cast<const uint4*>(x);
+    if constexpr (IN == SkinnyIn::half) {
+      return v;
+    } else if constexpr (IN == SkinnyIn::silu_mul) {
+      const uint4 u = *reinterpret_cast<const uint4*>(x + in.up_offset);
+      uint32_t o[4];
+      const uint32_t vg[4] = {v.x, v.y, v.z, v.w}, vu[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 g = unpack(vg[i]), up = unpack(vu[i]);
+        o[i] = pack(silu_mul(g.x, up.x), silu_mul(g.y, up.y));
+      }
+      return make_uint4(o[0], o[1], o[2], o[3]);
+    } else {
+      uint32_t o[4];
+      const uint32_t vx[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 g = unpack(vx[i]);
+        o[i] = pack(gelu_new(g.x), gelu_new(g.y));
+      }
+      return make_uint4(o[0], o[1], o[2], o[3]);
+    }
+  }
+}
+
+// Slices (32 columns) per lane step of the main loop: more in flight where the tile of tokens is small.
+template <int NT>
+__host__ __device__ constexpr int unroll() { return NT <= 2 ? 4 : 2; }
+
+// The epilogue of element (r, m) of a tile, run by 16 consecutive threads per token (r = thread % 16).
+template <SkinnyOut OUT>
+__device__ __forceinline__ void finish(const SkinnyOutput& out, int N, int tile, int tiles, int r, int m, int M,
+                                       float v) {
+  const int n = tile * kSkinnyTile + r;
+  const bool in = m < M && n < N;
+  if (in && out.bias) v += __half2float(out.bias[n]);
+  if constexpr (OUT == SkinnyOut::half) {
+    if (in) static_cast<__half*>(out.y)[m * out.ld + n] = __float2half_rn(v);
+  } else if constexpr (OUT == SkinnyOut::residual) {
+    float x = 0.0f;
+    if (in) {
+      float* dst = static_cast<float*>(out.y) + m * out.ld + n;
+      x = *dst + v;
+      *dst = x;
+    }
+    float sq = x * x;  // sums of squares of the tile's 16 columns, for the next RMSNorm
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, o);
+    if (out.ss && r == 0 && m < M) out.ss[m * (N / kSkinnyTile) + tile] = sq;
+  } else {
+    if (in) static_cast<float*>(out.y)[m * out.ld + n] = v;
+    float best = in ? v : -INFINITY;
+    int index = in ? n : 0x7fffffff;
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) {  // largest, lowest index on ties
+      const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, index, o);
+      if (ov > best || (ov == best && oi < index)) best = ov, index = oi;
+    }
+    if (out.argmax && r == 0 && m < M) out.argmax[m * tiles + tile] = make_int2(__float_as_int(best), index);
+  }
+}
+
+template <SkinnyIn IN, SkinnyOut OUT, int NT>
+static __global__ void __launch_bounds__(kThreads) skinny_kernel(const half_t* __restrict__ w, int N, int K, int M,
+                                                                 SkinnyPlan plan, SkinnyInput in, SkinnyOutput out,
+                                                                 SkinnyWorkspace ws) {
+  constexpr int kCols = NT * 8, kU = unroll<NT>();
+  __shared__ float red[kWarps][kCols][kSkinnyTile];  // each warp's partial, token-major
+  __shared__ float inv_rms[kCols];
+  __shared__ bool last;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int tile = blockIdx.x / plan.splits, split = blockIdx.x - tile * plan.splits;
+
+  if constexpr (IN == SkinnyIn::rms_norm) {  // 1 / rms of each token from the producers' sums of squares
+    const int groups = K / kSkinnyTile;
+    for (int m = threadIdx.x; m < kCols; m += kThreads) {
+      float s = 0.0f;
+      if (m < M) {
+        const float* ss = in.ss + (in.rows ? in.rows[m] : m) * groups;
+        for (int p = 0; p < groups; ++p) s += ss[p];
+      }
+      inv_rms[m] = rsqrtf(s / K + in.eps);
+    }
+    __syncthreads();
+  }
+
+  // this warp's quarter of the range: slices [s0, s1)
+  const int slices = (K + kSlice - 1) / kSlice, per_split = plan.k_per_split / kSlice;
+  const int r0 = split * per_split, r1 = min(slices, r0 + per_split);
+  const int quarter = (r1 - r0 + kWarps - 1) / kWarps;
+  const int s0 = min(r1, r0 + warp * quarter), s1 = min(r1, s0 + quarter);
+
+  const int n_lo = tile * kSkinnyTile + g, n_hi = n_lo + 8;
+  const half_t* w_lo = w + static_cast<int64_t>(min(n_lo, N - 1)) * K;  // rows past N: loaded, never stored
+  const half_t* w_hi = w + static_cast<int64_t>(min(n_hi, N - 1)) * K;
+  float inv[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) inv[nt] = IN == SkinnyIn::rms_norm ? inv_rms[nt * 8 + g] : 0.0f;
+  float acc[NT][4] = {};
+  for (int s = s0; s < s1; s += kU) {
+    uint4 a_lo[kU], a_hi[kU], b[kU][NT];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int k = (s + u) * kSlice + 8 * t;
+      const bool on = s + u < s1 && k < K;
+      a_lo[u] = on ? load_stream(w_lo + k) : make_uint4(0, 0, 0, 0);
+      a_hi[u] = on ? load_stream(w_hi + k) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int m = nt * 8 + g;
+        b[u][nt] = on && m < M ? load_input<IN>(in, m, k, K, inv[nt]) : make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      if (s + u >= s1) break;  // past the quarter: no MMA, so the unroll depth changes no bit
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const uint32_t first[4] = {a_lo[u].x, a_hi[u].x, a_lo[u].y, a_hi[u].y};
+        const uint32_t second[4] = {a_lo[u].z, a_hi[u].z, a_lo[u].w, a_hi[u].w};
+        mma16816(acc[nt], first, b[u][nt].x, b[u][nt].y);
+        mma16816(acc[nt], second, b[u][nt].z, b[u][nt].w);
+      }
+    }
+  }
+  // C fragment: c0, c1 = (row g, tokens 2t, 2t + 1), c2, c3 = (row g + 8, same tokens)
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    red[warp][nt * 8 + 2 * t][g] = acc[nt][0];
+    red[warp][nt * 8 + 2 * t + 1][g] = acc[nt][1];
+    red[warp][nt * 8 + 2 * t][g + 8] = acc[nt][2];
+    red[warp][nt * 8 + 2 * t + 1][g + 8] = acc[nt][3];
+  }
+  __syncthreads();
+  const int tiles = plan.tiles;
+  float* partial = ws.partials + static_cast<int64_t>(tile) * plan.splits * kSkinnyTile * kSkinnyMaxRows;
+  for (int e = threadIdx.x; e < kCols * kSkinnyTile; e += kThreads) {  // the quarters, in order
+    const int m = e / kSkinnyTile, r = e % kSkinnyTile;
+    const float v = ((red[0][m][r] + red[1][m][r]) + red[2][m][r]) + red[3][m][r];
+    if (plan.splits == 1) finish<OUT>(out, N, tile, tiles, r, m, M, v);
+    else partial[(split * kSkinnyMaxRows + m) * kSkinnyTile + r] = v;
+  }
+  if (plan.splits == 1) return;
+  __syncthreads();  // this block's partials are written
+  if (threadIdx.x == 0) last = atomic_add_acq_rel(ws.counters + tile, 1) == plan.splits - 1;
+  __syncthreads();
+  if (!last) return;
+  if (threadIdx.x == 0) ws.counters[tile] = 0;  // for the next call
+  for (int e = threadIdx.x; e < kCols * kSkinnyTile; e += kThreads) {  // the ranges, in order
+    const int m = e / kSkinnyTile, r = e % kSkinnyTile;
+    float v = __ldcg(partial + m * kSkinnyTile + r);
+    for (int sp = 1; sp < plan.splits; ++sp) v += __ldcg(partial + (sp * kSkinnyMaxRows + m) * kSkinnyTile + r);
+    finish<OUT>(out, N, tile, tiles, r, m, M, v);
+  }
+}
+
+template <SkinnyIn IN, SkinnyOut OUT>
+void launch(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
+            const SkinnyWorkspace& ws, cudaStream_t stream) {
+  const SkinnyPlan plan = skinny_plan(N, K);
+  const dim3 grid(plan.tiles * plan.splits), block(kThreads);
+  if (M <= 8) skinny_kernel<IN, OUT, 1><<<grid, block, 0, stream>>>(w, N, K, M, plan, in, out, ws);
+  else if (M <= 16) skinny_kernel<IN, OUT, 2><<<grid, block, 0, stream>>>(w, N, K, M, plan, in, out, ws);
+  else if (M <= 32) skinny_kernel<IN, OUT, 4><<<grid, block, 0, stream>>>(w, N, K, M, plan, in, out, ws);
+  else skinny_kernel<IN, OUT, 8><<<grid, block, 0, stream>>>(w, N, K, M, plan, in, out, ws);
+  KVINFER_CUDA_CHECK_LAUNCH();
+}
+}  // namespace
+
+bool skinny_supported(int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out) {
+  if (M < 1 || M > kSkinnyMaxRows || N < 1 || K < 8 || K % 8 != 0 || in.ld % 8 != 0) return false;
+  if (in.kind == SkinnyIn::rms_norm && (K % kSkinnyTile != 0 || in.ld % 4 != 0)) return false;
+  if (in.kind == SkinnyIn::silu_mul && in.up_offset % 8 != 0) return false;
+  if (out.kind == SkinnyOut::residual && out.ss && N % kSkinnyTile != 0) return false;
+  return true;
+}
+
+void skinny_gemm(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
+                 const SkinnyWorkspace& ws, cudaStream_t stream) {
+  KVINFER_CHECK_ARG(skinny_supported(N, K, M, in, out), "skinny_gemm: unsupported shape N=", N, " K=", K,
+                    " M=", M, " (M in [1, ", kSkinnyMaxRows, "], K a multiple of 8, aligned rows)");
+  KVINFER_CHECK_ARG(skinny_plan(N, K).splits == 1 || (ws.partials && ws.counters),
+                    "skinny_gemm: N=", N, " K=", K, " splits K and needs a workspace");
+#define KVINFER_SKINNY(I, O) \
+  if (in.kind == SkinnyIn::I && out.kind == SkinnyOut::O) return launch<SkinnyIn::I, SkinnyOut::O>(w, N, K, M, in, out, ws, stream)
+  KVINFER_SKINNY(rms_norm, half);
+  KVINFER_SKINNY(rms_norm, logits);
+  KVINFER_SKINNY(half, half);
+  KVINFER_SKINNY(half, logits);
+  KVINFER_SKINNY(half, residual);
+  KVINFER_SKINNY(silu_mul, residual);
+  KVINFER_SKINNY(gelu, residual);
+#undef KVINFER_SKINNY
+  throw std::invalid_argument("skinny_gemm: this input and epilogue are not built together");
+}
+
+}  // namespace kvinfer::cuda

@@ -1,0 +1,54 @@
+// GEMMs of few rows (decode steps): y[m] = epilogue(in(x)[m] W^T) for m < M <= kSkinnyMaxRows, fp16
+// weights W [N][K] streamed once, fp32 accumulation on tensor cores. The reduction order over K
+// depends on (N, K) only (skinny_plan), never on M, so a row's result is the same bits whatever
+// else shares the step. What a decode step does between two weight reads is fused in:
+//   input:    fp16 rows | RMSNorm of fp32 rows (from producers' sums of squares) | silu(gate) * up | gelu
+//   epilogue: fp16 rows (+ bias) | residual add into fp32 rows (+ bias, and their sums of squares
+//             for the next norm) | fp32 logits and per-tile argmax (greedy sampling reads those)
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "backend/cuda/workspace.h"
+#include "core/half.h"
+
+namespace kvinfer::cuda {
+
+enum class SkinnyIn { half, rms_norm, silu_mul, gelu };
+enum class SkinnyOut { half, residual, logits };
+
+struct SkinnyInput {
+  SkinnyIn kind = SkinnyIn::half;
+  const void* x = nullptr;     // half [M][ld] (half, gelu; silu_mul: gate rows, up at + up_offset) or float [*][ld] (rms_norm)
+  int64_t ld = 0;
+  int64_t up_offset = 0;       // silu_mul: elements from a gate value to its up value
+  const int32_t* rows = nullptr;  // rms_norm: the x row of output row m (null: m)
+  const float* ss = nullptr;      // rms_norm: [x row][K / 16] sums of squares of 16-column groups
+  const half_t* norm_weight = nullptr;
+  float eps = 0.0f;
+};
+
+struct SkinnyOutput {
+  SkinnyOut kind = SkinnyOut::half;
+  void* y = nullptr;  // half [M][ld] | float [M][ld] added to (residual) | float [M][ld] (logits)
+  int64_t ld = 0;
+  const half_t* bias = nullptr;  // [N] or null
+  float* ss = nullptr;           // residual: [M][N / 16] sums of squares of the new rows (or null)
+  int2* argmax = nullptr;        // logits: [M][tiles] (value bits, index) of each tile's largest
+};
+
+struct SkinnyWorkspace {
+  float* partials = nullptr;   // skinny_partial_floats(N, K)
+  int32_t* counters = nullptr; // skinny_counters(N, K), zero before the first call (calls leave them zero)
+};
+
+// Whether the fused path can run this shape (K a multiple of 8, N and the norm's K multiples of 16
+// where sums of squares are read or written).
+bool skinny_supported(int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out);
+void skinny_gemm(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
+                 const SkinnyWorkspace& ws, cudaStream_t stream);
+
+}  // namespace kvinfer::cuda
