@@ -126,36 +126,6 @@ TEST(CudaOps, Norms) {
   }
 }
 
-TEST(CudaOps, Rope) {
-  SKIP_WITHOUT_CUDA();
-  struct Case { int T, heads, kv, d; const char* scaling; };
-  for (const Case& c : {Case{1, 4, 1, 64, "none"}, Case{17, 9, 3, 64, "none"}, Case{19, 32, 8, 128, "llama3"},
-                        Case{3, 6, 2, 80, "linear"}}) {
-    SCOPED_TRACE(std::string("T=") + std::to_string(c.T) + " heads=" + std::to_string(c.heads) + "/" +
-                 std::to_string(c.kv) + " d=" + std::to_string(c.d) + " " + c.scaling);
-    RopeScaling s;
-    s.type = c.scaling;
-    s.factor = 8.0f;
-    s.original_max_positions = 64;
-    std::vector<float> inv(c.d / 2);
-    cpu::rope_inv_freq(inv.data(), c.d, 500000.0f, s);
-    const int stride = (c.heads + 2 * c.kv) * c.d;
-    auto qkv = to_float(to_half(random_floats(size_t(c.T) * stride, 6)));
-    std::vector<int32_t> pos(c.T);
-    for (int t = 0; t < c.T; ++t) pos[t] = (t * 613 + 5) % 4097;
-    auto ref = qkv;
-    cpu::rope(ref.data(), ref.data() + c.heads * c.d, stride, pos.data(), c.T, c.heads, c.kv, c.d, inv.data());
-    auto h = to_half(qkv);
-    Guarded<half_t> d_qkv(h.size(), &h);
-    Guarded<int32_t> d_pos(c.T, &pos);
-    Guarded<float> d_inv(inv.size(), &inv);
-    cuda::rope(d_qkv.get(), d_qkv.get() + c.heads * c.d, stride, d_pos.get(), c.T, c.heads, c.kv, c.d, d_inv.get(), nullptr);
-    sync();
-    EXPECT_TRUE(nmse_below(to_float(d_qkv.read()), ref, kHalfNmse));
-    EXPECT_TRUE(d_qkv.guards_intact());
-  }
-}
-
 TEST(CudaOps, ActivationsAndBias) {
   SKIP_WITHOUT_CUDA();
   for (int T : {1, 3, 19}) {

@@ -537,6 +537,8 @@ static __global__ void __launch_bounds__(kThreads, min_blocks<D, kTall>()) decod
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int qr = lane >> 2, qc = 2 * (lane & 3);  // fragment row / first column of this lane
   const bool leader = threadIdx.x == 0;
+  pdl_allow_next();
+  pdl_wait();  // q and the new K/V come from the kernels before
 
   // Block i takes the i-th contiguous share of the items (shares differ by at most one item).
   Cursor load = start_share(a, lane);
@@ -865,7 +867,8 @@ template <int D, bool kTall, int kStages>
 static void launch_shape(const DecodeArgs& a, int sms, cudaStream_t stream) {
   const int slots = sms * blocks_per_sm<D, kTall, kStages>();  // (which also raises the shared-memory limit)
   const int grid = a.row_pieces > 0 ? a.batch * a.num_kv_heads * a.row_pieces : slots;
-  decode_kernel<D, kTall, kStages><<<grid, kThreads, smem_bytes<D, kTall, kStages>(), stream>>>(a);
+  launch_dependent(decode_kernel<D, kTall, kStages>, dim3(grid), dim3(kThreads), smem_bytes<D, kTall, kStages>(),
+                   stream, a);
 }
 
 // Only the kernels decode_launch can pick are built: 2 stages only at head_dim > 64, groups <= 8.

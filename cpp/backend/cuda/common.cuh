@@ -2,8 +2,12 @@
 #pragma once
 
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
 #include <cstdint>
+#include <utility>
+
+#include "core/cuda_check.h"
 
 namespace kvinfer::cuda {
 
@@ -57,6 +61,42 @@ __device__ __forceinline__ int atomic_add_acq_rel(int* p, int v) {
   int old;
   asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;\n" : "=r"(old) : "l"(p), "r"(v) : "memory");
   return old;
+}
+
+// Programmatic dependent launch (Hopper): a kernel launched with launch_dependent() may start
+// while the kernel before it drains. It must call pdl_wait() before it reads anything that kernel
+// (or an earlier one) wrote; pdl_allow_next() lets the kernel after it start early in turn. Before
+// the wait a kernel may only read what no kernel of the step writes (weights).
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_allow_next() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Whether the current device runs dependent launches (compute capability 9.0 or later).
+bool pdl_supported();
+
+// kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch where the
+// device supports it.
+template <class... Params, class... Args>
+void launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                      Args&&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = pdl_supported() ? 1 : 0;
+  KVINFER_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
 }
 
 inline unsigned blocks_for(int64_t n, int threads, int64_t cap = 65535) {

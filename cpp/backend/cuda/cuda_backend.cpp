@@ -184,13 +184,10 @@ class CudaBackend final : public Backend {
   }
 
   void rope_kv_write(int layer, const StepContext& s) override {
-    const int T = s.num_tokens, q_dim = c_.q_dim(), kv_dim = c_.kv_dim(), qkv_dim = c_.qkv_dim();
-    half_t* qkv = buffer(Buffer::qkv);
-    if (c_.positions == PositionKind::Rope)
-      cuda::rope(qkv, qkv + q_dim, qkv_dim, s.arrays.positions, T, c_.num_heads, c_.num_kv_heads,
-                 c_.head_dim, view<float>(act_.inv_freq), stream_);
-    cuda::kv_write(cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(), c_.num_kv_heads,
-                   c_.head_dim, qkv + q_dim, qkv + q_dim + kv_dim, qkv_dim, s.arrays, T, stream_);
+    const float* inv_freq = c_.positions == PositionKind::Rope ? view<float>(act_.inv_freq) : nullptr;
+    cuda::rope_kv_write(buffer(Buffer::qkv), c_.qkv_dim(), c_.num_heads, c_.num_kv_heads, c_.head_dim, inv_freq,
+                        cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(), s.arrays, s.num_tokens,
+                        stream_);
   }
 
   void attention(int layer, const StepContext& s) override {

@@ -1,6 +1,6 @@
-// Embedding, RMSNorm/LayerNorm, RoPE, SiLU*mul, gelu_new and bias adds on the GPU. Norms: one
-// block per row, statistics in fp32 block reductions. Everything else: one thread per element
-// (RoPE: per rotated pair), memory-bound.
+// Embedding, RMSNorm/LayerNorm, SiLU*mul, gelu_new and bias adds on the GPU. Norms: one
+// block per row, statistics in fp32 block reductions. Everything else: one thread per element,
+// memory-bound.
 #include "backend/cuda/elementwise.h"
 
 #include <cuda_fp16.h>
@@ -93,32 +93,6 @@ void layer_norm(const float* x, const int32_t* rows, const half_t* weight, const
   norm_kernel<true><<<n_rows, 256, 0, stream>>>(x, rows, reinterpret_cast<const __half*>(weight),
                                                 reinterpret_cast<const __half*>(bias),
                                                 reinterpret_cast<__half*>(y), H, eps);
-  KVINFER_CUDA_CHECK_LAUNCH();
-}
-
-static __global__ void rope_kernel(__half* __restrict__ q, __half* __restrict__ k, int64_t stride,
-                                   const int32_t* __restrict__ positions, int num_heads,
-                                   int num_kv_heads, int head_dim, const float* __restrict__ inv_freq) {
-  const int t = blockIdx.x, half = head_dim / 2;
-  const float pos = static_cast<float>(positions[t]);
-  const int pairs = (num_heads + num_kv_heads) * half;
-  for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
-    const int head = p / half, i = p % half;
-    __half* x = head < num_heads ? q + t * stride + static_cast<int64_t>(head) * head_dim
-                                 : k + t * stride + static_cast<int64_t>(head - num_heads) * head_dim;
-    float s, c;
-    sincosf(pos * inv_freq[i], &s, &c);
-    const float a = __half2float(x[i]), b = __half2float(x[i + half]);
-    x[i] = __float2half_rn(a * c - b * s);
-    x[i + half] = __float2half_rn(b * c + a * s);
-  }
-}
-
-void rope(half_t* q, half_t* k, int64_t stride, const int32_t* positions, int T, int num_heads,
-          int num_kv_heads, int head_dim, const float* inv_freq, cudaStream_t stream) {
-  if (T == 0) return;
-  rope_kernel<<<T, 256, 0, stream>>>(reinterpret_cast<__half*>(q), reinterpret_cast<__half*>(k),
-                                     stride, positions, num_heads, num_kv_heads, head_dim, inv_freq);
   KVINFER_CUDA_CHECK_LAUNCH();
 }
 

@@ -27,10 +27,6 @@ void rms_norm(const float* x, const int32_t* rows, const half_t* weight, half_t*
 void layer_norm(const float* x, const int32_t* rows, const half_t* weight, const half_t* bias,
                 half_t* y, int n_rows, int H, float eps, cudaStream_t stream);
 
-// Rotary embedding in place on fp16 q/k rows (same contract as cpu::rope).
-void rope(half_t* q, half_t* k, int64_t stride, const int32_t* positions, int T, int num_heads,
-          int num_kv_heads, int head_dim, const float* inv_freq, cudaStream_t stream);
-
 // out[t][i] = silu(gate_up[t][i]) * gate_up[t][I + i]
 void silu_mul(const half_t* gate_up, int64_t stride, half_t* out, int64_t out_stride, int T, int I,
               cudaStream_t stream);

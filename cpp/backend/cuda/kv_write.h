@@ -1,5 +1,6 @@
-// K/V of a step's tokens into one layer of the KV cache on the GPU: the contract of
-// cpu::kv_write (backend/cpu/cpu_ops.h) with device pointers, enqueued on `stream`.
+// K/V of a step's tokens into one layer of the KV cache on the GPU, with the rotary embedding of
+// q and k on the way (one kernel): the contract of cpu::rope followed by cpu::kv_write
+// (backend/cpu/cpu_ops.h), with device pointers, enqueued on `stream`.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -11,7 +12,13 @@
 #include "types/step_batch.h"
 
 namespace kvinfer::cuda {
-void kv_write(half_t* k_cache, half_t* v_cache, const KVLayout& layout, int num_kv_heads,
-              int head_dim, const half_t* k, const half_t* v, int64_t token_stride,
-              const StepArrays& step, int T, cudaStream_t stream);
+
+// qkv: [T][stride] rows of num_heads q heads, then num_kv_heads k heads, then v heads. With
+// inv_freq (RoPE models), every q head is rotated in place and every k head rotated on its way to
+// the cache; without it k and v are copied. k_cache[slot(t)][h][positions[t]] = k[t][h] (and v),
+// slot(t) = kv_slots[token_seq[t]].
+void rope_kv_write(half_t* qkv, int64_t stride, int num_heads, int num_kv_heads, int head_dim,
+                   const float* inv_freq, half_t* k_cache, half_t* v_cache, const KVLayout& layout,
+                   const StepArrays& step, int T, cudaStream_t stream);
+
 }  // namespace kvinfer::cuda

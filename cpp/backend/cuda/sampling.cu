@@ -60,6 +60,7 @@ static __global__ void __launch_bounds__(kThreads)
   __shared__ float best_val[32];
   __shared__ int best_idx[32];
   __shared__ float seg_prefix[kThreads];
+  pdl_wait();  // the logits come from the LM head before
   const int b = blockIdx.x, tid = threadIdx.x;
   float* x = logits + static_cast<int64_t>(b) * vocab;
   const SamplingArgs a = step.sampling[b];
@@ -174,9 +175,8 @@ void sample(float* logits, int R, int vocab, const StepArrays& step, const int32
   if (bitmap > 48 * 1024)
     KVINFER_CUDA_CHECK(cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(bitmap)));
-  sample_kernel<<<R, kThreads, bitmap, stream>>>(logits, vocab, step, history, history_stride, argmax,
-                                                 argmax_tiles, out_tokens);
-  KVINFER_CUDA_CHECK_LAUNCH();
+  launch_dependent(sample_kernel, dim3(R), dim3(kThreads), bitmap, stream, logits, vocab, step, history,
+                   history_stride, argmax, argmax_tiles, out_tokens);
 }
 
 }  // namespace kvinfer::cuda

@@ -127,6 +127,25 @@ static __global__ void __launch_bounds__(kThreads) skinny_kernel(const half_t* _
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int tile = blockIdx.x / plan.splits, split = blockIdx.x - tile * plan.splits;
 
+  // this warp's quarter of the range: slices [s0, s1)
+  const int slices = (K + kSlice - 1) / kSlice, per_split = plan.k_per_split / kSlice;
+  const int r0 = split * per_split, r1 = min(slices, r0 + per_split);
+  const int quarter = (r1 - r0 + kWarps - 1) / kWarps;
+  const int s0 = min(r1, r0 + warp * quarter), s1 = min(r1, s0 + quarter);
+
+  // While the kernel before this one drains: its weights into L2 (no kernel of the step writes
+  // them), 128-byte lines of the warp's 16 rows.
+  {
+    const int lines = ((s1 - s0) * kSlice * 2 + 127) / 128;
+    for (int i = lane; i < kSkinnyTile * lines; i += 32) {
+      const int row = min(tile * kSkinnyTile + i / lines, N - 1);
+      const int k = min(K - 1, s0 * kSlice + (i % lines) * 64);
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(w + static_cast<int64_t>(row) * K + k));
+    }
+  }
+  pdl_allow_next();
+  pdl_wait();
+
   if constexpr (IN == SkinnyIn::rms_norm) {  // 1 / rms of each token from the producers' sums of squares
     const int groups = K / kSkinnyTile;
     for (int m = threadIdx.x; m < kCols; m += kThreads) {
@@ -139,12 +158,6 @@ static __global__ void __launch_bounds__(kThreads) skinny_kernel(const half_t* _
     }
     __syncthreads();
   }
-
-  // this warp's quarter of the range: slices [s0, s1)
-  const int slices = (K + kSlice - 1) / kSlice, per_split = plan.k_per_split / kSlice;
-  const int r0 = split * per_split, r1 = min(slices, r0 + per_split);
-  const int quarter = (r1 - r0 + kWarps - 1) / kWarps;
-  const int s0 = min(r1, r0 + warp * quarter), s1 = min(r1, s0 + quarter);
 
   const int n_lo = tile * kSkinnyTile + g, n_hi = n_lo + 8;
   const half_t* w_lo = w + static_cast<int64_t>(min(n_lo, N - 1)) * K;  // rows past N: loaded, never stored
@@ -215,11 +228,9 @@ void launch(const half_t* w, int N, int K, int M, const SkinnyInput& in, const S
             const SkinnyWorkspace& ws, cudaStream_t stream) {
   const SkinnyPlan plan = skinny_plan(N, K);
   const dim3 grid(plan.tiles * plan.splits), block(kThreads);
-  if (M <= 8) skinny_kernel<IN, OUT, 1><<<grid, block, 0, stream>>>(w, N, K, M, plan, in, out, ws);
-  else if (M <= 16) skinny_kernel<IN, OUT, 2><<<grid, block, 0, stream>>>(w, N, K, M, plan, in, out, ws);
-  else if (M <= 32) skinny_kernel<IN, OUT, 4><<<grid, block, 0, stream>>>(w, N, K, M, plan, in, out, ws);
-  else skinny_kernel<IN, OUT, 8><<<grid, block, 0, stream>>>(w, N, K, M, plan, in, out, ws);
-  KVINFER_CUDA_CHECK_LAUNCH();
+  auto kernel = M <= 8 ? skinny_kernel<IN, OUT, 1> : M <= 16 ? skinny_kernel<IN, OUT, 2>
+               : M <= 32 ? skinny_kernel<IN, OUT, 4> : skinny_kernel<IN, OUT, 8>;
+  launch_dependent(kernel, grid, block, 0, stream, w, N, K, M, plan, in, out, ws);
 }
 }  // namespace
 
