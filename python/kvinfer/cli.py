@@ -26,7 +26,7 @@ def _load(args: argparse.Namespace):
     from kvinfer.llm import LLM
 
     return LLM(args.model, device=args.device, max_context=args.max_context, max_batch=1, progress=True,
-               max_memory=args.max_memory)
+               max_memory=args.max_memory, cuda_graphs=not args.no_cuda_graphs)
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -123,6 +123,7 @@ def _add_model_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda:N")
     p.add_argument("--max-context", type=int, default=None)
     p.add_argument("--max-memory", default=None, help="memory budget, e.g. 4GiB: fails early if it cannot fit")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="run decode steps op by op (debugging)")
     p.add_argument("--max-tokens", type=int, default=max_tokens)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-k", type=int, default=0)

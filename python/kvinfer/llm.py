@@ -3,6 +3,7 @@ generation loop itself is kvinfer.engine."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from kvinfer.tokenizer import StreamDecoder, Tokenizer
 from kvinfer.weights import load_weights
 
 Prompt = str | Seq[int]
+log = logging.getLogger("kvinfer")
 
 
 @dataclass
@@ -79,6 +81,9 @@ class LLM:
         try:
             load_weights(runner, self.config, self.folder, progress=progress)
             self.graphs = runner.capture_graphs()
+            if self.graphs["batch_sizes"]:
+                log.info("captured decode graphs for batch sizes %s in %.2f s (%d B of device memory)",
+                         self.graphs["batch_sizes"], self.graphs["capture_seconds"], self.graphs["device_bytes"])
         except BaseException:
             runner.release()  # the traceback keeps `runner` alive; its memory must not stay held
             raise
