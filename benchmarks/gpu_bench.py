@@ -131,6 +131,41 @@ def bench_prefill(S: int, D: int, hq: int = 32, hkv: int = 8) -> None:
         f"{t_sdpa:9.1f} | {flops / t_sdpa / 1e6:7.1f} | {t_sdpa / t_ours:5.2f} | {err:.1e} |")
 
 
+def bench_gemm(name: str, N: int, K: int, M: int) -> None:
+    """Our skinny GEMM (fp16 in and out) against torch.mm (cuBLAS) on the same tensors: us, weight
+    GB/s and % of the copy rate."""
+    w = torch.randn(N, K, device="cuda", dtype=torch.float16) * 0.05
+    x = torch.randn(M, K, device="cuda", dtype=torch.float16)
+    y = torch.empty(M, N, device="cuda", dtype=torch.float16)
+    floats, counters = _bench_ops.skinny_workspace(N, K)
+    part = torch.empty(max(floats, 1), device="cuda", dtype=torch.float32)
+    cnt = torch.zeros(max(counters, 1), device="cuda", dtype=torch.int32)
+    stream = torch.cuda.current_stream().cuda_stream
+
+    def ours():
+        _bench_ops.skinny_gemm(w.data_ptr(), N, K, M, x.data_ptr(), K, y.data_ptr(), N, part.data_ptr(),
+                               cnt.data_ptr(), stream)
+
+    def cublas():
+        return torch.mm(x, w.t())
+
+    ours()
+    ref = cublas()
+    err = ((y.float() - ref.float()).norm() / ref.float().norm()).item()
+    t_ours, t_ref = paired_time_us(ours, cublas, reps=30)
+    gb = N * K * 2 / 1e9
+    say(f"| gemm | {name} N={N} K={K} M={M} | {t_ours:8.1f} | {gb / t_ours * 1e6:6.0f} | "
+        f"{100 * gb / t_ours * 1e15 / COPY_BW:5.1f}% | {t_ref:8.1f} | {gb / t_ref * 1e6:6.0f} | {t_ref / t_ours:5.2f} | {err:.1e} |")
+
+
+GEMM_SHAPES = {
+    "Llama-3.2-1B": {"qkv": (3072, 2048), "o": (2048, 2048), "gate_up": (16384, 2048), "down": (2048, 8192),
+                     "lm_head": (128256, 2048)},
+    "SmolLM2-135M": {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536),
+                     "lm_head": (49152, 576)},
+}
+
+
 SHAPES = {
     "Llama-3.2-1B": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                          num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
@@ -264,7 +299,7 @@ def bench_e2e(name: str, new_tokens: int, compiled_batches: tuple[int, ...], bat
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["decode", "prefill", "e2e"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["gemm", "decode", "prefill", "e2e"])
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--compiled", nargs="*", type=int, default=None, metavar="BATCH",
                     help="also HF with torch.compile at these batch sizes (default 1; slow to warm up)")
@@ -283,6 +318,13 @@ def main() -> None:
     for _ in range(400):  # ~100 GB moved first (~40 ms), so that the clocks are up for the first shape
         flush_l2()
     torch.cuda.synchronize()
+    if "gemm" not in args.skip:
+        say("| op | shape | ours us | ours GB/s | % of copy | cuBLAS us | cuBLAS GB/s | speed-up | rel. err |")
+        say("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for model, shapes in GEMM_SHAPES.items():
+            for M in (1, 16, 64):
+                for part, (N, K) in shapes.items():
+                    bench_gemm(f"{model} {part}", N, K, M)
     if "decode" not in args.skip:
         say("| op | shape | ours us | ours GB/s | SDPA us | SDPA GB/s | speed-up | rel. err |")
         say("| --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -5,6 +5,7 @@
 #   CTEST_ARGS  extra ctest arguments (e.g. -R CudaOps)
 #   PYTEST_ARGS extra pytest arguments (e.g. -k cuda)
 #   BENCH_ARGS  arguments of benchmarks/gpu_bench.py (e.g. --skip decode prefill)
+#   PROFILE     "model:batch ..." runs of benchmarks/profile_step.py (stage profile)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-logs}
@@ -33,6 +34,11 @@ for stage in $stages; do
           --gtest_filter="${SANITIZE_FILTER:-CudaOps.*:Shapes/*}"
       done ;;
     bench) run bench python3 benchmarks/gpu_bench.py --out "$out/bench.md" ${BENCH_ARGS:-} ;;
+    profile)
+      for mb in ${PROFILE:-Llama-3.2-1B:1 SmolLM2-135M:1}; do
+        run "profile-${mb%%:*}-${mb##*:}" python3 benchmarks/profile_step.py --model "${mb%%:*}" --batch "${mb##*:}"
+        cat "$out/profile-${mb%%:*}-${mb##*:}.log" | grep -v "^Loading\|it/s" | head -20
+      done ;;
   esac
 done
 [ -f "$out/bench.md" ] && cat "$out/bench.md"

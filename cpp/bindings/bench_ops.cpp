@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "backend/cuda/attention.h"
+#include "backend/cuda/skinny_gemm.h"
 
 namespace py = pybind11;
 using namespace kvinfer;
@@ -51,4 +52,17 @@ PYBIND11_MODULE(_bench_ops, ops) {
                             scale, reinterpret_cast<half_t*>(out), out_stride, reinterpret_cast<cudaStream_t>(stream));
   });
   ops.def("decode_workspace_bytes", &cuda::decode_workspace_bytes);
+  // y[M][N] = x[M][K] W[N][K]^T, fp16 in and out (the skinny GEMM's plain variant); partials and
+  // counters as skinny_partial_floats / skinny_counters say (counters zeroed once).
+  ops.def("skinny_gemm", [](uintptr_t w, int N, int K, int M, uintptr_t x, int64_t x_ld, uintptr_t y, int64_t y_ld,
+                            uintptr_t partials, uintptr_t counters, uintptr_t stream) {
+    cuda::SkinnyInput in{cuda::SkinnyIn::half, reinterpret_cast<const void*>(x), x_ld};
+    cuda::SkinnyOutput out{cuda::SkinnyOut::half, reinterpret_cast<void*>(y), y_ld};
+    cuda::skinny_gemm(reinterpret_cast<const half_t*>(w), N, K, M, in, out,
+                      cuda::SkinnyWorkspace{reinterpret_cast<float*>(partials), reinterpret_cast<int32_t*>(counters)},
+                      reinterpret_cast<cudaStream_t>(stream));
+  });
+  ops.def("skinny_workspace", [](int N, int K) {
+    return py::make_tuple(cuda::skinny_partial_floats(N, K), cuda::skinny_counters(N, K));
+  }, "(partial floats, counters) of the skinny GEMM of this shape");
 }

@@ -55,6 +55,7 @@ ActivationLayout activation_layout(const ModelConfig& c, const RunnerShape& s, D
   a.x_ss = take(cuda ? rows * (c.hidden_size / cuda::kSkinnyTile) * 4 : 0);
   a.skinny = take(cuda ? partials * 4 : 0);
   a.counters = take(cuda ? counters * 4 : 0);
+  a.normed = take(cuda ? rows * c.hidden_size * 2 : 0);
   a.argmax = take(cuda ? B * ((c.vocab_size + cuda::kSkinnyTile - 1) / cuda::kSkinnyTile) * 8 : 0);
   a.total = at;
   return a;

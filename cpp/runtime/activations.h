@@ -35,6 +35,7 @@ struct ActivationLayout {
   size_t x_ss;      // float [rows][hidden / 16] sums of squares of the residual's 16-column groups
   size_t skinny;    // float split-K partials of the largest skinny GEMM of the model
   size_t counters;  // int32 tile counters of the same
+  size_t normed;    // half [rows][hidden] RMSNorm rows of the wider skinny steps
   size_t argmax;    // int2 [max_batch][ceil(vocab / 16)] each LM-head tile's largest logit
   size_t total;
 };

@@ -143,6 +143,7 @@ Result run(const Case& c, const Inputs& in, int M) {
   Guarded<int2> d_argmax(size_t(M) * tiles);
   const size_t partials = std::max<size_t>(cuda::skinny_partial_floats(c.N, c.K), 1);
   Guarded<float> d_part(partials);
+  Guarded<half_t> d_normed(size_t(M) * c.K);
   const std::vector<int32_t> zeros(std::max(cuda::skinny_counters(c.N, c.K), 1), 0);
   Guarded<int32_t> d_counters(zeros.size(), &zeros);
 
@@ -159,11 +160,11 @@ Result run(const Case& c, const Inputs& in, int M) {
   else o.y = d_y32.get();
   if (c.out == SkinnyOut::residual && c.N % 16 == 0) o.ss = d_ss.get();
   if (c.out == SkinnyOut::logits) o.argmax = d_argmax.get();
-  cuda::skinny_gemm(d_w.get(), c.N, c.K, M, i, o, {d_part.get(), d_counters.get()}, nullptr);
+  cuda::skinny_gemm(d_w.get(), c.N, c.K, M, i, o, {d_part.get(), d_counters.get(), d_normed.get()}, nullptr);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   for (bool ok : {d_w.guards_intact(), d_x32.guards_intact(), d_x16.guards_intact(), d_y32.guards_intact(),
                   d_y16.guards_intact(), d_ss.guards_intact(), d_argmax.guards_intact(), d_part.guards_intact(),
-                  d_counters.guards_intact()})
+                  d_counters.guards_intact(), d_normed.guards_intact()})
     EXPECT_TRUE(ok);
   EXPECT_EQ(d_counters.read(), zeros);  // every call leaves the counters at zero
   Result r;

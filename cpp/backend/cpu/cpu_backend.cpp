@@ -84,6 +84,7 @@ class CpuBackend final : public Backend {
 
   void logits(const Norm& norm, const Linear& w, const StepContext& s) override {
     const int R = s.num_logit_rows, H = c_.hidden_size, V = c_.vocab_size;
+    if (R == 0) return;  // a prompt chunk that samples nothing
     for (int r = 0; r < R; ++r)
       norm_rows(x() + int64_t(s.arrays.logit_rows[r]) * H, norm, h() + int64_t(r) * H, 1);
     // straight into the caller's rows when it asked for them (there may be more than max_batch)

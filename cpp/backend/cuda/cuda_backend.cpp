@@ -227,6 +227,7 @@ class CudaBackend final : public Backend {
   void logits(const Norm& norm, const Linear& w, const StepContext& s) override {
     const int R = s.num_logit_rows, H = c_.hidden_size, V = c_.vocab_size;
     float* logits = view<float>(act_.logits);
+    if (R == 0) return;  // a prompt chunk that samples nothing
     argmax_ready_ = skinny(s.num_tokens) && R <= shape_.max_batch;
     if (argmax_ready_) {
       cuda::SkinnyOutput o{cuda::SkinnyOut::logits, logits, V, nullptr, nullptr, argmax()};
@@ -309,7 +310,9 @@ class CudaBackend final : public Backend {
 
   void skinny_gemm(const Linear& w, int rows, const cuda::SkinnyInput& in, const cuda::SkinnyOutput& out) {
     cuda::skinny_gemm(w.weight, w.out, w.in, rows, in, out,
-                      cuda::SkinnyWorkspace{view<float>(act_.skinny), view<int32_t>(act_.counters)}, stream_);
+                      cuda::SkinnyWorkspace{view<float>(act_.skinny), view<int32_t>(act_.counters),
+                                            view<half_t>(act_.normed)},
+                      stream_);
   }
 
   // h[i] = norm(x[rows ? rows[i] : i]) for n rows

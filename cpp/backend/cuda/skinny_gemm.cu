@@ -80,7 +80,7 @@ __device__ __forceinline__ uint4 load_input(const SkinnyInput& in, int m, int k,
 
 // Slices (32 columns) per lane step of the main loop: more in flight where the tile of tokens is small.
 template <int NT>
-__host__ __device__ constexpr int unroll() { return NT <= 2 ? 4 : 2; }
+__host__ __device__ constexpr int unroll() { return NT <= 2 ? 4 : NT == 4 ? 2 : 1; }
 
 // The epilogue of element (r, m) of a tile, run by 16 consecutive threads per token (r = thread % 16).
 template <SkinnyOut OUT>
@@ -88,7 +88,7 @@ __device__ __forceinline__ void finish(const SkinnyOutput& out, int N, int tile,
                                        float v) {
   const int n = tile * kSkinnyTile + r;
   const bool in = m < M && n < N;
-  if (in && out.bias) v += __half2float(out.bias[n]);
+  if (in && out.bias) v += __half2float(reinterpret_cast<const __half*>(out.bias)[n]);
   if constexpr (OUT == SkinnyOut::half) {
     if (in) static_cast<__half*>(out.y)[m * out.ld + n] = __float2half_rn(v);
   } else if constexpr (OUT == SkinnyOut::residual) {
@@ -116,22 +116,37 @@ __device__ __forceinline__ void finish(const SkinnyOutput& out, int N, int tile,
   }
 }
 
-template <SkinnyIn IN, SkinnyOut OUT, int NT>
-static __global__ void __launch_bounds__(kThreads) skinny_kernel(const half_t* __restrict__ w, int N, int K, int M,
-                                                                 SkinnyPlan plan, SkinnyInput in, SkinnyOutput out,
-                                                                 SkinnyWorkspace ws) {
+// 1 / rms of token m from the producers' sums of squares of 16-column groups (the same
+// instructions wherever it is computed, so the normed rows are the same bits).
+__device__ __forceinline__ float inv_rms_of(const SkinnyInput& in, int m, int K) {
+  const float* ss = in.ss + (in.rows ? in.rows[m] : m) * (K / kSkinnyTile);
+  float s = 0.0f;
+  for (int p = 0; p < K / kSkinnyTile; ++p) s += ss[p];
+  return rsqrtf(s / K + in.eps);
+}
+
+// Block = TPB tiles x 4 quarter warps: warp w takes quarter w % 4 of tile w / 4 of its group. The
+// warps of one quarter read the same input columns, which L1 serves to all but the first; TPB
+// changes which warps share a block, never what a warp computes, so no bit depends on it.
+template <SkinnyIn IN, SkinnyOut OUT, int NT, int TPB>
+static __global__ void __launch_bounds__(kThreads * TPB) skinny_kernel(const half_t* __restrict__ w, int N, int K,
+                                                                       int M, SkinnyPlan plan, SkinnyInput in,
+                                                                       SkinnyOutput out, SkinnyWorkspace ws) {
   constexpr int kCols = NT * 8, kU = unroll<NT>();
-  __shared__ float red[kWarps][kCols][kSkinnyTile];  // each warp's partial, token-major
+  __shared__ float red[TPB][kCols][kSkinnyTile];  // the quarters' fold, per tile, token-major
   __shared__ float inv_rms[kCols];
   __shared__ bool last;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int tile = blockIdx.x / plan.splits, split = blockIdx.x - tile * plan.splits;
+  const int quarter_index = warp % kWarps, local = warp / kWarps;
+  const int group = blockIdx.x / plan.splits, split = blockIdx.x - group * plan.splits;
+  const int tile = group * TPB + local;  // may be past the last tile: such warps only join the barriers
+  const bool live_tile = tile < plan.tiles;
 
   // this warp's quarter of the range: slices [s0, s1)
   const int slices = (K + kSlice - 1) / kSlice, per_split = plan.k_per_split / kSlice;
   const int r0 = split * per_split, r1 = min(slices, r0 + per_split);
   const int quarter = (r1 - r0 + kWarps - 1) / kWarps;
-  const int s0 = min(r1, r0 + warp * quarter), s1 = min(r1, s0 + quarter);
+  const int s0 = min(r1, r0 + quarter_index * quarter), s1 = live_tile ? min(r1, s0 + quarter) : s0;
 
   // While the kernel before this one drains: its weights into L2 (no kernel of the step writes
   // them), 128-byte lines of the warp's 16 rows.
@@ -146,16 +161,8 @@ static __global__ void __launch_bounds__(kThreads) skinny_kernel(const half_t* _
   pdl_allow_next();
   pdl_wait();
 
-  if constexpr (IN == SkinnyIn::rms_norm) {  // 1 / rms of each token from the producers' sums of squares
-    const int groups = K / kSkinnyTile;
-    for (int m = threadIdx.x; m < kCols; m += kThreads) {
-      float s = 0.0f;
-      if (m < M) {
-        const float* ss = in.ss + (in.rows ? in.rows[m] : m) * groups;
-        for (int p = 0; p < groups; ++p) s += ss[p];
-      }
-      inv_rms[m] = rsqrtf(s / K + in.eps);
-    }
+  if constexpr (IN == SkinnyIn::rms_norm) {
+    for (int m = threadIdx.x; m < kCols; m += blockDim.x) inv_rms[m] = m < M ? inv_rms_of(in, m, K) : 0.0f;
     __syncthreads();
   }
 
@@ -192,45 +199,96 @@ static __global__ void __launch_bounds__(kThreads) skinny_kernel(const half_t* _
       }
     }
   }
-  // C fragment: c0, c1 = (row g, tokens 2t, 2t + 1), c2, c3 = (row g + 8, same tokens)
+  // The quarters, folded in order: ((q0 + q1) + q2) + q3, one quarter warp after another.
+  // C fragment: c0, c1 = (row g, tokens 2t, 2t + 1), c2, c3 = (row g + 8, same tokens).
+  for (int q = 0; q < kWarps; ++q) {
+    if (quarter_index == q) {
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    red[warp][nt * 8 + 2 * t][g] = acc[nt][0];
-    red[warp][nt * 8 + 2 * t + 1][g] = acc[nt][1];
-    red[warp][nt * 8 + 2 * t][g + 8] = acc[nt][2];
-    red[warp][nt * 8 + 2 * t + 1][g + 8] = acc[nt][3];
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float& dst = red[local][nt * 8 + 2 * t + (e & 1)][g + 8 * (e >> 1)];
+          dst = q == 0 ? acc[nt][e] : dst + acc[nt][e];
+        }
+    }
+    __syncthreads();
   }
-  __syncthreads();
   const int tiles = plan.tiles;
-  float* partial = ws.partials + static_cast<int64_t>(tile) * plan.splits * kSkinnyTile * kSkinnyMaxRows;
-  for (int e = threadIdx.x; e < kCols * kSkinnyTile; e += kThreads) {  // the quarters, in order
-    const int m = e / kSkinnyTile, r = e % kSkinnyTile;
-    const float v = ((red[0][m][r] + red[1][m][r]) + red[2][m][r]) + red[3][m][r];
-    if (plan.splits == 1) finish<OUT>(out, N, tile, tiles, r, m, M, v);
-    else partial[(split * kSkinnyMaxRows + m) * kSkinnyTile + r] = v;
+  constexpr int kElems = TPB * kCols * kSkinnyTile;  // a multiple of the block: the shuffles see full warps
+  if (plan.splits == 1) {
+    for (int e = threadIdx.x; e < kElems; e += blockDim.x) {
+      const int l = e / (kCols * kSkinnyTile), m = (e / kSkinnyTile) % kCols, r = e % kSkinnyTile;
+      const int tl = group * TPB + l;
+      finish<OUT>(out, N, min(tl, tiles - 1), tiles, r, tl < tiles ? m : M, M, red[l][m][r]);
+    }
+    return;
   }
-  if (plan.splits == 1) return;
+  for (int e = threadIdx.x; e < kElems; e += blockDim.x) {
+    const int l = e / (kCols * kSkinnyTile), m = (e / kSkinnyTile) % kCols, r = e % kSkinnyTile;
+    const int tl = group * TPB + l;
+    if (tl < tiles)
+      ws.partials[((static_cast<int64_t>(tl) * plan.splits + split) * kSkinnyMaxRows + m) * kSkinnyTile + r] =
+          red[l][m][r];
+  }
   __syncthreads();  // this block's partials are written
-  if (threadIdx.x == 0) last = atomic_add_acq_rel(ws.counters + tile, 1) == plan.splits - 1;
+  if (threadIdx.x == 0) last = atomic_add_acq_rel(ws.counters + group, 1) == plan.splits - 1;
   __syncthreads();
   if (!last) return;
-  if (threadIdx.x == 0) ws.counters[tile] = 0;  // for the next call
-  for (int e = threadIdx.x; e < kCols * kSkinnyTile; e += kThreads) {  // the ranges, in order
-    const int m = e / kSkinnyTile, r = e % kSkinnyTile;
-    float v = __ldcg(partial + m * kSkinnyTile + r);
-    for (int sp = 1; sp < plan.splits; ++sp) v += __ldcg(partial + (sp * kSkinnyMaxRows + m) * kSkinnyTile + r);
-    finish<OUT>(out, N, tile, tiles, r, m, M, v);
+  if (threadIdx.x == 0) ws.counters[group] = 0;  // for the next call
+  for (int e = threadIdx.x; e < kElems; e += blockDim.x) {  // the ranges, in order
+    const int l = e / (kCols * kSkinnyTile), m = (e / kSkinnyTile) % kCols, r = e % kSkinnyTile;
+    const int tl = min(group * TPB + l, tiles - 1);
+    const float* p = ws.partials + (static_cast<int64_t>(tl) * plan.splits * kSkinnyMaxRows + m) * kSkinnyTile + r;
+    float v = __ldcg(p);
+    for (int sp = 1; sp < plan.splits; ++sp) v += __ldcg(p + sp * kSkinnyMaxRows * kSkinnyTile);
+    finish<OUT>(out, N, tl, tiles, r, group * TPB + l < tiles ? m : M, M, v);
   }
+}
+
+// h[m][k] = the RMSNorm input of the fused path, as fp16 rows (for wide M, where each block would
+// otherwise normalise the same fp32 rows again): the same instructions, so the same bits.
+static __global__ void rms_rows_kernel(SkinnyInput in, int K, int M, __half* __restrict__ h) {
+  pdl_allow_next();
+  pdl_wait();
+  const int m = blockIdx.x;
+  const float inv = inv_rms_of(in, m, K);
+  for (int k = 8 * threadIdx.x; k < K; k += 8 * blockDim.x)
+    *reinterpret_cast<uint4*>(h + static_cast<int64_t>(m) * K + k) = load_input<SkinnyIn::rms_norm>(in, m, k, K, inv);
+}
+
+template <SkinnyIn IN, SkinnyOut OUT, int NT, int TPB>
+void launch_group(const half_t* w, int N, int K, int M, const SkinnyPlan& plan, const SkinnyInput& in,
+                  const SkinnyOutput& out, const SkinnyWorkspace& ws, cudaStream_t stream) {
+  const dim3 grid((plan.tiles + TPB - 1) / TPB * plan.splits), block(kThreads * TPB);
+  launch_dependent(skinny_kernel<IN, OUT, NT, TPB>, grid, block, 0, stream, w, N, K, M, plan, in, out, ws);
+}
+
+// Tiles per block: more where several tokens read each input column (up to 4: 512 threads within
+// 128 registers), fewer where the GPU would then have under two blocks per SM.
+template <SkinnyIn IN, SkinnyOut OUT, int NT>
+void launch_tiles(const half_t* w, int N, int K, int M, const SkinnyPlan& plan, const SkinnyInput& in,
+                  const SkinnyOutput& out, const SkinnyWorkspace& ws, cudaStream_t stream) {
+  int tpb = NT >= 4 ? 4 : NT;
+  while (tpb > 1 && static_cast<int64_t>((plan.tiles + tpb - 1) / tpb) * plan.splits < 264) tpb /= 2;
+  if constexpr (NT >= 4) {
+    if (tpb == 4) return launch_group<IN, OUT, NT, 4>(w, N, K, M, plan, in, out, ws, stream);
+  }
+  if constexpr (NT >= 2) {
+    if (tpb == 2) return launch_group<IN, OUT, NT, 2>(w, N, K, M, plan, in, out, ws, stream);
+  }
+  launch_group<IN, OUT, NT, 1>(w, N, K, M, plan, in, out, ws, stream);
 }
 
 template <SkinnyIn IN, SkinnyOut OUT>
 void launch(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
             const SkinnyWorkspace& ws, cudaStream_t stream) {
   const SkinnyPlan plan = skinny_plan(N, K);
-  const dim3 grid(plan.tiles * plan.splits), block(kThreads);
-  auto kernel = M <= 8 ? skinny_kernel<IN, OUT, 1> : M <= 16 ? skinny_kernel<IN, OUT, 2>
-               : M <= 32 ? skinny_kernel<IN, OUT, 4> : skinny_kernel<IN, OUT, 8>;
-  launch_dependent(kernel, grid, block, 0, stream, w, N, K, M, plan, in, out, ws);
+  if (M <= 8) return launch_tiles<IN, OUT, 1>(w, N, K, M, plan, in, out, ws, stream);
+  if constexpr (IN != SkinnyIn::rms_norm) {  // (wider RMSNorm inputs are normed into fp16 rows first)
+    if (M <= 16) launch_tiles<IN, OUT, 2>(w, N, K, M, plan, in, out, ws, stream);
+    else if (M <= 32) launch_tiles<IN, OUT, 4>(w, N, K, M, plan, in, out, ws, stream);
+    else launch_tiles<IN, OUT, 8>(w, N, K, M, plan, in, out, ws, stream);
+  }
 }
 }  // namespace
 
@@ -248,6 +306,13 @@ void skinny_gemm(const half_t* w, int N, int K, int M, const SkinnyInput& in, co
                     " M=", M, " (M in [1, ", kSkinnyMaxRows, "], K a multiple of 8, aligned rows)");
   KVINFER_CHECK_ARG(skinny_plan(N, K).splits == 1 || (ws.partials && ws.counters),
                     "skinny_gemm: N=", N, " K=", K, " splits K and needs a workspace");
+  if (in.kind == SkinnyIn::rms_norm && M > kSkinnyNormInBlockRows) {
+    KVINFER_CHECK_ARG(ws.normed, "skinny_gemm: RMSNorm input of ", M, " rows needs the workspace's normed rows");
+    launch_dependent(rms_rows_kernel, dim3(M), dim3(128), 0, stream, in, K, M, reinterpret_cast<__half*>(ws.normed));
+    SkinnyInput h{SkinnyIn::half, ws.normed, K};
+    if (out.kind == SkinnyOut::half) return launch<SkinnyIn::half, SkinnyOut::half>(w, N, K, M, h, out, ws, stream);
+    return launch<SkinnyIn::half, SkinnyOut::logits>(w, N, K, M, h, out, ws, stream);
+  }
 #define KVINFER_SKINNY(I, O) \
   if (in.kind == SkinnyIn::I && out.kind == SkinnyOut::O) return launch<SkinnyIn::I, SkinnyOut::O>(w, N, K, M, in, out, ws, stream)
   KVINFER_SKINNY(rms_norm, half);

@@ -43,6 +43,7 @@ struct SkinnyOutput {
 struct SkinnyWorkspace {
   float* partials = nullptr;   // skinny_partial_floats(N, K)
   int32_t* counters = nullptr; // skinny_counters(N, K), zero before the first call (calls leave them zero)
+  half_t* normed = nullptr;    // [M][K]: RMSNorm input of more than kSkinnyNormInBlockRows rows, normed first
 };
 
 // Whether the fused path can run this shape (K a multiple of 8, N and the norm's K multiples of 16

@@ -23,6 +23,7 @@ constexpr int kSkinnyMaxRows = 64;  // more rows go to cuBLAS
 constexpr int kSkinnyTile = 16;     // output columns (rows of W) per tile; also the sums-of-squares group
 constexpr int kSkinnySlice = 32;    // columns of K per lane step
 constexpr int kSkinnyTargetUnits = 256;  // (tile, K range) blocks to aim for: about 2 per SM
+constexpr int kSkinnyNormInBlockRows = 8;  // more rows: RMSNorm into fp16 rows first, then the GEMM
 
 // How K is split: `splits` contiguous ranges of k_per_split columns (a multiple of 32), each summed
 // as four quarters folded in order, the ranges then folded in order by the block that finishes a
@@ -46,7 +47,7 @@ inline size_t skinny_partial_floats(int N, int K) {
   const SkinnyPlan p = skinny_plan(N, K);
   return p.splits > 1 ? static_cast<size_t>(p.tiles) * p.splits * kSkinnyTile * kSkinnyMaxRows : 0;
 }
-inline int skinny_counters(int N, int K) {
+inline int skinny_counters(int N, int K) {  // one per group of tiles of a block: at most one per tile
   const SkinnyPlan p = skinny_plan(N, K);
   return p.splits > 1 ? p.tiles : 0;
 }

@@ -1,0 +1,59 @@
+"""Where a decode step's GPU time goes: kernels per step and their time (CUPTI through
+torch.profiler) while kvinfer generates with random weights of a benchmark shape.
+
+    python benchmarks/profile_step.py --model Llama-3.2-1B --batch 1 [--no-cuda-graphs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import tempfile
+
+import numpy as np
+import torch
+
+from gpu_bench import SHAPES, random_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="Llama-3.2-1B", choices=list(SHAPES))
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--no-cuda-graphs", action="store_true")
+    args = ap.parse_args()
+    from kvinfer.llm import LLM
+    from kvinfer.sampling import SamplingParams
+
+    folder = tempfile.mkdtemp()
+    random_model(args.model, folder)
+    llm = LLM(folder, device="cuda:0", max_context=1024, max_batch=max(args.batch, 1),
+              cuda_graphs=not args.no_cuda_graphs)
+    vocab = SHAPES[args.model]["vocab_size"]
+    prompts = [np.random.default_rng(i).integers(0, vocab, size=128).tolist() for i in range(args.batch)]
+    params = SamplingParams(max_tokens=args.new_tokens, temperature=0, ignore_eos=True)
+    llm.generate(prompts, params)  # warm-up
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        llm.generate(prompts, params)
+        torch.cuda.synchronize()
+    kernels = collections.defaultdict(lambda: [0, 0.0])
+    first, last = None, None
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            k = kernels[e.name[:90]]
+            k[0] += 1
+            k[1] += e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
+            first = e.time_range.start if first is None else min(first, e.time_range.start)
+            last = e.time_range.end if last is None else max(last, e.time_range.end)
+    steps = args.new_tokens
+    total = sum(t for _, t in kernels.values())
+    print(f"# {args.model} batch {args.batch}, {steps} tokens, graphs {not args.no_cuda_graphs}: "
+          f"{sum(n for n, _ in kernels.values()) / steps:.0f} GPU activities per step, "
+          f"{total / steps:.1f} us GPU time per step, {(last - first) / steps:.1f} us span per step")
+    for name, (n, t) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:25]:
+        print(f"{t / steps:9.1f} us/step {n / steps:6.1f}/step {t / n:8.2f} us each  {name}")
+
+
+if __name__ == "__main__":
+    main()
