@@ -1,11 +1,19 @@
 // What the kernels' launch helpers need to know of the device (common.cuh).
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 
 #include "backend/cuda/common.cuh"
 
 namespace kvinfer::cuda {
 
+// KVINFER_PDL=0 in the environment turns dependent launches off (to measure what they give).
 bool pdl_supported() {
+  static const bool wanted = [] {
+    const char* v = std::getenv("KVINFER_PDL");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  if (!wanted) return false;
   constexpr int kMaxDevices = 64;
   static int major[kMaxDevices] = {};
   static std::once_flag once[kMaxDevices];
