@@ -304,6 +304,8 @@ def main() -> None:
     ap.add_argument("--compiled", nargs="*", type=int, default=None, metavar="BATCH",
                     help="also HF with torch.compile at these batch sizes (default 1; slow to warm up)")
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 16, 64], help="end-to-end batch sizes")
+    ap.add_argument("--gemm-rows", nargs="*", type=int, default=[1, 16, 64], help="GEMM micro-benchmark rows")
+    ap.add_argument("--models", nargs="*", default=list(SHAPES), choices=list(SHAPES), help="end-to-end models")
     ap.add_argument("--sweep-splits", nargs="*", metavar="MIN_CHUNK,MAX_SPLITS[,GROWTH_KEYS[,MIN_SPLITS]]",
                     help="decode: also time these chunkings (default: a few) at every decode shape")
     ap.add_argument("--flush", choices=["read", "write"], default="read",
@@ -322,7 +324,7 @@ def main() -> None:
         say("| op | shape | ours us | ours GB/s | % of copy | cuBLAS us | cuBLAS GB/s | speed-up | rel. err |")
         say("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for model, shapes in GEMM_SHAPES.items():
-            for M in (1, 16, 64):
+            for M in args.gemm_rows:
                 for part, (N, K) in shapes.items():
                     bench_gemm(f"{model} {part}", N, K, M)
     if "decode" not in args.skip:
@@ -354,7 +356,7 @@ def main() -> None:
         say("| run | model | ours tok/s | % of copy roofline | ours, no graphs | HF static (eager) tok/s | ratio | "
             "HF static (compiled) tok/s | ratio |")
         say("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for name in SHAPES:
+        for name in args.models:
             bench_e2e(name, args.new_tokens, compiled, tuple(args.batches))
     if args.out:
         with open(args.out, "w") as f:

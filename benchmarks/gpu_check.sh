@@ -35,9 +35,11 @@ for stage in $stages; do
       done ;;
     bench) run bench python3 benchmarks/gpu_bench.py --out "$out/bench.md" ${BENCH_ARGS:-} ;;
     profile)
-      for mb in ${PROFILE:-Llama-3.2-1B:1 SmolLM2-135M:1}; do
-        run "profile-${mb%%:*}-${mb##*:}" python3 benchmarks/profile_step.py --model "${mb%%:*}" --batch "${mb##*:}"
-        cat "$out/profile-${mb%%:*}-${mb##*:}.log" | grep -v "^Loading\|it/s" | head -20
+      for mb in ${PROFILE:-Llama-3.2-1B:1 SmolLM2-135M:1}; do  # model:batch[:flags of profile_step.py]
+        IFS=: read -r model batch flags <<<"$mb"
+        log="profile-$model-$batch${flags// /}"
+        run "$log" python3 benchmarks/profile_step.py --model "$model" --batch "$batch" $flags
+        grep -v "Loading\|it/s" "$out/$log.log" | head -22
       done ;;
   esac
 done
