@@ -5,7 +5,9 @@
 #   CTEST_ARGS  extra ctest arguments (e.g. -R CudaOps)
 #   PYTEST_ARGS extra pytest arguments (e.g. -k cuda)
 #   BENCH_ARGS  arguments of benchmarks/gpu_bench.py (e.g. --skip decode prefill)
-#   PROFILE     "model:batch ..." runs of benchmarks/profile_step.py (stage profile)
+#   PROFILE     "model:batch ..." runs of benchmarks/profile_step.py (stage profile), PROFILE_ENV their
+#               environment (e.g. KVINFER_PDL=0: kernel times without dependent launches overlapping)
+#   SANITIZE_FILTER, SANITIZE_TIMEOUT  gtest filter and seconds per tool of the sanitize stage
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-logs}
@@ -30,15 +32,15 @@ for stage in $stages; do
     pytest) run pytest bash -c "cd tests/python && python3 -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} ." ;;
     sanitize)
       for tool in memcheck racecheck; do
-        run "sanitize-$tool" compute-sanitizer --tool "$tool" --error-exitcode 1 build/gpu/tests/cpp/kvinfer_tests \
-          --gtest_filter="${SANITIZE_FILTER:-CudaOps.*:Shapes/*}"
+        run "sanitize-$tool" timeout "${SANITIZE_TIMEOUT:-300}" compute-sanitizer --tool "$tool" --error-exitcode 1 \
+          build/gpu/tests/cpp/kvinfer_tests --gtest_filter="${SANITIZE_FILTER:-CudaOps.*:Shapes/*}"
       done ;;
     bench) run bench python3 benchmarks/gpu_bench.py --out "$out/bench.md" ${BENCH_ARGS:-} ;;
     profile)
       for mb in ${PROFILE:-Llama-3.2-1B:1 SmolLM2-135M:1}; do  # model:batch[:flags of profile_step.py]
         IFS=: read -r model batch flags <<<"$mb"
         log="profile-$model-$batch${flags// /}"
-        run "$log" python3 benchmarks/profile_step.py --model "$model" --batch "$batch" $flags
+        run "$log" env ${PROFILE_ENV:-} python3 benchmarks/profile_step.py --model "$model" --batch "$batch" $flags
         grep -v "Loading\|it/s" "$out/$log.log" | head -22
       done ;;
   esac

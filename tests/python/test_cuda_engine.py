@@ -144,8 +144,8 @@ def test_graph_replay_equals_op_by_op_bit_for_bit(model_dirs):
     """Decode steps replayed from the captured graphs (padded to the graph's batch) give the logits
     of the same steps run op by op, at batch sizes that fill a graph and that need padding, and
     again after the slots were refilled with sequences of other lengths."""
-    g = load(model_dirs["llama_gqa3"], "cuda:0", max_batch=16)
-    e = load(model_dirs["llama_gqa3"], "cuda:0", max_batch=16, cuda_graphs=False)
+    g = load(model_dirs["llama_gqa3"], "cuda:0", max_batch=16, max_step_tokens=128)
+    e = load(model_dirs["llama_gqa3"], "cuda:0", max_batch=16, max_step_tokens=128, cuda_graphs=False)
     assert g.graphs["batch_sizes"] == [1, 2, 4, 8, 16] and e.graphs["batch_sizes"] == []
     for round_ in range(2):
         for B in (1, 2, 3, 5, 16):
@@ -159,7 +159,7 @@ def test_graph_replay_equals_op_by_op_bit_for_bit(model_dirs):
 def test_decode_is_batch_invariant_bit_for_bit(model_dirs):
     """A sequence's decode logits are the same bits alone and among 2, 15 and 63 others of mixed
     lengths (the reduction order of every GEMM and of attention does not depend on the batch)."""
-    llm = load(model_dirs["llama_mha_d128"], "cuda:0", max_batch=64, max_context=256)
+    llm = load(model_dirs["llama_mha_d128"], "cuda:0", max_batch=64, max_context=256, max_step_tokens=256)
     target = prompt(40, 500)
     alone = decode_logits(llm, [target], [0], 5)[:, 0]
     for B in (3, 16, 64):

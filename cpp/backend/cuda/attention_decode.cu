@@ -34,6 +34,7 @@
 
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <mutex>
 
 #include "core/cuda_check.h"
@@ -866,7 +867,11 @@ static int blocks_per_sm() {
 template <int D, bool kTall, int kStages>
 static void launch_shape(const DecodeArgs& a, int sms, cudaStream_t stream) {
   const int slots = sms * blocks_per_sm<D, kTall, kStages>();  // (which also raises the shared-memory limit)
-  const int grid = a.row_pieces > 0 ? a.batch * a.num_kv_heads * a.row_pieces : slots;
+  // the persistent grid: never more blocks than the batch can have items (a small batch in a
+  // captured graph would otherwise start hundreds of blocks with nothing to do)
+  const int64_t most_items = static_cast<int64_t>(a.batch) * a.num_kv_heads * a.plan.max_splits;
+  const int grid = a.row_pieces > 0 ? a.batch * a.num_kv_heads * a.row_pieces
+                                    : static_cast<int>(std::min<int64_t>(slots, most_items));
   launch_dependent(decode_kernel<D, kTall, kStages>, dim3(grid), dim3(kThreads), smem_bytes<D, kTall, kStages>(),
                    stream, a);
 }

@@ -80,7 +80,7 @@ __device__ __forceinline__ uint4 load_input(const SkinnyInput& in, int m, int k,
 
 // Slices (32 columns) per lane step of the main loop: more in flight where the tile of tokens is small.
 template <int NT>
-__host__ __device__ constexpr int unroll() { return NT <= 2 ? 4 : NT == 4 ? 2 : 1; }
+__host__ __device__ constexpr int unroll() { return NT == 1 ? 8 : NT == 2 ? 4 : NT == 4 ? 2 : 1; }
 
 // The epilogue of element (r, m) of a tile, run by 16 consecutive threads per token (r = thread % 16).
 template <SkinnyOut OUT>
