@@ -538,11 +538,13 @@ static __global__ void __launch_bounds__(kThreads, min_blocks<D, kTall>()) decod
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int qr = lane >> 2, qc = 2 * (lane & 3);  // fragment row / first column of this lane
   const bool leader = threadIdx.x == 0;
+
+  // Block i takes the i-th contiguous share of the items (shares differ by at most one item). It
+  // reads only the step's positions and slots, which no kernel writes: the kernels before this one
+  // may still be running.
+  Cursor load = start_share(a, lane);
   pdl_allow_next();
   pdl_wait();  // q and the new K/V come from the kernels before
-
-  // Block i takes the i-th contiguous share of the items (shares differ by at most one item).
-  Cursor load = start_share(a, lane);
 
   auto stage_k = [&](int st) { return smem + (st * 2) * kTile; };
   auto stage_v = [&](int st) { return smem + (st * 2 + 1) * kTile; };

@@ -16,11 +16,12 @@ static __global__ void rope_kv_write_kernel(__half* __restrict__ qkv, int64_t st
                                             int num_kv_heads, int head_dim, const float* __restrict__ inv_freq,
                                             __half* __restrict__ k_cache, __half* __restrict__ v_cache,
                                             KVLayout layout, StepArrays step) {
-  pdl_allow_next();
-  pdl_wait();  // qkv comes from the projection before
   const int t = blockIdx.x, half = head_dim / 2;
+  // the step's fields are in place before its first kernel: read them while the projection drains
   const int pos = step.positions[t];
   const int64_t cache_row = step.kv_slots[step.token_seq[t]] * layout.slot_stride + int64_t(pos) * layout.pos_stride;
+  pdl_allow_next();
+  pdl_wait();  // qkv comes from the projection before
   __half* row = qkv + t * stride;
   __half* k = row + static_cast<int64_t>(num_heads) * head_dim;
   const __half* v = k + static_cast<int64_t>(num_kv_heads) * head_dim;

@@ -38,49 +38,66 @@ __device__ __forceinline__ float gelu_new(float v) {
   return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
 }
 
-// Columns k .. k + 7 of input row m as four fp16 pairs (zeros past K: their products add nothing).
+// Columns k .. k + 7 of input row m, as loaded (zeros past K or M: their products add nothing).
+// Loads of every slice in flight are issued before any is transformed (transform()), so a slice's
+// norm or activation never waits on its own load while the others' could be on the way.
 template <SkinnyIn IN>
-__device__ __forceinline__ uint4 load_input(const SkinnyInput& in, int m, int k, int K, float inv) {
-  if (k >= K) return make_uint4(0, 0, 0, 0);
+struct Raw {
+  uint4 v = make_uint4(0, 0, 0, 0);  // fp16 values (half, gelu; silu_mul: gate), or the norm weights
+  uint4 u = make_uint4(0, 0, 0, 0);  // silu_mul: up
+  float4 a = make_float4(0, 0, 0, 0), b = make_float4(0, 0, 0, 0);  // rms_norm: the fp32 columns
+};
+
+template <SkinnyIn IN>
+__device__ __forceinline__ Raw<IN> load_raw(const SkinnyInput& in, int m, int k, int K) {
+  Raw<IN> r;
+  if (k >= K) return r;
   if constexpr (IN == SkinnyIn::rms_norm) {
     const int row = in.rows ? in.rows[m] : m;
     const float4* x = reinterpret_cast<const float4*>(static_cast<const float*>(in.x) + row * in.ld + k);
-    const float4 a = x[0], b = x[1];
-    const uint4 w = *reinterpret_cast<const uint4*>(in.norm_weight + k);
-    const float2 w0 = unpack(w.x), w1 = unpack(w.y), w2 = unpack(w.z), w3 = unpack(w.w);
-    return make_uint4(pack(a.x * inv * w0.x, a.y * inv * w0.y), pack(a.z * inv * w1.x, a.w * inv * w1.y),
-                      pack(b.x * inv * w2.x, b.y * inv * w2.y), pack(b.z * inv * w3.x, b.w * inv * w3.y));
+    r.a = x[0], r.b = x[1];
+    r.v = *reinterpret_cast<const uint4*>(in.norm_weight + k);
   } else {
     const __half* x = static_cast<const __half*>(in.x) + m * in.ld + k;
-    const uint4 v = *reinterpret_cast<const uint4*>(x);
-    if constexpr (IN == SkinnyIn::half) {
-      return v;
-    } else if constexpr (IN == SkinnyIn::silu_mul) {
-      const uint4 u = *reinterpret_cast<const uint4*>(x + in.up_offset);
-      uint32_t o[4];
-      const uint32_t vg[4] = {v.x, v.y, v.z, v.w}, vu[4] = {u.x, u.y, u.z, u.w};
+    r.v = *reinterpret_cast<const uint4*>(x);
+    if constexpr (IN == SkinnyIn::silu_mul) r.u = *reinterpret_cast<const uint4*>(x + in.up_offset);
+  }
+  return r;
+}
+
+// The B fragment of loaded columns: four fp16 pairs after the norm (inv = 1 / rms) or activation.
+template <SkinnyIn IN>
+__device__ __forceinline__ uint4 transform(const Raw<IN>& r, float inv) {
+  if constexpr (IN == SkinnyIn::rms_norm) {
+    const float2 w0 = unpack(r.v.x), w1 = unpack(r.v.y), w2 = unpack(r.v.z), w3 = unpack(r.v.w);
+    return make_uint4(pack(r.a.x * inv * w0.x, r.a.y * inv * w0.y), pack(r.a.z * inv * w1.x, r.a.w * inv * w1.y),
+                      pack(r.b.x * inv * w2.x, r.b.y * inv * w2.y), pack(r.b.z * inv * w3.x, r.b.w * inv * w3.y));
+  } else if constexpr (IN == SkinnyIn::half) {
+    return r.v;
+  } else {
+    uint32_t o[4];
+    const uint32_t vg[4] = {r.v.x, r.v.y, r.v.z, r.v.w}, vu[4] = {r.u.x, r.u.y, r.u.z, r.u.w};
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 g = unpack(vg[i]), up = unpack(vu[i]);
+    for (int i = 0; i < 4; ++i) {
+      const float2 g = unpack(vg[i]);
+      if constexpr (IN == SkinnyIn::silu_mul) {
+        const float2 up = unpack(vu[i]);
         o[i] = pack(silu_mul(g.x, up.x), silu_mul(g.y, up.y));
-      }
-      return make_uint4(o[0], o[1], o[2], o[3]);
-    } else {
-      uint32_t o[4];
-      const uint32_t vx[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 g = unpack(vx[i]);
+      } else {
         o[i] = pack(gelu_new(g.x), gelu_new(g.y));
       }
-      return make_uint4(o[0], o[1], o[2], o[3]);
     }
+    return make_uint4(o[0], o[1], o[2], o[3]);
   }
 }
 
-// Slices (32 columns) per lane step of the main loop: more in flight where the tile of tokens is small.
-template <int NT>
-__host__ __device__ constexpr int unroll() { return NT == 1 ? 8 : NT == 2 ? 4 : NT == 4 ? 2 : 1; }
+// Slices (32 columns) per lane step of the main loop: more in flight where the tile of tokens is
+// small, fewer where a slice's input also takes registers until it is transformed.
+template <SkinnyIn IN, int NT>
+__host__ __device__ constexpr int unroll() {
+  if constexpr (IN == SkinnyIn::half) return NT == 1 ? 8 : NT == 2 ? 4 : NT == 4 ? 2 : 1;
+  return NT == 1 ? 4 : NT <= 4 ? 2 : 1;
+}
 
 // The epilogue of element (r, m) of a tile, run by 16 consecutive threads per token (r = thread % 16).
 template <SkinnyOut OUT>
@@ -116,12 +133,15 @@ __device__ __forceinline__ void finish(const SkinnyOutput& out, int N, int tile,
   }
 }
 
-// 1 / rms of token m from the producers' sums of squares of 16-column groups (the same
-// instructions wherever it is computed, so the normed rows are the same bits).
-__device__ __forceinline__ float inv_rms_of(const SkinnyInput& in, int m, int K) {
+// 1 / rms of token m from the producers' sums of squares of 16-column groups, by one warp: lane l
+// adds groups l, l + 32, ... in order, then a fixed butterfly. The same instructions wherever it is
+// computed (fused, or in rms_rows_kernel), so the normed rows are the same bits.
+__device__ __forceinline__ float inv_rms_of(const SkinnyInput& in, int m, int K, int lane) {
   const float* ss = in.ss + (in.rows ? in.rows[m] : m) * (K / kSkinnyTile);
   float s = 0.0f;
-  for (int p = 0; p < K / kSkinnyTile; ++p) s += ss[p];
+  for (int p = lane; p < K / kSkinnyTile; p += 32) s += ss[p];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
   return rsqrtf(s / K + in.eps);
 }
 
@@ -132,7 +152,7 @@ template <SkinnyIn IN, SkinnyOut OUT, int NT, int TPB>
 static __global__ void __launch_bounds__(kThreads * TPB) skinny_kernel(const half_t* __restrict__ w, int N, int K,
                                                                        int M, SkinnyPlan plan, SkinnyInput in,
                                                                        SkinnyOutput out, SkinnyWorkspace ws) {
-  constexpr int kCols = NT * 8, kU = unroll<NT>();
+  constexpr int kCols = NT * 8, kU = unroll<IN, NT>();
   __shared__ float red[TPB][kCols][kSkinnyTile];  // the quarters' fold, per tile, token-major
   __shared__ float inv_rms[kCols];
   __shared__ bool last;
@@ -161,8 +181,11 @@ static __global__ void __launch_bounds__(kThreads * TPB) skinny_kernel(const hal
   pdl_allow_next();
   pdl_wait();
 
-  if constexpr (IN == SkinnyIn::rms_norm) {
-    for (int m = threadIdx.x; m < kCols; m += blockDim.x) inv_rms[m] = m < M ? inv_rms_of(in, m, K) : 0.0f;
+  if constexpr (IN == SkinnyIn::rms_norm) {  // a warp per token
+    for (int m = warp; m < kCols; m += blockDim.x / 32) {
+      const float v = m < M ? inv_rms_of(in, m, K, lane) : 0.0f;
+      if (lane == 0) inv_rms[m] = v;
+    }
     __syncthreads();
   }
 
@@ -174,17 +197,22 @@ static __global__ void __launch_bounds__(kThreads * TPB) skinny_kernel(const hal
   for (int nt = 0; nt < NT; ++nt) inv[nt] = IN == SkinnyIn::rms_norm ? inv_rms[nt * 8 + g] : 0.0f;
   float acc[NT][4] = {};
   for (int s = s0; s < s1; s += kU) {
-    uint4 a_lo[kU], a_hi[kU], b[kU][NT];
+    uint4 a_lo[kU], a_hi[kU];
+    Raw<IN> raw[kU][NT];
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
       const int k = (s + u) * kSlice + 8 * t;
       const bool on = s + u < s1 && k < K;
       a_lo[u] = on ? load_stream(w_lo + k) : make_uint4(0, 0, 0, 0);
       a_hi[u] = on ? load_stream(w_hi + k) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int k = (s + u) * kSlice + 8 * t;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         const int m = nt * 8 + g;
-        b[u][nt] = on && m < M ? load_input<IN>(in, m, k, K, inv[nt]) : make_uint4(0, 0, 0, 0);
+        if (s + u < s1 && m < M) raw[u][nt] = load_raw<IN>(in, m, k, K);
       }
     }
 #pragma unroll
@@ -192,10 +220,11 @@ static __global__ void __launch_bounds__(kThreads * TPB) skinny_kernel(const hal
       if (s + u >= s1) break;  // past the quarter: no MMA, so the unroll depth changes no bit
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
+        const uint4 b = transform<IN>(raw[u][nt], inv[nt]);
         const uint32_t first[4] = {a_lo[u].x, a_hi[u].x, a_lo[u].y, a_hi[u].y};
         const uint32_t second[4] = {a_lo[u].z, a_hi[u].z, a_lo[u].w, a_hi[u].w};
-        mma16816(acc[nt], first, b[u][nt].x, b[u][nt].y);
-        mma16816(acc[nt], second, b[u][nt].z, b[u][nt].w);
+        mma16816(acc[nt], first, b.x, b.y);
+        mma16816(acc[nt], second, b.z, b.w);
       }
     }
   }
@@ -248,12 +277,18 @@ static __global__ void __launch_bounds__(kThreads * TPB) skinny_kernel(const hal
 // h[m][k] = the RMSNorm input of the fused path, as fp16 rows (for wide M, where each block would
 // otherwise normalise the same fp32 rows again): the same instructions, so the same bits.
 static __global__ void rms_rows_kernel(SkinnyInput in, int K, int M, __half* __restrict__ h) {
+  __shared__ float inv;
   pdl_allow_next();
   pdl_wait();
   const int m = blockIdx.x;
-  const float inv = inv_rms_of(in, m, K);
+  if (threadIdx.x < 32) {
+    const float v = inv_rms_of(in, m, K, threadIdx.x);
+    if (threadIdx.x == 0) inv = v;
+  }
+  __syncthreads();
   for (int k = 8 * threadIdx.x; k < K; k += 8 * blockDim.x)
-    *reinterpret_cast<uint4*>(h + static_cast<int64_t>(m) * K + k) = load_input<SkinnyIn::rms_norm>(in, m, k, K, inv);
+    *reinterpret_cast<uint4*>(h + static_cast<int64_t>(m) * K + k) =
+        transform<SkinnyIn::rms_norm>(load_raw<SkinnyIn::rms_norm>(in, m, k, K), inv);
 }
 
 template <SkinnyIn IN, SkinnyOut OUT, int NT, int TPB>
