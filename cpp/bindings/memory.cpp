@@ -1,5 +1,7 @@
 // Bindings: VramTracker, DeviceMemory, KVCacheConfig, KVCache.
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -24,13 +26,21 @@ std::vector<half_t> as_kv_rows(const py::array& a, const char* name, const KVCac
   const py::dtype dt = a.dtype();
   const size_t n = static_cast<size_t>(a.size());
   std::vector<half_t> out(n);
-  if (dt.kind() == 'f' && dt.itemsize() == 2) {
+  const bool native = dt.attr("isnative").cast<bool>();
+  if (dt.kind() == 'f' && dt.itemsize() == 2 && native) {
     auto c16 = py::array::ensure(a, py::array::c_style);
     std::memcpy(out.data(), c16.data(), n * sizeof(half_t));
-  } else if (dt.kind() == 'f' && dt.itemsize() == 4) {
+  } else if (dt.kind() == 'f' && dt.itemsize() == 4 && native) {
     auto c32 = py::array_t<float, py::array::c_style>::ensure(a);
     const float* src = c32.data();
-    for (size_t i = 0; i < n; ++i) out[i] = float_to_half(src[i]);
+    for (size_t i = 0; i < n; ++i) {
+      out[i] = float_to_half(src[i]);
+      KVINFER_CHECK_ARG(!std::isfinite(src[i]) || (out[i] & 0x7c00u) != 0x7c00u, name, " holds ", src[i],
+                        " at element ", i, ", beyond the float16 range of the cache");
+    }
+  } else if (dt.kind() == 'f' && !native) {
+    throw std::invalid_argument(str(name, ".dtype=", std::string(py::str(dt)),
+                                    " is not in this machine's byte order; convert it with .astype(its native form)"));
   } else {
     throw std::invalid_argument(str(name, ".dtype=", std::string(py::str(dt)),
                                     " is not supported; use float16 or float32"));
@@ -57,6 +67,14 @@ py::dict stats_dict(const PurposeStats& s) {
   return d;
 }
 
+// A field of KVCacheConfig: an int in [1, 2^31 - 1], else ValueError naming it.
+int count(const char* name, const py::int_& v) {
+  KVINFER_CHECK_ARG(v >= py::int_(1), "KVCacheConfig.", name, "=", std::string(py::str(v)), " must be > 0");
+  KVINFER_CHECK_ARG(v <= py::int_(std::numeric_limits<int>::max()), "KVCacheConfig.", name, "=",
+                    std::string(py::str(v)), " must be in [1, 2^31 - 1]");
+  return v.cast<int>();
+}
+
 }  // namespace
 
 void bind_memory(py::module_& m) {
@@ -64,8 +82,10 @@ void bind_memory(py::module_& m) {
       "Bytes held per purpose, with peaks, live allocation counts and an optional budget.")
       .def(py::init([](std::optional<py::int_> budget_bytes) {
              if (!budget_bytes) return std::make_shared<VramTracker>();
-             long long b = budget_bytes->cast<long long>();
-             KVINFER_CHECK_ARG(b >= 0, "budget_bytes=", b, " must be >= 0");
+             const py::int_ limit(std::numeric_limits<long long>::max());
+             KVINFER_CHECK_ARG(*budget_bytes >= py::int_(0) && *budget_bytes <= limit, "budget_bytes=",
+                               std::string(py::str(*budget_bytes)), " must be in [0, 2^63 - 1]");
+             const long long b = budget_bytes->cast<long long>();
              return std::make_shared<VramTracker>(static_cast<size_t>(b));
            }),
            py::arg("budget_bytes") = py::none())
@@ -112,9 +132,11 @@ void bind_memory(py::module_& m) {
       .def("__exit__", [](DeviceMemory& m, py::args) { m.reset(); });
 
   py::class_<KVCacheConfig>(m, "KVCacheConfig", "Shape of a KV cache; every field must be > 0.")
-      .def(py::init([](int num_layers, int max_context, int num_kv_heads, int head_dim,
-                       int max_batch) {
-             KVCacheConfig c{num_layers, max_context, num_kv_heads, head_dim, max_batch};
+      .def(py::init([](py::int_ num_layers, py::int_ max_context, py::int_ num_kv_heads, py::int_ head_dim,
+                       py::int_ max_batch) {
+             KVCacheConfig c{count("num_layers", num_layers), count("max_context", max_context),
+                             count("num_kv_heads", num_kv_heads), count("head_dim", head_dim),
+                             count("max_batch", max_batch)};
              c.validate();
              return c;
            }),

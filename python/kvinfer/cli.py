@@ -118,13 +118,24 @@ def bench(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--model", default=None, help="HF model folder or .gguf (default: SmolLM2-135M-Instruct)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda:N")
-    p.add_argument("--max-context", type=int, default=None)
+    p.add_argument("--max-context", type=_positive, default=None)
     p.add_argument("--max-memory", default=None, help="memory budget, e.g. 4GiB: fails early if it cannot fit")
     p.add_argument("--no-cuda-graphs", action="store_true", help="run decode steps op by op (debugging)")
-    p.add_argument("--max-tokens", type=int, default=max_tokens)
+    p.add_argument("--max-tokens", type=_positive, default=max_tokens)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -164,9 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="CPU prefill/decode tokens/s, side by side with HF transformers")
     p.add_argument("--model", default=None)
-    p.add_argument("--prompt-tokens", type=int, default=128)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--prompt-tokens", type=_positive, default=128)
+    p.add_argument("--new-tokens", type=_positive, default=64)
+    p.add_argument("--batch", type=_positive, nargs="+", default=[1, 8])
     p.add_argument("--no-hf", action="store_true", help="skip the transformers side")
     p.set_defaults(func=bench)
     return parser
@@ -176,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, MemoryError) as e:
+    except (ValueError, IndexError, FileNotFoundError, MemoryError, kvinfer.CudaError) as e:
         print(f"kvinfer: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

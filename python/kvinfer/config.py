@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from kvinfer import _core
-from kvinfer.families import SUPPORTED_ARCHITECTURES, family_of
+from kvinfer.families import SUPPORTED_ARCHITECTURES, _int, family_of
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "architecture_of", "attention_window", "model_config", "read_config_json"]
 
@@ -39,10 +39,7 @@ def model_config(cfg: dict[str, Any]) -> _core.ModelConfig:
     arch, family = family_of(cfg)
     c = _core.ModelConfig()
     c.architecture = arch
-    vocab = cfg.get("vocab_size")
-    if vocab is None:
-        raise ValueError("config.json lacks 'vocab_size'")
-    c.vocab_size = int(vocab)
+    c.vocab_size = _int(cfg, "vocab_size")
     family.describe(cfg, c)
     c.validate()
     return c

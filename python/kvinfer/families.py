@@ -11,6 +11,7 @@ the biases beside them, final_norm.weight, lm_head.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -35,17 +36,42 @@ class Family:
 
 
 def _get(cfg: dict[str, Any], key: str, default: Any = None, *, required: bool = True) -> Any:
-    value = cfg.get(key, default)
+    value = cfg.get(key)
+    if value is None:  # absent or null
+        value = default
     if value is None and required:
         raise ValueError(f"config.json lacks {key!r}")
     return value
+
+
+INT32_MAX = 2**31 - 1
+
+
+def _int(cfg: dict[str, Any], key: str, default: Any = None, *, minimum: int = 1) -> int:
+    """An integer field in [minimum, 2^31 - 1]: 192.7, "8" or true are errors, never truncated."""
+    value = _get(cfg, key, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= INT32_MAX:
+        raise ValueError(f"config.json {key}={value!r} must be an integer in [{minimum}, {INT32_MAX}]")
+    return value
+
+
+def _float(cfg: dict[str, Any], key: str, default: Any = None, *, positive: bool = True) -> float:
+    value = _get(cfg, key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (positive and value <= 0):
+        raise ValueError(f"config.json {key}={value!r} must be a finite number{' > 0' if positive else ''}")
+    return float(value)
 
 
 def _rope(cfg: dict[str, Any], c: _core.ModelConfig) -> None:
     """rope_theta and rope_scaling, from the transformers-4 keys or transformers-5 rope_parameters."""
     params = cfg.get("rope_parameters") or {}
     scaling_cfg = cfg.get("rope_scaling") or params
-    c.rope_theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    if not isinstance(params, dict) or not isinstance(scaling_cfg, dict):
+        raise ValueError("config.json rope_parameters / rope_scaling must be objects")
+    c.rope_theta = _float(params if "rope_theta" in params else cfg, "rope_theta", 10000.0)
     kind = scaling_cfg.get("rope_type", scaling_cfg.get("type", "default")) if scaling_cfg else "default"
     if kind in ("default", None):
         return
@@ -53,11 +79,11 @@ def _rope(cfg: dict[str, Any], c: _core.ModelConfig) -> None:
         raise ValueError(f"rope_scaling type {kind!r} is not supported (supported: default, linear, llama3)")
     scaling = _core.RopeScaling()
     scaling.type = kind
-    scaling.factor = float(scaling_cfg["factor"])
+    scaling.factor = _float(scaling_cfg, "factor")
     if kind == "llama3":
-        scaling.low_freq_factor = float(scaling_cfg["low_freq_factor"])
-        scaling.high_freq_factor = float(scaling_cfg["high_freq_factor"])
-        scaling.original_max_positions = int(scaling_cfg["original_max_position_embeddings"])
+        scaling.low_freq_factor = _float(scaling_cfg, "low_freq_factor")
+        scaling.high_freq_factor = _float(scaling_cfg, "high_freq_factor")
+        scaling.original_max_positions = _int(scaling_cfg, "original_max_position_embeddings")
     c.rope_scaling = scaling
 
 
@@ -66,14 +92,14 @@ def _describe_llama(cfg: dict[str, Any], c: _core.ModelConfig, qkv_bias: bool = 
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
         raise ValueError(f"hidden_act {act!r} is not supported (supported: silu)")
-    c.hidden_size = int(_get(cfg, "hidden_size"))
-    c.num_layers = int(_get(cfg, "num_hidden_layers"))
-    c.num_heads = int(_get(cfg, "num_attention_heads"))
-    c.num_kv_heads = int(cfg.get("num_key_value_heads") or c.num_heads)
-    c.head_dim = int(cfg.get("head_dim") or c.hidden_size // c.num_heads)
-    c.intermediate_size = int(_get(cfg, "intermediate_size"))
-    c.max_positions = int(_get(cfg, "max_position_embeddings"))
-    c.norm_eps = float(cfg.get("rms_norm_eps", 1e-6))
+    c.hidden_size = _int(cfg, "hidden_size")
+    c.num_layers = _int(cfg, "num_hidden_layers")
+    c.num_heads = _int(cfg, "num_attention_heads")
+    c.num_kv_heads = _int(cfg, "num_key_value_heads", c.num_heads)
+    c.head_dim = _int(cfg, "head_dim", c.hidden_size // c.num_heads)
+    c.intermediate_size = _int(cfg, "intermediate_size")
+    c.max_positions = _int(cfg, "max_position_embeddings")
+    c.norm_eps = _float(cfg, "rms_norm_eps", 1e-6)
     _rope(cfg, c)
     c.tie_word_embeddings = bool(cfg.get("tie_word_embeddings", False))
     bias = bool(cfg.get("attention_bias", False))
@@ -118,13 +144,13 @@ def _describe_gpt2(cfg: dict[str, Any], c: _core.ModelConfig) -> None:
         raise ValueError(f"GPT-2 activation_function {act!r} is not supported (supported: gelu_new)")
     if cfg.get("scale_attn_by_inverse_layer_idx") or cfg.get("scale_attn_weights") is False:
         raise ValueError("GPT-2 attention scaling options other than the default are not supported")
-    c.hidden_size = int(_get(cfg, "n_embd"))
-    c.num_layers = int(_get(cfg, "n_layer"))
-    c.num_heads = c.num_kv_heads = int(_get(cfg, "n_head"))
+    c.hidden_size = _int(cfg, "n_embd")
+    c.num_layers = _int(cfg, "n_layer")
+    c.num_heads = c.num_kv_heads = _int(cfg, "n_head")
     c.head_dim = c.hidden_size // c.num_heads
-    c.intermediate_size = int(cfg.get("n_inner") or 4 * c.hidden_size)
-    c.max_positions = int(_get(cfg, "n_positions"))
-    c.norm_eps = float(cfg.get("layer_norm_epsilon", 1e-5))
+    c.intermediate_size = _int(cfg, "n_inner", 4 * c.hidden_size)
+    c.max_positions = _int(cfg, "n_positions")
+    c.norm_eps = _float(cfg, "layer_norm_epsilon", 1e-5)
     c.norm, c.mlp, c.positions = "layer", "gelu_new", "learned"
     c.norm_bias = c.qkv_bias = c.o_bias = c.mlp_bias = True
     c.tie_word_embeddings = bool(cfg.get("tie_word_embeddings", True))
@@ -172,10 +198,16 @@ FAMILIES = (
 SUPPORTED_ARCHITECTURES = tuple(a for f in FAMILIES for a in f.architectures)
 
 
+def family_by_architecture(architecture: str) -> Family:
+    return family_of({"architectures": [architecture]})[1]
+
+
 def family_of(cfg: dict[str, Any]) -> tuple[str, Family]:
     """(architecture name, Family) of a config.json dict; ValueError when it is not supported."""
     archs = cfg.get("architectures") or []
     model_type = cfg.get("model_type", "")
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise ValueError(f"config.json architectures={archs!r} must be a list of class names")
     for f in FAMILIES:
         if (archs and archs[0] in f.architectures) or (not archs and model_type in f.model_types):
             return (archs[0] if archs else f.architectures[0]), f

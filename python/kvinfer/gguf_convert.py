@@ -148,6 +148,19 @@ def gguf_tokenizer(reader):
     return tok, config
 
 
+def _check_out_dir(out_dir: str) -> None:
+    """The output folder must be new or empty, and writable."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"{out_dir} exists and is not a folder")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise ValueError(f"{out_dir} is not empty: converting into it would mix files")
+    parent = out_dir if os.path.isdir(out_dir) else os.path.dirname(os.path.abspath(out_dir))
+    while not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{out_dir} cannot be written ({parent} is not writable)")
+
+
 def convert_gguf(path: str, out_dir: str, progress: bool = False) -> None:
     """Writes a Hugging Face model folder for the GGUF file `path` into `out_dir`."""
     import gguf
@@ -155,12 +168,16 @@ def convert_gguf(path: str, out_dir: str, progress: bool = False) -> None:
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"GGUF file not found: {path}")
+    _check_out_dir(out_dir)  # before the slow part: fail early
     try:
         reader = gguf.GGUFReader(path)
     except Exception as e:  # the reader raises ValueError/KeyError/struct errors on bad files
         raise ValueError(f"{path} is not a readable GGUF file: {e}") from None
-    cfg = gguf_config(reader)
-    tokenizer, tok_cfg = gguf_tokenizer(reader)  # before the slow part: fail early
+    try:
+        cfg = gguf_config(reader)
+    except (TypeError, KeyError, IndexError) as e:  # a hyperparameter is missing or malformed
+        raise ValueError(f"{path}: the GGUF metadata lacks or garbles a llama hyperparameter ({e!r})") from None
+    tokenizer, tok_cfg = gguf_tokenizer(reader)
     tensors = dict(gguf_tensors(reader, cfg, progress))
     os.makedirs(out_dir, exist_ok=True)
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})

@@ -34,6 +34,16 @@ class RequestOutput:
     finish_reason: str  # "stop" | "length"
 
 
+def _count(name: str, value, optional: bool = True):
+    """A size argument: None (where optional) or an integer in [1, 2^31 - 1]; 0, 1.5 or True are
+    errors, never defaults or truncations."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value < 2**31:
+        raise ValueError(f"{name}={value!r} must be an integer in [1, 2^31 - 1]")
+    return int(value)
+
+
 def _pick_device(device: str) -> str:
     if device != "auto":
         return device
@@ -55,6 +65,8 @@ class LLM:
                  max_batch: int | None = None, max_step_tokens: int = 512,
                  tracker: kvinfer.VramTracker | None = None, progress: bool = False,
                  max_memory: str | int | None = None, cuda_graphs: bool = True):
+        max_context, max_batch = _count("max_context", max_context), _count("max_batch", max_batch)
+        max_step_tokens = _count("max_step_tokens", max_step_tokens, optional=False)
         self.folder = resolve_model(model, progress=progress)
         hf = read_config_json(self.folder)
         self.config = model_config(hf)
@@ -73,8 +85,8 @@ class LLM:
                 why = f"its sliding window is {window}" if window and window < self.config.max_positions \
                     else f"it has {self.config.max_positions} positions"
                 raise ValueError(f"max_context={max_context} is not in [1, {limit}] for this model ({why})")
-            self.plan = plan_for_config(name, hf, max_context, max_batch or 8, "fp16", None, "fp16",
-                                        self.device, max_step_tokens)
+            self.plan = plan_for_config(name, hf, max_context, 8 if max_batch is None else max_batch, "fp16",
+                                        None, "fp16", self.device, max_step_tokens)
         self.max_context, self.max_batch = self.plan.context, self.plan.batch
         runner = _core.Runner(self.config, self.device, self.max_batch, self.max_context,
                               self.plan.max_step_tokens, tracker, cuda_graphs)

@@ -27,6 +27,8 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 
 def parse_bytes(text: str | int) -> int:
     """'80GiB', '24 GB', '1.5TiB', 123456 -> bytes."""
+    if isinstance(text, bool):
+        raise ValueError(f"memory size {text!r} is not a number of bytes")
     if isinstance(text, int):
         value = text
     else:
@@ -34,8 +36,8 @@ def parse_bytes(text: str | int) -> int:
         if not m or m.group(2).lower() not in _UNITS:
             raise ValueError(f"memory size {text!r} is not a number with an optional unit (e.g. 80GiB, 24GB)")
         value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    if value <= 0:
-        raise ValueError(f"memory size {text!r} must be > 0")
+    if value <= 0 or value >= 2**63:
+        raise ValueError(f"memory size {text!r} must be > 0 and below 2^63 bytes")
     return value
 
 
@@ -138,14 +140,13 @@ def plan_for_config(name: str, hf: dict, context: int | None, batch: int, dtype:
     kind = "cuda" if str(device).startswith("cuda") else "cpu"
     window = attention_window(hf)
     limit = min(c.max_positions, window or c.max_positions)
-    context = int(context if context is not None else min(limit, 2048))
-    if not 1 <= context <= limit:
+    context = context if context is not None else min(limit, 2048)
+    if isinstance(context, bool) or not isinstance(context, int) or not 1 <= context <= limit:
         raise ValueError(f"context={context} is not in [1, {limit}] for {name}")
-    if int(batch) < 1:
-        raise ValueError(f"batch={batch} must be >= 1")
+    for label, value in (("batch", batch), ("max_step_tokens", max_step_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
+            raise ValueError(f"{label}={value!r} must be an integer in [1, 2^31 - 1]")
     batch = int(batch)
-    if int(max_step_tokens) < 1:
-        raise ValueError(f"max_step_tokens={max_step_tokens} must be >= 1")
     steps = max(int(max_step_tokens), batch)
     elem = DTYPE_BYTES[dtype]
     weights = sum((elem * _numel(shape) + 255) // 256 * 256 for _, shape, _ in c.weight_specs())

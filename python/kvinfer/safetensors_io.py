@@ -7,6 +7,7 @@ those bytes are mapped from the file and widened to float32 exactly.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -57,6 +58,37 @@ def read_header(path: str) -> dict[str, TensorInfo]:
     return out
 
 
+def _checked(name: str, file: str, source: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """`half` (source rounded to float16), unless some value is not finite: NaN or inf in the
+    checkpoint, or beyond the float16 range. The error names the tensor, the file and the first
+    bad index."""
+    finite = np.isfinite(half)
+    if finite.all():
+        return half
+    at = np.unravel_index(int(np.argmin(finite)), half.shape)
+    value = float(source[at])
+    why = "beyond the float16 range" if math.isfinite(value) else "not finite"
+    raise ValueError(f"tensor {name!r} in {file} holds {value!r} at index {tuple(int(i) for i in at)} "
+                     f"({why}): the checkpoint is corrupt or needs a wider dtype than kvinfer's fp16")
+
+
+def _index_shards(index: str, folder: str) -> list[str]:
+    """The shard files an index names, each a file inside `folder`."""
+    try:
+        with open(index, encoding="utf-8") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{index} is not valid JSON: {e}") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{index}: weight_map must map tensor names to shard file names")
+    root = os.path.realpath(folder)
+    for name in weight_map.values():
+        if os.path.isabs(name) or os.path.commonpath([root, os.path.realpath(os.path.join(folder, name))]) != root:
+            raise ValueError(f"{index}: shard {name!r} is outside the model folder")
+    return list(weight_map.values())
+
+
 class SafetensorsFolder:
     """All tensors of a model folder, by name."""
 
@@ -65,9 +97,7 @@ class SafetensorsFolder:
         index = os.path.join(folder, "model.safetensors.index.json")
         single = os.path.join(folder, "model.safetensors")
         if os.path.isfile(index):
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f).get("weight_map", {})
-            files = sorted(set(weight_map.values()))
+            files = sorted(set(_index_shards(index, folder)))
         elif os.path.isfile(single):
             files = ["model.safetensors"]
         else:
@@ -96,7 +126,8 @@ class SafetensorsFolder:
         if info.dtype == "BF16":
             raw = np.memmap(info.file, dtype=np.uint16, mode="r", offset=info.begin, shape=info.shape)
             wide = (raw.astype(np.uint32) << 16).view(np.float32)
-            return wide.astype(np.float16)
+            with np.errstate(over="ignore", invalid="ignore"):
+                return _checked(name, info.file, wide, wide.astype(np.float16))
         from safetensors import SafetensorError, safe_open
 
         try:
@@ -106,12 +137,9 @@ class SafetensorsFolder:
             array = handle.get_tensor(name)
         except SafetensorError as e:
             raise ValueError(f"{info.file}: cannot read tensor {name!r}: {e}") from None
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):
             half = array.astype(np.float16, copy=False)
-        if half is not array and not np.isfinite(half).all() and np.isfinite(array).all():
-            raise ValueError(f"tensor {name!r} has values outside the float16 range (max |x| = "
-                             f"{float(np.abs(array).max()):.4g})")
-        return half
+        return _checked(name, info.file, array, half)
 
     def close(self) -> None:
         self._handles.clear()

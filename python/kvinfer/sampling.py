@@ -1,9 +1,11 @@
-"""SamplingParams: what the engine's sampler (cpp/ops/sampling.h, the same algorithm on the CPU and
-the GPU) applies, in the order HF's generate does: repetition penalty, temperature, top-k, top-p,
+"""SamplingParams: what the engine's sampler (cpp/types/sampling_args.h, the same algorithm on the CPU
+and the GPU) applies, in the order HF's generate does: repetition penalty, temperature, top-k, top-p,
 min-p, then a draw. Temperature 0 is greedy (argmax; ties go to the lowest id)."""
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 
@@ -25,15 +27,26 @@ class SamplingParams:
             if not ok:
                 raise ValueError(f"SamplingParams.{name}={getattr(self, name)!r} must be {rule}")
 
-        check(isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens", "an integer >= 1")
-        check(self.temperature >= 0, "temperature", ">= 0 (0 is greedy)")
-        check(isinstance(self.top_k, int) and self.top_k >= 0, "top_k", "an integer >= 0 (0 disables it)")
-        check(0 < self.top_p <= 1, "top_p", "in (0, 1]")
-        check(0 <= self.min_p <= 1, "min_p", "in [0, 1]")
-        check(self.repetition_penalty > 0, "repetition_penalty", "> 0 (1 disables it)")
-        check(self.seed is None or isinstance(self.seed, int), "seed", "an integer or None")
+        def is_int(v) -> bool:  # True is not a count
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        def is_num(v) -> bool:
+            return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+        check(is_int(self.max_tokens) and 1 <= self.max_tokens < 2**31, "max_tokens", "an integer in [1, 2^31)")
+        check(is_num(self.temperature) and self.temperature >= 0, "temperature", "a finite number >= 0 (0 is greedy)")
+        check(is_int(self.top_k) and 0 <= self.top_k < 2**31, "top_k", "an integer >= 0 (0 disables it)")
+        check(is_num(self.top_p) and 0 < self.top_p <= 1, "top_p", "in (0, 1]")
+        check(is_num(self.min_p) and 0 <= self.min_p <= 1, "min_p", "in [0, 1]")
+        check(is_num(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty",
+              "a finite number > 0 (1 disables it)")
+        check(self.seed is None or (is_int(self.seed) and 0 <= self.seed < 2**64), "seed",
+              "an integer in [0, 2^64) or None")
+        check(isinstance(self.ignore_eos, bool), "ignore_eos", "True or False")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         check(all(isinstance(s, str) and s for s in self.stop), "stop", "a list of non-empty strings")
-        check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
+        check(isinstance(self.stop, list), "stop", "a string or a list of strings")
+        check(isinstance(self.stop_token_ids, (list, tuple)) and
+              all(is_int(t) and 0 <= t < 2**31 for t in self.stop_token_ids), "stop_token_ids",
               "a list of token ids >= 0")

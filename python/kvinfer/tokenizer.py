@@ -12,14 +12,23 @@ from typing import Any
 def _read_json(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
-def _ids(value: Any) -> set[int]:
+def _ids(value: Any, where: str) -> set[int]:
     if value is None:
         return set()
-    return {int(v) for v in value} if isinstance(value, list) else {int(value)}
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise ValueError(f"{where}: eos_token_id={value!r} must be a token id or a list of them")
+    return set(values)
 
 
 class Tokenizer:
@@ -36,11 +45,17 @@ class Tokenizer:
         self.config = _read_json(os.path.join(folder, "tokenizer_config.json"))
         self.chat_template = self.config.get("chat_template")
         if isinstance(self.chat_template, list):  # [{name, template}, ...]: take "default"
+            if not all(isinstance(t, dict) for t in self.chat_template):
+                raise ValueError(f"{folder}/tokenizer_config.json: chat_template must be a string or a list of "
+                                 "{name, template} objects")
             named = {t.get("name"): t.get("template") for t in self.chat_template}
             self.chat_template = named.get("default") or next(iter(named.values()), None)
+        if self.chat_template is not None and not isinstance(self.chat_template, str):
+            raise ValueError(f"{folder}/tokenizer_config.json: chat_template must be a string")
         model_cfg = _read_json(os.path.join(folder, "config.json"))
         gen_cfg = _read_json(os.path.join(folder, "generation_config.json"))
-        self.eos_token_ids = _ids(gen_cfg.get("eos_token_id")) | _ids(model_cfg.get("eos_token_id"))
+        self.eos_token_ids = (_ids(gen_cfg.get("eos_token_id"), f"{folder}/generation_config.json") |
+                              _ids(model_cfg.get("eos_token_id"), f"{folder}/config.json"))
         eos = self._token_text("eos_token")
         if eos is not None and self._tok.token_to_id(eos) is not None:
             self.eos_token_ids.add(self._tok.token_to_id(eos))
@@ -70,9 +85,12 @@ class Tokenizer:
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.Undefined)
         env.globals["raise_exception"] = raise_exception
-        return env.from_string(self.chat_template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt,
-            bos_token=self._token_text("bos_token") or "", eos_token=self._token_text("eos_token") or "")
+        try:
+            return env.from_string(self.chat_template).render(
+                messages=messages, add_generation_prompt=add_generation_prompt,
+                bos_token=self._token_text("bos_token") or "", eos_token=self._token_text("eos_token") or "")
+        except jinja2.TemplateError as e:
+            raise ValueError(f"the chat template of this model failed: {type(e).__name__}: {e}") from None
 
 
 class StreamDecoder:

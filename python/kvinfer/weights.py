@@ -7,14 +7,14 @@ from __future__ import annotations
 import numpy as np
 
 from kvinfer import _core
-from kvinfer.families import Source, family_of
+from kvinfer.families import Source, family_by_architecture
 from kvinfer.safetensors_io import SafetensorsFolder
 
 
 def weight_sources(c: _core.ModelConfig, names: set[str] | None = None) -> list[Source]:
     """Where each kvinfer weight comes from (the family's weight map); `names` are the checkpoint's
     tensor names, where a family's naming has variants."""
-    return family_of({"architectures": [c.architecture]})[1].weights(c, names or set())
+    return family_by_architecture(c.architecture).weights(c, names or set())
 
 
 def check_checkpoint(files: SafetensorsFolder, config: _core.ModelConfig) -> list[Source]:

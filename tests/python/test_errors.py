@@ -141,13 +141,13 @@ def test_max_tokens_beyond_context(llm):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("max_tokens", 0, "max_tokens=0 must be an integer >= 1"),
-    ("temperature", -0.5, "temperature=-0.5 must be >= 0"),
+    ("max_tokens", 0, r"max_tokens=0 must be an integer in \[1, 2\^31\)"),
+    ("temperature", -0.5, "temperature=-0.5 must be a finite number >= 0"),
     ("top_k", -1, "top_k=-1 must be an integer >= 0"),
     ("top_p", 0.0, r"top_p=0.0 must be in \(0, 1\]"),
     ("top_p", 1.5, r"top_p=1.5 must be in \(0, 1\]"),
     ("min_p", 2.0, r"min_p=2.0 must be in \[0, 1\]"),
-    ("repetition_penalty", 0.0, "repetition_penalty=0.0 must be > 0"),
+    ("repetition_penalty", 0.0, "repetition_penalty=0.0 must be a finite number > 0"),
     ("stop", [""], "stop="),
     ("stop_token_ids", [-3], "stop_token_ids="),
 ])

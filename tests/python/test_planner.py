@@ -123,7 +123,7 @@ def test_cli_json_and_table():
 @pytest.mark.parametrize("args, message", [
     (["--model", "lama-3-8b"], "did you mean llama-3-8b"),
     (["--model", "llama-3-8b", "--context", "0"], r"context=0 is not in \[1, 8192\]"),
-    (["--model", "llama-3-8b", "--batch", "-2"], "batch=-2 must be >= 1"),
+    (["--model", "llama-3-8b", "--batch", "-2"], r"batch=-2 must be an integer in \[1, 2\^31 - 1\]"),
     (["--model", "llama-3-8b", "--gpu-memory", "lots"], "memory size 'lots'"),
     (["--model", "llama-3-8b", "--max-context"], "need --gpu-memory"),
 ])
