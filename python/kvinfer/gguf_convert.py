@@ -175,10 +175,13 @@ def convert_gguf(path: str, out_dir: str, progress: bool = False) -> None:
         raise ValueError(f"{path} is not a readable GGUF file: {e}") from None
     try:
         cfg = gguf_config(reader)
-    except (TypeError, KeyError, IndexError) as e:  # a hyperparameter is missing or malformed
-        raise ValueError(f"{path}: the GGUF metadata lacks or garbles a llama hyperparameter ({e!r})") from None
-    tokenizer, tok_cfg = gguf_tokenizer(reader)
-    tensors = dict(gguf_tensors(reader, cfg, progress))
+        tokenizer, tok_cfg = gguf_tokenizer(reader)
+        tensors = dict(gguf_tensors(reader, cfg, progress))
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the file is untrusted; the gguf, numpy and tokenizers
+        # readers raise TypeError, KeyError, IndexError or bare Exception on malformed content
+        raise ValueError(f"{path}: malformed GGUF content ({type(e).__name__}: {e})") from None
     os.makedirs(out_dir, exist_ok=True)
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save(os.path.join(out_dir, "tokenizer.json"))

@@ -45,8 +45,9 @@ class SamplingParams:
         check(isinstance(self.ignore_eos, bool), "ignore_eos", "True or False")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
-        check(all(isinstance(s, str) and s for s in self.stop), "stop", "a list of non-empty strings")
-        check(isinstance(self.stop, list), "stop", "a string or a list of strings")
+        check(isinstance(self.stop, (list, tuple)) and all(isinstance(s, str) and s for s in self.stop), "stop",
+              "a non-empty string or a list of them")
+        self.stop = list(self.stop)
         check(isinstance(self.stop_token_ids, (list, tuple)) and
               all(is_int(t) and 0 <= t < 2**31 for t in self.stop_token_ids), "stop_token_ids",
               "a list of token ids >= 0")
