@@ -53,7 +53,7 @@ class Engine:
     def take_slots(self, n: int) -> list[int]:
         with self.lock:
             if not self._free:
-                raise RuntimeError(f"all {self.runner.max_batch} sequence slots are held by unfinished "
+                raise ValueError(f"all {self.runner.max_batch} sequence slots are held by unfinished "
                                    "streams; finish or close them first")
             taken, self._free = self._free[:n], self._free[n:]
             return taken
