@@ -270,3 +270,24 @@ def test_convert_gguf_into_a_non_empty_folder_fails_first(tmp_path):
 def test_cli_rejects_zero_sizes(args):
     r = run_cli(*args)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+
+
+# 9. a GGUF file without the llama hyperparameters
+def test_gguf_without_hyperparameters(tmp_path):
+    import gguf
+
+    from kvinfer.gguf_convert import convert_gguf
+
+    path = str(tmp_path / "bare.gguf")
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError, match="malformed GGUF content"):
+        convert_gguf(path, str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out")
+    r = run_cli("convert-gguf", path, str(tmp_path / "out2"))
+    assert r.returncode == 2 and "malformed GGUF content" in r.stderr and "Traceback" not in r.stderr
