@@ -42,9 +42,7 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
 // A function of n and the model alone, so never of the batch. The square root lets chunk length
 // and count grow together (a chunk is at least sqrt(growth_keys * n) keys): a row's time is its
 // chunk's tiles plus the fold of its chunk states, and every chunk state a block writes is counted
-// and read back. The defaults were chosen on an H100 (docs/benchmarks.md): 256-key chunks up to 2K
-// keys, 16 of 512 at 8K (32 of 256 were 2% slower at batch 8), 32 of 1024 at 32K (64 chunks were
-// 10% slower at batch 1).
+// and read back. The defaults' measurements: docs/dev/decode-attention-tuning.md.
 struct DecodeSplits {
   int min_chunk = 256;
   int max_splits = 32;   // <= kDecodeMaxSplits
@@ -52,10 +50,9 @@ struct DecodeSplits {
   int min_splits = 0;    // <= kDecodeMaxSplits: the square-root bound is at least this
 };
 // The chunking of a model with num_kv_heads KV heads. A lone sequence is num_kv_heads rows of
-// chunks spread over the SMs, and at batch 1 its time is that of one chunk's tiles. With fewer
-// than 8 KV heads, chunks are 128 keys up to 2K keys and at least 16 up to 8K (SmolLM2, 3 KV heads,
-// B=1 ctx=2K: 9.5 us against 10.2 with the defaults; its B=64 pays 5%, docs/benchmarks.md); from 8
-// on, the defaults (there, shorter chunks cost batch 64 at 1K more than they gain at batch 1).
+// chunks spread over the SMs, and at batch 1 its time is that of one chunk's tiles: with fewer
+// than 8 KV heads, chunks are 128 keys up to 2K keys and at least 16 up to 8K; from 8 on, the
+// defaults (docs/dev/decode-attention-tuning.md has the measurements behind both).
 DecodeSplits decode_splits(int num_kv_heads);
 // What the caller knows of the batch's lengths (keys per sequence, n = position + 1): the longest
 // and the sum, 0 when unknown. It picks the launch shape only, never the results: any hint, even a
@@ -69,7 +66,7 @@ struct DecodeLengths {
 // one block per piece of a row (a run of its chunks; a whole row when there are more rows than
 // SMs) in a grid the hardware schedules: an SM that streams faster takes more blocks, where fixed
 // shares leave it idle at the end, and a row is cut in as few places as the SMs allow
-// (docs/benchmarks.md). With no more chunks than SMs, a block per chunk (each block has an SM to
+// (docs/dev/decode-attention-tuning.md). With no more chunks than SMs, a block per chunk (each block has an SM to
 // itself) and a deeper copy pipeline; a shallower one with a row per SM (the DRAM is the limit).
 // None of this changes a result bit.
 constexpr int kRowBlocksMaxKeys = 4096;  // longer rows are whole-row blocks only at head_dim > 64
