@@ -181,8 +181,14 @@ class LLM:
         finally:
             self.engine.give_back(slots)
 
-    def chat(self, messages: list[dict[str, str]], params: SamplingParams | None = None) -> RequestOutput:
-        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    def chat(self, messages: list[dict], params: SamplingParams | None = None, tools: list[dict] | None = None,
+             documents: list[dict] | None = None, **template_kwargs) -> RequestOutput:
+        """The reply to a conversation, through the model's chat template rendered as transformers
+        renders it (tools, documents and extra keyword arguments such as enable_thinking go to the
+        template)."""
+        self._check_open()
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools,
+                                                    documents=documents, **template_kwargs)
         return self.generate([self.tokenizer.encode(prompt, add_special_tokens=False)], params)[0]
 
     def logits(self, token_ids: Seq[int], hidden_states: bool = False):

@@ -1,12 +1,16 @@
-"""Tokenizer of a model folder: tokenizer.json through the `tokenizers` library, special tokens
-and the chat template from tokenizer_config.json, end-of-sequence ids from config.json and
-generation_config.json. Streaming detokenization emits only complete characters."""
+"""Tokenizer of a model folder: tokenizer.json through the `tokenizers` library, special tokens from
+tokenizer_config.json, the chat template (kvinfer.chat_template), end-of-sequence ids from
+config.json and generation_config.json. A folder without tokenizer.json still loads, for prompts
+given as token ids; text then fails with a clear error. Streaming detokenization emits only
+complete characters."""
 
 from __future__ import annotations
 
 import json
 import os
 from typing import Any
+
+from kvinfer.chat_template import SPECIAL_TOKENS, load_chat_template
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -35,62 +39,64 @@ class Tokenizer:
     def __init__(self, folder: str):
         from tokenizers import Tokenizer as HFTokenizer
 
+        self.folder = folder
         path = os.path.join(folder, "tokenizer.json")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"tokenizer.json not found in {folder}")
-        try:
-            self._tok = HFTokenizer.from_file(path)
-        except Exception as e:  # the library raises a bare Exception on malformed files
-            raise ValueError(f"{path} cannot be loaded: {e}") from None
+        self._tok = None
+        if os.path.isfile(path):
+            try:
+                self._tok = HFTokenizer.from_file(path)
+            except Exception as e:  # noqa: BLE001 - the library raises a bare Exception on malformed files
+                raise ValueError(f"{path} cannot be loaded: {e}") from None
         self.config = _read_json(os.path.join(folder, "tokenizer_config.json"))
-        self.chat_template = self.config.get("chat_template")
-        if isinstance(self.chat_template, list):  # [{name, template}, ...]: take "default"
-            if not all(isinstance(t, dict) for t in self.chat_template):
-                raise ValueError(f"{folder}/tokenizer_config.json: chat_template must be a string or a list of "
-                                 "{name, template} objects")
-            named = {t.get("name"): t.get("template") for t in self.chat_template}
-            self.chat_template = named.get("default") or next(iter(named.values()), None)
-        if self.chat_template is not None and not isinstance(self.chat_template, str):
-            raise ValueError(f"{folder}/tokenizer_config.json: chat_template must be a string")
+        self.chat_template = load_chat_template(folder, self.config)
         model_cfg = _read_json(os.path.join(folder, "config.json"))
         gen_cfg = _read_json(os.path.join(folder, "generation_config.json"))
         self.eos_token_ids = (_ids(gen_cfg.get("eos_token_id"), f"{folder}/generation_config.json") |
                               _ids(model_cfg.get("eos_token_id"), f"{folder}/config.json"))
         eos = self._token_text("eos_token")
-        if eos is not None and self._tok.token_to_id(eos) is not None:
+        if eos is not None and self._tok is not None and self._tok.token_to_id(eos) is not None:
             self.eos_token_ids.add(self._tok.token_to_id(eos))
+
+    @property
+    def has_text(self) -> bool:
+        """Whether text can be encoded (the folder has tokenizer.json)."""
+        return self._tok is not None
+
+    def _text_tokenizer(self):
+        if self._tok is None:
+            raise ValueError(f"{self.folder} has no tokenizer.json: give prompts as token ids")
+        return self._tok
 
     def _token_text(self, key: str) -> str | None:
         value = self.config.get(key)
         return value.get("content") if isinstance(value, dict) else value
 
     @property
+    def special_tokens(self) -> dict[str, str]:
+        """The special tokens a chat template may refer to, as text."""
+        return {k: v for k in SPECIAL_TOKENS if isinstance(v := self._token_text(k), str)}
+
+    @property
     def vocab_size(self) -> int:
-        return self._tok.get_vocab_size(with_added_tokens=True)
+        return self._text_tokenizer().get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        return self._text_tokenizer().encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        if self._tok is None:
+            return ""  # token ids in, token ids out: no text without a tokenizer
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        if not self.chat_template:
-            raise ValueError("this model's tokenizer_config.json has no chat_template")
-        import jinja2
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        def raise_exception(message: str) -> None:
-            raise ValueError(f"chat template: {message}")
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.Undefined)
-        env.globals["raise_exception"] = raise_exception
-        try:
-            return env.from_string(self.chat_template).render(
-                messages=messages, add_generation_prompt=add_generation_prompt,
-                bos_token=self._token_text("bos_token") or "", eos_token=self._token_text("eos_token") or "")
-        except jinja2.TemplateError as e:
-            raise ValueError(f"the chat template of this model failed: {type(e).__name__}: {e}") from None
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                            tools: list[dict] | None = None, documents: list[dict] | None = None, **kwargs: Any) -> str:
+        """The prompt text, as transformers' apply_chat_template(tokenize=False) renders it; encode it
+        with add_special_tokens=False."""
+        if self.chat_template is None:
+            raise ValueError(f"{self.folder} has no chat template (chat_template.jinja, chat_template.json or "
+                             "tokenizer_config.json)")
+        return self.chat_template.render(messages, self.special_tokens, add_generation_prompt, tools, documents,
+                                         **kwargs)
 
 
 class StreamDecoder:
