@@ -56,9 +56,12 @@ def test_unsupported_architecture(broken):
     fails(broken, ValueError, r"unsupported architecture 'FalconForCausalLM'; supported: GPT2LMHeadModel")
 
 
-def test_missing_tokenizer(broken):
+def test_missing_tokenizer_allows_token_ids_only(broken):
     os.remove(broken / "tokenizer.json")
-    fails(broken, FileNotFoundError, "tokenizer.json not found")
+    llm = LLM(str(broken), device="cpu", max_context=64, max_batch=1, tracker=kvinfer.VramTracker())
+    with pytest.raises(ValueError, match="has no tokenizer.json: give prompts as token ids"):
+        llm.generate("hello")
+    assert len(llm.generate([1, 2, 3], SamplingParams(max_tokens=2, ignore_eos=True))[0].token_ids) == 2
 
 
 def test_missing_weights(broken):
