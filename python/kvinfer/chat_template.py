@@ -30,7 +30,11 @@ class ChatTemplate:
             raise ValueError("chat messages must be a list of dicts ({'role': ..., 'content': ...})")
         chat = [_aliased({k: v for k, v in m.items() if v is not None}) for m in messages]
         try:
-            return _compile(self.text).render(messages=_plain(chat), tools=_plain(tools), documents=_plain(documents),
+            compiled = _compile(self.text)
+        except jinja2.TemplateError as e:
+            raise ValueError(f"the chat template of {self.source} does not compile: {type(e).__name__}: {e}") from None
+        try:
+            return compiled.render(messages=_plain(chat), tools=_plain(tools), documents=_plain(documents),
                                               add_generation_prompt=add_generation_prompt,
                                               **_plain({**special_tokens, **kwargs}))
         except jinja2.TemplateError as e:
@@ -111,8 +115,5 @@ def _compile(text: str):
         env.filters["tojson"] = tojson
         env.globals["raise_exception"] = raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-        try:
-            _COMPILED[text] = env.from_string(text)
-        except jinja2.TemplateError as e:
-            raise ValueError(f"the chat template does not compile: {type(e).__name__}: {e}") from None
+        _COMPILED[text] = env.from_string(text)
     return _COMPILED[text]

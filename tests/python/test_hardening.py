@@ -197,7 +197,7 @@ def test_chat_template_errors_are_value_errors(broken):
     cfg["chat_template"] = "{% for m in messages %}{{ m.content | nosuchfilter }}{% endfor %}"
     (broken / "tokenizer_config.json").write_text(json.dumps(cfg))
     llm = LLM(str(broken), device="cpu", max_context=64, max_batch=1, tracker=kvinfer.VramTracker())
-    with pytest.raises(ValueError, match="the chat template .* does not compile|the chat template of .* failed"):
+    with pytest.raises(ValueError, match=r"the chat template of .*tokenizer_config.json does not compile"):
         llm.chat([{"role": "user", "content": "hi"}])
 
 
