@@ -71,7 +71,8 @@ class Engine:
 
     def steps(self, seqs: list[Sequence], params: SamplingParams, depth: int = 1) -> Iterator[Sequence]:
         """Yields a sequence after each token it gets. With depth 1 nothing is in flight at a yield
-        (the lock is released there, so a stream can be suspended)."""
+        (the lock is released there, so a stream can be suspended); whatever is in flight when the
+        loop is abandoned is collected on the way out."""
         stop_ids = (set() if params.ignore_eos else self.eos_ids) | set(params.stop_token_ids)
         base = np.zeros(len(seqs), SAMPLING_DTYPE)
         for i, s in enumerate(seqs):
@@ -87,21 +88,27 @@ class Engine:
         for s, token in self._prefill(seqs, args):
             yield from self._accept(s, token, params, stop_ids)
         in_flight: deque[list[Sequence]] = deque()
-        while True:
-            rows = [s for s in seqs if s.finish_reason is None and s.sampled < params.max_tokens]
-            if rows and len(in_flight) < depth:
+        try:
+            while True:
+                rows = [s for s in seqs if s.finish_reason is None and s.sampled < params.max_tokens]
+                with self.lock:  # a step's launch and its collect in one hold: another caller's step
+                    # never comes between them (generate() holds the lock for its whole run anyway)
+                    if rows and len(in_flight) < depth:
+                        self._launch_decode(rows, in_flight[-1] if in_flight else None, args(rows))
+                        in_flight.append(rows)
+                        if len(in_flight) < depth:
+                            continue
+                    if not in_flight:
+                        return
+                    tokens = self.runner.collect()
+                for s, token in zip(in_flight.popleft(), tokens.tolist()):
+                    if s.finish_reason is None:  # else the token was enqueued before its stop was seen
+                        yield from self._accept(s, token, params, stop_ids)
+        finally:  # abandoned (closed, interrupted): steps still in flight are this loop's, collect them
+            if in_flight:
                 with self.lock:
-                    self._launch_decode(rows, in_flight[-1] if in_flight else None, args(rows))
-                in_flight.append(rows)
-                if len(in_flight) < depth:
-                    continue
-            if not in_flight:
-                return
-            with self.lock:
-                tokens = self.runner.collect()
-            for s, token in zip(in_flight.popleft(), tokens.tolist()):
-                if s.finish_reason is None:  # else the token was enqueued before its stop was seen
-                    yield from self._accept(s, token, params, stop_ids)
+                    for _ in in_flight:
+                        self.runner.collect()
 
     def _launch_decode(self, rows: list[Sequence], prev: list[Sequence] | None, sampling: np.ndarray) -> None:
         n = len(rows)

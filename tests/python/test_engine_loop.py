@@ -135,3 +135,29 @@ def test_close_racing_a_generate_fails_cleanly(folder, device):
         assert all(len(o.token_ids) == 60 for o in result[0])
     with pytest.raises(ValueError, match="closed"):
         llm.generate([1, 2, 3])
+
+
+def test_streams_in_two_threads_keep_their_outputs(llm):
+    params = PARAMS[1]
+    prompts = [prompt(9, 70), prompt(21, 71)]
+    alone = ["".join(llm.stream(p, params)) for p in prompts]
+    got: dict[int, str] = {}
+
+    def work(i):
+        got[i] = "".join(llm.stream(prompts[i], params))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[0], got[1]] == alone
+
+
+def test_an_abandoned_stream_leaves_nothing_in_flight(llm):
+    params = PARAMS[0]
+    s = llm.stream(prompt(10, 90), params)
+    next(s)
+    s.close()
+    assert llm.runner.steps_in_flight == 0 and llm.engine.free_slots() == 4
+    assert llm.generate([prompt(10, 90)], params)[0].token_ids == streamed_ids(llm, prompt(10, 90), params)
