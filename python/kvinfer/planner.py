@@ -26,7 +26,8 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 
 
 def parse_bytes(text: str | int) -> int:
-    """'80GiB', '24 GB', '1.5TiB', 123456 -> bytes."""
+    """'80GiB', '24 GB', '1.5TiB', '512B', 123456 (an int: bytes) -> bytes. A string without a unit is
+    an error: '80' could mean GiB as easily as bytes."""
     if isinstance(text, bool):
         raise ValueError(f"memory size {text!r} is not a number of bytes")
     if isinstance(text, int):
@@ -34,7 +35,10 @@ def parse_bytes(text: str | int) -> int:
     else:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
         if not m or m.group(2).lower() not in _UNITS:
-            raise ValueError(f"memory size {text!r} is not a number with an optional unit (e.g. 80GiB, 24GB)")
+            raise ValueError(f"memory size {text!r} is not a number with a unit (e.g. 80GiB, 24GB, 512B)")
+        if not m.group(2):
+            raise ValueError(f"memory size {text!r} has no unit: write {m.group(1)}GiB, {m.group(1)}GB or "
+                             f"{m.group(1)}B")
         value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
     if value <= 0 or value >= 2**63:
         raise ValueError(f"memory size {text!r} must be > 0 and below 2^63 bytes")
@@ -45,7 +49,8 @@ def load_model_config(model: str) -> tuple[str, dict, str | None]:
     """(display name, config.json dict, folder or None) for a built-in name, a folder or a config.json."""
     if os.path.isdir(model) or os.path.isfile(model):
         folder = model if os.path.isdir(model) else None
-        return os.path.basename(os.path.normpath(model)), read_config_json(model), folder
+        named = model if folder else os.path.dirname(os.path.abspath(model))  # a config.json: its folder
+        return os.path.basename(os.path.normpath(named)), read_config_json(model), folder
     return model, builtin_config(model), None
 
 
@@ -83,6 +88,7 @@ class MemoryPlan:
     checkpoint_bytes: int | None = None  # tensor bytes in the folder's safetensors (headers only)
     max_context: int | None = None
     max_batch: int | None = None
+    context_limit: int | None = None  # the model's own: its positions, or its sliding window
     notes: list[str] = field(default_factory=list)
 
     def by_purpose(self) -> dict[str, int]:
@@ -142,7 +148,9 @@ def plan_for_config(name: str, hf: dict, context: int | None, batch: int, dtype:
     limit = min(c.max_positions, window or c.max_positions)
     context = context if context is not None else min(limit, 2048)
     if isinstance(context, bool) or not isinstance(context, int) or not 1 <= context <= limit:
-        raise ValueError(f"context={context} is not in [1, {limit}] for {name}")
+        why = f"its sliding window is {window} tokens" if window and window < c.max_positions \
+            else f"it has {c.max_positions} positions"
+        raise ValueError(f"context={context} is not in [1, {limit}] for {name} ({why})")
     for label, value in (("batch", batch), ("max_step_tokens", max_step_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
             raise ValueError(f"{label}={value!r} must be an integer in [1, 2^31 - 1]")
@@ -166,6 +174,7 @@ def plan_for_config(name: str, hf: dict, context: int | None, batch: int, dtype:
         kv_formula=f"2 * {c.num_layers} layers * {c.num_kv_heads} kv_heads * {c.head_dim} head_dim * {kv_elem} B",
         gpu_memory=parse_bytes(gpu_memory) if gpu_memory is not None else None,
         checkpoint_bytes=_checkpoint_bytes(folder, c) if folder and _has_weights(folder) else None,
+        context_limit=limit,
     )
 
 

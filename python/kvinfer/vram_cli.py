@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from kvinfer import planner
+from kvinfer import cli_text, planner
 
 
 def _gib(n: int) -> str:
@@ -13,18 +13,19 @@ def _gib(n: int) -> str:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("vram", help="how much memory a model needs (exact, per purpose)")
+    p = sub.add_parser("vram", help="how much memory a model needs (exact, per purpose)",
+                       formatter_class=cli_text.HelpFormatter)
     p.add_argument("--model", required=True, help="built-in name (e.g. llama-3-8b), a model folder or config.json")
     p.add_argument("--context", type=int, default=None, help="tokens per sequence (default: min(model, 2048))")
     p.add_argument("--batch", type=int, default=1, help="sequences held at once (KV cache slots)")
     p.add_argument("--dtype", default="fp16", choices=sorted(planner.DTYPE_BYTES), help="weight dtype")
-    p.add_argument("--kv-dtype", default="fp16", choices=sorted(planner.DTYPE_BYTES))
-    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--kv-dtype", default="fp16", choices=sorted(planner.DTYPE_BYTES), help="KV cache dtype")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="where it runs")
     p.add_argument("--max-step-tokens", type=int, default=512, help="prefill chunk (tokens per forward step)")
-    p.add_argument("--gpu-memory", default=None, help="memory to fit in, e.g. 80GiB or 24GB")
+    p.add_argument("--gpu-memory", default=None, help="memory to fit in, with a unit: 80GiB, 24GB (80 alone is an error; default: no check)")
     p.add_argument("--max-context", action="store_true", help="largest context for --batch within --gpu-memory")
     p.add_argument("--max-batch", action="store_true", help="largest batch for --context within --gpu-memory")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="memory per purpose against context")
     p.set_defaults(func=run)
 
@@ -71,12 +72,15 @@ def print_table(plan: planner.MemoryPlan) -> None:
         verdict = "fits" if plan.fits else "does NOT fit"
         print(f"memory {plan.gpu_memory:,} B: {verdict} ({'spare' if spare >= 0 else 'short by'} {abs(spare):,} B)")
     if plan.max_context is not None:
-        print(f"max context at batch {plan.batch}: {plan.max_context or 'none (weights alone do not fit)'}")
+        own = " (the model's own limit: more memory would not raise it)" if plan.max_context == plan.context_limit else ""
+        print(f"max context at batch {plan.batch}: {plan.max_context or 'none (weights alone do not fit)'}{own}")
     if plan.max_batch is not None:
         print(f"max batch at context {plan.context}: {plan.max_batch or 'none (weights alone do not fit)'}")
 
 
 def plot(plan: planner.MemoryPlan, hf: dict, path: str) -> None:
+    """Memory per purpose against context (stacked, from 0), the budget line, the chosen context and
+    the largest that fits marked; purposes under 1% of the total fold into "other"."""
     try:
         import matplotlib
 
@@ -84,22 +88,31 @@ def plot(plan: planner.MemoryPlan, hf: dict, path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ValueError("--plot needs matplotlib (pip install matplotlib)") from None
-    from kvinfer.config import attention_window, model_config
-
-    c = model_config(hf)
-    limit = min(c.max_positions, attention_window(hf) or c.max_positions)
-    contexts = sorted({max(1, limit * i // 32) for i in range(1, 33)})
+    limit = plan.context_limit or plan.context
+    contexts = sorted({1, plan.context, *(max(1, limit * i // 32) for i in range(1, 33))})
     plans = [planner._replan(plan, hf, context=n) for n in contexts]
-    purposes = list(plans[0].by_purpose()) + (["cuda context and graphs"] if plan.device == "cuda" else [])
-    series = [[p.by_purpose().get(k, p.unallocated_bytes) / 2**30 for p in plans] for k in purposes]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    ax.stackplot(contexts, series, labels=purposes)
+    parts = {k: [p.by_purpose()[k] for p in plans] for k in plans[0].by_purpose()}
+    if plan.device == "cuda":
+        parts["cuda context and graphs"] = [p.unallocated_bytes for p in plans]
+    total = max(p.total_bytes for p in plans)
+    series = {k: v for k, v in parts.items() if max(v) >= total / 100}
+    small = [v for k, v in parts.items() if k not in series]
+    if small:
+        series["other"] = [sum(col) for col in zip(*small)]
+    fig, ax = plt.subplots(figsize=(9, 5))
+    ax.stackplot(contexts, [[b / 2**30 for b in v] for v in series.values()], labels=list(series), alpha=0.85)
     if plan.gpu_memory:
-        ax.axhline(plan.gpu_memory / 2**30, color="k", linestyle="--", label="memory")
+        ax.axhline(plan.gpu_memory / 2**30, color="black", linestyle="--", linewidth=1.5, label="memory budget", zorder=5)
+        fit = planner.max_context(plan, hf, plan.gpu_memory)
+        if fit:
+            ax.axvline(fit, color="tab:red", linestyle=":", linewidth=1.5, label=f"largest context that fits: {fit}")
+    ax.axvline(plan.context, color="tab:blue", linestyle="-.", linewidth=1.5, label=f"chosen context: {plan.context}")
+    ax.set_xlim(0, limit)
+    ax.set_ylim(0, None)
     ax.set_xlabel("context (tokens)")
     ax.set_ylabel("GiB")
     ax.set_title(f"{plan.model}, batch {plan.batch}, {plan.dtype}")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside the data
     fig.tight_layout()
     fig.savefig(path)
     print(f"wrote {path}")

@@ -1,10 +1,8 @@
-"""Checkpoint forms: sharded safetensors with an index, bf16 and fp32 checkpoints; the CLI."""
+"""Checkpoint forms: sharded safetensors with an index, bf16 and fp32 checkpoints (the CLI: test_cli.py)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -53,26 +51,3 @@ def test_checkpoint_forms_give_the_same_model(form, base, tmp_path):
     assert np.abs(ours - want).max() / np.abs(want).max() < tol
     if form == "sharded":  # the same fp16 tensors, split differently: the same logits, bit for bit
         np.testing.assert_array_equal(ours, logits(base, ids))
-
-
-def cli(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "kvinfer", *args], input=stdin, capture_output=True, text=True,
-                          timeout=300)
-
-
-def test_cli_generate_and_chat(base):
-    out = cli("generate", "The quick brown", "--model", base, "--device", "cpu", "--max-tokens", "8",
-              "--temperature", "0")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("The quick brown")
-    out = cli("chat", "--model", base, "--device", "cpu", "--max-tokens", "6", "--temperature", "0",
-              stdin="hello there\n/reset\nagain\n/exit\n")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.count("assistant> ") == 2
-
-
-def test_cli_errors_are_one_line(tmp_path):
-    out = cli("generate", "x", "--model", str(tmp_path / "nope"))
-    assert out.returncode == 2 and out.stderr.startswith("kvinfer: error: model")
-    out = cli("generate", "x", "--model", str(tmp_path), "--temperature", "-1")
-    assert out.returncode == 2 and "config.json not found" in out.stderr
