@@ -5,6 +5,7 @@
 # driver, and it says which backend it builds and why. GPU tests skip without a device.
 #   KVINFER_OFFLINE=1    install nothing from an index (everything needed is already there)
 #   KVINFER_TORCH_INDEX  where the CPU build of torch comes from (default: PyTorch's CPU index)
+#   KVINFER_TORCH        the torch requirement to install there (default: torch)
 #   CUDAARCHS            CUDA architectures to build for (e.g. 90)
 #   KVINFER_CUDA         AUTO (default: CUDA when nvcc and the cuBLAS headers are found) | ON | OFF
 set -euo pipefail
@@ -48,7 +49,13 @@ else
       # the next build of kvinfer a CUDA build. Only torch itself comes from the CPU index; what it
       # needs comes with the test extras below.
       say "no NVIDIA driver (nvidia-smi): installing the CPU build of torch"
-      pip_install --no-deps --retries 1 torch --index-url "${KVINFER_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+      pip_install --no-deps --retries 1 "${KVINFER_TORCH:-torch}" \
+        --index-url "${KVINFER_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+      if ! python3 -c "import sys, torch; sys.exit(torch.version.cuda is not None)"; then
+        say "warning: pip installed a CUDA build of torch (your pip configuration offers one);" \
+            "the tests run with it. For a CPU build, install one first, or pick its version with" \
+            "KVINFER_TORCH='torch==X.Y.Z'"
+      fi
     fi
   fi
   pip_flags=()

@@ -171,8 +171,9 @@ class LLM:
 
     def _check_fits(self, ids: list[int], params: SamplingParams) -> None:
         if len(ids) + params.max_tokens > self.max_context:
-            raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) = "
-                             f"{len(ids) + params.max_tokens} exceeds max_context={self.max_context}")
+            raise kvinfer.ContextOverflowError(
+                f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) = "
+                f"{len(ids) + params.max_tokens} exceeds max_context={self.max_context}")
 
     @staticmethod
     def _as_list(prompts: Prompt | Seq[Prompt]) -> list[Prompt]:
@@ -261,3 +262,9 @@ class LLM:
     def close(self) -> None:
         """Frees the model's memory now (waits for a call in progress in another thread)."""
         self.runner.release()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.cuda,
 from kvinfer.llm import LLM  # noqa: E402
 from kvinfer.sampling import SamplingParams  # noqa: E402
 from step_helpers import decode_rows  # noqa: E402
-from tiny_models import ARCHS, VOCAB, make_model  # noqa: E402
+from tiny_models import ARCHS, VOCAB, WIDE, make_model  # noqa: E402
 
 GREEDY = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
 
@@ -26,7 +26,7 @@ GREEDY = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_cuda")
-    return {name: make_model(name, str(root / name)) for name in ARCHS}
+    return {name: make_model(name, str(root / name)) for name in {**ARCHS, **WIDE}}
 
 
 def prompt(n: int, seed: int) -> list[int]:
@@ -58,7 +58,7 @@ def well_conditioned(cpu: LLM, count: int = 2, margin: float = 5e-3) -> list[lis
     raise AssertionError("no well-conditioned prompts found")
 
 
-@pytest.mark.parametrize("name", list(ARCHS))
+@pytest.mark.parametrize("name", [*ARCHS, *WIDE])
 def test_greedy_equals_cpu_and_hf(name, model_dirs):
     import transformers
 
@@ -73,7 +73,7 @@ def test_greedy_equals_cpu_and_hf(name, model_dirs):
         assert ours == ref[0, len(ids):].tolist(), name
 
 
-@pytest.mark.parametrize("name", ["llama_gqa3", "gpt2", "qwen2"])
+@pytest.mark.parametrize("name", ["llama_gqa3", "gpt2", "qwen2", "llama_wide"])
 def test_batch_of_eight_equals_eight_singles(name, model_dirs):
     llm = load(model_dirs[name], "cuda:0")
     prompts = [prompt(n, 100 + n) for n in (1, 5, 17, 31, 64, 65, 100, 130)]

@@ -132,13 +132,13 @@ def llm(good):
 
 
 def test_prompt_longer_than_context(llm):
-    with pytest.raises(ValueError, match=r"prompt \(70 tokens\) \+ max_tokens \(1\) = 71 exceeds max_context=64"):
+    with pytest.raises(kvinfer.ContextOverflowError, match=r"prompt \(70 tokens\) \+ max_tokens \(1\) = 71 exceeds max_context=64"):
         llm.generate([5] * 70, SamplingParams(max_tokens=1))
     assert llm.engine.free_slots() == 2 and llm.runner.steps_in_flight == 0
 
 
 def test_max_tokens_beyond_context(llm):
-    with pytest.raises(ValueError, match=r"prompt \(10 tokens\) \+ max_tokens \(60\) = 70 exceeds max_context=64"):
+    with pytest.raises(kvinfer.ContextOverflowError, match=r"prompt \(10 tokens\) \+ max_tokens \(60\) = 70 exceeds max_context=64"):
         llm.generate([5] * 10, SamplingParams(max_tokens=60))
     assert len(llm.generate([5] * 10, SamplingParams(max_tokens=54, ignore_eos=True))[0].token_ids) == 54
 

@@ -75,6 +75,16 @@ def test_a_closed_model_says_so(good):
     llm.close()  # twice is fine
 
 
+def test_a_model_used_as_a_context_manager_is_closed_on_exit(good):
+    tracker = kvinfer.VramTracker()
+    with LLM(good, device="cpu", max_context=64, max_batch=1, tracker=tracker) as llm:
+        assert len(llm.generate([1, 2, 3], kvinfer.SamplingParams(max_tokens=2, ignore_eos=True))[0].token_ids) == 2
+        assert tracker.total_bytes > 0
+    assert tracker.total_bytes == 0
+    with pytest.raises(ValueError, match="this LLM was closed"):
+        llm.generate([1, 2, 3])
+
+
 # 6. non-finite weights and out-of-domain config values are refused at load, named
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_weights_are_named(broken, bad):

@@ -29,6 +29,14 @@ ARCHS = {
                                       sliding_window=None)),
     "gpt2": ("GPT2Config", dict(n_embd=128, n_layer=2, n_head=2, n_positions=512)),
 }
+# Wider than 1024: the CUDA backend's decode GEMMs then apply the MLP activation in a pass of its
+# own rather than inside the down projection (the GPU tests use these too).
+WIDE = {
+    "llama_wide": ("LlamaConfig", dict(hidden_size=1152, intermediate_size=512, num_hidden_layers=2,
+                                       num_attention_heads=18, num_key_value_heads=6, head_dim=64,
+                                       tie_word_embeddings=False)),
+    "gpt2_wide": ("GPT2Config", dict(n_embd=1152, n_layer=2, n_head=18, n_positions=512)),
+}
 
 
 def make_tokenizer(folder: str) -> None:
@@ -52,7 +60,7 @@ def make_model(name: str, folder: str, seed: int = 0) -> str:
     import torch
     import transformers
 
-    cls_name, kwargs = ARCHS[name]
+    cls_name, kwargs = {**ARCHS, **WIDE}[name]
     torch.manual_seed(seed)
     cfg = getattr(transformers, cls_name)(vocab_size=VOCAB, eos_token_id=0, bos_token_id=0, **kwargs)
     # A wider init than the default 0.02 makes the logits peaked, so greedy choices are not near-ties.

@@ -98,6 +98,8 @@ void layer_norm(const float* x, const int32_t* rows, const half_t* weight, const
 
 static __global__ void silu_mul_kernel(const __half* __restrict__ gu, int64_t stride, __half* out,
                                        int64_t out_stride, int T, int I) {
+  pdl_allow_next();
+  pdl_wait();
   const int64_t n = static_cast<int64_t>(T) * I;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = e / I, i = e % I;
@@ -110,12 +112,13 @@ void silu_mul(const half_t* gate_up, int64_t stride, half_t* out, int64_t out_st
               cudaStream_t stream) {
   const int64_t n = static_cast<int64_t>(T) * I;
   if (n == 0) return;
-  silu_mul_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(
-      reinterpret_cast<const __half*>(gate_up), stride, reinterpret_cast<__half*>(out), out_stride, T, I);
-  KVINFER_CUDA_CHECK_LAUNCH();
+  launch_dependent(silu_mul_kernel, blocks_for(n, 256), 256, 0, stream, reinterpret_cast<const __half*>(gate_up),
+                   stride, reinterpret_cast<__half*>(out), out_stride, T, I);
 }
 
 static __global__ void gelu_kernel(__half* x, int64_t n) {
+  pdl_allow_next();
+  pdl_wait();
   const float k = 0.7978845608028654f;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
     const float v = __half2float(x[e]);
@@ -125,8 +128,7 @@ static __global__ void gelu_kernel(__half* x, int64_t n) {
 
 void gelu_new(half_t* x, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  gelu_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(reinterpret_cast<__half*>(x), n);
-  KVINFER_CUDA_CHECK_LAUNCH();
+  launch_dependent(gelu_kernel, blocks_for(n, 256), 256, 0, stream, reinterpret_cast<__half*>(x), n);
 }
 
 template <class T>
