@@ -94,8 +94,9 @@ def _checked(args: argparse.Namespace):
 def _load(args: argparse.Namespace):
     from kvinfer.llm import LLM
 
+    # Progress bars redraw a line: only for a person watching, not for a log or a pipe.
     return LLM(args.model, device=args.device, max_context=args.max_context, max_batch=1,
-               progress=not getattr(args, "quiet", False),
+               progress=not getattr(args, "quiet", False) and sys.stderr.isatty(),
                max_memory=args.max_memory, cuda_graphs=not args.no_cuda_graphs)
 
 
