@@ -11,6 +11,7 @@ import json
 import os
 import re
 import select
+import signal
 import shutil
 import subprocess
 import sys
@@ -224,6 +225,9 @@ class Terminal:
 
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: becomes the command
+            # A shell gives its foreground job the default Ctrl-C; a background runner (nohup, CI)
+            # may have left SIGINT ignored, which Python would keep.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execve(sys.executable, [sys.executable, "-m", "kvinfer", *args], {**env, "TERM": "xterm"})
         self.seen = ""
         self.log = ""  # everything shown, for failure messages

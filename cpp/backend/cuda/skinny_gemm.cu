@@ -178,7 +178,6 @@ static __global__ void __launch_bounds__(kThreads * TPB) skinny_kernel(const hal
       asm volatile("prefetch.global.L2 [%0];" ::"l"(w + static_cast<int64_t>(row) * K + k));
     }
   }
-  pdl_allow_next();
   pdl_wait();
 
   if constexpr (IN == SkinnyIn::rms_norm) {  // a warp per token
@@ -228,6 +227,9 @@ static __global__ void __launch_bounds__(kThreads * TPB) skinny_kernel(const hal
       }
     }
   }
+  // The weights are read: only now may the next kernel's blocks launch. Let in earlier, they hold
+  // SM slots and issue their prefetches while this kernel's weight stream still needs both.
+  pdl_allow_next();
   // The quarters, folded in order: ((q0 + q1) + q2) + q3, one quarter warp after another.
   // C fragment: c0, c1 = (row g, tokens 2t, 2t + 1), c2, c3 = (row g + 8, same tokens).
   for (int q = 0; q < kWarps; ++q) {
