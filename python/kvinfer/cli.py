@@ -89,9 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=info)
 
-    from kvinfer import vram_cli
+    from kvinfer import serve_cli, vram_cli
 
     vram_cli.add_parser(sub)
+    serve_cli.add_parser(sub)
 
     p = sub.add_parser("bench", help="prompt processing and generation tok/s as llama-bench reports them, "
                        "next to HF transformers", formatter_class=cli_text.HelpFormatter)

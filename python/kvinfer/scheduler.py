@@ -1,0 +1,152 @@
+"""Continuous batching: requests wait in a queue, and every step takes each running sequence's next
+token plus chunks of prompts up to the step's token budget (chunked prefill). A request is admitted
+as soon as a sequence slot is free and leaves its slot the step it finishes or is aborted, so a
+waiting one starts on the next step; nothing waits for a wave to end."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from kvinfer.sampling import SamplingParams
+from kvinfer.tokenizer import StreamDecoder
+
+
+@dataclass
+class Request:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    seed: int                      # the sampler's stream: a function of (seed, token index) only
+    stop_ids: frozenset[int]       # end-of-sequence ids (unless ignore_eos) and params.stop_token_ids
+
+    def __post_init__(self) -> None:
+        if not self.prompt_ids:
+            raise ValueError(f"request {self.request_id!r} has an empty prompt")
+        if not 0 <= self.seed < 2**64:
+            raise ValueError(f"request {self.request_id!r} seed={self.seed} must be in [0, 2^64)")
+
+
+@dataclass
+class Running:
+    """A request's sequence while it holds a slot: its cached length is tracked here, never guessed."""
+    request: Request
+    slot: int
+    decoder: StreamDecoder
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0               # characters of `text` already handed out (a stop may be half-written)
+    cached: int = 0                # tokens whose K/V are in the cache
+    finish_reason: str | None = None
+
+    @property
+    def prefilling(self) -> bool:
+        return self.cached < len(self.request.prompt_ids)
+
+    def accept(self, token: int) -> None:
+        """A sampled token: its text, then the stop conditions (an id, a stop string, max_tokens)."""
+        params = self.request.params
+        self.token_ids.append(token)
+        self.text += self.decoder.push(token)
+        if token in self.request.stop_ids:
+            self.finish_reason = "stop"
+        for stop in params.stop:
+            at = self.text.find(stop)
+            if at >= 0:
+                self.text, self.finish_reason = self.text[:at], "stop"
+        if self.finish_reason is None and len(self.token_ids) >= params.max_tokens:
+            self.finish_reason = "length"
+
+    def new_text(self) -> str:
+        """Text not handed out yet, holding back what could still become a stop string."""
+        hold = 0 if self.finish_reason else max((len(s) for s in self.request.params.stop), default=1) - 1
+        end = max(self.emitted, len(self.text) - hold)
+        piece, self.emitted = self.text[self.emitted:end], end
+        return piece
+
+
+@dataclass
+class Chunk:
+    seq: Running
+    tokens: list[int]              # prompt tokens, or the one token a decoding sequence feeds back
+    samples: bool                  # whether this chunk's last row is sampled
+
+
+@dataclass
+class ScheduledStep:
+    chunks: list[Chunk]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(c.tokens) for c in self.chunks)
+
+
+class Scheduler:
+    """Which tokens run in the next step. Slots come from `take_slot` (None when none is free) and
+    go back through `give_slot`, so the pool can be shared with other users of the runner."""
+
+    def __init__(self, max_step_tokens: int, max_context: int, take_slot, give_slot, tokenizer):
+        if max_step_tokens < 1:
+            raise ValueError(f"max_step_tokens={max_step_tokens} must be >= 1")
+        self.max_step_tokens, self.max_context = max_step_tokens, max_context
+        self._take_slot, self._give_slot, self._tokenizer = take_slot, give_slot, tokenizer
+        self.waiting: deque[Request] = deque()
+        self.running: list[Running] = []
+
+    def add(self, request: Request) -> None:
+        total = len(request.prompt_ids) + request.params.max_tokens
+        if total > self.max_context:
+            raise ValueError(f"request {request.request_id!r}: prompt ({len(request.prompt_ids)} tokens) + "
+                             f"max_tokens ({request.params.max_tokens}) = {total} exceeds "
+                             f"max_context={self.max_context}")
+        self.waiting.append(request)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> ScheduledStep:
+        """Decodes first (one token for every sequence past its prompt, oldest first), then prompt
+        chunks of running sequences, then newly admitted requests, within the token budget."""
+        budget, chunks = self.max_step_tokens, []
+        for seq in self.running:
+            if not seq.prefilling and budget > 0:
+                chunks.append(Chunk(seq, [seq.token_ids[-1]], True))
+                budget -= 1
+        for seq in self.running:
+            if seq.prefilling and budget > 0:
+                chunks.append(self._prompt_chunk(seq, budget))
+                budget -= len(chunks[-1].tokens)
+        while self.waiting and budget > 0:
+            slot = self._take_slot()
+            if slot is None:
+                break
+            req = self.waiting.popleft()
+            seq = Running(req, slot, StreamDecoder(self._tokenizer))
+            self.running.append(seq)
+            chunks.append(self._prompt_chunk(seq, budget))
+            budget -= len(chunks[-1].tokens)
+        return ScheduledStep(chunks)
+
+    @staticmethod
+    def _prompt_chunk(seq: Running, budget: int) -> Chunk:
+        prompt = seq.request.prompt_ids
+        n = min(len(prompt) - seq.cached, budget)
+        return Chunk(seq, prompt[seq.cached:seq.cached + n], seq.cached + n == len(prompt))
+
+    def finish(self, seq: Running) -> None:
+        """The sequence leaves the batch and its slot is free for the next step."""
+        self.running.remove(seq)
+        self._give_slot(seq.slot)
+
+    def abort(self, request_id: str) -> Running | Request | None:
+        """Drops a request wherever it is; returns what was dropped (None if unknown or done)."""
+        for req in self.waiting:
+            if req.request_id == request_id:
+                self.waiting.remove(req)
+                return req
+        for seq in self.running:
+            if seq.request.request_id == request_id:
+                seq.finish_reason = seq.finish_reason or "abort"
+                self.finish(seq)
+                return seq
+        return None

