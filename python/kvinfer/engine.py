@@ -154,14 +154,20 @@ class Engine:
 
     @staticmethod
     def _accept(s: Sequence, token: int, params: SamplingParams, stop_ids: set[int]) -> Iterator[Sequence]:
-        s.token_ids.append(token)
-        s.text += s.decoder.push(token)
-        if token in stop_ids:
-            s.finish_reason = "stop"
-        for stop in params.stop:
-            at = s.text.find(stop)
-            if at >= 0:
-                s.text, s.finish_reason = s.text[:at], "stop"
-        if s.finish_reason is None and len(s.token_ids) >= params.max_tokens:
-            s.finish_reason = "length"
+        accept_token(s, token, params, stop_ids)
         yield s
+
+
+def accept_token(s, token: int, params: SamplingParams, stop_ids) -> None:
+    """A sampled token joins sequence `s` (token_ids, text, decoder, finish_reason): its text, then
+    the stop conditions in order: a stop id, a stop string (cut from the text), max_tokens."""
+    s.token_ids.append(token)
+    s.text += s.decoder.push(token)
+    if token in stop_ids:
+        s.finish_reason = "stop"
+    for stop in params.stop:
+        at = s.text.find(stop)
+        if at >= 0:
+            s.text, s.finish_reason = s.text[:at], "stop"
+    if s.finish_reason is None and len(s.token_ids) >= params.max_tokens:
+        s.finish_reason = "length"

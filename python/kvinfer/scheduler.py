@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from kvinfer.engine import accept_token
 from kvinfer.sampling import SamplingParams
 from kvinfer.tokenizer import StreamDecoder
 
@@ -44,18 +45,7 @@ class Running:
         return self.cached < len(self.request.prompt_ids)
 
     def accept(self, token: int) -> None:
-        """A sampled token: its text, then the stop conditions (an id, a stop string, max_tokens)."""
-        params = self.request.params
-        self.token_ids.append(token)
-        self.text += self.decoder.push(token)
-        if token in self.request.stop_ids:
-            self.finish_reason = "stop"
-        for stop in params.stop:
-            at = self.text.find(stop)
-            if at >= 0:
-                self.text, self.finish_reason = self.text[:at], "stop"
-        if self.finish_reason is None and len(self.token_ids) >= params.max_tokens:
-            self.finish_reason = "length"
+        accept_token(self, token, self.request.params, self.request.stop_ids)
 
     def new_text(self) -> str:
         """Text not handed out yet, holding back what could still become a stop string."""
