@@ -1,0 +1,178 @@
+"""Serving benchmark with the method of `vllm bench serve`: N streaming completion requests with
+Poisson arrivals at a rate (or all at once), prompt and output lengths drawn with a fixed seed
+(prompts are random token ids, outputs exact through ignore_eos). Reports TTFT, TPOT and ITL
+(median, p99), requests/s and output tokens/s.
+
+    python benchmarks/serve_bench.py --url http://127.0.0.1:8000 --num-requests 200 --rate 8
+    python benchmarks/serve_bench.py --serve Llama-3.2-1B --device cuda:0 --max-batch 64 \\
+        --num-requests 1000 --prompt-len 64 1024 --output-len 16 512 --baseline
+`--serve MODEL` starts the server in this process on random weights of a benchmark shape
+(benchmarks/gpu_bench.py); `--baseline` also times LLM.generate on the same requests, in waves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+
+
+@dataclass
+class Result:
+    prompt_len: int
+    output_len: int
+    start: float = 0.0
+    chunk_times: list[float] = field(default_factory=list)
+    completion_tokens: int = 0
+    error: str | None = None
+
+    @property
+    def ttft(self) -> float:
+        return self.chunk_times[0] - self.start
+
+    @property
+    def e2e(self) -> float:
+        return self.chunk_times[-1] - self.start
+
+    @property
+    def tpot(self) -> float | None:
+        return (self.e2e - self.ttft) / (self.completion_tokens - 1) if self.completion_tokens > 1 else None
+
+
+def workload(n: int, prompt_len: tuple[int, int], output_len: tuple[int, int], vocab: int, seed: int):
+    rng = np.random.default_rng(seed)
+    lens = rng.integers(prompt_len[0], prompt_len[1] + 1, n), rng.integers(output_len[0], output_len[1] + 1, n)
+    return [(rng.integers(1, vocab, p).tolist(), int(o)) for p, o in zip(*lens)]
+
+
+async def one(client: httpx.AsyncClient, url: str, model: str, prompt: list[int], out: int, r: Result) -> None:
+    body = {"model": model, "prompt": prompt, "max_tokens": out, "temperature": 0, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}
+    r.start = time.perf_counter()
+    try:
+        async with client.stream("POST", url + "/v1/completions", json=body) as resp:
+            if resp.status_code != 200:
+                r.error = f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"
+                return
+            async for line in resp.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("choices"):
+                    r.chunk_times.append(time.perf_counter())
+                if chunk.get("usage"):
+                    r.completion_tokens = chunk["usage"]["completion_tokens"]
+    except httpx.HTTPError as e:
+        r.error = repr(e)
+
+
+async def run(url: str, model: str, requests, rate: float, seed: int) -> tuple[list[Result], float]:
+    gaps = np.random.default_rng(seed + 1).exponential(1 / rate, len(requests)) if rate != float("inf") else None
+    results = [Result(len(p), o) for p, o in requests]
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits) as client:
+        t0, tasks = time.perf_counter(), []
+        for i, (p, o) in enumerate(requests):
+            tasks.append(asyncio.create_task(one(client, url, model, p, o, results[i])))
+            if gaps is not None:
+                await asyncio.sleep(gaps[i])
+        await asyncio.gather(*tasks)
+    return results, time.perf_counter() - t0
+
+
+def report(results: list[Result], seconds: float, label: str) -> None:
+    ok = [r for r in results if r.error is None and r.chunk_times]
+    failed = len(results) - len(ok)
+
+    def ms(values) -> str:
+        v = sorted(values)
+        return f"{1e3 * statistics.median(v):8.1f} | {1e3 * v[min(len(v) - 1, int(0.99 * len(v)))]:8.1f}" if v else "- | -"
+
+    itl = [b - a for r in ok for a, b in zip(r.chunk_times, r.chunk_times[1:])]
+    tokens = sum(r.completion_tokens for r in ok)
+    print(f"| {label} | {len(ok)} | {failed} | {len(ok) / seconds:7.2f} | {tokens / seconds:9.1f} | "
+          f"{ms([r.ttft for r in ok])} | {ms([r.tpot for r in ok if r.tpot is not None])} | {ms(itl)} |")
+    for r in results:
+        if r.error:
+            print(f"# failed: {r.error}")
+            break
+
+
+def baseline(llm, requests) -> None:
+    """LLM.generate on the same requests, in waves of max_batch (requests of equal max_tokens together)."""
+    from kvinfer.sampling import SamplingParams
+
+    t0, tokens = time.perf_counter(), 0
+    for i in range(0, len(requests), llm.max_batch):
+        wave = requests[i:i + llm.max_batch]
+        for out in {o for _, o in wave}:
+            same = [p for p, o in wave if o == out]
+            tokens += sum(len(r.token_ids) for r in llm.generate(same, SamplingParams(max_tokens=out, temperature=0,
+                                                                                       ignore_eos=True)))
+    seconds = time.perf_counter() - t0
+    print(f"| LLM.generate waves | {len(requests)} | 0 | {len(requests) / seconds:7.2f} | {tokens / seconds:9.1f} "
+          "| - | - | - | - | - | - |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--url", default=None, help="a running server (default: --serve one here)")
+    ap.add_argument("--model", default=None, help="the served model's name (default: the server's first)")
+    ap.add_argument("--serve", default=None, help="start a server here on random weights of this benchmark shape")
+    ap.add_argument("--device", default="cuda:0")
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--max-context", type=int, default=2048)
+    ap.add_argument("--num-requests", type=int, default=200)
+    ap.add_argument("--rate", type=float, default=float("inf"), help="requests/s (Poisson); inf: all at once")
+    ap.add_argument("--prompt-len", type=int, nargs=2, default=[64, 1024])
+    ap.add_argument("--output-len", type=int, nargs=2, default=[16, 512])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--baseline", action="store_true", help="also LLM.generate in waves (with --serve)")
+    ap.add_argument("--vocab", type=int, default=32000, help="prompt token ids are drawn below this (with --url)")
+    args = ap.parse_args()
+    llm = server = None
+    if args.serve:
+        import tempfile
+
+        import uvicorn
+
+        from gpu_bench import random_model
+        from kvinfer.llm import LLM
+        from kvinfer.server import create_app
+        from kvinfer.serving import ServingEngine
+
+        folder = tempfile.mkdtemp()
+        random_model(args.serve, folder)
+        llm = LLM(folder, device=args.device, max_context=args.max_context, max_batch=args.max_batch)
+        engine = ServingEngine(llm, max_waiting=max(1024, args.num_requests))
+        server = uvicorn.Server(uvicorn.Config(create_app(engine, args.serve), host="127.0.0.1", port=8765,
+                                               log_level="warning"))
+        threading.Thread(target=server.run, daemon=True).start()
+        while not server.started:
+            time.sleep(0.05)
+        args.url, args.model = "http://127.0.0.1:8765", args.serve
+    model = args.model or httpx.get(args.url + "/v1/models").json()["data"][0]["id"]
+    vocab = llm.config.vocab_size if llm else args.vocab
+    requests = workload(args.num_requests, tuple(args.prompt_len), tuple(args.output_len), vocab, args.seed)
+    print(f"# {args.num_requests} requests, prompts {args.prompt_len[0]}-{args.prompt_len[1]} tokens, outputs "
+          f"{args.output_len[0]}-{args.output_len[1]}, rate {args.rate}/s, seed {args.seed}, model {model}")
+    print("| run | requests | failed | req/s | output tok/s | TTFT median ms | TTFT p99 ms | TPOT median ms "
+          "| TPOT p99 ms | ITL median ms | ITL p99 ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    results, seconds = asyncio.run(run(args.url, model, requests, args.rate, args.seed))
+    report(results, seconds, f"serve, rate {args.rate}")
+    if args.baseline and llm is not None:
+        baseline(llm, requests)
+    if server is not None:
+        server.should_exit = True
+
+
+if __name__ == "__main__":
+    main()
