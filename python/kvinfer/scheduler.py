@@ -37,7 +37,8 @@ class Running:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     emitted: int = 0               # characters of `text` already handed out (a stop may be half-written)
-    cached: int = 0                # tokens whose K/V are in the cache
+    cached: int = 0                # tokens whose K/V are in the cache (or enqueued to be)
+    launched: int = 0              # tokens sampled (or enqueued to be): the sampler's step index
     finish_reason: str | None = None
 
     @property
@@ -93,6 +94,11 @@ class Scheduler:
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
+
+    def decode_only(self, free_slot: bool) -> bool:
+        """Whether the next step is decodes alone: no prompt is mid-prefill and none can be admitted."""
+        return bool(self.running) and not any(s.prefilling for s in self.running) and \
+            not (self.waiting and free_slot)
 
     def schedule(self) -> ScheduledStep:
         """Decodes first (one token for every sequence past its prompt, oldest first), then prompt

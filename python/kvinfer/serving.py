@@ -9,6 +9,7 @@ import itertools
 import queue
 import random
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -52,6 +53,8 @@ class ServingEngine:
         self._aborts: list[str] = []
         self._cv = threading.Condition()
         self._stopping = False
+        self._in_flight: deque[list[Running]] = deque()  # decode steps enqueued, oldest first
+        self._pipelined = 0                                 # decode steps since the lock was let go
         self._ids = itertools.count()
         self.steps = 0
         self._thread = threading.Thread(target=self._loop, name="kvinfer-engine", daemon=True)
@@ -120,7 +123,7 @@ class ServingEngine:
         while True:
             with self._cv:
                 while not (self._stopping or self._inbox or self._aborts or self.scheduler.running
-                           or (self.scheduler.waiting and self.llm.engine.free_slots())):
+                           or self._in_flight or (self.scheduler.waiting and self.llm.engine.free_slots())):
                     # waiting requests and no free slot (LLM.stream holds them): look again soon
                     self._cv.wait(timeout=0.05 if self.scheduler.waiting else None)
                 if self._stopping:
@@ -131,38 +134,114 @@ class ServingEngine:
                 self._deliver[request.request_id] = deliver
                 self.scheduler.add(request)
             for request_id in aborts:
-                dropped = self.scheduler.abort(request_id)
+                dropped = self.scheduler.abort(request_id)  # its steps in flight are dropped when collected
                 if isinstance(dropped, Request):
                     self._end(dropped, "abort")
                 elif dropped is not None:
                     self._end(dropped.request, "abort", seq=dropped)
-            step = self.scheduler.schedule()
-            if step.chunks:
-                try:
-                    self._run(step)
-                except Exception as e:  # the runner failed (or was closed): every request ends
-                    for seq in list(self.scheduler.running):
-                        self.scheduler.finish(seq)
-                        self._end(seq.request, "error", str(e), seq)
-                    while self.scheduler.waiting:
-                        self._end(self.scheduler.waiting.popleft(), "error", str(e))
+            try:
+                free = self.llm.engine.free_slots() > 0
+                if self.scheduler.decode_only(free) and self._pipelined < self.PIPELINE_RUN:
+                    self._decode_pipelined()
+                else:
+                    self._drain()
+                    self._pipelined = 0  # the lock was let go: another user of the runner may step
+                    step = self.scheduler.schedule()
+                    if step.chunks:
+                        self._run(step)
+            except Exception as e:  # the runner failed (or was closed): every request ends
+                self._fail(str(e))
+        try:
+            self._drain()
+        except Exception as e:
+            self._fail(str(e))
         for seq in list(self.scheduler.running):
             self.scheduler.finish(seq)
             self._end(seq.request, "abort", seq=seq)
         for request in self.scheduler.waiting:
             self._end(request, "abort")
 
+    # Decode steps run two in flight: step n + 1 is enqueued, its input tokens taken on the device
+    # from step n's samples, before step n's tokens are read, so the GPU never waits for this
+    # thread. Stops are seen one step late; a finished sequence's extra token is dropped. The
+    # runner's lock is held while steps are in flight (a step of another user would collect
+    # ours), and let go after PIPELINE_RUN steps so that other users get their turn.
+    PIPELINE_RUN = 64
+
+    def _decode_pipelined(self) -> None:
+        rows = [s for s in self.scheduler.running if s.launched < s.request.params.max_tokens]
+        if rows and len(self._in_flight) < 2:
+            if not self._in_flight:
+                self.llm.engine.lock.acquire()
+            try:
+                self._launch(rows, self._in_flight[-1] if self._in_flight else None)
+            except BaseException:
+                if not self._in_flight:
+                    self.llm.engine.lock.release()
+                raise
+            self._in_flight.append(rows)
+            self._pipelined += 1
+            if len(self._in_flight) < 2:
+                return
+        if self._in_flight:
+            self._collect()
+
+    def _launch(self, rows: list[Running], prev: list[Running] | None) -> None:
+        n = len(rows)
+        prev_row = {id(s): r for r, s in enumerate(prev)} if prev else {}
+        from_prev = np.array([prev_row.get(id(s), -1) for s in rows], np.int32)
+        tokens = np.array([s.token_ids[-1] if f < 0 else 0 for s, f in zip(rows, from_prev)], np.int32)
+        steps = np.arange(n + 1, dtype=np.int32)
+        self.llm.runner.launch(tokens, steps, np.array([s.cached for s in rows], np.int32),
+                               np.array([s.slot for s in rows], np.int32), steps[:n], self._sampling(rows),
+                               from_prev if prev_row else None)
+        for s in rows:
+            s.cached += 1
+            s.launched += 1
+
+    def _collect(self) -> None:
+        rows = self._in_flight.popleft()
+        try:
+            tokens = self.llm.runner.collect().tolist()
+        finally:
+            if not self._in_flight:
+                self.llm.engine.lock.release()
+        self.steps += 1
+        for seq, token in zip(rows, tokens):
+            if seq.finish_reason is None:  # else it finished or was aborted after this step was enqueued
+                self._take(seq, token)
+
+    def _drain(self) -> None:
+        while self._in_flight:
+            self._collect()
+
+    def _fail(self, error: str) -> None:
+        while self._in_flight:  # what is still enqueued is collected, or the lock is let go
+            self._in_flight.popleft()
+            if not self._in_flight:
+                self.llm.engine.lock.release()
+        for seq in list(self.scheduler.running):
+            self.scheduler.finish(seq)
+            self._end(seq.request, "error", error, seq)
+        while self.scheduler.waiting:
+            self._end(self.scheduler.waiting.popleft(), "error", error)
+
+    @staticmethod
+    def _sampling(seqs: list[Running]) -> np.ndarray:
+        args = np.zeros(len(seqs), SAMPLING_DTYPE)
+        for row, seq in enumerate(seqs):
+            p = seq.request.params
+            args[row] = (p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, seq.request.seed,
+                         seq.launched)
+        return args
+
     def _run(self, step: ScheduledStep) -> None:
+        """A step with prompt chunks, run at once (nothing in flight)."""
         chunks = step.chunks
         tokens = np.concatenate([np.asarray(c.tokens, np.int32) for c in chunks])
         starts = np.cumsum([0] + [len(c.tokens) for c in chunks]).astype(np.int32)
         sampled = [i for i, c in enumerate(chunks) if c.samples]
-        args = np.zeros(len(sampled), SAMPLING_DTYPE)
-        for row, i in enumerate(sampled):
-            seq = chunks[i].seq
-            p = seq.request.params
-            args[row] = (p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, seq.request.seed,
-                         len(seq.token_ids))
+        args = self._sampling([chunks[i].seq for i in sampled])
         with self.llm.engine.lock:
             out = self.llm.runner.step(tokens, starts, np.array([c.seq.cached for c in chunks], np.int32),
                                        np.array([c.seq.slot for c in chunks], np.int32),
@@ -171,13 +250,16 @@ class ServingEngine:
         for c in chunks:
             c.seq.cached += len(c.tokens)
         for i, token in zip(sampled, out.tolist()):
-            seq = chunks[i].seq
-            seq.accept(token)
-            if seq.finish_reason:
-                self.scheduler.finish(seq)
-                self._end(seq.request, seq.finish_reason, seq=seq, new=[token])
-            else:
-                self._send(seq, [token])
+            chunks[i].seq.launched += 1
+            self._take(chunks[i].seq, token)
+
+    def _take(self, seq: Running, token: int) -> None:
+        seq.accept(token)
+        if seq.finish_reason:
+            self.scheduler.finish(seq)
+            self._end(seq.request, seq.finish_reason, seq=seq, new=[token])
+        else:
+            self._send(seq, [token])
 
     def _send(self, seq: Running, new: list[int]) -> None:
         self._deliver[seq.request.request_id](Delta(seq.request.request_id, seq.new_text(), new, None,

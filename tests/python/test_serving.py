@@ -163,3 +163,17 @@ def test_a_suspended_stream_beside_the_engine(llm, engine):
     for _ in stream:
         pass
     assert stream.output.token_ids == want
+
+
+def test_generate_in_another_thread_while_decodes_are_pipelined(llm, engine):
+    """The engine holds the runner while its decode steps are in flight and lets go every
+    PIPELINE_RUN steps: LLM.generate from another thread gets its turn, and neither output changes."""
+    long = SamplingParams(max_tokens=230, temperature=0, ignore_eos=True)
+    ids, other = prompt(5, 9), prompt(7, 3)
+    want_long, want_other = llm.generate(ids, long)[0].token_ids, llm.generate(other, GREEDY)[0].token_ids
+    got = []
+    engine.submit(ids, long, got.append)
+    wait_until(lambda: len(got) >= 2)
+    assert llm.generate(other, GREEDY)[0].token_ids == want_other
+    wait_until(lambda: got[-1].finish_reason)
+    assert [t for d in got for t in d.token_ids] == want_long and engine.steps >= 230
