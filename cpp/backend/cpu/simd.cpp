@@ -37,9 +37,22 @@ KVINFER_AVX2 static inline __m256 load_f16(const half_t* p) {
 KVINFER_AVX2 static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 KVINFER_AVX2 static inline __m256 load8(const half_t* p) { return load_f16(p); }
 
+// The last step of every dot product: the two accumulators folded, then the columns past the
+// last 8 one by one; shared, so every caller folds the same way (CpuOps.MatmulRowsDoNotDependOn-
+// TheBatch checks the bits, tail included). Inlined: a call passing __m256 by value costs more
+// than the fold (a noinline version halved prefill and decode speed).
+template <class T>
+KVINFER_AVX2 static inline float finish(__m256 acc0, __m256 acc1, const T* a, const float* b,
+                                                         int64_t i, int64_t n) {
+  float s = hsum(_mm256_add_ps(acc0, acc1));
+  for (; i < n; ++i) s += to_float(a[i]) * b[i];
+  return s;
+}
+
 // One loop for fp16 and fp32 left operands: the same accumulators in the same order, so a dot
 // product over converted fp16 values equals the one over the fp16 values bit for bit (the matmul's
-// batch invariance rests on it).
+// batch invariance rests on it). acc0 takes the 8-column groups at 0, 16, 32, ... and a last odd
+// group; acc1 those at 8, 24, ...
 template <class T>
 KVINFER_AVX2 static float dot_avx2(const T* a, const float* b, int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
@@ -49,9 +62,37 @@ KVINFER_AVX2 static float dot_avx2(const T* a, const float* b, int64_t n) {
     acc1 = _mm256_fmadd_ps(load8(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
   }
   for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(load8(a + i), _mm256_loadu_ps(b + i), acc0);
-  float s = hsum(_mm256_add_ps(acc0, acc1));
-  for (; i < n; ++i) s += to_float(a[i]) * b[i];
-  return s;
+  return finish(acc0, acc1, a, b, i, n);
+}
+
+// The dot products of R rows of `a` with C rows of `b`, each equal bit for bit to dot_avx2's: per
+// pair the same FMAs into the same two accumulators. acc0's groups are one pass over the columns
+// and acc1's another, so a pass holds R x C accumulators and loads each operand once per R (or C)
+// products instead of once per product.
+template <int R, int C>
+KVINFER_AVX2 static void dot_block_avx2(const float* a, int64_t a_stride, const float* b, int64_t b_stride,
+                                        int64_t n, float* out, int64_t out_stride) {
+  const int64_t pairs = n / 16 * 16;
+  const bool odd = n - pairs >= 8;
+  __m256 acc[2][R][C];
+  for (int h = 0; h < 2; ++h)
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[h][r][c] = _mm256_setzero_ps();
+  auto group = [&](__m256 (&into)[R][C], int64_t i) KVINFER_AVX2 {
+    __m256 av[R];
+    for (int r = 0; r < R; ++r) av[r] = _mm256_loadu_ps(a + r * a_stride + i);
+    for (int c = 0; c < C; ++c) {
+      const __m256 bv = _mm256_loadu_ps(b + c * b_stride + i);
+      for (int r = 0; r < R; ++r) into[r][c] = _mm256_fmadd_ps(av[r], bv, into[r][c]);
+    }
+  };
+  for (int64_t i = 0; i < pairs; i += 16) group(acc[0], i);
+  if (odd) group(acc[0], pairs);
+  for (int64_t i = 8; i < pairs; i += 16) group(acc[1], i);
+  const int64_t tail = pairs + 8 * odd;
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c)
+      out[r * out_stride + c] = finish(acc[0][r][c], acc[1][r][c], a + r * a_stride, b + c * b_stride, tail, n);
 }
 
 KVINFER_AVX2 static void scale_axpy_f16_avx2(float scale, float p, const half_t* v, float* y,
@@ -92,6 +133,16 @@ static float dot(const T* a, const float* b, int64_t n) {
 
 float dot_f16_f32(const half_t* a, const float* b, int64_t n) { return dot(a, b, n); }
 float dot_f32(const float* a, const float* b, int64_t n) { return dot(a, b, n); }
+
+void dot_block_f32(const float* a, int64_t a_stride, int rows, const float* b, int64_t b_stride, int cols,
+                   int64_t n, float* out, int64_t out_stride) {
+#if KVINFER_X86
+  if (has_avx2() && rows == 4 && cols == 2) return dot_block_avx2<4, 2>(a, a_stride, b, b_stride, n, out, out_stride);
+  if (has_avx2() && rows == 4 && cols == 1) return dot_block_avx2<4, 1>(a, a_stride, b, b_stride, n, out, out_stride);
+#endif
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) out[r * out_stride + c] = dot(a + r * a_stride, b + c * b_stride, n);
+}
 
 void scale_axpy_f16(float scale, float p, const half_t* v, float* y, int64_t n) {
 #if KVINFER_X86

@@ -14,6 +14,10 @@ bool has_avx2();  // AVX2, FMA and F16C are all present
 // sum_i a[i] * b[i]
 float dot_f16_f32(const half_t* a, const float* b, int64_t n);
 float dot_f32(const float* a, const float* b, int64_t n);
+// out[r * out_stride + c] = dot_f32(a + r * a_stride, b + c * b_stride, n) for r < rows, c < cols,
+// bit for bit, with each operand loaded once per block (register-blocked for 4 x 2 and 4 x 1)
+void dot_block_f32(const float* a, int64_t a_stride, int rows, const float* b, int64_t b_stride, int cols,
+                   int64_t n, float* out, int64_t out_stride);
 // y[i] = y[i] * scale + p * v[i]
 void scale_axpy_f16(float scale, float p, const half_t* v, float* y, int64_t n);
 void f16_to_f32(const half_t* src, float* dst, int64_t n);
