@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from kvinfer.jsonfile import read_json_object
+
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")  # transformers' names, standard one first
 
@@ -54,11 +56,7 @@ def load_chat_template(folder: str, tokenizer_config: dict[str, Any]) -> ChatTem
         if data is None:
             if not os.path.isfile(path):
                 continue
-            try:
-                with open(path, encoding="utf-8") as f:
-                    data = json.load(f)
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise ValueError(f"{path} is not valid JSON: {e}") from None
+            data = read_json_object(path)
         template = data.get("chat_template") if isinstance(data, dict) else None
         if isinstance(template, list):  # [{name, template}, ...]
             if not all(isinstance(t, dict) for t in template):

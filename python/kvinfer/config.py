@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 from kvinfer import _core
 from kvinfer.families import SUPPORTED_ARCHITECTURES, _int, family_of
+from kvinfer.jsonfile import read_json_object
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "architecture_of", "attention_window", "model_config", "read_config_json"]
 
@@ -20,14 +20,7 @@ def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
         path = os.path.join(path, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config.json not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(cfg).__name__}")
-    return cfg
+    return read_json_object(path)
 
 
 def architecture_of(cfg: dict[str, Any]) -> str:

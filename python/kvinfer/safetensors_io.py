@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kvinfer.jsonfile import read_json_object
+
 _DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BF16": None}
 
 
@@ -75,12 +77,7 @@ def _checked(name: str, file: str, source: np.ndarray, half: np.ndarray) -> np.n
 
 def _index_shards(index: str, folder: str) -> list[str]:
     """The shard files an index names, each a file inside `folder`."""
-    try:
-        with open(index, encoding="utf-8") as f:
-            data = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{index} is not valid JSON: {e}") from None
-    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    weight_map = read_json_object(index).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise ValueError(f"{index}: weight_map must map tensor names to shard file names")
     root = os.path.realpath(folder)

@@ -6,24 +6,15 @@ complete characters."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 from kvinfer.chat_template import SPECIAL_TOKENS, load_chat_template
+from kvinfer.jsonfile import read_json_object
 
 
 def _read_json(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path) if os.path.isfile(path) else {}
 
 
 def _ids(value: Any, where: str) -> set[int]:

@@ -16,7 +16,7 @@ from kvinfer.model_zoo import MODELS
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tiny_models import ARCHS, make_model  # noqa: E402
+from tiny_models import make_model  # noqa: E402
 
 
 @pytest.mark.parametrize("cfg, expected", [((24, 2048, 2, 64), 25_165_824), ((32, 4096, 8, 128), 536_870_912),
