@@ -104,8 +104,7 @@ def create_app(engine: ServingEngine, model_name: str, api_key: str | None = Non
             if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
                 raise api.ApiError(400, "messages must be a non-empty list of objects", "messages")
             try:
-                text = llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                         tools=body.get("tools"))
+                text = llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
                 prompt = llm.tokenizer.encode(text, add_special_tokens=False)
             except ValueError as e:
                 raise api.ApiError(400, str(e), "messages") from None

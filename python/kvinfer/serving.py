@@ -262,8 +262,17 @@ class ServingEngine:
             self._send(seq, [token])
 
     def _send(self, seq: Running, new: list[int]) -> None:
-        self._deliver[seq.request.request_id](Delta(seq.request.request_id, seq.new_text(), new, None,
-                                                    len(seq.request.prompt_ids), len(seq.token_ids)))
+        rid = seq.request.request_id
+        self._emit(self._deliver[rid], Delta(rid, seq.new_text(), new, None, len(seq.request.prompt_ids),
+                                             len(seq.token_ids)))
+
+    def _emit(self, deliver: Deliver, delta: Delta) -> None:
+        """A receiver that fails (its event loop closed, say) loses its request, not the engine."""
+        try:
+            deliver(delta)
+        except Exception:
+            if delta.finish_reason is None:
+                self.abort(delta.request_id)
 
     def _end(self, request: Request, reason: str, error: str | None = None, seq: Running | None = None,
              new: list[int] | None = None) -> None:
@@ -273,5 +282,5 @@ class ServingEngine:
         if seq is not None and seq.finish_reason is None:
             seq.finish_reason = reason
         text = seq.new_text() if seq is not None else ""
-        deliver(Delta(request.request_id, text, new or [], reason, len(request.prompt_ids),
-                      len(seq.token_ids) if seq is not None else 0, error))
+        self._emit(deliver, Delta(request.request_id, text, new or [], reason, len(request.prompt_ids),
+                                  len(seq.token_ids) if seq is not None else 0, error))

@@ -177,3 +177,13 @@ def test_generate_in_another_thread_while_decodes_are_pipelined(llm, engine):
     assert llm.generate(other, GREEDY)[0].token_ids == want_other
     wait_until(lambda: got[-1].finish_reason)
     assert [t for d in got for t in d.token_ids] == want_long and engine.steps >= 230
+
+
+def test_a_receiver_that_fails_loses_only_its_own_request(llm, engine):
+    def broken(delta):
+        raise RuntimeError("the receiver's event loop is closed")
+
+    engine.submit(prompt(6, 5), SamplingParams(max_tokens=50, temperature=0, ignore_eos=True), broken)
+    ids = prompt(9, 6)
+    assert run_all(engine, [ids], [GREEDY]) == [llm.generate(ids, GREEDY)[0].token_ids]
+    wait_until(lambda: engine.stats()["running"] == 0 and llm.engine.free_slots() == llm.max_batch)
