@@ -200,3 +200,40 @@ def test_metrics_and_health(server):
             "kvinfer_running_sequences", "kvinfer_kv_slots_used"} <= set(families)
     served = sum(s.value for s in families["kvinfer_requests"].samples if s.labels.get("status") == "200")
     assert served >= 1
+
+
+def test_the_serve_command(tmp_path):
+    """`kvinfer serve` checks its options before loading, prints the plan and the URL, serves, and
+    stops cleanly on Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+
+    bad = subprocess.run([sys.executable, "-m", "kvinfer", "serve", "--port", "0"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--port 0 is not in [1, 65535]" in bad.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen([sys.executable, "-m", "kvinfer", "serve", "--port", str(port), "--device", "cpu",
+                          "--max-batch", "2", "--max-context", "256"], stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [p.stderr.readline() for _ in range(2)]
+        assert "2 sequences of up to 256 tokens" in lines[0] and "weights" in lines[0] and "kv_cache" in lines[0]
+        assert f"http://127.0.0.1:{port}/v1" in lines[1]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok"}
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the server did not answer"
+                time.sleep(0.1)
+        r = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0).completions.create(
+            model="SmolLM2-135M-Instruct.Q4_1", prompt="Hello", max_tokens=3)
+        assert r.usage.completion_tokens <= 3 and r.choices[0].finish_reason in ("stop", "length")
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=30) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
