@@ -93,7 +93,7 @@ def create_app(engine: ServingEngine, model_name: str, api_key: str | None = Non
             job = api.parse_job(body, prompts, llm.max_context, 16)
         except api.ApiError as e:
             return error(e)
-        return await run(job, "cmpl", chat=False)
+        return await run(request, job, "cmpl", chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -111,9 +111,9 @@ def create_app(engine: ServingEngine, model_name: str, api_key: str | None = Non
             job = api.parse_job(body, [prompt], llm.max_context, None)
         except api.ApiError as e:
             return error(e)
-        return await run(job, "chatcmpl", chat=True)
+        return await run(request, job, "chatcmpl", chat=True)
 
-    async def run(job: api.Job, prefix: str, chat: bool):
+    async def run(request: Request, job: api.Job, prefix: str, chat: bool):
         rid = f"{prefix}-{secrets.token_hex(12)}"
         loop, deltas = asyncio.get_running_loop(), asyncio.Queue()
         started, ids = time.perf_counter(), []
@@ -133,6 +133,14 @@ def create_app(engine: ServingEngine, model_name: str, api_key: str | None = Non
             return StreamingResponse(sse(rid, job, chat, events, ids, prompt_tokens), media_type="text/event-stream")
         choices = [{"index": i, "text": "", "finish_reason": None} for i in range(len(ids))]
         completion_tokens = 0
+
+        async def abort_on_disconnect() -> None:  # a whole response: nobody waits for it any more
+            while not await request.is_disconnected():
+                await asyncio.sleep(0.1)
+            for request_id in ids:
+                engine.abort(request_id)
+
+        watcher = asyncio.create_task(abort_on_disconnect())
         try:
             async for index, d in events:
                 choices[index]["text"] += d.text
@@ -142,8 +150,13 @@ def create_app(engine: ServingEngine, model_name: str, api_key: str | None = Non
                     choices[index]["finish_reason"] = d.finish_reason
                     completion_tokens += d.completion_tokens
         finally:
+            watcher.cancel()
             for request_id in ids:
                 engine.abort(request_id)  # a no-op for finished ones; frees the rest if we were cancelled
+        if any(c["finish_reason"] == "abort" for c in choices):
+            metrics.requests.labels("499").inc()  # the client went away (nginx's code for it)
+            return JSONResponse({"error": {"message": "the client disconnected", "type": "aborted", "code": 499}},
+                                status_code=499)
         metrics.requests.labels("200").inc()
         shape = api.chat_body if chat else api.completion_body
         return shape(rid, model_name, choices, api.usage(prompt_tokens, completion_tokens))

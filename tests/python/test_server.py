@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import socket
 import threading
@@ -190,6 +191,21 @@ def test_a_disconnect_frees_its_slot(server, engine, llm):
     deadline = time.monotonic() + 30
     while engine.stats()["running"] or llm.engine.free_slots() != llm.max_batch:
         assert time.monotonic() < deadline, engine.stats()
+        time.sleep(0.02)
+
+
+def test_a_disconnect_before_a_whole_response_frees_its_slot(server, engine, llm):
+    body = json.dumps({"model": MODEL, "prompt": "Tell me a story", "max_tokens": 490, "ignore_eos": True}).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 30
+        while engine.stats()["running"] == 0:
+            assert time.monotonic() < deadline, "the request never ran"
+            time.sleep(0.01)
+    closed = time.monotonic()
+    while engine.stats()["running"] or llm.engine.free_slots() != llm.max_batch:
+        assert time.monotonic() - closed < 5, engine.stats()  # 490 tokens would take far longer
         time.sleep(0.02)
 
 
