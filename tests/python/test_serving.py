@@ -111,8 +111,10 @@ def test_abort_at_every_stage_frees_the_slot(llm, engine, stage):
         finally:
             llm.engine.give_back(slots)
     else:
-        n = 200 if stage == "prefill" else 5  # 200 tokens take 13 steps of 16
-        rid = engine.submit(prompt(n, 1), SamplingParams(max_tokens=40, temperature=0, ignore_eos=True), got.append)
+        # a 200-token prompt takes 13 steps of 16; 200 new tokens take 200 steps, so the abort lands
+        # long before the request could finish on its own
+        n, new = (200, 40) if stage == "prefill" else (5, 200)
+        rid = engine.submit(prompt(n, 1), SamplingParams(max_tokens=new, temperature=0, ignore_eos=True), got.append)
         if stage == "decode":
             wait_until(lambda: len(got) >= 3)
         engine.abort(rid)
