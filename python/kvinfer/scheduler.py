@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from kvinfer import ContextOverflowError
 from kvinfer.engine import accept_token
 from kvinfer.sampling import SamplingParams
 from kvinfer.tokenizer import StreamDecoder
@@ -84,12 +85,15 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Running] = []
 
-    def add(self, request: Request) -> None:
+    def check_fits(self, request: Request) -> None:
+        """ContextOverflowError unless the prompt and max_tokens fit a sequence's context."""
         total = len(request.prompt_ids) + request.params.max_tokens
         if total > self.max_context:
-            raise ValueError(f"request {request.request_id!r}: prompt ({len(request.prompt_ids)} tokens) + "
-                             f"max_tokens ({request.params.max_tokens}) = {total} exceeds "
-                             f"max_context={self.max_context}")
+            raise ContextOverflowError(f"prompt ({len(request.prompt_ids)} tokens) + max_tokens "
+                                       f"({request.params.max_tokens}) = {total} exceeds max_context={self.max_context}")
+
+    def add(self, request: Request) -> None:
+        self.check_fits(request)
         self.waiting.append(request)
 
     def has_work(self) -> bool:

@@ -126,8 +126,8 @@ def create_app(engine: ServingEngine, model_name: str, api_key: str | None = Non
             for request_id in ids:
                 engine.abort(request_id)
             return error(api.ApiError(503 if isinstance(e, QueueFullError) else 400, str(e)))
-        metrics.prompt_tokens.inc(sum(len(p) for p in job.prompts))
         prompt_tokens = sum(len(p) for p in job.prompts)
+        metrics.prompt_tokens.inc(prompt_tokens)
         events = collect(deltas, len(ids), started)
         if job.stream:
             return StreamingResponse(sse(rid, job, chat, events, ids, prompt_tokens), media_type="text/event-stream")

@@ -15,7 +15,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from kvinfer import ContextOverflowError
 from kvinfer.engine import SAMPLING_DTYPE
 from kvinfer.sampling import SamplingParams
 from kvinfer.scheduler import Request, Running, ScheduledStep, Scheduler
@@ -69,10 +68,7 @@ class ServingEngine:
             | frozenset(params.stop_token_ids)
         seed = params.seed if params.seed is not None else random.SystemRandom().getrandbits(63)
         request = Request(request_id, list(prompt_ids), params, seed, stop_ids)
-        total = len(request.prompt_ids) + params.max_tokens
-        if total > self.llm.max_context:  # checked here too, so the caller gets it as an exception
-            raise ContextOverflowError(f"prompt ({len(request.prompt_ids)} tokens) + max_tokens "
-                                       f"({params.max_tokens}) = {total} exceeds max_context={self.llm.max_context}")
+        self.scheduler.check_fits(request)  # here, so that the caller gets the error
         with self._cv:
             if self._stopping:
                 raise ValueError("this serving engine was closed")
