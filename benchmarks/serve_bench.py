@@ -6,8 +6,10 @@ Poisson arrivals at a rate (or all at once), prompt and output lengths drawn wit
     python benchmarks/serve_bench.py --url http://127.0.0.1:8000 --num-requests 200 --rate 8
     python benchmarks/serve_bench.py --serve Llama-3.2-1B --device cuda:0 --max-batch 64 \\
         --num-requests 1000 --prompt-len 64 1024 --output-len 16 512 --baseline
-`--serve MODEL` starts the server in this process on random weights of a benchmark shape
-(benchmarks/gpu_bench.py); `--baseline` also times LLM.generate on the same requests, in waves.
+`--serve MODEL` starts `kvinfer serve` in its own process (the client here must not compete with
+the server for one interpreter's lock) on random weights of a benchmark shape (benchmarks/gpu_bench.py);
+`--baseline` then also times LLM.generate on the same requests, in waves of max_batch that each run
+until their longest request ends (only the tokens each request asked for count).
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import statistics
-import threading
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -106,19 +111,46 @@ def report(results: list[Result], seconds: float, label: str) -> None:
 
 
 def baseline(llm, requests) -> None:
-    """LLM.generate on the same requests, in waves of max_batch (requests of equal max_tokens together)."""
+    """LLM.generate on the same requests in waves of max_batch: a wave runs until its longest request
+    ends, and each request's tokens beyond what it asked for do not count."""
     from kvinfer.sampling import SamplingParams
 
     t0, tokens = time.perf_counter(), 0
     for i in range(0, len(requests), llm.max_batch):
         wave = requests[i:i + llm.max_batch]
-        for out in {o for _, o in wave}:
-            same = [p for p, o in wave if o == out]
-            tokens += sum(len(r.token_ids) for r in llm.generate(same, SamplingParams(max_tokens=out, temperature=0,
-                                                                                       ignore_eos=True)))
+        outs = llm.generate([p for p, _ in wave], SamplingParams(max_tokens=max(o for _, o in wave), temperature=0,
+                                                                 ignore_eos=True))
+        tokens += sum(min(len(r.token_ids), o) for r, (_, o) in zip(outs, wave))
     seconds = time.perf_counter() - t0
     print(f"| LLM.generate waves | {len(requests)} | 0 | {len(requests) / seconds:7.2f} | {tokens / seconds:9.1f} "
           "| - | - | - | - | - | - |")
+
+
+def full_vocab_tokenizer(folder: str) -> None:
+    """Replaces the random model's small test tokenizer with one whose every id is a word, so every
+    sampled token is text that the server streams (ids the test tokenizer lacks decode to nothing,
+    and a chunk without text is not sent)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = json.load(open(os.path.join(folder, "config.json")))["vocab_size"]
+    tok = Tokenizer(models.WordLevel({"<eos>": 0, **{f"w{i}": i for i in range(1, vocab)}}, unk_token="<eos>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(os.path.join(folder, "tokenizer.json"))
+
+
+def wait_until_up(url: str, server: subprocess.Popen, seconds: float = 600) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with status {server.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.kill()
+    raise SystemExit(f"the server did not answer {url}/health within {seconds:.0f} s")
 
 
 def main() -> None:
@@ -129,6 +161,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda:0")
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--max-context", type=int, default=2048)
+    ap.add_argument("--max-step-tokens", type=int, default=512, help="as kvinfer serve's")
+    ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--num-requests", type=int, default=200)
     ap.add_argument("--rate", type=float, default=float("inf"), help="requests/s (Poisson); inf: all at once")
     ap.add_argument("--prompt-len", type=int, nargs=2, default=[64, 1024])
@@ -137,29 +171,23 @@ def main() -> None:
     ap.add_argument("--baseline", action="store_true", help="also LLM.generate in waves (with --serve)")
     ap.add_argument("--vocab", type=int, default=32000, help="prompt token ids are drawn below this (with --url)")
     args = ap.parse_args()
-    llm = server = None
+    server = None
     if args.serve:
         import tempfile
 
-        import uvicorn
-
         from gpu_bench import random_model
-        from kvinfer.llm import LLM
-        from kvinfer.server import create_app
-        from kvinfer.serving import ServingEngine
 
         folder = tempfile.mkdtemp()
         random_model(args.serve, folder)
-        llm = LLM(folder, device=args.device, max_context=args.max_context, max_batch=args.max_batch)
-        engine = ServingEngine(llm, max_waiting=max(1024, args.num_requests))
-        server = uvicorn.Server(uvicorn.Config(create_app(engine, args.serve), host="127.0.0.1", port=8765,
-                                               log_level="warning"))
-        threading.Thread(target=server.run, daemon=True).start()
-        while not server.started:
-            time.sleep(0.05)
-        args.url, args.model = "http://127.0.0.1:8765", args.serve
+        full_vocab_tokenizer(folder)
+        server = subprocess.Popen([sys.executable, "-m", "kvinfer", "serve", "--model", folder, "--served-model-name",
+                                   args.serve, "--device", args.device, "--port", str(args.port), "--max-batch",
+                                   str(args.max_batch), "--max-context", str(args.max_context), "--max-step-tokens",
+                                   str(args.max_step_tokens)])
+        args.url, args.model = f"http://127.0.0.1:{args.port}", args.serve
+        wait_until_up(args.url, server)
     model = args.model or httpx.get(args.url + "/v1/models").json()["data"][0]["id"]
-    vocab = llm.config.vocab_size if llm else args.vocab
+    vocab = json.load(open(os.path.join(folder, "config.json")))["vocab_size"] if args.serve else args.vocab
     requests = workload(args.num_requests, tuple(args.prompt_len), tuple(args.output_len), vocab, args.seed)
     print(f"# {args.num_requests} requests, prompts {args.prompt_len[0]}-{args.prompt_len[1]} tokens, outputs "
           f"{args.output_len[0]}-{args.output_len[1]}, rate {args.rate}/s, seed {args.seed}, model {model}")
@@ -168,10 +196,15 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     results, seconds = asyncio.run(run(args.url, model, requests, args.rate, args.seed))
     report(results, seconds, f"serve, rate {args.rate}")
-    if args.baseline and llm is not None:
-        baseline(llm, requests)
     if server is not None:
-        server.should_exit = True
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
+        if args.baseline:
+            from kvinfer.llm import LLM
+
+            with LLM(folder, device=args.device, max_context=args.max_context, max_batch=args.max_batch,
+                     max_step_tokens=args.max_step_tokens) as llm:
+                baseline(llm, requests)
 
 
 if __name__ == "__main__":
