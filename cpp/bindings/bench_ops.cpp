@@ -2,7 +2,10 @@
 // libraries' kernels on the same tensors (benchmarks/gpu_bench.py). Not part of the product:
 // built only with KVINFER_BENCH_OPS=ON and never imported by `import kvinfer`.
 //
-// Pointers are integers; layout strides in elements; stream 0 = legacy default.
+// Pointers are integers; layout strides in elements; stream 0 = legacy default. The K/V caches are
+// contiguous per sequence ([slot][kv_head][pos][D]), the layout of other libraries' kernels: to
+// the kernels that is a paged cache of one block per sequence (a block longer than any context)
+// whose block table is the slot, so `slots` serves as block tables of one entry each.
 // attention_decode's `partial` is its workspace: decode_workspace_bytes(batch, heads, head_dim)
 // bytes, zeroed once before the first call (every call leaves its counters at zero); max_keys and
 // total_keys are the lengths hint (launch shape only; 0 = unknown); min_chunk 0 chunks as the
@@ -17,6 +20,10 @@
 namespace py = pybind11;
 using namespace kvinfer;
 
+static KVLayout contiguous(int64_t slot_stride, int64_t head_stride, int64_t pos_stride) {
+  return KVLayout{slot_stride, head_stride, static_cast<int32_t>(pos_stride), 30, 1};
+}
+
 PYBIND11_MODULE(_bench_ops, ops) {
   ops.doc() = "raw CUDA ops on device pointers (benchmarks only)";
 
@@ -26,7 +33,7 @@ PYBIND11_MODULE(_bench_ops, ops) {
                                  uintptr_t out, int64_t out_stride, uintptr_t stream, int min_chunk, int max_splits,
                                  int growth_keys, int min_splits, int max_keys, int64_t total_keys) {
     cuda::attention_decode(reinterpret_cast<const half_t*>(q), q_stride, reinterpret_cast<const half_t*>(k),
-                           reinterpret_cast<const half_t*>(v), KVLayout{slot_stride, head_stride, pos_stride},
+                           reinterpret_cast<const half_t*>(v), contiguous(slot_stride, head_stride, pos_stride),
                            reinterpret_cast<const int32_t*>(slots), reinterpret_cast<const int32_t*>(positions),
                            batch, heads, kv_heads, head_dim, scale, reinterpret_cast<float*>(partial),
                            reinterpret_cast<half_t*>(out), out_stride, reinterpret_cast<cudaStream_t>(stream),
@@ -46,7 +53,7 @@ PYBIND11_MODULE(_bench_ops, ops) {
                                   uintptr_t positions, int batch, int max_rows, int heads, int kv_heads, int head_dim,
                                   float scale, uintptr_t out, int64_t out_stride, uintptr_t stream) {
     cuda::attention_prefill(reinterpret_cast<const half_t*>(q), q_stride, reinterpret_cast<const half_t*>(k),
-                            reinterpret_cast<const half_t*>(v), KVLayout{slot_stride, head_stride, pos_stride},
+                            reinterpret_cast<const half_t*>(v), contiguous(slot_stride, head_stride, pos_stride),
                             reinterpret_cast<const int32_t*>(seq_slots), reinterpret_cast<const int32_t*>(seq_starts),
                             reinterpret_cast<const int32_t*>(positions), batch, max_rows, heads, kv_heads, head_dim,
                             scale, reinterpret_cast<half_t*>(out), out_stride, reinterpret_cast<cudaStream_t>(stream));

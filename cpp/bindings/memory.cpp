@@ -67,11 +67,12 @@ py::dict stats_dict(const PurposeStats& s) {
   return d;
 }
 
-// A field of KVCacheConfig: an int in [1, 2^31 - 1], else ValueError naming it.
-int count(const char* name, const py::int_& v) {
-  KVINFER_CHECK_ARG(v >= py::int_(1), "KVCacheConfig.", name, "=", std::string(py::str(v)), " must be > 0");
+// A field of KVCacheConfig: an int in [least, 2^31 - 1], else ValueError naming it.
+int count(const char* name, const py::int_& v, int least = 1) {
+  KVINFER_CHECK_ARG(v >= py::int_(least), "KVCacheConfig.", name, "=", std::string(py::str(v)), " must be ",
+                    least == 1 ? "> 0" : ">= 0");
   KVINFER_CHECK_ARG(v <= py::int_(std::numeric_limits<int>::max()), "KVCacheConfig.", name, "=",
-                    std::string(py::str(v)), " must be in [1, 2^31 - 1]");
+                    std::string(py::str(v)), " must be in [", least, ", 2^31 - 1]");
   return v.cast<int>();
 }
 
@@ -131,30 +132,37 @@ void bind_memory(py::module_& m) {
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](DeviceMemory& m, py::args) { m.reset(); });
 
-  py::class_<KVCacheConfig>(m, "KVCacheConfig", "Shape of a KV cache; every field must be > 0.")
+  py::class_<KVCacheConfig>(m, "KVCacheConfig",
+      "Shape of a KV cache: a pool of num_blocks blocks of block_size tokens (a power of two) per layer; "
+      "num_blocks=0 gives each of max_batch slots its own max_context tokens.")
       .def(py::init([](py::int_ num_layers, py::int_ max_context, py::int_ num_kv_heads, py::int_ head_dim,
-                       py::int_ max_batch) {
+                       py::int_ max_batch, py::int_ block_size, py::int_ num_blocks) {
              KVCacheConfig c{count("num_layers", num_layers), count("max_context", max_context),
                              count("num_kv_heads", num_kv_heads), count("head_dim", head_dim),
-                             count("max_batch", max_batch)};
+                             count("max_batch", max_batch), count("block_size", block_size),
+                             count("num_blocks", num_blocks, 0)};
              c.validate();
              return c;
            }),
            py::arg("num_layers"), py::arg("max_context"), py::arg("num_kv_heads"),
-           py::arg("head_dim"), py::arg("max_batch") = 1)
+           py::arg("head_dim"), py::arg("max_batch") = 1, py::arg("block_size") = 16, py::arg("num_blocks") = 0)
       .def_readonly("num_layers", &KVCacheConfig::num_layers)
       .def_readonly("max_context", &KVCacheConfig::max_context)
       .def_readonly("num_kv_heads", &KVCacheConfig::num_kv_heads)
       .def_readonly("head_dim", &KVCacheConfig::head_dim)
       .def_readonly("max_batch", &KVCacheConfig::max_batch)
+      .def_readonly("block_size", &KVCacheConfig::block_size)
+      .def_property_readonly("num_blocks", &KVCacheConfig::pool_blocks)
+      .def_property_readonly("blocks_per_seq", &KVCacheConfig::blocks_per_seq)
       .def("__eq__", [](const KVCacheConfig& a, const KVCacheConfig& b) { return a == b; })
       .def("__repr__", [](const KVCacheConfig& c) {
         return str("KVCacheConfig(num_layers=", c.num_layers, ", max_context=", c.max_context,
                    ", num_kv_heads=", c.num_kv_heads, ", head_dim=", c.head_dim,
-                   ", max_batch=", c.max_batch, ")");
+                   ", max_batch=", c.max_batch, ", block_size=", c.block_size, ", num_blocks=", c.pool_blocks(),
+                   ")");
       });
 
-  py::class_<KVCache>(m, "KVCache", "Layer-strided fp16 KV cache with per-slot lengths.")
+  py::class_<KVCache>(m, "KVCache", "Layer-strided, paged fp16 KV cache with per-slot lengths.")
       .def(py::init([](const KVCacheConfig& config, const std::string& device,
                        std::shared_ptr<VramTracker> tracker) {
              Device d = Device::parse(device);
@@ -163,10 +171,11 @@ void bind_memory(py::module_& m) {
            }),
            py::arg("config"), py::arg("device") = "cpu", py::arg("tracker") = nullptr)
       .def_static("size_bytes", &KVCache::size_bytes, py::arg("config"),
-                  "2 * num_layers * max_batch * max_context * num_kv_heads * head_dim * 2 bytes")
+                  "2 * num_layers * num_blocks * block_size * num_kv_heads * head_dim * 2 bytes")
       .def_property_readonly("config", &KVCache::config)
       .def_property_readonly("device", [](const KVCache& c) { return c.device().str(); })
       .def_property_readonly("nbytes", &KVCache::nbytes)
+      .def_property_readonly("num_blocks", &KVCache::num_blocks)
       .def("length", &KVCache::length, py::arg("slot"))
       .def_property_readonly("lengths", &KVCache::lengths)
       .def("pending", &KVCache::pending, py::arg("slot"))
@@ -196,6 +205,22 @@ void bind_memory(py::module_& m) {
              return out;
            }, py::arg("layer"), py::arg("slot"), py::arg("length"), py::arg("keys") = true,
            "The first `length` positions of a slot's K (or V), whatever its committed length.")
+      .def("read_blocks", [](const KVCache& cache, int layer, py::array_t<int32_t, py::array::c_style> blocks,
+                             int length, bool keys) {
+             const KVCacheConfig& c = cache.config();
+             KVINFER_CHECK_ARG(length >= 0 && length <= c.max_context, "length=", length,
+                               " is out of range [0, max_context=", c.max_context, "]");
+             const int needed = (length + c.block_size - 1) / c.block_size;
+             KVINFER_CHECK_ARG(blocks.ndim() == 1 && blocks.shape(0) >= needed, "blocks must be int32 [>= ", needed,
+                               "] for ", length, " positions, got shape ", shape_str(blocks));
+             py::array out(py::dtype("float16"), std::vector<py::ssize_t>{length, c.num_kv_heads, c.head_dim});
+             auto* dst = static_cast<half_t*>(out.mutable_data());
+             const int32_t* table = blocks.data();
+             py::gil_scoped_release release;
+             cache.read_blocks(layer, table, length, keys, dst);
+             return out;
+           }, py::arg("layer"), py::arg("blocks"), py::arg("length"), py::arg("keys") = true,
+           "The first `length` positions of K (or V) of the sequence whose blocks `blocks` lists.")
       .def("clear", &KVCache::clear, py::arg("slot"))
       .def("reset", &KVCache::reset);
 }

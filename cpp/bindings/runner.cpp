@@ -19,6 +19,7 @@ struct PyStep {
   Ints tokens, query_starts, cached_lengths, kv_slots, logit_rows;
   std::optional<Args> sampling;
   std::optional<Ints> prev_sample_row;
+  std::optional<Ints> block_tables;
 
   StepBatch batch() const {
     auto one_d = [](const py::array& a, const char* name) {
@@ -48,6 +49,13 @@ struct PyStep {
                         prev_sample_row->size(), " entries, expected len(tokens) = ", b.num_tokens);
       b.prev_sample_row = prev_sample_row->data();
     }
+    if (block_tables) {
+      KVINFER_CHECK_ARG(block_tables->ndim() == 2 && block_tables->shape(0) == b.num_seqs && block_tables->shape(1) >= 1,
+                        "block_tables must be int32 [len(kv_slots)=", b.num_seqs, ", width >= 1], got shape ",
+                        shape_str(*block_tables));
+      b.block_tables = block_tables->data();
+      b.block_table_width = static_cast<int>(block_tables->shape(1));
+    }
     return b;
   }
 };
@@ -62,7 +70,8 @@ py::dict graph_dict(const GraphStats& s) {
 
 #define KVINFER_STEP_ARGS                                                                       \
   py::arg("tokens"), py::arg("query_starts"), py::arg("cached_lengths"), py::arg("kv_slots"), \
-      py::arg("logit_rows"), py::arg("sampling") = py::none(), py::arg("prev_sample_row") = py::none()
+      py::arg("logit_rows"), py::arg("sampling") = py::none(), py::arg("prev_sample_row") = py::none(), \
+      py::arg("block_tables") = py::none()
 
 }  // namespace
 
@@ -73,19 +82,23 @@ void bind_runner(py::module_& m) {
 
   py::class_<Runner>(m, "Runner", "Weights, KV cache and activation buffers of one model; runs steps.")
       .def(py::init([](const ModelConfig& c, const std::string& device, int max_batch, int max_context,
-                       int max_step_tokens, std::shared_ptr<VramTracker> tracker, bool cuda_graphs) {
+                       int max_step_tokens, std::shared_ptr<VramTracker> tracker, bool cuda_graphs,
+                       int num_blocks, int block_size) {
              Device d = Device::parse(device);
              py::gil_scoped_release release;
-             return std::make_unique<Runner>(c, d, RunnerShape{max_batch, max_context, max_step_tokens},
-                                             std::move(tracker), RunnerOptions{cuda_graphs});
+             return std::make_unique<Runner>(
+                 c, d, RunnerShape{max_batch, max_context, max_step_tokens, block_size, num_blocks},
+                 std::move(tracker), RunnerOptions{cuda_graphs});
            }),
            py::arg("config"), py::arg("device") = "cpu", py::arg("max_batch") = 1,
            py::arg("max_context") = 2048, py::arg("max_step_tokens") = 512, py::arg("tracker") = nullptr,
-           py::arg("cuda_graphs") = true)
+           py::arg("cuda_graphs") = true, py::arg("num_blocks") = 0, py::arg("block_size") = 16)
       .def_property_readonly("device", [](const Runner& r) { return r.device().str(); })
       .def_property_readonly("max_batch", [](const Runner& r) { return r.shape().max_batch; })
       .def_property_readonly("max_context", [](const Runner& r) { return r.shape().max_context; })
       .def_property_readonly("max_step_tokens", [](const Runner& r) { return r.shape().max_step_tokens; })
+      .def_property_readonly("num_blocks", [](const Runner& r) { return r.cache().num_blocks(); })
+      .def_property_readonly("block_size", [](const Runner& r) { return r.shape().block_size; })
       .def_property_readonly("cache", &Runner::cache, py::return_value_policy::reference_internal)
       .def_property_readonly("released", &Runner::released)
       .def_property_readonly("steps_in_flight", &Runner::steps_in_flight)
@@ -113,8 +126,10 @@ void bind_runner(py::module_& m) {
       .def("release", &Runner::release, py::call_guard<py::gil_scoped_release>(),
            "Free weights, KV cache and activations now (waits for the steps in flight).")
       .def("launch", [](Runner& r, Ints tokens, Ints query_starts, Ints cached_lengths, Ints kv_slots,
-                        Ints logit_rows, std::optional<Args> sampling, std::optional<Ints> prev_sample_row) {
-             const PyStep s{tokens, query_starts, cached_lengths, kv_slots, logit_rows, sampling, prev_sample_row};
+                        Ints logit_rows, std::optional<Args> sampling, std::optional<Ints> prev_sample_row,
+                        std::optional<Ints> block_tables) {
+             const PyStep s{tokens, query_starts, cached_lengths, kv_slots, logit_rows, sampling, prev_sample_row,
+                            block_tables};
              const StepBatch b = s.batch();
              py::gil_scoped_release release;
              r.launch(b);
@@ -131,9 +146,10 @@ void bind_runner(py::module_& m) {
            }, "Wait for the oldest step in flight; its sampled token ids.")
       .def("step", [](Runner& r, Ints tokens, Ints query_starts, Ints cached_lengths, Ints kv_slots,
                       Ints logit_rows, std::optional<Args> sampling, std::optional<Ints> prev_sample_row,
-                      std::optional<py::array_t<float, py::array::c_style>> logits,
+                      std::optional<Ints> block_tables, std::optional<py::array_t<float, py::array::c_style>> logits,
                       std::optional<py::array_t<float, py::array::c_style>> hidden_states) {
-             const PyStep s{tokens, query_starts, cached_lengths, kv_slots, logit_rows, sampling, prev_sample_row};
+             const PyStep s{tokens, query_starts, cached_lengths, kv_slots, logit_rows, sampling, prev_sample_row,
+                            block_tables};
              const StepBatch b = s.batch();
              const ModelConfig& c = r.config();
              float* logits_out = nullptr;

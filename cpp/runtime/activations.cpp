@@ -13,6 +13,9 @@ void RunnerShape::validate(const ModelConfig& config) const {
   KVINFER_CHECK_ARG(max_context > 0, "max_context=", max_context, " must be > 0");
   KVINFER_CHECK_ARG(max_step_tokens >= max_batch, "max_step_tokens=", max_step_tokens,
                     " must be >= max_batch=", max_batch, " (a decode step has one token per sequence)");
+  KVINFER_CHECK_ARG(block_size > 0 && block_size <= (1 << 16) && (block_size & (block_size - 1)) == 0,
+                    "block_size=", block_size, " must be a power of two in [1, 65536]");
+  KVINFER_CHECK_ARG(num_blocks >= 0, "num_blocks=", num_blocks, " must be >= 0 (0: one run per slot)");
   KVINFER_CHECK_ARG(config.positions != PositionKind::Learned || max_context <= config.max_positions,
                     "max_context=", max_context, " exceeds the model's ", config.max_positions,
                     " learned positions");
@@ -37,7 +40,7 @@ ActivationLayout activation_layout(const ModelConfig& c, const RunnerShape& s, D
   a.mlp = take(T * c.mlp_in_dim() * act);
   a.kv16 = take(cuda ? 0 : T * 2 * c.kv_dim() * 2);
   a.logits = take(B * c.vocab_size * 4);
-  a.step = take(step_layout(s.max_step_tokens, s.max_batch, s.max_step_tokens).bytes);
+  a.step = take(step_layout(s.max_step_tokens, s.max_batch, s.max_step_tokens, s.blocks_per_seq()).bytes);
   a.history = take(B * s.max_context * 4);
   a.decode = take(cuda ? cuda::decode_workspace_bytes(s.max_batch, c.num_heads, c.head_dim) : 0);
   a.sampled = take(B * 4);

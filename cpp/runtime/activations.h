@@ -12,10 +12,13 @@
 namespace kvinfer {
 
 struct RunnerShape {
-  int max_batch = 1;        // sequences of one step, and KV cache slots
-  int max_context = 0;      // tokens per slot
+  int max_batch = 1;        // sequences of one step, and sequence slots
+  int max_context = 0;      // tokens per sequence
   int max_step_tokens = 0;  // new tokens of one step (a prefill chunk); >= max_batch
+  int block_size = 16;      // KV cache tokens per block (a power of two)
+  int num_blocks = 0;       // KV cache blocks; 0: max_batch * blocks_per_seq() (each slot its own)
   void validate(const ModelConfig& config) const;
+  int blocks_per_seq() const { return (max_context + block_size - 1) / block_size; }
 };
 
 struct ActivationLayout {

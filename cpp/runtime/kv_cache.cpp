@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <utility>
 
 #include "core/cuda_check.h"
@@ -19,14 +20,27 @@ void KVCacheConfig::validate() const {
   positive("num_kv_heads", num_kv_heads);
   positive("head_dim", head_dim);
   positive("max_batch", max_batch);
+  KVINFER_CHECK_ARG(block_size > 0 && block_size <= (1 << 16) && (block_size & (block_size - 1)) == 0,
+                    "KVCacheConfig.block_size=", block_size, " must be a power of two in [1, 65536]");
+  KVINFER_CHECK_ARG(num_blocks >= 0, "KVCacheConfig.num_blocks=", num_blocks, " must be >= 0 (0: ",
+                    "max_batch x blocks per sequence)");
+  pool_blocks();
+}
+
+int KVCacheConfig::pool_blocks() const {
+  if (num_blocks > 0) return num_blocks;
+  const int64_t blocks = static_cast<int64_t>(max_batch) * blocks_per_seq();
+  KVINFER_CHECK_ARG(blocks <= std::numeric_limits<int32_t>::max(), "KV cache of ", max_batch, " slots x ",
+                    blocks_per_seq(), " blocks needs more than 2^31 - 1 blocks");
+  return static_cast<int>(blocks);
 }
 
 size_t KVCache::size_bytes(const KVCacheConfig& c) {
   c.validate();
   size_t bytes = 2 * sizeof(half_t);
-  for (int factor : {c.num_layers, c.max_batch, c.max_context, c.num_kv_heads, c.head_dim}) {
+  for (int factor : {c.num_layers, c.pool_blocks(), c.block_size, c.num_kv_heads, c.head_dim}) {
     KVINFER_CHECK_ARG(bytes <= SIZE_MAX / static_cast<size_t>(factor), "KV cache of ", c.num_layers,
-                      " layers x ", c.max_batch, " slots x ", c.max_context, " tokens x ",
+                      " layers x ", c.pool_blocks(), " blocks x ", c.block_size, " tokens x ",
                       c.num_kv_heads, " kv_heads x ", c.head_dim, " head_dim overflows 64-bit sizes");
     bytes *= static_cast<size_t>(factor);
   }
@@ -34,8 +48,11 @@ size_t KVCache::size_bytes(const KVCacheConfig& c) {
 }
 
 KVLayout KVCache::layout(const KVCacheConfig& c) {
-  const int64_t head = static_cast<int64_t>(c.max_context) * c.head_dim;
-  return {head * c.num_kv_heads, head, c.head_dim};
+  c.validate();
+  const int64_t head = static_cast<int64_t>(c.block_size) * c.head_dim;
+  int shift = 0;
+  while ((1 << shift) < c.block_size) ++shift;
+  return {head * c.num_kv_heads, head, c.head_dim, shift, c.blocks_per_seq()};
 }
 
 KVCache::KVCache(const KVCacheConfig& config, const Device& device,
@@ -55,18 +72,51 @@ void KVCache::check_layer(int layer) const {
 void KVCache::check_slot(int slot) const {
   if (slot < 0 || slot >= config_.max_batch)
     throw std::out_of_range(str("slot=", slot, " is out of range [0, ", config_.max_batch, ")"));
+  if (static_cast<int64_t>(slot + 1) * config_.blocks_per_seq() > num_blocks())
+    throw std::out_of_range(str("slot=", slot, " has no blocks of its own: ", num_blocks(), " blocks hold ",
+                                num_blocks() / config_.blocks_per_seq(), " slots of ", config_.blocks_per_seq()));
 }
 
-half_t* KVCache::block(int layer, int slot, int which) const {
+half_t* KVCache::pool(int layer, int which) const {
   check_layer(layer);
-  check_slot(slot);
-  const int64_t layer_stride = 2 * layout_.slot_stride * config_.max_batch;
-  return memory_.as<half_t>() + layer * layer_stride + which * layout_.slot_stride * config_.max_batch +
-         slot * layout_.slot_stride;
+  const int64_t pool_elems = layout_.block_stride * num_blocks();
+  return memory_.as<half_t>() + (2 * static_cast<int64_t>(layer) + which) * pool_elems;
 }
 
-half_t* KVCache::k(int layer, int slot) const { return block(layer, slot, 0); }
-half_t* KVCache::v(int layer, int slot) const { return block(layer, slot, 1); }
+std::vector<int32_t> KVCache::slot_table(int slot) const {
+  check_slot(slot);
+  std::vector<int32_t> table(config_.blocks_per_seq());
+  for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(slot * table.size() + i);
+  return table;
+}
+
+void KVCache::copy_rows(half_t* pool, const int32_t* table, int first, int count, half_t* host,
+                        bool to_host) const {
+  const int heads = config_.num_kv_heads, dim = config_.head_dim, bs = config_.block_size;
+  const size_t row = sizeof(half_t) * dim;
+  // runs of positions inside one block: [p, p + n) with n <= block_size
+  for (int p = first; p < first + count;) {
+    const int n = std::min(first + count - p, bs - (p & (bs - 1)));
+    for (int h = 0; h < heads; ++h) {
+      half_t* cache = pool + layout_.at(table, h, p);
+      half_t* rows = host + (static_cast<int64_t>(p - first) * heads + h) * dim;
+      if (!device().is_cuda()) {
+        for (int t = 0; t < n; ++t)
+          to_host ? std::memcpy(rows + int64_t(t) * heads * dim, cache + int64_t(t) * dim, row)
+                  : std::memcpy(cache + int64_t(t) * dim, rows + int64_t(t) * heads * dim, row);
+        continue;
+      }
+#if KVINFER_WITH_CUDA
+      DeviceGuard guard(device());
+      if (to_host)
+        KVINFER_CUDA_CHECK(cudaMemcpy2D(rows, row * heads, cache, row, row, n, cudaMemcpyDeviceToHost));
+      else
+        KVINFER_CUDA_CHECK(cudaMemcpy2D(cache, row, rows, row * heads, row, n, cudaMemcpyHostToDevice));
+#endif
+    }
+    p += n;
+  }
+}
 
 int KVCache::length(int slot) const {
   check_slot(slot);
@@ -98,34 +148,15 @@ void KVCache::begin_append(int layer, int slot, int tokens) {
 
 void KVCache::append(int layer, int slot, const half_t* k_src, const half_t* v_src, int tokens) {
   begin_append(layer, slot, tokens);
-  const int heads = config_.num_kv_heads, dim = config_.head_dim;
-  if (!device().is_cuda()) {  // host rows [token][head][dim] -> [head][pos][dim]
-    for (int t = 0; t < tokens; ++t)
-      for (int h = 0; h < heads; ++h) {
-        const int64_t at = h * layout_.head_stride + (lengths_[slot] + t) * layout_.pos_stride;
-        const int64_t from = (static_cast<int64_t>(t) * heads + h) * dim;
-        std::memcpy(k(layer, slot) + at, k_src + from, sizeof(half_t) * dim);
-        std::memcpy(v(layer, slot) + at, v_src + from, sizeof(half_t) * dim);
-      }
-    return;
-  }
-#if KVINFER_WITH_CUDA
-  // Host rows [token][head][dim] -> device [head][pos][dim]: one strided copy per head.
   try {
-    DeviceGuard guard(device());
-    const int64_t at = static_cast<int64_t>(lengths_[slot]) * layout_.pos_stride;
-    for (int h = 0; h < heads; ++h) {
-      for (auto [dst, src] : {std::pair{k(layer, slot), k_src}, std::pair{v(layer, slot), v_src}})
-        KVINFER_CUDA_CHECK(cudaMemcpy2D(dst + h * layout_.head_stride + at, sizeof(half_t) * dim,
-                                        src + h * dim, sizeof(half_t) * heads * dim,
-                                        sizeof(half_t) * dim, tokens, cudaMemcpyHostToDevice));
-    }
+    const std::vector<int32_t> table = slot_table(slot);
+    copy_rows(pool(layer, 0), table.data(), lengths_[slot], tokens, const_cast<half_t*>(k_src), false);
+    copy_rows(pool(layer, 1), table.data(), lengths_[slot], tokens, const_cast<half_t*>(v_src), false);
   } catch (...) {
     // The step is not consistent any more; the caller may retry this layer.
     appended_[static_cast<size_t>(slot) * config_.num_layers + layer] = 0;
     throw;
   }
-#endif
 }
 
 void KVCache::commit(int slot, int tokens) {
@@ -154,37 +185,28 @@ void KVCache::commit(const int32_t* seq_slots, const int32_t* seq_starts, int ba
   }
 }
 
-void KVCache::copy_rows(const half_t* src, int length, half_t* out) const {
-  const int heads = config_.num_kv_heads, dim = config_.head_dim;
-  if (!device().is_cuda()) {
-    for (int h = 0; h < heads; ++h)
-      for (int p = 0; p < length; ++p)
-        std::memcpy(out + (static_cast<int64_t>(p) * heads + h) * dim,
-                    src + h * layout_.head_stride + p * layout_.pos_stride, sizeof(half_t) * dim);
-    return;
-  }
-#if KVINFER_WITH_CUDA
-  if (length == 0) return;
-  DeviceGuard guard(device());
-  for (int h = 0; h < heads; ++h)
-    KVINFER_CUDA_CHECK(cudaMemcpy2D(out + h * dim, sizeof(half_t) * heads * dim,
-                                    src + h * layout_.head_stride, sizeof(half_t) * dim,
-                                    sizeof(half_t) * dim, length, cudaMemcpyDeviceToHost));
-#endif
-}
-
 void KVCache::read_keys(int layer, int slot, half_t* out) const {
-  copy_rows(k(layer, slot), lengths_[slot], out);
+  read(layer, slot, length(slot), true, out);
 }
 
 void KVCache::read_values(int layer, int slot, half_t* out) const {
-  copy_rows(v(layer, slot), lengths_[slot], out);
+  read(layer, slot, length(slot), false, out);
 }
 
 void KVCache::read(int layer, int slot, int length, bool keys, half_t* out) const {
   KVINFER_CHECK_ARG(length >= 0 && length <= config_.max_context, "length=", length,
                     " is out of range [0, max_context=", config_.max_context, "]");
-  copy_rows(keys ? k(layer, slot) : v(layer, slot), length, out);
+  const std::vector<int32_t> table = slot_table(slot);
+  copy_rows(pool(layer, keys ? 0 : 1), table.data(), 0, length, out, true);
+}
+
+void KVCache::read_blocks(int layer, const int32_t* table, int length, bool keys, half_t* out) const {
+  KVINFER_CHECK_ARG(length >= 0 && length <= config_.max_context, "length=", length,
+                    " is out of range [0, max_context=", config_.max_context, "]");
+  for (int i = 0; i < (length + config_.block_size - 1) / config_.block_size; ++i)
+    KVINFER_CHECK_ARG(table[i] >= 0 && table[i] < num_blocks(), "block table entry ", i, "=", table[i],
+                      " is out of range [0, num_blocks=", num_blocks(), ")");
+  copy_rows(pool(layer, keys ? 0 : 1), table, 0, length, out, true);
 }
 
 void KVCache::clear(int slot) {

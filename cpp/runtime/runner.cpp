@@ -12,7 +12,7 @@ namespace {
 
 KVCacheConfig cache_config(const ModelConfig& c, const RunnerShape& s) {
   s.validate(c);
-  return {c.num_layers, s.max_context, c.num_kv_heads, c.head_dim, s.max_batch};
+  return {c.num_layers, s.max_context, c.num_kv_heads, c.head_dim, s.max_batch, s.block_size, s.num_blocks};
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -34,7 +34,8 @@ Runner::Runner(const ModelConfig& config, const Device& device, const RunnerShap
       weights_(weight_bytes(config), device, "weights", tracker, /*zero=*/false),
       cache_(cache_config(config, shape), device, weights_.tracker()),
       views_(model_weights(config, specs_, weights_.data())),
-      slot_seen_(shape.max_batch) {
+      slot_seen_(shape.max_batch),
+      written_by_(cache_.num_blocks()) {
   for (size_t i = 0; i < specs_.size(); ++i) spec_index_[specs_[i].name] = i;
   const BackendInit init{config_, shape_, device_, weights_.tracker(), cache_, options_};
   backend_ = device.is_cuda() ? make_cuda_backend(init) : make_cpu_backend(init);
@@ -110,6 +111,7 @@ void Runner::validate(const StepBatch& b) const {
       throw ContextOverflowError(str("sequence ", q, " holds ", b.cached_lengths[q], " tokens; ", n,
                                      " more exceed max_context=", shape_.max_context));
   }
+  check_blocks(b);
   for (int t = 0; t < T; ++t) {
     const int from = b.prev_sample_row ? b.prev_sample_row[t] : -1;
     if (from >= 0) {
@@ -144,6 +146,42 @@ void Runner::validate(const StepBatch& b) const {
   }
 }
 
+// Every block a sequence reads is in the pool, and no block is written by two sequences of one
+// step (their writes would race). Without block tables, each slot's own blocks must exist.
+void Runner::check_blocks(const StepBatch& b) const {
+  const KVLayout kv = cache_.layout();
+  const int pool = cache_.num_blocks(), B = b.num_seqs;
+  if (!b.block_tables) {
+    for (int q = 0; q < B; ++q)
+      KVINFER_CHECK_ARG(static_cast<int64_t>(b.kv_slots[q] + 1) * kv.table_stride <= pool, "sequence ", q,
+                        ": slot ", b.kv_slots[q], " has no blocks of its own (", pool, " blocks of ",
+                        kv.block_size(), " tokens hold ", pool / kv.table_stride,
+                        " slots of max_context); pass block_tables");
+    return;
+  }
+  KVINFER_CHECK_ARG(b.block_table_width >= 1, "block_table_width=", b.block_table_width, " must be >= 1");
+  if (++write_stamp_ == 0) {  // wrapped: forget every mark
+    std::fill(written_by_.begin(), written_by_.end(), std::pair<uint32_t, int>{0, 0});
+    write_stamp_ = 1;
+  }
+  for (int q = 0; q < B; ++q) {
+    const int n = b.query_starts[q + 1] - b.query_starts[q], end = b.cached_lengths[q] + n;
+    const int used = (end + kv.block_size() - 1) >> kv.block_shift;
+    KVINFER_CHECK_ARG(used <= b.block_table_width, "sequence ", q, " holds ", end, " tokens in ", used,
+                      " blocks of ", kv.block_size(), " but its block table has ", b.block_table_width, " entries");
+    const int32_t* row = b.block_tables + static_cast<int64_t>(q) * b.block_table_width;
+    for (int i = 0; i < used; ++i)
+      KVINFER_CHECK_ARG(row[i] >= 0 && row[i] < pool, "sequence ", q, ": block table entry ", i, "=", row[i],
+                        " is out of range [0, num_blocks=", pool, ")");
+    for (int i = b.cached_lengths[q] >> kv.block_shift; i < used; ++i) {
+      auto& mark = written_by_[row[i]];
+      KVINFER_CHECK_ARG(mark.first != write_stamp_ || mark.second == q, "block ", row[i], " is written by ",
+                        "sequences ", mark.second, " and ", q, " in one step");
+      mark = {write_stamp_, q};
+    }
+  }
+}
+
 void Runner::launch_locked(const StepBatch& b, float* logits, float* hidden_states) {
   validate(b);
   KVINFER_CHECK_ARG(b.num_logit_rows <= shape_.max_batch || logits, "logit rows=", b.num_logit_rows,
@@ -161,7 +199,7 @@ void Runner::launch_locked(const StepBatch& b, float* logits, float* hidden_stat
                             (!logits || untouched);
   const int padded = plain_decode ? backend_->graph_batch(b.num_seqs) : 0;
   const int ticket = next_ticket_;
-  const StepLayout layout = stage_step(b, padded, backend_->staging(ticket));
+  const StepLayout layout = stage_step(b, cache_.layout(), padded, backend_->staging(ticket));
   StepContext step;
   step.arrays = backend_->upload(layout, ticket);
   step.num_tokens = padded > 0 ? padded : b.num_tokens;

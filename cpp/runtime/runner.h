@@ -17,6 +17,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "core/device_memory.h"
@@ -74,6 +75,7 @@ class Runner {
  private:
   void check_usable() const;
   void validate(const StepBatch& batch) const;
+  void check_blocks(const StepBatch& batch) const;
   void launch_locked(const StepBatch& batch, float* logits, float* hidden_states);
   int collect_locked(int32_t* tokens);
 
@@ -99,6 +101,9 @@ class Runner {
   int next_ticket_ = 0;
   int last_sampled_rows_ = 0;  // rows the latest launched step sampled (prev_sample_row's range)
   mutable std::vector<uint8_t> slot_seen_;  // validate() scratch [max_batch]
+  // check_blocks() scratch [num_blocks]: (step stamp, sequence) of the last write of each block
+  mutable std::vector<std::pair<uint32_t, int>> written_by_;
+  mutable uint32_t write_stamp_ = 0;
   mutable std::mutex mutex_;
 };
 

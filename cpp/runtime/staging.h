@@ -2,6 +2,7 @@
 // expanded from the per-sequence fields, everything packed by step_layout().
 #pragma once
 
+#include "types/kv_layout.h"
 #include "types/step_batch.h"
 
 namespace kvinfer {
@@ -10,6 +11,8 @@ namespace kvinfer {
 // returns their layout. padded > 0 (a decode step run by a graph of that many sequences) adds
 // copies of the last sequence up to `padded`: they compute and write exactly what it does, and
 // their sampled ids are never returned.
-StepLayout stage_step(const StepBatch& batch, int padded, void* region);
+// Block-table rows are `kv.table_stride` entries; a sequence without a block table (batch.block_tables
+// null) gets its slot's own blocks.
+StepLayout stage_step(const StepBatch& batch, const KVLayout& kv, int padded, void* region);
 
 }  // namespace kvinfer

@@ -6,7 +6,7 @@
 
 namespace kvinfer {
 
-StepLayout step_layout(int num_tokens, int num_seqs, int num_logit_rows) {
+StepLayout step_layout(int num_tokens, int num_seqs, int num_logit_rows, int table_stride) {
   StepLayout l{};
   size_t at = 0;
   auto take = [&](size_t bytes) {
@@ -22,6 +22,7 @@ StepLayout step_layout(int num_tokens, int num_seqs, int num_logit_rows) {
   l.query_starts = take((B + 1) * 4);
   l.cached_lengths = take(B * 4);
   l.kv_slots = take(B * 4);
+  l.block_tables = take(B * static_cast<size_t>(table_stride) * 4);
   l.logit_rows = take(R * 4);
   l.sampling = take(R * sizeof(SamplingArgs));
   l.bytes = at;
@@ -33,13 +34,15 @@ StepArrays StepLayout::at(void* base) const {
   auto i32 = [&](size_t offset) { return reinterpret_cast<int32_t*>(p + offset); };
   return StepArrays{i32(tokens),         i32(prev_sample_row), i32(positions),
                     i32(token_seq),      i32(query_starts),    i32(cached_lengths),
-                    i32(kv_slots),       i32(logit_rows),      reinterpret_cast<SamplingArgs*>(p + sampling)};
+                    i32(kv_slots),       i32(block_tables),    i32(logit_rows),
+                    reinterpret_cast<SamplingArgs*>(p + sampling)};
 }
 
-StepLayout stage_step(const StepBatch& b, int padded, void* region) {
+StepLayout stage_step(const StepBatch& b, const KVLayout& kv, int padded, void* region) {
   const int T = padded > 0 ? padded : b.num_tokens, B = padded > 0 ? padded : b.num_seqs;
   const int R = padded > 0 ? padded : b.num_logit_rows;
-  const StepLayout layout = step_layout(T, B, R);
+  const int W = kv.table_stride;
+  const StepLayout layout = step_layout(T, B, R, W);
   const StepArrays s = layout.at(region);
   for (int q = 0; q < b.num_seqs; ++q)
     for (int t = b.query_starts[q]; t < b.query_starts[q + 1]; ++t) {
@@ -51,6 +54,15 @@ StepLayout stage_step(const StepBatch& b, int padded, void* region) {
   std::memcpy(s.query_starts, b.query_starts, 4 * size_t(b.num_seqs + 1));
   std::memcpy(s.cached_lengths, b.cached_lengths, 4 * size_t(b.num_seqs));
   std::memcpy(s.kv_slots, b.kv_slots, 4 * size_t(b.num_seqs));
+  for (int q = 0; q < b.num_seqs; ++q) {  // only the entries the step reads
+    const int used = (b.cached_lengths[q] + b.query_starts[q + 1] - b.query_starts[q] + kv.block_size() - 1) >>
+                     kv.block_shift;
+    int32_t* row = s.block_tables + static_cast<int64_t>(q) * W;
+    if (b.block_tables)
+      std::memcpy(row, b.block_tables + static_cast<int64_t>(q) * b.block_table_width, 4 * size_t(used));
+    else
+      for (int i = 0; i < used; ++i) row[i] = b.kv_slots[q] * W + i;
+  }
   std::memcpy(s.logit_rows, b.logit_rows, 4 * size_t(b.num_logit_rows));
   if (b.sampling) std::memcpy(s.sampling, b.sampling, sizeof(SamplingArgs) * b.num_logit_rows);
   for (int p = b.num_seqs; p < B; ++p) {  // padding (decode: one token, one row per sequence)
@@ -62,6 +74,8 @@ StepLayout stage_step(const StepBatch& b, int padded, void* region) {
     s.query_starts[p + 1] = p + 1;
     s.cached_lengths[p] = s.cached_lengths[last];
     s.kv_slots[p] = s.kv_slots[last];
+    std::memcpy(s.block_tables + static_cast<int64_t>(p) * W, s.block_tables + static_cast<int64_t>(last) * W,
+                4 * size_t(W));
     s.logit_rows[p] = p;
     s.sampling[p] = s.sampling[last];
   }

@@ -25,7 +25,13 @@ struct StepBatch {
   const int32_t* prev_sample_row = nullptr;
   const int32_t* query_starts = nullptr;    // [B + 1] sequence b owns tokens [q[b], q[b+1])
   const int32_t* cached_lengths = nullptr;  // [B] tokens of sequence b already in the KV cache
-  const int32_t* kv_slots = nullptr;        // [B] the KV cache slot sequence b reads and writes
+  // [B] sequence b's slot: its row of token history (repetition penalty), and its blocks when no
+  // block tables are given (slot s owns blocks [s * blocks_per_seq, (s + 1) * blocks_per_seq)).
+  const int32_t* kv_slots = nullptr;
+  // [B][block_table_width] or null: the KV cache blocks of sequence b in position order; entries
+  // 0 .. ceil((cached_lengths[b] + new tokens) / block_size) - 1 are read, the rest never.
+  const int32_t* block_tables = nullptr;
+  int block_table_width = 0;
   const int32_t* logit_rows = nullptr;      // [R] token indices, ascending
   const SamplingArgs* sampling = nullptr;   // [R] or null: logits only, nothing sampled
 
@@ -42,17 +48,18 @@ struct StepArrays {
   int32_t* query_starts;     // [B + 1]
   int32_t* cached_lengths;   // [B]
   int32_t* kv_slots;         // [B]
+  int32_t* block_tables;     // [B][KVLayout::table_stride] (entries past a sequence's end: stale)
   int32_t* logit_rows;       // [R]
   SamplingArgs* sampling;    // [R] (R <= B when sampling)
 };
 
-// Byte offsets of the StepArrays fields for T tokens, B sequences and R logit rows, each field
-// 16-byte aligned; `bytes` is the region's size.
+// Byte offsets of the StepArrays fields for T tokens, B sequences with block-table rows of
+// `table_stride` entries and R logit rows, each field 16-byte aligned; `bytes` is the region's size.
 struct StepLayout {
   size_t tokens, prev_sample_row, positions, token_seq, query_starts, cached_lengths, kv_slots,
-      logit_rows, sampling, bytes;
+      block_tables, logit_rows, sampling, bytes;
   StepArrays at(void* base) const;
 };
-StepLayout step_layout(int num_tokens, int num_seqs, int num_logit_rows);
+StepLayout step_layout(int num_tokens, int num_seqs, int num_logit_rows, int table_stride);
 
 }  // namespace kvinfer

@@ -84,6 +84,8 @@ class MemoryPlan:
     cuda_graphs_bytes: int   # stated estimate, not allocated by kvinfer
     kv_bytes_per_token: int
     kv_formula: str
+    kv_block_size: int = 16  # tokens per KV cache block
+    kv_blocks: int = 0       # blocks in the pool: batch x ceil(context / kv_block_size)
     gpu_memory: int | None = None
     checkpoint_bytes: int | None = None  # tensor bytes in the folder's safetensors (headers only)
     max_context: int | None = None
@@ -98,6 +100,11 @@ class MemoryPlan:
         if self.device == "cuda":
             out["workspace"] = self.workspace_bytes
         return out
+
+    @property
+    def kv_tokens(self) -> int:
+        """Tokens the KV cache pool holds (whole blocks)."""
+        return self.kv_blocks * self.kv_block_size
 
     @property
     def allocated_bytes(self) -> int:
@@ -159,8 +166,8 @@ def plan_for_config(name: str, hf: dict, context: int | None, batch: int, dtype:
     elem = DTYPE_BYTES[dtype]
     weights = sum((elem * _numel(shape) + 255) // 256 * 256 for _, shape, _ in c.weight_specs())
     kv_elem = DTYPE_BYTES[kv_dtype]
-    kv = _core.KVCache.size_bytes(_core.KVCacheConfig(c.num_layers, context, c.num_kv_heads, c.head_dim, batch))
-    kv = kv * kv_elem // 2
+    kv_config = _core.KVCacheConfig(c.num_layers, context, c.num_kv_heads, c.head_dim, batch)
+    kv = _core.KVCache.size_bytes(kv_config) * kv_elem // 2
     per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * kv_elem
     return MemoryPlan(
         model=name, architecture=arch, device=kind, context=context, batch=batch, max_step_tokens=steps,
@@ -172,6 +179,7 @@ def plan_for_config(name: str, hf: dict, context: int | None, batch: int, dtype:
         cuda_graphs_bytes=CUDA_GRAPHS_ESTIMATE if kind == "cuda" else 0,
         kv_bytes_per_token=per_token,
         kv_formula=f"2 * {c.num_layers} layers * {c.num_kv_heads} kv_heads * {c.head_dim} head_dim * {kv_elem} B",
+        kv_block_size=kv_config.block_size, kv_blocks=kv_config.num_blocks,
         gpu_memory=parse_bytes(gpu_memory) if gpu_memory is not None else None,
         checkpoint_bytes=_checkpoint_bytes(folder, c) if folder and _has_weights(folder) else None,
         context_limit=limit,

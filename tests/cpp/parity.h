@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <cstring>
@@ -15,6 +16,7 @@
 #include "core/device_memory.h"
 #include "core/half.h"
 #include "runtime/staging.h"
+#include "types/kv_layout.h"
 #include "types/step_batch.h"
 
 namespace kvinfer::test {
@@ -97,17 +99,22 @@ inline testing::AssertionResult nmse_below(const std::vector<float>& got, const 
 // rows[b] new tokens after cached[b] cached ones in KV slot slots[b]; logits rows default to each
 // sequence's last token.
 struct TestStep {
-  std::vector<int32_t> tokens, query_starts, cached, slots, logit_rows;
+  // A KV layout of one block of 2^16 tokens per slot, for steps whose ops touch no cache.
+  static constexpr KVLayout kOneBlockPerSlot{1, 1, 1, 16, 1};
+
+  std::vector<int32_t> tokens, query_starts, cached, slots, logit_rows, tables;
   std::vector<SamplingArgs> sampling;
   std::vector<uint64_t> region;  // 8-byte aligned staging
   StepLayout layout{};
   StepArrays host{};
 
+  // `tables`: [B][kv.table_stride] block tables, or empty: each slot's own blocks.
   TestStep(std::vector<int32_t> tokens_, const std::vector<int>& rows, std::vector<int32_t> cached_,
            std::vector<int32_t> slots_, std::vector<int32_t> logit_rows_ = {},
-           std::vector<SamplingArgs> sampling_ = {})
+           std::vector<SamplingArgs> sampling_ = {}, const KVLayout& kv = kOneBlockPerSlot,
+           std::vector<int32_t> tables_ = {})
       : tokens(std::move(tokens_)), cached(std::move(cached_)), slots(std::move(slots_)),
-        logit_rows(std::move(logit_rows_)), sampling(std::move(sampling_)) {
+        logit_rows(std::move(logit_rows_)), tables(std::move(tables_)), sampling(std::move(sampling_)) {
     query_starts.assign(1, 0);
     for (int n : rows) query_starts.push_back(query_starts.back() + n);
     if (tokens.empty()) tokens.assign(query_starts.back(), 0);
@@ -123,8 +130,11 @@ struct TestStep {
     batch.kv_slots = slots.data();
     batch.logit_rows = logit_rows.data();
     batch.sampling = sampling.empty() ? nullptr : sampling.data();
-    region.assign(step_layout(batch.num_tokens, batch.num_seqs, batch.num_logit_rows).bytes / 8 + 1, 0);
-    layout = stage_step(batch, 0, region.data());
+    batch.block_tables = tables.empty() ? nullptr : tables.data();
+    batch.block_table_width = kv.table_stride;
+    region.assign(step_layout(batch.num_tokens, batch.num_seqs, batch.num_logit_rows, kv.table_stride).bytes / 8 + 1,
+                  0);
+    layout = stage_step(batch, kv, 0, region.data());
     host = layout.at(region.data());
   }
   int num_tokens() const { return static_cast<int>(tokens.size()); }
@@ -136,5 +146,31 @@ struct TestStep {
     return layout.at(mem->get());
   }
 };
+
+// Paged caches in a scrambled order: perm is a seeded shuffle of [0, num_blocks); sequence b (of
+// slot slots[b]) gets blocks perm[slots[b] * W + i] ([B][W] tables, W = kv.table_stride), and
+// move_blocks() puts block i of a pool at perm[i], so a cache read through the scrambled tables
+// holds what the unscrambled one holds through its slots' own blocks.
+inline std::vector<int32_t> block_shuffle(int num_blocks, uint32_t seed) {
+  std::vector<int32_t> perm(num_blocks);
+  for (int i = 0; i < num_blocks; ++i) perm[i] = i;
+  std::mt19937 rng(seed);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  return perm;
+}
+inline std::vector<int32_t> scrambled_tables(const std::vector<int32_t>& slots, const KVLayout& kv,
+                                             const std::vector<int32_t>& perm) {
+  std::vector<int32_t> tables;
+  for (int32_t slot : slots)
+    for (int i = 0; i < kv.table_stride; ++i) tables.push_back(perm[size_t(slot) * kv.table_stride + i]);
+  return tables;
+}
+template <typename T>
+std::vector<T> move_blocks(const std::vector<T>& pool, const std::vector<int32_t>& perm, int64_t block_stride) {
+  std::vector<T> out(pool.size());
+  for (size_t i = 0; i < perm.size(); ++i)
+    std::copy_n(pool.begin() + i * block_stride, block_stride, out.begin() + size_t(perm[i]) * block_stride);
+  return out;
+}
 
 }  // namespace kvinfer::test

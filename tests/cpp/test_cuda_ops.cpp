@@ -214,19 +214,28 @@ void run_attention(const AttnCase& c, bool decode) {
     max_rows = std::max(max_rows, c.rows[b]);
   }
   const int n_slots = *std::max_element(c.slots.begin(), c.slots.end()) + 1;
-  KVCacheConfig cfg{1, max_ctx, c.kv_heads, c.d, n_slots};
+  // Paged, 16-token blocks: each slot's own blocks in order, and the same K/V with the blocks
+  // scrambled (the scrambled tables must give the same bits, on the CPU and on the GPU).
+  KVCacheConfig cfg{1, max_ctx, c.kv_heads, c.d, n_slots, 16};
   const KVLayout layout = KVCache::layout(cfg);
-  const size_t block = size_t(layout.slot_stride) * n_slots;
+  const size_t block = size_t(layout.block_stride) * cfg.pool_blocks();
   auto kc = to_half(random_floats(block, 12)), vc = to_half(random_floats(block, 13));
+  const std::vector<int32_t> perm = test::block_shuffle(cfg.pool_blocks(), 21);
+  const auto kc_scrambled = test::move_blocks(kc, perm, layout.block_stride);
+  const auto vc_scrambled = test::move_blocks(vc, perm, layout.block_stride);
   const int q_stride = c.heads * c.d + 8;  // padded rows: strides are honoured
   auto q = to_half(random_floats(size_t(total) * q_stride, 14, -2.0f, 2.0f));
-  test::TestStep step({}, c.rows, std::vector<int32_t>(c.cached.begin(), c.cached.end()),
-                      std::vector<int32_t>(c.slots.begin(), c.slots.end()));
+  const std::vector<int32_t> cached(c.cached.begin(), c.cached.end()), slots(c.slots.begin(), c.slots.end());
+  test::TestStep step({}, c.rows, cached, slots, {}, {}, layout);
+  test::TestStep scrambled({}, c.rows, cached, slots, {}, {}, layout, test::scrambled_tables(slots, layout, perm));
   const float scale = 1.0f / std::sqrt(float(c.d));
-  std::vector<float> ref(size_t(total) * c.heads * c.d);
+  std::vector<float> ref(size_t(total) * c.heads * c.d), ref_scrambled(ref.size());
   auto qf = to_float(q);
   cpu::attention(qf.data(), q_stride, kc.data(), vc.data(), layout, step.host, total, c.heads, c.kv_heads, c.d,
                  scale, ref.data(), c.heads * c.d);
+  cpu::attention(qf.data(), q_stride, kc_scrambled.data(), vc_scrambled.data(), layout, scrambled.host, total,
+                 c.heads, c.kv_heads, c.d, scale, ref_scrambled.data(), c.heads * c.d);
+  EXPECT_TRUE(ref == ref_scrambled) << "CPU attention through scrambled blocks differs";
   Guarded<half_t> d_k(kc.size(), &kc), d_v(vc.size(), &vc), d_q(q.size(), &q), d_out(ref.size());
   std::unique_ptr<Guarded<uint8_t>> d_step;
   const StepArrays dev = step.device(d_step);
@@ -247,7 +256,7 @@ void run_attention(const AttnCase& c, bool decode) {
     std::vector<half_t> first;
     for (int call = 0; call < 2; ++call) {
       if (call == 1) ASSERT_EQ(cudaMemset(d_out.get(), 0xFF, ref.size() * sizeof(half_t)), cudaSuccess);
-      cuda::attention_decode(d_q.get(), q_stride, d_k.get(), d_v.get(), layout, dev.kv_slots, dev.positions,
+      cuda::attention_decode(d_q.get(), q_stride, d_k.get(), d_v.get(), layout, dev.block_tables, dev.positions,
                              batch, c.heads, c.kv_heads, c.d, scale, part.get(), d_out.get(), c.heads * c.d,
                              nullptr, cuda::decode_splits(c.kv_heads), call == 1 ? lengths : cuda::DecodeLengths{});
       sync();
@@ -256,13 +265,32 @@ void run_attention(const AttnCase& c, bool decode) {
     EXPECT_TRUE(test::rows_equal(first, d_out.read()));
     EXPECT_TRUE(part.guards_intact());
   } else {
-    cuda::attention_prefill(d_q.get(), q_stride, d_k.get(), d_v.get(), layout, dev.kv_slots, dev.query_starts,
+    cuda::attention_prefill(d_q.get(), q_stride, d_k.get(), d_v.get(), layout, dev.block_tables, dev.query_starts,
                             dev.positions, batch, max_rows, c.heads, c.kv_heads, c.d, scale, d_out.get(),
                             c.heads * c.d, nullptr);
     sync();
   }
   EXPECT_TRUE(nmse_below(to_float(d_out.read()), ref, kHalfNmse));
   EXPECT_TRUE(d_out.guards_intact());
+  // the scrambled cache through its tables: the same bits
+  const std::vector<half_t> plain = d_out.read();
+  Guarded<half_t> d_ks(kc.size(), &kc_scrambled), d_vs(vc.size(), &vc_scrambled);
+  std::unique_ptr<Guarded<uint8_t>> d_step2;
+  const StepArrays dev2 = scrambled.device(d_step2);
+  ASSERT_EQ(cudaMemset(d_out.get(), 0xFF, ref.size() * sizeof(half_t)), cudaSuccess);
+  if (decode) {
+    const std::vector<float> zeros(cuda::decode_workspace_bytes(batch, c.heads, c.d) / 4);
+    Guarded<float> part(zeros.size(), &zeros);
+    cuda::attention_decode(d_q.get(), q_stride, d_ks.get(), d_vs.get(), layout, dev2.block_tables, dev2.positions,
+                           batch, c.heads, c.kv_heads, c.d, scale, part.get(), d_out.get(), c.heads * c.d, nullptr,
+                           cuda::decode_splits(c.kv_heads));
+  } else {
+    cuda::attention_prefill(d_q.get(), q_stride, d_ks.get(), d_vs.get(), layout, dev2.block_tables,
+                            dev2.query_starts, dev2.positions, batch, max_rows, c.heads, c.kv_heads, c.d, scale,
+                            d_out.get(), c.heads * c.d, nullptr);
+  }
+  sync();
+  EXPECT_TRUE(test::rows_equal(plain, d_out.read())) << "GPU attention through scrambled blocks differs";
 }
 
 class CudaPrefill : public testing::TestWithParam<AttnCase> {};
@@ -330,7 +358,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaDecode, testing::Values(
 
 TEST(CudaOps, DecodeRejectsBadChunking) {
   // The arguments are checked before anything touches the device, so this runs without a GPU too.
-  const KVLayout layout{1, 1, 1};
+  const KVLayout layout{1, 1, 1, 0, 1};
   auto call = [&](cuda::DecodeSplits plan) {
     cuda::attention_decode(nullptr, 64, nullptr, nullptr, layout, nullptr, nullptr, 1, 4, 4, 64, 0.125f, nullptr,
                            nullptr, 256, nullptr, plan);
@@ -445,17 +473,18 @@ struct DecodeBatch {
   DecodeBatch(std::vector<int32_t> slots, std::vector<int32_t> positions, int ctx, uint32_t seed)
       : batch(int(slots.size())),
         layout(KVCache::layout(KVCacheConfig{1, ctx, kKv, kD, batch})),
-        k(size_t(layout.slot_stride) * batch, ptr(to_half(random_floats(size_t(layout.slot_stride) * batch, seed)))),
-        v(size_t(layout.slot_stride) * batch, ptr(to_half(random_floats(size_t(layout.slot_stride) * batch, seed + 1)))),
+        k(pool(), ptr(to_half(random_floats(pool(), seed)))),
+        v(pool(), ptr(to_half(random_floats(pool(), seed + 1)))),
         q(batch * kRow, ptr(to_half(random_floats(batch * kRow, seed + 2)))),
-        d_slots(batch, &slots),
+        d_tables(size_t(batch) * layout.table_stride, ptr(own_blocks(slots, layout))),
         d_pos(batch, &positions),
         part(cuda::decode_workspace_bytes(batch, kHeads, kD) / 4,
              ptr(std::vector<float>(cuda::decode_workspace_bytes(batch, kHeads, kD) / 4))) {}
   // Decodes sequences [first, first + n); their outputs, [n][kRow].
   std::vector<half_t> run(int first, int n, cuda::DecodeLengths hint = {}) {
     Guarded<half_t> out(size_t(n) * kRow);
-    cuda::attention_decode(q.get() + first * kRow, kRow, k.get(), v.get(), layout, d_slots.get() + first,
+    cuda::attention_decode(q.get() + first * kRow, kRow, k.get(), v.get(), layout,
+                           d_tables.get() + size_t(first) * layout.table_stride,
                            d_pos.get() + first, n, kHeads, kKv, kD, 0.088f, part.get(), out.get(), kRow, nullptr,
                            {}, hint);
     sync();
@@ -464,10 +493,17 @@ struct DecodeBatch {
   }
   template <typename T>
   static const std::vector<T>* ptr(const std::vector<T>& v) { return &v; }  // alive for the full expression
+  size_t pool() const { return size_t(layout.block_stride) * layout.table_stride * batch; }
+  static std::vector<int32_t> own_blocks(const std::vector<int32_t>& slots, const KVLayout& kv) {
+    std::vector<int32_t> t;
+    for (int32_t s : slots)
+      for (int i = 0; i < kv.table_stride; ++i) t.push_back(s * kv.table_stride + i);
+    return t;
+  }
   int batch;
   KVLayout layout;
   Guarded<half_t> k, v, q;
-  Guarded<int32_t> d_slots, d_pos;
+  Guarded<int32_t> d_tables, d_pos;
   Guarded<float> part;
 };
 

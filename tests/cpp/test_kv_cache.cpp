@@ -16,8 +16,12 @@ using test::random_halves;
 using test::rows_equal;
 
 TEST(KVCacheSize, Formula) {
-  KVCacheConfig c{3, 17, 5, 80, 2};
-  EXPECT_EQ(KVCache::size_bytes(c), 2u * 3 * 2 * 17 * 5 * 80 * 2);
+  KVCacheConfig c{3, 17, 5, 80, 2};  // 17 tokens per slot: 2 blocks of 16
+  EXPECT_EQ(KVCache::size_bytes(c), 2u * 3 * (2 * 2) * 16 * 5 * 80 * 2);
+  KVCacheConfig one{3, 17, 5, 80, 2, 1};  // blocks of one token: the context exactly
+  EXPECT_EQ(KVCache::size_bytes(one), 2u * 3 * 2 * 17 * 5 * 80 * 2);
+  KVCacheConfig pool{3, 17, 5, 80, 2, 16, 7};  // a pool of 7 blocks, whatever the slots
+  EXPECT_EQ(KVCache::size_bytes(pool), 2u * 3 * 7 * 16 * 5 * 80 * 2);
 }
 
 TEST(KVCacheSize, ReferenceFigures) {
@@ -64,7 +68,7 @@ class KVCacheTest : public testing::TestWithParam<Device> {
   }
   std::vector<half_t> raw(const KVCache& c) {
     std::vector<half_t> out(c.nbytes() / sizeof(half_t));
-    copy_bytes(out.data(), Device::cpu(), c.k(0, 0), c.device(), c.nbytes());
+    copy_bytes(out.data(), Device::cpu(), c.k_layer(0), c.device(), c.nbytes());
     return out;
   }
 };
@@ -84,25 +88,42 @@ TEST_P(KVCacheTest, OneAllocationTrackedAsKvCache) {
 }
 
 TEST_P(KVCacheTest, PointerSpacingFollowsTheLayout) {
-  KVCacheConfig cfg{3, 10, 2, 8, 4};
+  KVCacheConfig cfg{3, 10, 2, 8, 4, 4};  // blocks of 4 tokens: 3 per slot, 12 in all
   KVCache cache(cfg, device());
-  const int64_t slot = 2 * 10 * 8;      // kv_heads * max_context * head_dim
-  const int64_t block = slot * 4;       // max_batch slots
-  EXPECT_EQ(cache.v(0, 0) - cache.k(0, 0), block);
-  EXPECT_EQ(cache.k(1, 0) - cache.k(0, 0), 2 * block);
-  EXPECT_EQ(cache.v(2, 3) - cache.k(0, 0), 2 * block * 2 + block + 3 * slot);
-  EXPECT_EQ(cache.k(2, 3) + slot - cache.k(0, 0), 2 * block * 3 - block);  // last K slot ends at V
+  const int64_t block = 2 * 4 * 8;  // kv_heads * block_size * head_dim
+  const int64_t pool = block * 12;
+  EXPECT_EQ(cache.num_blocks(), 12);
+  EXPECT_EQ(KVCache::size_bytes(cfg), size_t(2 * 3 * pool * 2));
+  EXPECT_EQ(cache.v_layer(0) - cache.k_layer(0), pool);
+  EXPECT_EQ(cache.k_layer(1) - cache.k_layer(0), 2 * pool);
+  EXPECT_EQ(cache.v_layer(2) + pool - cache.k_layer(0), 6 * pool);  // the last V pool ends the allocation
   KVLayout l = cache.layout();
-  EXPECT_EQ(l.slot_stride, slot);
-  EXPECT_EQ(l.head_stride, 10 * 8);
-  EXPECT_EQ(l.pos_stride, 8);
+  EXPECT_EQ(l.block_stride, block);
+  EXPECT_EQ(l.head_stride, 4 * 8);
+  EXPECT_EQ(l.head_dim, 8);
+  EXPECT_EQ(l.block_size(), 4);
+  EXPECT_EQ(l.table_stride, 3);
+  const int32_t table[3] = {7, 2, 5};
+  EXPECT_EQ(l.at(table, 1, 6), 2 * block + 1 * 4 * 8 + 2 * 8);  // position 6: row 2 of the second block
+  // an explicit pool: 5 blocks hold one slot of 3 blocks of its own
+  KVCache small({3, 10, 2, 8, 4, 4, 5}, device());
+  EXPECT_EQ(small.nbytes(), size_t(2 * 3 * 5 * block * 2));
+  EXPECT_NO_THROW(small.length(0));
+  EXPECT_THROW(small.length(1), std::out_of_range);
+}
+
+TEST(KVCacheConfigTest, BlockSizeIsAPowerOfTwo) {
+  EXPECT_THROW(KVCache::size_bytes({1, 8, 1, 8, 1, 12}), std::invalid_argument);
+  EXPECT_THROW(KVCache::size_bytes({1, 8, 1, 8, 1, 0}), std::invalid_argument);
+  EXPECT_THROW(KVCache::size_bytes({1, 8, 1, 8, 1, 16, -1}), std::invalid_argument);
+  EXPECT_EQ(KVCache::size_bytes({1, 17, 1, 8, 2, 16}), size_t(2 * 2 * 2 * 16 * 8 * 2));  // 17 tokens: 2 blocks
 }
 
 TEST_P(KVCacheTest, LayerAndSlotBoundsChecked) {
   KVCache cache({2, 8, 1, 8, 2}, device());
-  EXPECT_THROW(cache.k(2, 0), std::out_of_range);
-  EXPECT_THROW(cache.v(-1, 0), std::out_of_range);
-  EXPECT_THROW(cache.k(0, 2), std::out_of_range);
+  EXPECT_THROW(cache.k_layer(2), std::out_of_range);
+  EXPECT_THROW(cache.v_layer(-1), std::out_of_range);
+  EXPECT_THROW(cache.length(2), std::out_of_range);
   EXPECT_THROW(cache.length(-1), std::out_of_range);
   EXPECT_THROW(cache.clear(5), std::out_of_range);
   auto rows = random_halves(8, 1);
@@ -232,7 +253,7 @@ TEST_P(KVCacheTest, CommitRequiresEveryLayerWithTheSameTokens) {
 }
 
 TEST_P(KVCacheTest, SmallestShapes) {
-  KVCacheConfig cfg{1, 1, 1, 1, 1};
+  KVCacheConfig cfg{1, 1, 1, 1, 1, 1};
   EXPECT_EQ(KVCache::size_bytes(cfg), 4u);
   KVCache cache(cfg, device());
   half_t k = float_to_half(1.5f), v = float_to_half(-2.25f);
@@ -263,7 +284,7 @@ TEST_P(KVCacheTest, PlantedBugsAreCaught) {
   EXPECT_FALSE(rows_equal(prefix, keys(cache, 0, 0)));  // sizes differ: caught before values
   // One flipped bit in the device memory is caught.
   half_t bad = keys(cache, 1, 0)[5] ^ 1;
-  copy_bytes(cache.k(1, 0) + 5, cache.device(), &bad, Device::cpu(), 2);  // pos 0, head 0, d 5
+  copy_bytes(cache.k_layer(1) + 5, cache.device(), &bad, Device::cpu(), 2);  // slot 0: block 0, head 0, pos 0, d 5
   EXPECT_FALSE(rows_equal(k0, keys(cache, 1, 0)));
   // Token order swapped (a transposed layout) is caught.
   std::vector<half_t> swapped(k0);

@@ -1,5 +1,5 @@
 // CUDA rope_kv_write against the CPU reference (cpu::rope, then cpu::kv_write): q rows rotated in
-// place, rotated k and v in the cache at each token's slot and position. Without RoPE the cache
+// place, rotated k and v in the cache at each token's position, through scrambled block tables. Without RoPE the cache
 // must equal the reference bit for bit; with it within the fp16 bound (sincosf against std::sin).
 // Sentinel guard bands before and after the cache blocks must stay untouched.
 #include <gtest/gtest.h>
@@ -39,15 +39,18 @@ TEST_P(KVWriteCuda, MatchesCpuReferenceAndKeepsGuards) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
 #if KVINFER_WITH_CUDA
   const WriteCase& c = GetParam();
-  KVCacheConfig cfg{1, c.max_context, c.kv_heads, c.head_dim, c.max_batch};
+  // a paged cache of 8-token blocks whose tables scramble the blocks of the sequences
+  KVCacheConfig cfg{1, c.max_context, c.kv_heads, c.head_dim, c.max_batch, 8};
   const KVLayout layout = KVCache::layout(cfg);
-  const size_t block = static_cast<size_t>(layout.slot_stride) * c.max_batch;
+  const size_t block = static_cast<size_t>(layout.block_stride) * cfg.pool_blocks();
   const int batch = static_cast<int>(c.slots.size());
   for (int b = 0; b < batch; ++b)  // the case itself must respect capacity (the runner checks it)
     ASSERT_LE(c.lengths[c.slots[b]] + c.tokens[b], c.max_context) << "sequence " << b;
   std::vector<int32_t> cached(batch);
   for (int b = 0; b < batch; ++b) cached[b] = c.lengths[c.slots[b]];
-  test::TestStep step({}, c.tokens, cached, std::vector<int32_t>(c.slots.begin(), c.slots.end()));
+  const std::vector<int32_t> slots(c.slots.begin(), c.slots.end());
+  test::TestStep step({}, c.tokens, cached, slots, {}, {}, layout,
+                      test::scrambled_tables(slots, layout, test::block_shuffle(cfg.pool_blocks(), 5)));
   const int T = step.num_tokens(), d = c.head_dim, q_dim = c.heads * d, kv_dim = c.kv_heads * d;
   const int stride = q_dim + 2 * kv_dim;
   const auto qkv16 = test::random_halves(size_t(T) * stride, 3);

@@ -44,7 +44,8 @@ def test_every_builtin_name_plans():
 def test_kv_bytes_per_token_formula():
     p = planner.plan_memory("llama-3-8b", context=1000, batch=3)
     assert p.kv_bytes_per_token == 2 * 32 * 8 * 128 * 2
-    assert p.kv_cache_bytes == p.kv_bytes_per_token * 1000 * 3
+    assert (p.kv_block_size, p.kv_blocks, p.kv_tokens) == (16, 3 * 63, 3 * 1008)  # whole blocks of 16
+    assert p.kv_cache_bytes == p.kv_bytes_per_token * 1008 * 3
     assert "2 * 32 layers * 8 kv_heads * 128 head_dim * 2 B" == p.kv_formula
 
 

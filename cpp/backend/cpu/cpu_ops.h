@@ -43,15 +43,15 @@ void silu_mul(const float* gate_up, int64_t stride, float* out, int64_t out_stri
 // x = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))           (gelu_new), in place
 void gelu_new(float* x, int64_t n);
 
-// K/V of T tokens into one layer's cache: k_cache[slot(t)][h][positions[t]][:] = k[t][h][:] (and
-// v), with k, v rows token_stride elements apart, heads contiguous. The caller has checked that
-// every position fits.
+// K/V of T tokens into one layer's cache: row positions[t] of head h of token t's sequence (its
+// block table row: step.block_tables[token_seq[t]], types/kv_layout.h) = k[t][h][:] (and v), with
+// k, v rows token_stride elements apart, heads contiguous. The caller has checked every block.
 void kv_write(half_t* k_cache, half_t* v_cache, const KVLayout& layout, int num_kv_heads,
               int head_dim, const half_t* k, const half_t* v, int64_t token_stride,
               const StepArrays& step, int T);
 
 // Causal attention of T query rows against the KV cache. Row t attends to positions
-// [0, positions[t]] of its slot, whose K/V must already be in the cache. GQA: query head h uses
+// [0, positions[t]] of its sequence (through its block table), whose K/V must already be in the cache. GQA: query head h uses
 // kv head h / (num_heads / num_kv_heads).
 // out[t][h*d:(h+1)*d] = softmax(q . K^T * scale) V
 void attention(const float* q, int64_t q_stride, const half_t* k_cache, const half_t* v_cache,

@@ -24,15 +24,16 @@
 namespace kvinfer::cuda {
 
 // q: [T][q_stride] with num_heads*head_dim query values per row; out: [T][out_stride].
-// Sequence b: rows [seq_starts[b], seq_starts[b+1]) of slot seq_slots[b]; positions[t] is row t's
-// absolute position; max_seq_rows bounds the rows of one sequence (grid size).
+// Sequence b: rows [seq_starts[b], seq_starts[b+1]), its K/V in the blocks of row b of
+// block_tables ([batch][layout.table_stride]); positions[t] is row t's absolute position;
+// max_seq_rows bounds the rows of one sequence (grid size).
 void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
-                       const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,
+                       const half_t* v_cache, const KVLayout& layout, const int32_t* block_tables,
                        const int32_t* seq_starts, const int32_t* positions, int batch,
                        int max_seq_rows, int num_heads, int num_kv_heads, int head_dim, float scale,
                        half_t* out, int64_t out_stride, cudaStream_t stream);
 
-// Decode: row b is sequence b (slot seq_slots[b], position positions[b]). `workspace` holds
+// Decode: row b is sequence b (row b of block_tables, position positions[b]). `workspace` holds
 // decode_workspace_bytes(batch, num_heads, head_dim) bytes, 16-byte aligned, zeroed once before its
 // first use: chunk states of rows shared between blocks and counters that every call returns to
 // zero. One workspace serves calls of any batch up to the one it was sized for (same heads and
@@ -79,7 +80,7 @@ struct DecodeLaunch {
 DecodeLaunch decode_launch(int batch, int num_heads, int num_kv_heads, int head_dim, int num_sms,
                            DecodeSplits splits, DecodeLengths lengths);
 void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
-                      const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,
+                      const half_t* v_cache, const KVLayout& layout, const int32_t* block_tables,
                       const int32_t* positions, int batch, int num_heads, int num_kv_heads,
                       int head_dim, float scale, float* workspace, half_t* out, int64_t out_stride,
                       cudaStream_t stream, DecodeSplits splits = {}, DecodeLengths lengths = {});

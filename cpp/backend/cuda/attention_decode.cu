@@ -1,6 +1,7 @@
 // Split-K decode attention on tensor cores, one persistent grid.
 //
-// out[b, h] = softmax(q[b, h] . K[slot_b, g(h), :n_b]^T * scale) V[slot_b, g(h), :n_b], n_b = position + 1.
+// out[b, h] = softmax(q[b, h] . K[b, g(h), :n_b]^T * scale) V[b, g(h), :n_b], n_b = position + 1, with
+// K[b] and V[b] the rows that sequence b's block table lists.
 //
 // Work items: (sequence b, KV head g, chunk s). Chunking (DecodeSplits): splits = min(max_splits,
 // ceil(n / min_chunk), max(min_splits, ceil(sqrt(n / growth_keys)))), chunk = ceil(n / splits)
@@ -71,9 +72,18 @@ static __global__ void __launch_bounds__(kThreads, min_blocks<D, kTall>()) decod
   const bool leader = threadIdx.x == 0;
 
   // Block i takes the i-th contiguous share of the items (shares differ by at most one item). It
-  // reads only the step's positions and slots, which no kernel writes: the kernels before this one
+  // reads only the step's positions, which no kernel writes: the kernels before this one
   // may still be running.
   Cursor load = start_share(a, lane);
+  // the blocks of the next tile to copy (block tables, like positions, are written by no kernel)
+  int blocks[kTileCopies<D>];
+  auto look_ahead = [&]() {
+    if (load.left > 0) {
+      const int j0 = load.begin() + load.tile * kRows;
+      tile_blocks<D>(a.layout, load.table, j0, load.end() - j0, blocks);
+    }
+  };
+  look_ahead();
   pdl_allow_next();
   pdl_wait();  // q and the new K/V come from the kernels before
 
@@ -104,21 +114,19 @@ static __global__ void __launch_bounds__(kThreads, min_blocks<D, kTall>()) decod
         }
       }
       const int j0 = load.begin() + load.tile * kRows, rows = load.end() - j0;
-      const int64_t base = static_cast<int64_t>(load.slot) * a.layout.slot_stride +
-                           load.g * a.layout.head_stride + static_cast<int64_t>(j0) * a.layout.pos_stride;
-      const int pos_stride = static_cast<int>(a.layout.pos_stride);
       if (rows >= kRows) {
-        copy_tile<D, true>(stage_k(st), a.k_cache + base, pos_stride, rows, kv_policy);
-        copy_tile<D, true>(stage_v(st), a.v_cache + base, pos_stride, rows, kv_policy);
+        copy_tile<D, true>(stage_k(st), a.k_cache, a.layout, blocks, load.g, j0, rows, kv_policy);
+        copy_tile<D, true>(stage_v(st), a.v_cache, a.layout, blocks, load.g, j0, rows, kv_policy);
       } else {
-        copy_tile<D, false>(stage_k(st), a.k_cache + base, pos_stride, rows, kv_policy);
-        copy_tile<D, false>(stage_v(st), a.v_cache + base, pos_stride, rows, kv_policy);
+        copy_tile<D, false>(stage_k(st), a.k_cache, a.layout, blocks, load.g, j0, rows, kv_policy);
+        copy_tile<D, false>(stage_v(st), a.v_cache, a.layout, blocks, load.g, j0, rows, kv_policy);
       }
       const bool last = load.tile == load.tiles - 1;
       t = TileInfo{load.b, load.g, load.s, load.splits, j0, load.end(),
                    (load.tile == 0 ? kFirstTile : 0) | (new_row ? kNewRow : 0) | (last ? kLastTile : 0) |
                        (last && load.left == 1 ? kShareEnd : 0)};
       load.advance(a);
+      look_ahead();
     }
     if (leader) info[st] = t;
     asm volatile("cp.async.commit_group;\n" ::);  // possibly empty: keeps the group count uniform
@@ -432,7 +440,7 @@ static void launch_decode(DecodeArgs a, DecodeLengths lengths, cudaStream_t stre
 }
 
 void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
-                      const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,
+                      const half_t* v_cache, const KVLayout& layout, const int32_t* block_tables,
                       const int32_t* positions, int batch, int num_heads, int num_kv_heads,
                       int head_dim, float scale, float* workspace, half_t* out, int64_t out_stride,
                       cudaStream_t stream, DecodeSplits plan, DecodeLengths lengths) {
@@ -458,7 +466,7 @@ void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
   KVINFER_CHECK_ARG(reinterpret_cast<uintptr_t>(workspace) % 16 == 0,
                     "attention_decode: the workspace must be 16-byte aligned");
   const DecodeArgs a{reinterpret_cast<const __half*>(q), q_stride, reinterpret_cast<const __half*>(k_cache),
-                     reinterpret_cast<const __half*>(v_cache), layout, seq_slots, positions, batch, num_heads,
+                     reinterpret_cast<const __half*>(v_cache), layout, block_tables, positions, batch, num_heads,
                      num_kv_heads, group, head_dim, scale * kLog2e, plan, 0, 0, workspace,
                      decode_record_floats(num_heads, head_dim),
                      reinterpret_cast<__half*>(out), out_stride};

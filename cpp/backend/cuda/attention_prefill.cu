@@ -44,12 +44,31 @@ __device__ void load_tile(__half* dst, const __half* src, int64_t stride, int va
     *reinterpret_cast<uint4*>(dst + r * (D + 8) + c) = v;
   }
 }
+
+// rows k0 .. k0 + 63 of KV head `head` of the sequence whose block table row is `table`, from the K
+// and V pools into smem [64][D+8] each (one block lookup for both); rows at or beyond `valid` are zero.
+template <int D>
+__device__ void load_kv_tiles(__half* k_dst, __half* v_dst, const __half* k_pool, const __half* v_pool,
+                              const KVLayout& layout, const int32_t* table, int head, int k0, int valid) {
+  constexpr int kVecs = D / 8;
+  for (int e = threadIdx.x; e < kRows * kVecs; e += kThreads) {
+    const int r = e / kVecs, c = (e % kVecs) * 8;
+    uint4 k = make_uint4(0, 0, 0, 0), v = k;
+    if (r < valid) {
+      const int64_t at = layout.at(table, head, k0 + r) + c;
+      k = *reinterpret_cast<const uint4*>(k_pool + at);
+      v = *reinterpret_cast<const uint4*>(v_pool + at);
+    }
+    *reinterpret_cast<uint4*>(k_dst + r * (D + 8) + c) = k;
+    *reinterpret_cast<uint4*>(v_dst + r * (D + 8) + c) = v;
+  }
+}
 }  // namespace
 
 template <int D>
 static __global__ void __launch_bounds__(kThreads)
     prefill_kernel(const __half* __restrict__ q, int64_t q_stride, const __half* __restrict__ k_cache,
-                   const __half* __restrict__ v_cache, KVLayout layout, const int32_t* __restrict__ seq_slots,
+                   const __half* __restrict__ v_cache, KVLayout layout, const int32_t* __restrict__ block_tables,
                    const int32_t* __restrict__ seq_starts, const int32_t* __restrict__ positions,
                    int num_heads, int num_kv_heads, float scale, __half* __restrict__ out, int64_t out_stride) {
   using namespace nvcuda;
@@ -72,7 +91,7 @@ static __global__ void __launch_bounds__(kThreads)
   const int first_pos = positions[start + r0];  // rows of a sequence have consecutive positions
   const int last_pos = first_pos + rows - 1;
   const int kvh = head / (num_heads / num_kv_heads);
-  const int64_t base = seq_slots[b] * layout.slot_stride + kvh * layout.head_stride;
+  const int32_t* table = block_tables + static_cast<int64_t>(b) * layout.table_stride;
 
   load_tile<D>(Qs, q + (start + r0) * q_stride + static_cast<int64_t>(head) * D, q_stride, rows);
   for (int e = threadIdx.x; e < kRows * L::kOld; e += kThreads) O[e] = 0.0f;
@@ -86,8 +105,7 @@ static __global__ void __launch_bounds__(kThreads)
   for (int k0 = 0; k0 <= last_pos; k0 += kKeys) {
     const int keys = min(kKeys, last_pos + 1 - k0);
     __syncthreads();  // previous tile fully consumed
-    load_tile<D>(Ks, k_cache + base + k0 * layout.pos_stride, layout.pos_stride, keys);
-    load_tile<D>(Vs, v_cache + base + k0 * layout.pos_stride, layout.pos_stride, keys);
+    load_kv_tiles<D>(Ks, Vs, k_cache, v_cache, layout, table, kvh, k0, keys);
     __syncthreads();
 
     // S[wr:wr+16][0:64] = Q K^T
@@ -169,7 +187,7 @@ static __global__ void __launch_bounds__(kThreads)
 
 template <int D>
 static void launch_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
-                           const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,
+                           const half_t* v_cache, const KVLayout& layout, const int32_t* block_tables,
                            const int32_t* seq_starts, const int32_t* positions, int batch,
                            int max_seq_rows, int num_heads, int num_kv_heads, float scale,
                            half_t* out, int64_t out_stride, cudaStream_t stream) {
@@ -180,25 +198,25 @@ static void launch_prefill(const half_t* q, int64_t q_stride, const half_t* k_ca
   const dim3 grid((max_seq_rows + kRows - 1) / kRows, num_heads, batch);
   prefill_kernel<D><<<grid, kThreads, bytes, stream>>>(
       reinterpret_cast<const __half*>(q), q_stride, reinterpret_cast<const __half*>(k_cache),
-      reinterpret_cast<const __half*>(v_cache), layout, seq_slots, seq_starts, positions, num_heads,
+      reinterpret_cast<const __half*>(v_cache), layout, block_tables, seq_starts, positions, num_heads,
       num_kv_heads, scale, reinterpret_cast<__half*>(out), out_stride);
   KVINFER_CUDA_CHECK_LAUNCH();
 }
 
 void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
-                       const half_t* v_cache, const KVLayout& layout, const int32_t* seq_slots,
+                       const half_t* v_cache, const KVLayout& layout, const int32_t* block_tables,
                        const int32_t* seq_starts, const int32_t* positions, int batch,
                        int max_seq_rows, int num_heads, int num_kv_heads, int head_dim, float scale,
                        half_t* out, int64_t out_stride, cudaStream_t stream) {
   if (batch == 0 || max_seq_rows == 0) return;
   KVINFER_CHECK_ARG(num_heads % num_kv_heads == 0, "num_heads=", num_heads,
                     " is not a multiple of num_kv_heads=", num_kv_heads);
-  KVINFER_CHECK_ARG(q_stride % 8 == 0 && layout.pos_stride % 8 == 0, "attention_prefill: q_stride=",
+  KVINFER_CHECK_ARG(q_stride % 8 == 0 && layout.head_dim % 8 == 0, "attention_prefill: q_stride=",
                     q_stride, " and the cache row stride must be multiples of 8 halves");
   switch (head_dim) {
 #define KVINFER_PREFILL_CASE(D)                                                                \
   case D:                                                                                      \
-    return launch_prefill<D>(q, q_stride, k_cache, v_cache, layout, seq_slots, seq_starts,     \
+    return launch_prefill<D>(q, q_stride, k_cache, v_cache, layout, block_tables, seq_starts,     \
                              positions, batch, max_seq_rows, num_heads, num_kv_heads, scale,   \
                              out, out_stride, stream);
     KVINFER_PREFILL_CASE(32)

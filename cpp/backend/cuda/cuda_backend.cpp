@@ -51,7 +51,8 @@ class CudaBackend final : public Backend {
         cache_(init.cache),
         act_(activation_layout(init.config, init.shape, DeviceKind::CUDA)),
         splits_(cuda::decode_splits(init.config.num_kv_heads)),
-        stage_bytes_(step_layout(init.shape.max_step_tokens, init.shape.max_batch, init.shape.max_step_tokens).bytes) {
+        stage_bytes_(step_layout(init.shape.max_step_tokens, init.shape.max_batch, init.shape.max_step_tokens,
+                                init.shape.blocks_per_seq()).bytes) {
     DeviceGuard guard(device_);
     try {
       KVINFER_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -198,12 +199,12 @@ class CudaBackend final : public Backend {
     const half_t* qkv = buffer(Buffer::qkv);
     if (s.decode())
       cuda::attention_decode(qkv, c_.qkv_dim(), cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(),
-                             s.arrays.kv_slots, s.arrays.positions, s.num_seqs, c_.num_heads, c_.num_kv_heads,
+                             s.arrays.block_tables, s.arrays.positions, s.num_seqs, c_.num_heads, c_.num_kv_heads,
                              c_.head_dim, scale, view<float>(act_.decode), buffer(Buffer::attn), c_.q_dim(),
                              stream_, splits_, cuda::DecodeLengths{s.max_keys, s.total_keys});
     else
       cuda::attention_prefill(qkv, c_.qkv_dim(), cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(),
-                              s.arrays.kv_slots, s.arrays.query_starts, s.arrays.positions, s.num_seqs,
+                              s.arrays.block_tables, s.arrays.query_starts, s.arrays.positions, s.num_seqs,
                               s.max_query_len, c_.num_heads, c_.num_kv_heads, c_.head_dim, scale,
                               buffer(Buffer::attn), c_.q_dim(), stream_);
   }
@@ -338,14 +339,17 @@ class CudaBackend final : public Backend {
       cuda::layer_norm(x(), rows, n.weight, n.bias, h(), count, c_.hidden_size, c_.norm_eps, stream_);
   }
 
-  // A valid decode step of b sequences, uploaded: token 0 at position 0 of slots 0..b-1, greedy.
-  // (It writes position 0 of those slots, which any sequence writes before it reads.)
+  // A valid decode step of b sequences, uploaded: token 0 at position 0 of slots 0..b-1, greedy,
+  // all in KV block 0. (It writes position 0 of block 0, which holds nothing yet when graphs are
+  // captured; every dummy sequence writes the same values there.)
   StepContext dummy_decode(int b) {
-    const StepLayout layout = step_layout(b, b, b);
+    const int W = cache_.layout().table_stride;
+    const StepLayout layout = step_layout(b, b, b, W);
     StepArrays host = layout.at(staging_[0]);
     for (int i = 0; i < b; ++i) {
       host.tokens[i] = 0, host.prev_sample_row[i] = -1, host.positions[i] = 0, host.token_seq[i] = i;
       host.query_starts[i] = i, host.cached_lengths[i] = 0, host.kv_slots[i] = i, host.logit_rows[i] = i;
+      host.block_tables[static_cast<int64_t>(i) * W] = 0;
       host.sampling[i] = SamplingArgs{};
     }
     host.query_starts[b] = b;

@@ -162,10 +162,10 @@ __host__ __device__ inline void split_plan(int n, DecodeSplits plan, int& splits
 struct DecodeArgs {
   const __half* q;  // [batch][q_stride], heads of KV head g at columns [g*group*D, (g+1)*group*D)
   int64_t q_stride;
-  const __half* k_cache;  // [slot][kv_head][pos][D] (layout strides)
+  const __half* k_cache;  // [block][kv_head][block_size][D] (types/kv_layout.h)
   const __half* v_cache;
   KVLayout layout;
-  const int32_t* seq_slots;  // [batch]
+  const int32_t* block_tables;  // [batch][layout.table_stride]
   const int32_t* positions;  // [batch]
   int batch, num_heads, num_kv_heads, group, head_dim;
   float scale_log2;  // scale * log2(e): the softmax runs in base 2
@@ -177,6 +177,7 @@ struct DecodeArgs {
   __half* out;       // [batch][out_stride]
   int64_t out_stride;
 
+  __device__ const int32_t* table(int b) const { return block_tables + static_cast<int64_t>(b) * layout.table_stride; }
   __device__ float* chunk_o(int b, int qh, int s) const {  // [D]
     return records + b * record_floats + (static_cast<int64_t>(qh) * kDecodeMaxSplits + s) * head_dim;
   }
@@ -228,18 +229,39 @@ __device__ __forceinline__ void load_scratch(const float* wo, int hh, int d0, fl
   }
 }
 
-// One 64-row tile (rows of D halves, `pos_stride` apart) into shared memory, by the block. 16-byte
-// chunk e = threadIdx.x + i * kThreads is row e / (D / 8), column chunk e % (D / 8): constant math
-// with i unrolled. Without kFull, rows >= `rows` are zero-filled.
+// A 64-row tile is copied by the block in 16-byte chunks: chunk e = threadIdx.x + i * kThreads is
+// row e / (D / 8), column chunk e % (D / 8), constant math with i unrolled.
+template <int D>
+constexpr int kTileCopies = kRows * (D / 8) / kThreads;  // chunks per thread
+
+// The KV block of each row this thread copies of the tile at rows j0 .. j0 + 63 (0 past `rows`),
+// from the sequence's block table row: looked up a tile ahead, so the copies never wait for it.
+template <int D>
+__device__ __forceinline__ void tile_blocks(const KVLayout& layout, const int32_t* table, int j0, int rows,
+                                            int (&blocks)[kTileCopies<D>]) {
+#pragma unroll
+  for (int i = 0; i < kTileCopies<D>; ++i) {
+    const int r = static_cast<int>((threadIdx.x + i * kThreads) / (D / 8));
+    blocks[i] = r < rows ? table[(j0 + r) >> layout.block_shift] : 0;
+  }
+}
+
+// One 64-row tile into shared memory: rows j0 .. j0 + 63 of KV head g from the K or V pool `pool`,
+// in the blocks tile_blocks() found. Without kFull, rows >= `rows` are zero-filled.
 template <int D, bool kFull>
-__device__ __forceinline__ void copy_tile(__half* dst, const __half* src, int pos_stride, int rows, uint64_t policy) {
+__device__ __forceinline__ void copy_tile(__half* dst, const __half* pool, const KVLayout& layout,
+                                          const int (&blocks)[kTileCopies<D>], int g, int j0, int rows,
+                                          uint64_t policy) {
   constexpr int kChunks = D / 8;
   static_assert(kRows * kChunks % kThreads == 0, "tile copies split evenly over the threads");
+  const int mask = (1 << layout.block_shift) - 1;
 #pragma unroll
-  for (int i = 0; i < kRows * kChunks / kThreads; ++i) {
+  for (int i = 0; i < kTileCopies<D>; ++i) {
     const unsigned e = threadIdx.x + i * kThreads, r = e / kChunks, c = e % kChunks;
     const bool in = kFull || static_cast<int>(r) < rows;
-    cp_async16_once(dst + tile_at<D>(r, c), src + (in ? r * pos_stride + c * 8 : 0), in ? 16 : 0, policy);
+    const __half* src = pool + blocks[i] * layout.block_stride + g * layout.head_stride +
+                        static_cast<int64_t>((j0 + static_cast<int>(r)) & mask) * D + c * 8;
+    cp_async16_once(dst + tile_at<D>(r, c), in ? src : pool, in ? 16 : 0, policy);
   }
 }
 

@@ -12,12 +12,12 @@ namespace kvinfer::cuda::decode {
 struct Cursor {
   int left = 0;  // items left in the share, this one included
   int b, g, s;
-  int n, slot, splits, chunk, tile, tiles;
+  int n, splits, chunk, tile, tiles;
+  const int32_t* table;  // the sequence's row of block tables
 
-  __device__ void enter_sequence(const DecodeArgs& a) {  // position and slot: two loads in flight at once
-    const int pos = a.positions[b];
-    slot = a.seq_slots[b];
-    n = pos + 1;
+  __device__ void enter_sequence(const DecodeArgs& a) {
+    n = a.positions[b] + 1;
+    table = a.table(b);
     split_plan(n, a.plan, splits, chunk);
   }
   __device__ void enter_item() {
@@ -61,7 +61,7 @@ __device__ __forceinline__ int pick(const int (&v)[N], int i) {
 }
 
 // The cursor at the start of block i's share (see below for how the items are shared out), found by
-// the warp. The positions and slots of the first 128 sequences are read once and together, so a
+// the warp. The positions of the first 128 sequences are read once and together, so a
 // batch of up to 128 pays a single global round trip before its first tile is issued. The loops are
 // kept rolled: this runs once per block, from a cold instruction cache.
 __device__ inline Cursor start_share(const DecodeArgs& a, int lane) {
@@ -80,13 +80,9 @@ __device__ inline Cursor start_share(const DecodeArgs& a, int lane) {
     return c;
   }
   constexpr int kWindows = 4;  // of 32 sequences, read up front
-  int pos_w[kWindows], slot_w[kWindows];
+  int pos_w[kWindows];
 #pragma unroll
-  for (int w = 0; w < kWindows; ++w) {
-    const bool in = 32 * w + lane < a.batch;
-    pos_w[w] = in ? a.positions[32 * w + lane] : 0;
-    slot_w[w] = in ? a.seq_slots[32 * w + lane] : 0;
-  }
+  for (int w = 0; w < kWindows; ++w) pos_w[w] = 32 * w + lane < a.batch ? a.positions[32 * w + lane] : 0;
   auto pos_at = [&](int b0) {  // position of sequence b0 + lane (b0: a multiple of 32); -1 past the batch
     if (b0 + lane >= a.batch) return -1;
     return b0 < 32 * kWindows ? pick(pos_w, b0 >> 5) : a.positions[b0 + lane];
@@ -128,9 +124,8 @@ __device__ inline Cursor start_share(const DecodeArgs& a, int lane) {
       const int src = __ffs(mask) - 1;
       c.b = b0 + src;
       const int rest = first - before - __shfl_sync(0xffffffffu, incl - cnt, src);
-      const int slot = b0 < 32 * kWindows ? pick(slot_w, b0 >> 5) : p < 0 ? 0 : a.seq_slots[b0 + lane];
       c.n = __shfl_sync(0xffffffffu, p, src) + 1;
-      c.slot = __shfl_sync(0xffffffffu, slot, src);
+      c.table = a.table(c.b);
       c.splits = __shfl_sync(0xffffffffu, splits, src);
       c.chunk = __shfl_sync(0xffffffffu, chunk, src);
       // g = rest / splits in float (exact here: the quotient is below num_kv_heads and rest + 0.5 keeps

@@ -19,7 +19,7 @@ static __global__ void rope_kv_write_kernel(__half* __restrict__ qkv, int64_t st
   const int t = blockIdx.x, half = head_dim / 2;
   // the step's fields are in place before its first kernel: read them while the projection drains
   const int pos = step.positions[t];
-  const int64_t cache_row = step.kv_slots[step.token_seq[t]] * layout.slot_stride + int64_t(pos) * layout.pos_stride;
+  const int64_t cache_row = layout.at(step.block_tables + int64_t(step.token_seq[t]) * layout.table_stride, 0, pos);
   pdl_allow_next();
   pdl_wait();  // qkv comes from the projection before
   __half* row = qkv + t * stride;

@@ -15,8 +15,8 @@ namespace kvinfer::cuda {
 
 // qkv: [T][stride] rows of num_heads q heads, then num_kv_heads k heads, then v heads. With
 // inv_freq (RoPE models), every q head is rotated in place and every k head rotated on its way to
-// the cache; without it k and v are copied. k_cache[slot(t)][h][positions[t]] = k[t][h] (and v),
-// slot(t) = kv_slots[token_seq[t]].
+// the cache; without it k and v are copied. Row positions[t] of head h of token t's sequence
+// (types/kv_layout.h: its block table row is block_tables[token_seq[t]]) = k[t][h] (and v).
 void rope_kv_write(half_t* qkv, int64_t stride, int num_heads, int num_kv_heads, int head_dim,
                    const float* inv_freq, half_t* k_cache, half_t* v_cache, const KVLayout& layout,
                    const StepArrays& step, int T, cudaStream_t stream);
