@@ -1,5 +1,6 @@
-"""The generation loop over a native Runner: sequences take KV-cache slots, prompts are prefilled in
-chunks of at most max_step_tokens tokens, then every unfinished sequence decodes one token per
+"""The generation loop over a native Runner: sequences take sequence slots and KV-cache blocks (a
+prompt that starts like an earlier one reuses its blocks: kvinfer/block_manager.py), prompts are
+prefilled in chunks of at most max_step_tokens tokens, then every unfinished sequence decodes one token per
 step. generate() keeps two decode steps in flight: step n + 1 is enqueued (its input tokens taken
 on the device from step n's samples) before step n's tokens are read, so the GPU never waits for
 the host; stop conditions are checked one step late and a finished sequence's extra token is
@@ -15,6 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from kvinfer import _core
+from kvinfer.block_manager import BlockManager, BlockTable
 from kvinfer.sampling import SamplingParams
 from kvinfer.tokenizer import StreamDecoder
 
@@ -24,10 +26,11 @@ SAMPLING_DTYPE = _core.sampling_args_dtype()
 @dataclass
 class Sequence:
     index: int               # in the caller's list of prompts
-    slot: int                # KV-cache slot, held until the sequence ends
+    slot: int                # sequence slot (its token history), held until the sequence ends
     prompt_ids: list[int]
     seed: int
     decoder: StreamDecoder
+    table: BlockTable | None = None  # its KV-cache blocks, from Engine.begin until Engine.end
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
@@ -36,14 +39,48 @@ class Sequence:
 
 
 class Engine:
-    """Runs waves of sequences on one Runner. A lock serialises every use of the runner; slots come
-    from a pool, so a suspended stream and a generate() never share one."""
+    """Runs waves of sequences on one Runner. A lock serialises every use of the runner; slots and
+    KV blocks come from pools, so a suspended stream and a generate() never share one. Every step
+    names each sequence's blocks: `block_rows` holds each slot's block table, written as blocks
+    are added, so a step's tables are one gather."""
 
-    def __init__(self, runner: _core.Runner, eos_ids: set[int]):
+    def __init__(self, runner: _core.Runner, eos_ids: set[int], prefix_caching: bool = True):
         self.runner = runner
         self.eos_ids = eos_ids
+        self.prefix_caching = prefix_caching
         self.lock = threading.RLock()
         self._free = list(range(runner.max_batch))
+        self.blocks = BlockManager(runner.num_blocks, runner.block_size)
+        self.block_rows = np.zeros((runner.max_batch, -(-runner.max_context // runner.block_size)), np.int32)
+
+    # ---- KV blocks --------------------------------------------------------------------------------
+    def begin(self, seq, prompt: list[int], reuse: bool) -> None:
+        """Blocks for a new sequence's prompt (`seq.slot`, `seq.table`, `seq.cached` are set):
+        the prefix cache's when `reuse` and prefix caching are on. A repetition penalty reads the
+        slot's token history, which a reused prefix never wrote: such a sequence computes it all."""
+        seq.table = self.blocks.allocate(prompt, reuse and self.prefix_caching)
+        seq.cached = seq.table.cached
+        self._sync_row(seq)
+
+    def grow(self, seq, tokens: int) -> None:
+        """Blocks for the first `tokens` positions of `seq` (before a step writes them)."""
+        if tokens > len(seq.table.blocks) * self.blocks.block_size:
+            self.blocks.ensure(seq.table, tokens)
+            self._sync_row(seq)
+
+    def end(self, seq, token_ids: list[int]) -> None:
+        """The sequence is done (nothing of it in flight): its computed full blocks join the prefix
+        cache (token_ids[p]: position p's token), and its blocks lose their reference."""
+        if seq.table is not None:
+            self.blocks.register(seq.table, token_ids, seq.cached)
+            self.blocks.free(seq.table)
+            seq.table = None
+
+    def tables(self, seqs) -> np.ndarray:
+        return self.block_rows[[s.slot for s in seqs]]
+
+    def _sync_row(self, seq) -> None:
+        self.block_rows[seq.slot, :len(seq.table.blocks)] = seq.table.blocks
 
     # ---- slots ------------------------------------------------------------------------------------
     def free_slots(self) -> int:
@@ -117,8 +154,10 @@ class Engine:
         tokens = np.array([s.token_ids[-1] if f < 0 else 0 for s, f in zip(rows, from_prev)], np.int32)
         cached = np.array([s.cached for s in rows], np.int32)
         steps = np.arange(n + 1, dtype=np.int32)
+        for s in rows:
+            self.grow(s, s.cached + 1)
         self.runner.launch(tokens, steps, cached, np.array([s.slot for s in rows], np.int32), steps[:n],
-                           sampling, from_prev if prev_row else None)
+                           sampling, from_prev if prev_row else None, self.tables(rows))
         for s in rows:
             s.cached += 1
             s.sampled += 1
@@ -144,7 +183,8 @@ class Engine:
                 sampled = self.runner.step(tokens, starts, np.array([s.cached for s, _ in step], np.int32),
                                            np.array([s.slot for s, _ in step], np.int32),
                                            (starts[1:] - 1)[ending].astype(np.int32),
-                                           args([step[b][0] for b in ending]))
+                                           args([step[b][0] for b in ending]),
+                                           block_tables=self.tables([s for s, _ in step]))
             for s, n in step:
                 s.cached += n
             for b, token in zip(ending, sampled.tolist()):

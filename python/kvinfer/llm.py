@@ -71,8 +71,10 @@ class TextStream:
         hold = max((len(s) for s in params.stop), default=1) - 1  # a stop string may be half-written
         slots = llm.engine.take_slots(1)
         start = first = time.perf_counter()
+        seqs = []
         try:
-            for seq in llm.engine.steps(llm._sequences([ids], slots, params), params):
+            seqs = llm._sequences([ids], slots, params)
+            for seq in llm.engine.steps(seqs, params):
                 now = time.perf_counter()
                 if len(seq.token_ids) == 1:
                     first, self.timings.prompt_seconds = now, now - start
@@ -83,6 +85,7 @@ class TextStream:
                     yield seq.text[emitted:safe]
                     emitted = safe
         finally:
+            llm._end(seqs)
             llm.engine.give_back(slots)
 
 
@@ -110,13 +113,15 @@ class LLM:
     max_context is left open to fit, and fails before allocating when nothing fits; `self.plan`
     holds the memory plan, which the tracker's report equals after loading. On CUDA, decode steps
     replay CUDA graphs captured at load (`cuda_graphs=False` runs them op by op); `self.graphs`
-    says which batch sizes were captured, how long it took and the device memory they hold.
+    says which batch sizes were captured, how long it took and the device memory they hold. A prompt
+    that starts with the whole 16-token blocks of an earlier one reuses their K/V and prefills only
+    the rest (`prefix_caching=False`: every prompt is computed in full).
     One LLM may be used from several threads: their calls are serialised."""
 
     def __init__(self, model: str | None = None, device: str = "auto", max_context: int | None = None,
                  max_batch: int | None = None, max_step_tokens: int = 512,
                  tracker: kvinfer.VramTracker | None = None, progress: bool = False,
-                 max_memory: str | int | None = None, cuda_graphs: bool = True):
+                 max_memory: str | int | None = None, cuda_graphs: bool = True, prefix_caching: bool = True):
         max_context, max_batch = _count("max_context", max_context), _count("max_batch", max_batch)
         max_step_tokens = _count("max_step_tokens", max_step_tokens, optional=False)
         self.folder = resolve_model(model, progress=progress)
@@ -152,7 +157,7 @@ class LLM:
             runner.release()  # the traceback keeps `runner` alive; its memory must not stay held
             raise
         self.runner = runner
-        self.engine = Engine(runner, self.tokenizer.eos_token_ids)
+        self.engine = Engine(runner, self.tokenizer.eos_token_ids, prefix_caching)
 
     # ---- prompts -------------------------------------------------------------------------------
     def _encode(self, prompt: Prompt) -> list[int]:
@@ -186,8 +191,19 @@ class LLM:
         """Each sequence draws from its own stream of random numbers, a function of (seed, token
         index) only, so a prompt samples the same alone or in a batch."""
         seed = params.seed if params.seed is not None else random.SystemRandom().getrandbits(63)
-        return [Sequence(first + i, slot, ids, seed, StreamDecoder(self.tokenizer))
+        seqs = [Sequence(first + i, slot, ids, seed, StreamDecoder(self.tokenizer))
                 for i, (ids, slot) in enumerate(zip(prompts, slots))]
+        try:
+            for s in seqs:  # KV blocks, a cached prefix where there is one
+                self.engine.begin(s, s.prompt_ids, reuse=params.repetition_penalty == 1.0)
+        except BaseException:
+            self._end(seqs)
+            raise
+        return seqs
+
+    def _end(self, seqs: list[Sequence]) -> None:
+        for s in seqs:
+            self.engine.end(s, s.prompt_ids + s.token_ids)
 
     def _check_open(self) -> None:
         if self.runner.released:
@@ -206,10 +222,12 @@ class LLM:
             start = 0
             while start < len(encoded):
                 slots = self.engine.take_slots(len(encoded) - start)
+                seqs = []
                 try:
                     seqs = self._sequences(encoded[start:start + len(slots)], slots, params, start)
                     self.engine.run(seqs, params)
                 finally:
+                    self._end(seqs)
                     self.engine.give_back(slots)
                 outputs += [RequestOutput(items[s.index] if isinstance(items[s.index], str) else None,
                                           s.prompt_ids, s.text, s.token_ids, s.finish_reason) for s in seqs]
@@ -244,7 +262,9 @@ class LLM:
         states = np.empty((c.num_layers + 1, len(ids), c.hidden_size), np.float32) if hidden_states else None
         step = self.runner.max_step_tokens
         slots = self.engine.take_slots(1)
+        seq = Sequence(0, slots[0], ids, 0, None)
         try:
+            self.engine.begin(seq, ids, reuse=False)  # every position's logits: nothing is skipped
             with self.engine.lock:
                 for t0 in range(0, len(ids), step):
                     n = min(step, len(ids) - t0)
@@ -252,10 +272,13 @@ class LLM:
                     rows = np.arange(n, dtype=np.int32)
                     self.runner.step(np.asarray(ids[t0:t0 + n], np.int32), np.array([0, n], np.int32),
                                      np.array([t0], np.int32), np.array(slots, np.int32), rows,
-                                     logits=out[t0:t0 + n], hidden_states=part)
+                                     logits=out[t0:t0 + n], hidden_states=part,
+                                     block_tables=self.engine.tables([seq]))
+                    seq.cached = t0 + n
                     if hidden_states:
                         states[:, t0:t0 + n] = part
         finally:
+            self.engine.end(seq, ids)
             self.engine.give_back(slots)
         return (out, states) if hidden_states else out
 

@@ -1,7 +1,9 @@
 """Continuous batching: requests wait in a queue, and every step takes each running sequence's next
 token plus chunks of prompts up to the step's token budget (chunked prefill). A request is admitted
 as soon as a sequence slot is free and leaves its slot the step it finishes or is aborted, so a
-waiting one starts on the next step; nothing waits for a wave to end."""
+waiting one starts on the next step; nothing waits for a wave to end. An admitted request's prompt
+gets KV blocks at once, the prefix cache's where its prompt starts like an earlier one (only the
+rest is prefilled); a finished one's blocks are freed at once."""
 
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class Running:
     request: Request
     slot: int
     decoder: StreamDecoder
+    table: object = None           # its KV blocks (block_manager.BlockTable), set by `begin`
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     emitted: int = 0               # characters of `text` already handed out (a stop may be half-written)
@@ -75,13 +78,17 @@ class ScheduledStep:
 
 class Scheduler:
     """Which tokens run in the next step. Slots come from `take_slot` (None when none is free) and
-    go back through `give_slot`, so the pool can be shared with other users of the runner."""
+    go back through `give_slot`, so the pool can be shared with other users of the runner;
+    `begin(seq)` gives an admitted sequence its KV blocks (and sets seq.cached to the prefix found
+    cached), `end(seq)` frees them."""
 
-    def __init__(self, max_step_tokens: int, max_context: int, take_slot, give_slot, tokenizer):
+    def __init__(self, max_step_tokens: int, max_context: int, take_slot, give_slot, tokenizer,
+                 begin=lambda seq: None, end=lambda seq: None):
         if max_step_tokens < 1:
             raise ValueError(f"max_step_tokens={max_step_tokens} must be >= 1")
         self.max_step_tokens, self.max_context = max_step_tokens, max_context
         self._take_slot, self._give_slot, self._tokenizer = take_slot, give_slot, tokenizer
+        self._begin, self._end = begin, end
         self.waiting: deque[Request] = deque()
         self.running: list[Running] = []
 
@@ -120,8 +127,13 @@ class Scheduler:
             slot = self._take_slot()
             if slot is None:
                 break
-            req = self.waiting.popleft()
-            seq = Running(req, slot, StreamDecoder(self._tokenizer))
+            seq = Running(self.waiting[0], slot, StreamDecoder(self._tokenizer))
+            try:
+                self._begin(seq)
+            except BaseException:
+                self._give_slot(slot)
+                raise
+            self.waiting.popleft()
             self.running.append(seq)
             chunks.append(self._prompt_chunk(seq, budget))
             budget -= len(chunks[-1].tokens)
@@ -134,9 +146,12 @@ class Scheduler:
         return Chunk(seq, prompt[seq.cached:seq.cached + n], seq.cached + n == len(prompt))
 
     def finish(self, seq: Running) -> None:
-        """The sequence leaves the batch and its slot is free for the next step."""
+        """The sequence leaves the batch; its blocks and slot are free for the next step."""
         self.running.remove(seq)
-        self._give_slot(seq.slot)
+        try:
+            self._end(seq)
+        finally:
+            self._give_slot(seq.slot)
 
     def abort(self, request_id: str) -> Running | Request | None:
         """Drops a request wherever it is; returns what was dropped (None if unknown or done)."""

@@ -34,10 +34,18 @@ class Metrics:
                              buckets=_LATENCY_BUCKETS, registry=r)
         running = Gauge("kvinfer_running_sequences", "sequences in the batch", registry=r)
         waiting = Gauge("kvinfer_waiting_sequences", "sequences waiting for a slot", registry=r)
-        slots = Gauge("kvinfer_kv_slots_used", "KV-cache sequence slots in use", registry=r)
+        slots = Gauge("kvinfer_kv_slots_used", "sequence slots in use", registry=r)
+        blocks = Gauge("kvinfer_kv_blocks_used", "KV-cache blocks referenced by sequences", registry=r)
+        total = Gauge("kvinfer_kv_blocks", "KV-cache blocks in the pool", registry=r)
+        hits = Gauge("kvinfer_prefix_cache_hit_rate", "prompt tokens found in the prefix cache / prompt "
+                     "tokens looked up", registry=r)
         running.set_function(lambda: engine.stats()["running"])
         waiting.set_function(lambda: engine.stats()["waiting"])
         slots.set_function(lambda: engine.llm.max_batch - engine.llm.engine.free_slots())
+        pool = engine.llm.engine.blocks
+        blocks.set_function(pool.used_blocks)
+        total.set_function(lambda: pool.num_blocks)
+        hits.set_function(lambda: pool.hit_tokens / max(1, pool.query_tokens))
 
 
 def create_app(engine: ServingEngine, model_name: str, api_key: str | None = None) -> FastAPI:

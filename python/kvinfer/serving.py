@@ -45,8 +45,12 @@ class ServingEngine:
         if max_waiting < 1:
             raise ValueError(f"max_waiting={max_waiting} must be >= 1")
         self.llm, self.max_waiting = llm, max_waiting
-        self.scheduler = Scheduler(llm.runner.max_step_tokens, llm.max_context, self._take_slot,
-                                   lambda slot: llm.engine.give_back([slot]), llm.tokenizer)
+        engine = llm.engine
+        self.scheduler = Scheduler(
+            llm.runner.max_step_tokens, llm.max_context, self._take_slot, lambda slot: engine.give_back([slot]),
+            llm.tokenizer,
+            begin=lambda seq: engine.begin(seq, seq.request.prompt_ids, seq.request.params.repetition_penalty == 1.0),
+            end=lambda seq: engine.end(seq, seq.request.prompt_ids + seq.token_ids))
         self._deliver: dict[str, Deliver] = {}
         self._inbox: list[tuple[Request, Deliver]] = []
         self._aborts: list[str] = []
@@ -98,9 +102,11 @@ class ServingEngine:
             self.abort(request_id)
 
     def stats(self) -> dict:
+        blocks = self.llm.engine.blocks
         with self._cv:
             return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting) + len(self._inbox),
-                    "steps": self.steps}
+                    "steps": self.steps, "kv_blocks": blocks.num_blocks, "kv_blocks_used": blocks.used_blocks(),
+                    "prefix_hit_tokens": blocks.hit_tokens, "prefix_query_tokens": blocks.query_tokens}
 
     def close(self) -> None:
         """Stops the thread; requests still running end with finish_reason "abort"."""
@@ -188,9 +194,12 @@ class ServingEngine:
         from_prev = np.array([prev_row.get(id(s), -1) for s in rows], np.int32)
         tokens = np.array([s.token_ids[-1] if f < 0 else 0 for s, f in zip(rows, from_prev)], np.int32)
         steps = np.arange(n + 1, dtype=np.int32)
+        engine = self.llm.engine
+        for s in rows:
+            engine.grow(s, s.cached + 1)
         self.llm.runner.launch(tokens, steps, np.array([s.cached for s in rows], np.int32),
                                np.array([s.slot for s in rows], np.int32), steps[:n], self._sampling(rows),
-                               from_prev if prev_row else None)
+                               from_prev if prev_row else None, engine.tables(rows))
         for s in rows:
             s.cached += 1
             s.launched += 1
@@ -238,13 +247,20 @@ class ServingEngine:
         starts = np.cumsum([0] + [len(c.tokens) for c in chunks]).astype(np.int32)
         sampled = [i for i, c in enumerate(chunks) if c.samples]
         args = self._sampling([chunks[i].seq for i in sampled])
-        with self.llm.engine.lock:
+        engine = self.llm.engine
+        with engine.lock:
+            for c in chunks:  # a decoding sequence may enter a new block
+                engine.grow(c.seq, c.seq.cached + len(c.tokens))
             out = self.llm.runner.step(tokens, starts, np.array([c.seq.cached for c in chunks], np.int32),
                                        np.array([c.seq.slot for c in chunks], np.int32),
-                                       (starts[1:] - 1)[sampled].astype(np.int32), args)
+                                       (starts[1:] - 1)[sampled].astype(np.int32), args,
+                                       block_tables=engine.tables([c.seq for c in chunks]))
         self.steps += 1
         for c in chunks:
+            prefill = c.seq.prefilling
             c.seq.cached += len(c.tokens)
+            if prefill:  # the prompt's computed blocks serve requests that start the same way
+                engine.blocks.register(c.seq.table, c.seq.request.prompt_ids, c.seq.cached)
         for i, token in zip(sampled, out.tolist()):
             chunks[i].seq.launched += 1
             self._take(chunks[i].seq, token)

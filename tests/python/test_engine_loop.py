@@ -38,12 +38,14 @@ def prompt(n: int, seed: int) -> list[int]:
 def streamed_ids(llm: LLM, ids: list[int], params: SamplingParams) -> list[int]:
     """Token ids of the step-by-step loop (one step in flight at a time)."""
     slots = llm.engine.take_slots(1)
+    seqs = []
     try:
-        seq = llm._sequences([ids], slots, params)[0]
-        for _ in llm.engine.steps([seq], params, depth=1):
+        seqs = llm._sequences([ids], slots, params)
+        for _ in llm.engine.steps(seqs, params, depth=1):
             pass
-        return seq.token_ids
+        return seqs[0].token_ids
     finally:
+        llm._end(seqs)
         llm.engine.give_back(slots)
 
 

@@ -127,3 +127,26 @@ def test_block_tables_the_runner_cannot_honour(folder, device):
     args = np.zeros(1, SAMPLING_DTYPE)
     args["top_p"] = args["repetition_penalty"] = 1.0  # greedy
     assert r.step(i32(1), i32(0, 1), i32(0), i32(0), i32(0), args, block_tables=i32(2)[None]).shape == (1,)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_prompts_that_share_a_prefix_reuse_its_blocks(folder, device):
+    """LLM.generate: prompts after the first find the shared 40 tokens' two whole blocks cached and
+    give the tokens of computing everything; a repetition penalty (which reads the token history a
+    reused prefix never wrote) computes it all; no block stays held."""
+    from kvinfer.llm import LLM
+    from kvinfer.sampling import SamplingParams
+
+    rng = np.random.default_rng(3)
+    shared = rng.integers(1, 300, 40).tolist()
+    prompts = [shared + rng.integers(1, 300, 5 + i).tolist() for i in range(3)]
+    greedy = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    cached = LLM(folder, device=device, max_context=CONTEXT, max_batch=2)
+    plain = LLM(folder, device=device, max_context=CONTEXT, max_batch=2, prefix_caching=False)
+    for p in prompts:
+        assert cached.generate([p], greedy)[0].token_ids == plain.generate([p], greedy)[0].token_ids
+    assert cached.engine.blocks.hit_tokens == 2 * 32 and plain.engine.blocks.hit_tokens == 0
+    penalised = SamplingParams(max_tokens=4, temperature=0, repetition_penalty=1.3, ignore_eos=True)
+    cached.generate([prompts[0]], penalised)
+    assert cached.engine.blocks.hit_tokens == 2 * 32
+    assert cached.engine.blocks.used_blocks() == 0 and plain.engine.blocks.used_blocks() == 0

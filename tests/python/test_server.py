@@ -189,7 +189,7 @@ def test_a_disconnect_frees_its_slot(server, engine, llm):
         assert next(l for l in lines if l.startswith("data: "))
         assert engine.stats()["running"] == 1
     deadline = time.monotonic() + 30
-    while engine.stats()["running"] or llm.engine.free_slots() != llm.max_batch:
+    while engine.stats()["running"] or llm.engine.free_slots() != llm.max_batch or engine.stats()["kv_blocks_used"]:
         assert time.monotonic() < deadline, engine.stats()
         time.sleep(0.02)
 
@@ -204,9 +204,29 @@ def test_a_disconnect_before_a_whole_response_frees_its_slot(server, engine, llm
             assert time.monotonic() < deadline, "the request never ran"
             time.sleep(0.01)
     closed = time.monotonic()
-    while engine.stats()["running"] or llm.engine.free_slots() != llm.max_batch:
+    while engine.stats()["running"] or llm.engine.free_slots() != llm.max_batch or engine.stats()["kv_blocks_used"]:
         assert time.monotonic() - closed < 5, engine.stats()  # 490 tokens would take far longer
         time.sleep(0.02)
+
+
+def test_a_repeated_system_prompt_hits_the_prefix_cache(client, server, engine, llm):
+    system = {"role": "system", "content": "You are a careful assistant who answers in one short sentence. " * 6}
+    before = engine.stats()["prefix_hit_tokens"]
+    replies = [client.chat.completions.create(model=MODEL, messages=[system, {"role": "user", "content": q}],
+                                              max_tokens=8, temperature=0).choices[0].message.content
+               for q in ("What is the capital of France?", "Name a primary colour.")]
+    hit = engine.stats()["prefix_hit_tokens"] - before
+    prompt = llm.tokenizer.encode(llm.tokenizer.apply_chat_template([system], add_generation_prompt=False),
+                                  add_special_tokens=False)
+    assert hit >= (len(prompt) // 16 - 1) * 16 > 0  # the second request found the system prompt's blocks
+    uncached = LLM(device="cpu", max_context=512, max_batch=1, prefix_caching=False)
+    again = uncached.chat([system, {"role": "user", "content": "Name a primary colour."}],
+                          SamplingParams(max_tokens=8, temperature=0))
+    assert replies[1] == again.text  # the same reply as computing the whole prompt
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(server.url + "/metrics").text)}
+    assert families["kvinfer_prefix_cache_hit_rate"].samples[0].value > 0
+    assert families["kvinfer_kv_blocks"].samples[0].value == llm.engine.blocks.num_blocks
+    assert families["kvinfer_kv_blocks_used"].samples[0].value == 0  # nothing running holds a block
 
 
 def test_metrics_and_health(server):
