@@ -51,10 +51,12 @@ class Result:
         return (self.e2e - self.ttft) / (self.completion_tokens - 1) if self.completion_tokens > 1 else None
 
 
-def workload(n: int, prompt_len: tuple[int, int], output_len: tuple[int, int], vocab: int, seed: int):
+def workload(n: int, prompt_len: tuple[int, int], output_len: tuple[int, int], vocab: int, seed: int,
+             shared_prefix: int = 0):
     rng = np.random.default_rng(seed)
+    prefix = rng.integers(1, vocab, shared_prefix).tolist()
     lens = rng.integers(prompt_len[0], prompt_len[1] + 1, n), rng.integers(output_len[0], output_len[1] + 1, n)
-    return [(rng.integers(1, vocab, p).tolist(), int(o)) for p, o in zip(*lens)]
+    return [(prefix + rng.integers(1, vocab, p).tolist(), int(o)) for p, o in zip(*lens)]
 
 
 async def one(client: httpx.AsyncClient, url: str, model: str, prompt: list[int], out: int, r: Result) -> None:
@@ -168,6 +170,8 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, nargs=2, default=[64, 1024])
     ap.add_argument("--output-len", type=int, nargs=2, default=[16, 512])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shared-prefix", type=int, default=0, help="tokens every prompt starts with (a system prompt)")
+    ap.add_argument("--no-prefix-caching", action="store_true", help="the served engine computes every prompt in full")
     ap.add_argument("--baseline", action="store_true", help="also LLM.generate in waves (with --serve)")
     ap.add_argument("--vocab", type=int, default=32000, help="prompt token ids are drawn below this (with --url)")
     args = ap.parse_args()
@@ -183,14 +187,16 @@ def main() -> None:
         server = subprocess.Popen([sys.executable, "-m", "kvinfer", "serve", "--model", folder, "--served-model-name",
                                    args.serve, "--device", args.device, "--port", str(args.port), "--max-batch",
                                    str(args.max_batch), "--max-context", str(args.max_context), "--max-step-tokens",
-                                   str(args.max_step_tokens)])
+                                   str(args.max_step_tokens)] + (["--no-prefix-caching"] if args.no_prefix_caching else []))
         args.url, args.model = f"http://127.0.0.1:{args.port}", args.serve
         wait_until_up(args.url, server)
     model = args.model or httpx.get(args.url + "/v1/models").json()["data"][0]["id"]
     vocab = json.load(open(os.path.join(folder, "config.json")))["vocab_size"] if args.serve else args.vocab
-    requests = workload(args.num_requests, tuple(args.prompt_len), tuple(args.output_len), vocab, args.seed)
-    print(f"# {args.num_requests} requests, prompts {args.prompt_len[0]}-{args.prompt_len[1]} tokens, outputs "
-          f"{args.output_len[0]}-{args.output_len[1]}, rate {args.rate}/s, seed {args.seed}, model {model}")
+    requests = workload(args.num_requests, tuple(args.prompt_len), tuple(args.output_len), vocab, args.seed,
+                        args.shared_prefix)
+    print(f"# {args.num_requests} requests, prompts {args.prompt_len[0]}-{args.prompt_len[1]} tokens after a shared "
+          f"prefix of {args.shared_prefix}, outputs {args.output_len[0]}-{args.output_len[1]}, rate {args.rate}/s, "
+          f"seed {args.seed}, model {model}, prefix caching {'off' if args.no_prefix_caching else 'on'}")
     print("| run | requests | failed | req/s | output tok/s | TTFT median ms | TTFT p99 ms | TPOT median ms "
           "| TPOT p99 ms | ITL median ms | ITL p99 ms |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

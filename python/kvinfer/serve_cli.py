@@ -28,6 +28,8 @@ def add_parser(sub) -> None:
                    help="tokens per step: running sequences' next tokens plus prompt chunks")
     p.add_argument("--max-waiting", type=cli_text.positive, default=1024,
                    help="requests queued before new ones get status 503")
+    p.add_argument("--no-prefix-caching", action="store_true",
+                   help="compute every prompt in full (by default a prompt reuses the KV blocks of a cached prefix)")
     p.add_argument("--max-memory", default=None, help="memory budget with a unit, e.g. 8GiB (default: no budget)")
     p.set_defaults(func=serve)
 
@@ -51,7 +53,8 @@ def serve(args: argparse.Namespace) -> int:
     from kvinfer.serving import ServingEngine
 
     llm = LLM(args.model, device=args.device, max_context=args.max_context, max_batch=args.max_batch,
-              max_step_tokens=args.max_step_tokens, max_memory=args.max_memory, progress=sys.stderr.isatty())
+              max_step_tokens=args.max_step_tokens, max_memory=args.max_memory, progress=sys.stderr.isatty(),
+              prefix_caching=not args.no_prefix_caching)
     # a converted GGUF's cache folder is <stem>-<content key>-v<converter>: the stem is its name
     name = args.served_model_name or re.sub(r"-[0-9a-f]{16}-v\d+$", "", os.path.basename(os.path.normpath(llm.folder)))
     engine = ServingEngine(llm, max_waiting=args.max_waiting)
