@@ -18,6 +18,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 
+class OutOfBlocks(RuntimeError):
+    """The pool has fewer free blocks than asked for (nothing was taken)."""
+
+
 @dataclass
 class BlockTable:
     """A sequence's blocks; `cached` of its prompt's tokens were found in the prefix cache."""
@@ -65,7 +69,7 @@ class BlockManager:
     # ---- a sequence's life --------------------------------------------------------------------------
     def allocate(self, prompt: list[int], reuse: bool = True) -> BlockTable:
         """A table for a new sequence: the longest cached prefix of whole blocks (when `reuse`),
-        then fresh blocks for the rest of the prompt. RuntimeError when the pool is short."""
+        then fresh blocks for the rest of the prompt. OutOfBlocks when the pool is short."""
         bs, table = self.block_size, BlockTable()
         with self._lock:
             if reuse:
@@ -86,7 +90,7 @@ class BlockManager:
                 self.query_tokens += len(prompt)
             try:
                 self._grow(table, len(prompt))
-            except RuntimeError:
+            except OutOfBlocks:
                 self._release(table)
                 raise
         return table
@@ -126,7 +130,7 @@ class BlockManager:
     def _grow(self, table: BlockTable, tokens: int) -> None:
         need = self.blocks_for(tokens) - len(table.blocks)
         if need > len(self._free):
-            raise RuntimeError(f"the KV cache has {len(self._free)} free blocks of {self.num_blocks}; "
+            raise OutOfBlocks(f"the KV cache has {len(self._free)} free blocks of {self.num_blocks}; "
                                f"{need} more are needed for {tokens} tokens")
         for _ in range(max(0, need)):
             b, _ = self._free.popitem(last=False)  # the least recently freed

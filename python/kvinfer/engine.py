@@ -54,12 +54,19 @@ class Engine:
         self.block_rows = np.zeros((runner.max_batch, -(-runner.max_context // runner.block_size)), np.int32)
 
     # ---- KV blocks --------------------------------------------------------------------------------
-    def begin(self, seq, prompt: list[int], reuse: bool) -> None:
-        """Blocks for a new sequence's prompt (`seq.slot`, `seq.table`, `seq.cached` are set):
-        the prefix cache's when `reuse` and prefix caching are on. A repetition penalty reads the
-        slot's token history, which a reused prefix never wrote: such a sequence computes it all."""
-        seq.table = self.blocks.allocate(prompt, reuse and self.prefix_caching)
-        seq.cached = seq.table.cached
+    def begin(self, seq, prompt: list[int], reuse: bool, reserve: int = 0) -> None:
+        """Blocks for a new sequence's prompt (`seq.slot`, `seq.table`, `seq.cached` are set), and
+        for `reserve` tokens in all when given: the prefix cache's when `reuse` and prefix caching
+        are on. A repetition penalty reads the slot's token history, which a reused prefix never
+        wrote: such a sequence computes it all. OutOfBlocks (nothing held) when the pool is short."""
+        table = self.blocks.allocate(prompt, reuse and self.prefix_caching)
+        try:
+            if reserve > len(prompt):
+                self.blocks.ensure(table, reserve)
+        except BaseException:
+            self.blocks.free(table)
+            raise
+        seq.table, seq.cached = table, table.cached
         self._sync_row(seq)
 
     def grow(self, seq, tokens: int) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 import kvinfer
 from kvinfer import _core
+from kvinfer.block_manager import OutOfBlocks
 from kvinfer.config import attention_window, model_config, read_config_json
 from kvinfer.engine import Engine, Sequence
 from kvinfer.models import resolve_model
@@ -115,13 +116,17 @@ class LLM:
     replay CUDA graphs captured at load (`cuda_graphs=False` runs them op by op); `self.graphs`
     says which batch sizes were captured, how long it took and the device memory they hold. A prompt
     that starts with the whole 16-token blocks of an earlier one reuses their K/V and prefills only
-    the rest (`prefix_caching=False`: every prompt is computed in full).
+    the rest (`prefix_caching=False`: every prompt is computed in full). The KV cache is a pool of
+    16-token blocks: by default a full context per sequence; `kv_blocks` sets it (or max_memory,
+    which gives it the memory left), and with fewer blocks than max_batch full contexts need,
+    sequences wait for blocks (generate runs smaller waves; the serving engine preempts).
     One LLM may be used from several threads: their calls are serialised."""
 
     def __init__(self, model: str | None = None, device: str = "auto", max_context: int | None = None,
                  max_batch: int | None = None, max_step_tokens: int = 512,
                  tracker: kvinfer.VramTracker | None = None, progress: bool = False,
-                 max_memory: str | int | None = None, cuda_graphs: bool = True, prefix_caching: bool = True):
+                 max_memory: str | int | None = None, cuda_graphs: bool = True, prefix_caching: bool = True,
+                 kv_blocks: int | None = None):
         max_context, max_batch = _count("max_context", max_context), _count("max_batch", max_batch)
         max_step_tokens = _count("max_step_tokens", max_step_tokens, optional=False)
         self.folder = resolve_model(model, progress=progress)
@@ -131,6 +136,8 @@ class LLM:
         self.device = _pick_device(device)
         name = os.path.basename(os.path.normpath(self.folder))
         if max_memory is not None:
+            if kv_blocks is not None:
+                raise ValueError("give max_memory (the KV pool takes what is left) or kv_blocks, not both")
             memory = parse_bytes(max_memory)
             self.plan = fit_to_memory(name, hf, memory, max_context, max_batch, self.device, max_step_tokens)
             if tracker is None:  # enforce the budget on what kvinfer allocates
@@ -143,10 +150,11 @@ class LLM:
                     else f"it has {self.config.max_positions} positions"
                 raise ValueError(f"max_context={max_context} is not in [1, {limit}] for this model ({why})")
             self.plan = plan_for_config(name, hf, max_context, 8 if max_batch is None else max_batch, "fp16",
-                                        None, "fp16", self.device, max_step_tokens)
+                                        None, "fp16", self.device, max_step_tokens, kv_blocks=kv_blocks)
         self.max_context, self.max_batch = self.plan.context, self.plan.batch
         runner = _core.Runner(self.config, self.device, self.max_batch, self.max_context,
-                              self.plan.max_step_tokens, tracker, cuda_graphs)
+                              self.plan.max_step_tokens, tracker, cuda_graphs, self.plan.kv_blocks,
+                              self.plan.kv_block_size)
         try:
             load_weights(runner, self.config, self.folder, progress=progress)
             self.graphs = runner.capture_graphs()
@@ -193,13 +201,19 @@ class LLM:
         seed = params.seed if params.seed is not None else random.SystemRandom().getrandbits(63)
         seqs = [Sequence(first + i, slot, ids, seed, StreamDecoder(self.tokenizer))
                 for i, (ids, slot) in enumerate(zip(prompts, slots))]
+        begun = 0
         try:
-            for s in seqs:  # KV blocks, a cached prefix where there is one
-                self.engine.begin(s, s.prompt_ids, reuse=params.repetition_penalty == 1.0)
+            for s in seqs:  # KV blocks for the whole sequence, a cached prefix where there is one
+                self.engine.begin(s, s.prompt_ids, params.repetition_penalty == 1.0,
+                                  reserve=min(len(s.prompt_ids) + params.max_tokens, self.max_context))
+                begun += 1
+        except OutOfBlocks:
+            if begun == 0:
+                raise
         except BaseException:
             self._end(seqs)
             raise
-        return seqs
+        return seqs[:begun]  # the pool ran short: the rest go in a later wave
 
     def _end(self, seqs: list[Sequence]) -> None:
         for s in seqs:
@@ -231,7 +245,7 @@ class LLM:
                     self.engine.give_back(slots)
                 outputs += [RequestOutput(items[s.index] if isinstance(items[s.index], str) else None,
                                           s.prompt_ids, s.text, s.token_ids, s.finish_reason) for s in seqs]
-                start += len(slots)
+                start += len(seqs)
         return outputs
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> TextStream:

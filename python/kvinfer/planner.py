@@ -85,7 +85,7 @@ class MemoryPlan:
     kv_bytes_per_token: int
     kv_formula: str
     kv_block_size: int = 16  # tokens per KV cache block
-    kv_blocks: int = 0       # blocks in the pool: batch x ceil(context / kv_block_size)
+    kv_blocks: int = 0       # blocks in the pool: by default batch x ceil(context / kv_block_size)
     gpu_memory: int | None = None
     checkpoint_bytes: int | None = None  # tensor bytes in the folder's safetensors (headers only)
     max_context: int | None = None
@@ -105,6 +105,10 @@ class MemoryPlan:
     def kv_tokens(self) -> int:
         """Tokens the KV cache pool holds (whole blocks)."""
         return self.kv_blocks * self.kv_block_size
+
+    def sequences_that_fit(self, tokens: int) -> int:
+        """How many sequences of `tokens` tokens the pool holds at once (none sharing blocks)."""
+        return self.kv_blocks // -(-tokens // self.kv_block_size)
 
     @property
     def allocated_bytes(self) -> int:
@@ -144,7 +148,11 @@ def plan_memory(model: str, context: int | None = None, batch: int = 1, dtype: s
 
 def plan_for_config(name: str, hf: dict, context: int | None, batch: int, dtype: str = "fp16",
                     gpu_memory: str | int | None = None, kv_dtype: str = "fp16", device: str = "cuda",
-                    max_step_tokens: int = 512, folder: str | None = None) -> MemoryPlan:
+                    max_step_tokens: int = 512, folder: str | None = None,
+                    kv_blocks: int | None = None) -> MemoryPlan:
+    """`kv_blocks`: the KV cache pool in blocks of 16 tokens (default: a full context per sequence,
+    batch x ceil(context / 16)); a smaller pool makes sequences wait for blocks, a larger one keeps
+    more prefixes cached."""
     arch = architecture_of(hf)
     c = model_config(hf)
     for label, value in (("dtype", dtype), ("kv_dtype", kv_dtype)):
@@ -162,11 +170,17 @@ def plan_for_config(name: str, hf: dict, context: int | None, batch: int, dtype:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
             raise ValueError(f"{label}={value!r} must be an integer in [1, 2^31 - 1]")
     batch = int(batch)
+    if kv_blocks is not None and (isinstance(kv_blocks, bool) or not isinstance(kv_blocks, int)
+                                  or not 1 <= kv_blocks < 2**31):
+        raise ValueError(f"kv_blocks={kv_blocks!r} must be an integer in [1, 2^31 - 1]")
+    if kv_blocks is not None and kv_blocks * 16 < context:
+        raise ValueError(f"kv_blocks={kv_blocks} hold {kv_blocks * 16} tokens, fewer than one sequence of "
+                         f"context={context} needs ({-(-context // 16)} blocks of 16)")
     steps = max(int(max_step_tokens), batch)
     elem = DTYPE_BYTES[dtype]
     weights = sum((elem * _numel(shape) + 255) // 256 * 256 for _, shape, _ in c.weight_specs())
     kv_elem = DTYPE_BYTES[kv_dtype]
-    kv_config = _core.KVCacheConfig(c.num_layers, context, c.num_kv_heads, c.head_dim, batch)
+    kv_config = _core.KVCacheConfig(c.num_layers, context, c.num_kv_heads, c.head_dim, batch, 16, kv_blocks or 0)
     kv = _core.KVCache.size_bytes(kv_config) * kv_elem // 2
     per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * kv_elem
     return MemoryPlan(
@@ -233,8 +247,10 @@ def _replan(plan: MemoryPlan, hf: dict, **change) -> MemoryPlan:
 def fit_to_memory(name: str, hf: dict, memory: int, context: int | None, batch: int | None, device: str,
                   max_step_tokens: int = 512, batch_cap: int = 64) -> MemoryPlan:
     """The plan an engine uses under `memory` bytes: the given context/batch, or, where one is
-    left open, the largest that fits (batch up to `batch_cap`; context up to the default). Raises
-    kvinfer.OutOfMemoryError with the numbers, before anything is allocated, when nothing fits."""
+    left open, the largest that fits (batch up to `batch_cap`; context up to the default); then the
+    KV pool grows into the memory left (or, for a given batch whose full contexts do not fit,
+    shrinks to what fits, at least one full context). Raises kvinfer.OutOfMemoryError with the
+    numbers, before anything is allocated, when nothing fits."""
     import kvinfer
 
     def plan(ctx, b):
@@ -257,6 +273,16 @@ def fit_to_memory(name: str, hf: dict, memory: int, context: int | None, batch: 
         if ctx is not None:
             base = plan(ctx, batch)
             notes.append(f"context lowered to {ctx} tokens, the most that fits with batch {batch}")
+    # The KV pool takes the memory left: as many whole blocks as fit, and at least one full
+    # context. Below batch full contexts, sequences wait (or are preempted) for blocks.
+    one = -(-base.context // base.kv_block_size)
+    block_bytes = base.kv_bytes_per_token * base.kv_block_size
+    fill = base.kv_blocks + (memory - base.total_bytes) // block_bytes
+    if fill >= one and fill != base.kv_blocks:
+        base = plan_for_config(name, hf, base.context, base.batch, "fp16", memory, "fp16", device, max_step_tokens,
+                               kv_blocks=int(fill))
+        notes.append(f"KV pool of {base.kv_blocks:,} blocks ({base.kv_tokens:,} tokens): "
+                     f"{base.sequences_that_fit(base.context)} sequences of {base.context} tokens at once")
     if base.total_bytes > memory:
         parts = ", ".join(f"{k} {v:,} B" for k, v in base.by_purpose().items())
         raise kvinfer.OutOfMemoryError(

@@ -3,7 +3,9 @@ token plus chunks of prompts up to the step's token budget (chunked prefill). A 
 as soon as a sequence slot is free and leaves its slot the step it finishes or is aborted, so a
 waiting one starts on the next step; nothing waits for a wave to end. An admitted request's prompt
 gets KV blocks at once, the prefix cache's where its prompt starts like an earlier one (only the
-rest is prefilled); a finished one's blocks are freed at once."""
+rest is prefilled); a finished one's blocks are freed at once. When the pool runs short, the newest
+running sequence is preempted: its blocks and slot are freed and it waits at the head of the queue,
+to recompute its prompt and tokens so far when it is admitted again (its output so far is kept)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from kvinfer import ContextOverflowError
+from kvinfer.block_manager import OutOfBlocks
 from kvinfer.engine import accept_token
 from kvinfer.sampling import SamplingParams
 from kvinfer.tokenizer import StreamDecoder
@@ -45,9 +48,14 @@ class Running:
     launched: int = 0              # tokens sampled (or enqueued to be): the sampler's step index
     finish_reason: str | None = None
 
+    def prefill_ids(self) -> list[int]:
+        """Tokens whose K/V precede decoding: the prompt, and after a preemption the tokens
+        generated so far but the last (the next decode step's input)."""
+        return self.request.prompt_ids + self.token_ids[:-1]
+
     @property
     def prefilling(self) -> bool:
-        return self.cached < len(self.request.prompt_ids)
+        return self.cached < len(self.request.prompt_ids) + max(0, len(self.token_ids) - 1)
 
     def accept(self, token: int) -> None:
         accept_token(self, token, self.request.params, self.request.stop_ids)
@@ -89,8 +97,9 @@ class Scheduler:
         self.max_step_tokens, self.max_context = max_step_tokens, max_context
         self._take_slot, self._give_slot, self._tokenizer = take_slot, give_slot, tokenizer
         self._begin, self._end = begin, end
-        self.waiting: deque[Request] = deque()
+        self.waiting: deque[Request | Running] = deque()  # Running: preempted, admitted first
         self.running: list[Running] = []
+        self.preemptions = 0
 
     def check_fits(self, request: Request) -> None:
         """ContextOverflowError unless the prompt and max_tokens fit a sequence's context."""
@@ -127,9 +136,14 @@ class Scheduler:
             slot = self._take_slot()
             if slot is None:
                 break
-            seq = Running(self.waiting[0], slot, StreamDecoder(self._tokenizer))
+            head = self.waiting[0]
+            seq = head if isinstance(head, Running) else Running(head, slot, StreamDecoder(self._tokenizer))
+            seq.slot = slot
             try:
                 self._begin(seq)
+            except OutOfBlocks:  # it waits for blocks: running sequences free theirs as they end
+                self._give_slot(slot)
+                break
             except BaseException:
                 self._give_slot(slot)
                 raise
@@ -141,9 +155,19 @@ class Scheduler:
 
     @staticmethod
     def _prompt_chunk(seq: Running, budget: int) -> Chunk:
-        prompt = seq.request.prompt_ids
+        """The next piece of the prompt; its last row is sampled where the prompt ends (a preempted
+        sequence's next token is known: it is not sampled again)."""
+        prompt = seq.prefill_ids()
         n = min(len(prompt) - seq.cached, budget)
-        return Chunk(seq, prompt[seq.cached:seq.cached + n], seq.cached + n == len(prompt))
+        return Chunk(seq, prompt[seq.cached:seq.cached + n], seq.cached + n == len(prompt) and not seq.token_ids)
+
+    def preempt(self, seq: Running) -> None:
+        """Frees a running sequence's blocks and slot; it waits first in line, and recomputes its
+        K/V when admitted again (nothing of it may be in flight)."""
+        self.finish(seq)
+        seq.cached, seq.table = 0, None
+        self.waiting.appendleft(seq)
+        self.preemptions += 1
 
     def finish(self, seq: Running) -> None:
         """The sequence leaves the batch; its blocks and slot are free for the next step."""
@@ -155,13 +179,19 @@ class Scheduler:
 
     def abort(self, request_id: str) -> Running | Request | None:
         """Drops a request wherever it is; returns what was dropped (None if unknown or done)."""
-        for req in self.waiting:
-            if req.request_id == request_id:
-                self.waiting.remove(req)
-                return req
+        for item in self.waiting:
+            if request_of(item).request_id == request_id:
+                self.waiting.remove(item)
+                if isinstance(item, Running):
+                    item.finish_reason = item.finish_reason or "abort"
+                return item
         for seq in self.running:
             if seq.request.request_id == request_id:
                 seq.finish_reason = seq.finish_reason or "abort"
                 self.finish(seq)
                 return seq
         return None
+
+
+def request_of(item: Request | Running) -> Request:
+    return item.request if isinstance(item, Running) else item

@@ -60,6 +60,7 @@ def serve(args: argparse.Namespace) -> int:
     engine = ServingEngine(llm, max_waiting=args.max_waiting)
     plan = llm.plan.by_purpose()
     print(f"kvinfer serve: {name} on {llm.device}; {llm.max_batch} sequences of up to {llm.max_context} tokens; "
+          f"{llm.plan.kv_blocks:,} KV blocks ({llm.plan.kv_tokens:,} tokens); "
           + ", ".join(f"{k} {v / 2**20:,.1f} MiB" for k, v in plan.items()), file=sys.stderr)
     print(f"kvinfer serve: http://{args.host}:{args.port}/v1 (Ctrl-C stops)", file=sys.stderr, flush=True)
     try:

@@ -17,7 +17,8 @@ import numpy as np
 
 from kvinfer.engine import SAMPLING_DTYPE
 from kvinfer.sampling import SamplingParams
-from kvinfer.scheduler import Request, Running, ScheduledStep, Scheduler
+from kvinfer.block_manager import OutOfBlocks
+from kvinfer.scheduler import Request, Running, ScheduledStep, Scheduler, request_of
 
 
 class QueueFullError(RuntimeError):
@@ -49,7 +50,7 @@ class ServingEngine:
         self.scheduler = Scheduler(
             llm.runner.max_step_tokens, llm.max_context, self._take_slot, lambda slot: engine.give_back([slot]),
             llm.tokenizer,
-            begin=lambda seq: engine.begin(seq, seq.request.prompt_ids, seq.request.params.repetition_penalty == 1.0),
+            begin=lambda seq: engine.begin(seq, seq.prefill_ids(), seq.request.params.repetition_penalty == 1.0),
             end=lambda seq: engine.end(seq, seq.request.prompt_ids + seq.token_ids))
         self._deliver: dict[str, Deliver] = {}
         self._inbox: list[tuple[Request, Deliver]] = []
@@ -106,7 +107,8 @@ class ServingEngine:
         with self._cv:
             return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting) + len(self._inbox),
                     "steps": self.steps, "kv_blocks": blocks.num_blocks, "kv_blocks_used": blocks.used_blocks(),
-                    "prefix_hit_tokens": blocks.hit_tokens, "prefix_query_tokens": blocks.query_tokens}
+                    "prefix_hit_tokens": blocks.hit_tokens, "prefix_query_tokens": blocks.query_tokens,
+                    "preemptions": self.scheduler.preemptions}
 
     def close(self) -> None:
         """Stops the thread; requests still running end with finish_reason "abort"."""
@@ -116,6 +118,32 @@ class ServingEngine:
         self._thread.join()
 
     # ---- the engine thread -----------------------------------------------------------------------
+    def _admissible(self) -> bool:
+        """A waiting request could start now: a slot is free and the pool holds its prompt."""
+        waiting = self.scheduler.waiting
+        if not waiting or not self.llm.engine.free_slots():
+            return False
+        head = waiting[0]
+        blocks = self.llm.engine.blocks
+        return blocks.free_blocks() >= blocks.blocks_for(len(head.prefill_ids() if isinstance(head, Running)
+                                                             else head.prompt_ids))
+
+    def _room(self, rows: list[Running]) -> bool:
+        """Blocks for each row's next token; False when the pool is short."""
+        try:
+            for s in rows:
+                self.llm.engine.grow(s, s.cached + 1)
+            return True
+        except OutOfBlocks:
+            return False
+
+    def _make_room(self) -> None:
+        """Every decoding sequence gets the block its next token needs, the newest sequences
+        preempted while the pool is short (nothing may be in flight). One sequence always fits:
+        the pool holds at least a full context."""
+        while self.scheduler.running and not self._room([s for s in self.scheduler.running if not s.prefilling]):
+            self.scheduler.preempt(self.scheduler.running[-1])
+
     def _take_slot(self) -> int | None:
         engine = self.llm.engine
         with engine.lock:
@@ -125,8 +153,8 @@ class ServingEngine:
         while True:
             with self._cv:
                 while not (self._stopping or self._inbox or self._aborts or self.scheduler.running
-                           or self._in_flight or (self.scheduler.waiting and self.llm.engine.free_slots())):
-                    # waiting requests and no free slot (LLM.stream holds them): look again soon
+                           or self._in_flight or self._admissible()):
+                    # waiting requests and no free slot or blocks (LLM.stream holds them): look again soon
                     self._cv.wait(timeout=0.05 if self.scheduler.waiting else None)
                 if self._stopping:
                     break
@@ -142,12 +170,12 @@ class ServingEngine:
                 elif dropped is not None:
                     self._end(dropped.request, "abort", seq=dropped)
             try:
-                free = self.llm.engine.free_slots() > 0
-                if self.scheduler.decode_only(free) and self._pipelined < self.PIPELINE_RUN:
+                if self.scheduler.decode_only(self._admissible()) and self._pipelined < self.PIPELINE_RUN:
                     self._decode_pipelined()
                 else:
                     self._drain()
                     self._pipelined = 0  # the lock was let go: another user of the runner may step
+                    self._make_room()
                     step = self.scheduler.schedule()
                     if step.chunks:
                         self._run(step)
@@ -160,8 +188,8 @@ class ServingEngine:
         for seq in list(self.scheduler.running):
             self.scheduler.finish(seq)
             self._end(seq.request, "abort", seq=seq)
-        for request in self.scheduler.waiting:
-            self._end(request, "abort")
+        for item in self.scheduler.waiting:
+            self._end(request_of(item), "abort", seq=item if isinstance(item, Running) else None)
 
     # Decode steps run two in flight: step n + 1 is enqueued, its input tokens taken on the device
     # from step n's samples, before step n's tokens are read, so the GPU never waits for this
@@ -172,6 +200,12 @@ class ServingEngine:
 
     def _decode_pipelined(self) -> None:
         rows = [s for s in self.scheduler.running if s.launched < s.request.params.max_tokens]
+        if rows and len(self._in_flight) < 2 and not self._room(rows):  # the pool is short
+            if self._in_flight:
+                self._drain()  # the steps in flight end first, then sequences can be preempted
+            else:
+                self._make_room()
+            return
         if rows and len(self._in_flight) < 2:
             if not self._in_flight:
                 self.llm.engine.lock.acquire()
@@ -229,7 +263,8 @@ class ServingEngine:
             self.scheduler.finish(seq)
             self._end(seq.request, "error", error, seq)
         while self.scheduler.waiting:
-            self._end(self.scheduler.waiting.popleft(), "error", error)
+            item = self.scheduler.waiting.popleft()
+            self._end(request_of(item), "error", error, item if isinstance(item, Running) else None)
 
     @staticmethod
     def _sampling(seqs: list[Running]) -> np.ndarray:
@@ -260,7 +295,7 @@ class ServingEngine:
             prefill = c.seq.prefilling
             c.seq.cached += len(c.tokens)
             if prefill:  # the prompt's computed blocks serve requests that start the same way
-                engine.blocks.register(c.seq.table, c.seq.request.prompt_ids, c.seq.cached)
+                engine.blocks.register(c.seq.table, c.seq.prefill_ids(), c.seq.cached)
         for i, token in zip(sampled, out.tolist()):
             chunks[i].seq.launched += 1
             self._take(chunks[i].seq, token)

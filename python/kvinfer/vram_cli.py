@@ -65,7 +65,8 @@ def print_table(plan: planner.MemoryPlan) -> None:
             extra = f"   {plan.kv_bytes_per_token:,} B/token = {plan.kv_formula}"
         print(f"  {purpose:<24} {n:>18,} B {_gib(n)}{extra}")
         if purpose == "kv_cache":
-            print(f"  {'':<24} {plan.kv_blocks:,} blocks of {plan.kv_block_size} tokens = {plan.kv_tokens:,} KV tokens")
+            print(f"  {'':<24} {plan.kv_blocks:,} blocks of {plan.kv_block_size} tokens = {plan.kv_tokens:,} KV tokens: "
+                  f"{plan.sequences_that_fit(plan.context):,} sequences of {plan.context} tokens at once")
     print(f"  {'total':<24} {plan.total_bytes:>18,} B {_gib(plan.total_bytes)}")
     if plan.checkpoint_bytes is not None:
         print(f"  (checkpoint tensors on disk: {plan.checkpoint_bytes:,} B)")

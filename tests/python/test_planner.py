@@ -92,6 +92,26 @@ def test_max_memory_sizes_the_batch_and_rejects_early(tiny_dirs):
     assert tracker.total_bytes == 0  # nothing was allocated
 
 
+def test_max_memory_sizes_the_kv_pool(tiny_dirs):
+    """A given batch whose full contexts do not fit gets the pool that does (sequences then wait
+    for blocks); memory left over a plan goes to more blocks. The tracker equals the plan."""
+    folder = tiny_dirs["llama_gqa3"]
+    two = planner.plan_memory(folder, context=128, batch=2, device="cpu")
+    eight = planner.plan_memory(folder, context=128, batch=8, device="cpu")
+    block = two.kv_bytes_per_token * 16
+    budget = eight.total_bytes - eight.kv_cache_bytes + two.kv_cache_bytes + block // 2
+    tracker = kvinfer.VramTracker()
+    llm = kvinfer.LLM(folder, device="cpu", max_context=128, max_batch=8, max_memory=budget, tracker=tracker)
+    assert llm.max_batch == 8 and llm.plan.kv_blocks == 2 * 8  # two full contexts of 8 blocks
+    assert llm.engine.blocks.num_blocks == 16 and llm.plan.sequences_that_fit(128) == 2
+    assert tracker.report()["purposes"]["kv_cache"]["bytes"] == llm.plan.kv_cache_bytes
+    assert any("KV pool of 16 blocks (256 tokens): 2 sequences of 128 tokens" in n for n in llm.plan.notes)
+    roomy = kvinfer.LLM(folder, device="cpu", max_context=128, max_batch=2, max_memory=two.total_bytes + 3 * block)
+    assert roomy.plan.kv_blocks == 2 * 8 + 3 and roomy.plan.total_bytes <= two.total_bytes + 3 * block
+    with pytest.raises(ValueError, match="max_memory .* or kv_blocks, not both"):
+        kvinfer.LLM(folder, device="cpu", max_memory=budget, kv_blocks=20)
+
+
 def test_reverse_questions_are_tight():
     hf = MODELS["llama-3-8b"]
     base = planner.plan_memory("llama-3-8b", context=4096, batch=4, gpu_memory="18GiB")

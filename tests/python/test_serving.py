@@ -189,3 +189,30 @@ def test_a_receiver_that_fails_loses_only_its_own_request(llm, engine):
     ids = prompt(9, 6)
     assert run_all(engine, [ids], [GREEDY]) == [llm.generate(ids, GREEDY)[0].token_ids]
     wait_until(lambda: engine.stats()["running"] == 0 and llm.engine.free_slots() == llm.max_batch)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_pool_too_small_for_every_sequence_preempts_and_changes_no_output(folder, device):
+    """12 blocks of 16 tokens for 4 sequences that each grow to 6 blocks: sequences wait for blocks
+    at admission and the newest are preempted as the running ones grow, then recompute their prompt
+    and tokens so far; every request still gets exactly the tokens it gets alone, greedy or seeded,
+    and LLM.generate on the same pool runs smaller waves with the same outputs."""
+    small = LLM(folder, device=device, max_context=128, max_batch=4, max_step_tokens=32, kv_blocks=12)
+    full = LLM(folder, device=device, max_context=128, max_batch=4, max_step_tokens=32)
+    assert small.engine.blocks.num_blocks == 12 and small.plan.kv_blocks == 12
+    prompts = [prompt(40 + 3 * i, 90 + i) for i in range(4)]
+    params = [SamplingParams(max_tokens=50, temperature=0, ignore_eos=True),
+              SamplingParams(max_tokens=50, temperature=0.9, top_k=30, seed=5, ignore_eos=True)] * 2
+    alone = [full.generate([p], q)[0].token_ids for p, q in zip(prompts, params)]
+    engine = ServingEngine(small)
+    try:
+        assert run_all(engine, prompts, params) == alone
+        assert engine.stats()["preemptions"] > 0
+        assert engine.stats()["kv_blocks_used"] == 0
+    finally:
+        engine.close()
+    greedy = params[0]
+    assert [o.token_ids for o in small.generate(prompts, greedy)] == [o.token_ids for o in full.generate(prompts, greedy)]
+    assert small.engine.blocks.used_blocks() == 0
+    with pytest.raises(ValueError, match="kv_blocks=7 hold 112 tokens, fewer than one sequence of context=128"):
+        LLM(folder, device=device, max_context=128, kv_blocks=7)
