@@ -13,6 +13,7 @@ namespace {
 
 using Ints = py::array_t<int32_t, py::array::c_style>;  // no forcecast: float ids are an error
 using Args = py::array_t<SamplingArgs, py::array::c_style>;
+using Biases = py::array_t<LogitBias, py::array::c_style>;
 
 // A StepBatch over numpy arrays (which stay referenced for the call).
 struct PyStep {
@@ -20,6 +21,7 @@ struct PyStep {
   std::optional<Args> sampling;
   std::optional<Ints> prev_sample_row;
   std::optional<Ints> block_tables;
+  std::optional<Biases> logit_bias;
 
   StepBatch batch() const {
     auto one_d = [](const py::array& a, const char* name) {
@@ -56,6 +58,12 @@ struct PyStep {
       b.block_tables = block_tables->data();
       b.block_table_width = static_cast<int>(block_tables->shape(1));
     }
+    if (logit_bias) {
+      KVINFER_CHECK_ARG(logit_bias->ndim() == 1 && logit_bias->size() < (int64_t{1} << 31),
+                        "logit_bias must be 1-D, got shape ", shape_str(*logit_bias));
+      b.logit_bias = logit_bias->data();
+      b.num_logit_bias = static_cast<int>(logit_bias->size());
+    }
     return b;
   }
 };
@@ -71,14 +79,19 @@ py::dict graph_dict(const GraphStats& s) {
 #define KVINFER_STEP_ARGS                                                                       \
   py::arg("tokens"), py::arg("query_starts"), py::arg("cached_lengths"), py::arg("kv_slots"), \
       py::arg("logit_rows"), py::arg("sampling") = py::none(), py::arg("prev_sample_row") = py::none(), \
-      py::arg("block_tables") = py::none()
+      py::arg("block_tables") = py::none(), py::arg("logit_bias") = py::none()
 
 }  // namespace
 
 void bind_runner(py::module_& m) {
-  PYBIND11_NUMPY_DTYPE(SamplingArgs, temperature, top_k, top_p, min_p, repetition_penalty, seed, step);
+  PYBIND11_NUMPY_DTYPE(SamplingArgs, temperature, top_k, top_p, min_p, repetition_penalty, seed, step, bias_start,
+                       bias_count);
+  PYBIND11_NUMPY_DTYPE(LogitBias, token, bias);
   m.def("sampling_args_dtype", []() { return py::dtype::of<SamplingArgs>(); },
         "numpy dtype of one row of sampling arguments (types/sampling_args.h)");
+  m.def("logit_bias_dtype", []() { return py::dtype::of<LogitBias>(); },
+        "numpy dtype of one logit bias (token, bias)");
+  m.attr("MAX_LOGIT_BIAS_PER_ROW") = kMaxLogitBiasPerRow;
 
   py::class_<Runner>(m, "Runner", "Weights, KV cache and activation buffers of one model; runs steps.")
       .def(py::init([](const ModelConfig& c, const std::string& device, int max_batch, int max_context,
@@ -127,9 +140,9 @@ void bind_runner(py::module_& m) {
            "Free weights, KV cache and activations now (waits for the steps in flight).")
       .def("launch", [](Runner& r, Ints tokens, Ints query_starts, Ints cached_lengths, Ints kv_slots,
                         Ints logit_rows, std::optional<Args> sampling, std::optional<Ints> prev_sample_row,
-                        std::optional<Ints> block_tables) {
+                        std::optional<Ints> block_tables, std::optional<Biases> logit_bias) {
              const PyStep s{tokens, query_starts, cached_lengths, kv_slots, logit_rows, sampling, prev_sample_row,
-                            block_tables};
+                            block_tables, logit_bias};
              const StepBatch b = s.batch();
              py::gil_scoped_release release;
              r.launch(b);
@@ -146,10 +159,11 @@ void bind_runner(py::module_& m) {
            }, "Wait for the oldest step in flight; its sampled token ids.")
       .def("step", [](Runner& r, Ints tokens, Ints query_starts, Ints cached_lengths, Ints kv_slots,
                       Ints logit_rows, std::optional<Args> sampling, std::optional<Ints> prev_sample_row,
-                      std::optional<Ints> block_tables, std::optional<py::array_t<float, py::array::c_style>> logits,
+                      std::optional<Ints> block_tables, std::optional<Biases> logit_bias,
+                      std::optional<py::array_t<float, py::array::c_style>> logits,
                       std::optional<py::array_t<float, py::array::c_style>> hidden_states) {
              const PyStep s{tokens, query_starts, cached_lengths, kv_slots, logit_rows, sampling, prev_sample_row,
-                            block_tables};
+                            block_tables, logit_bias};
              const StepBatch b = s.batch();
              const ModelConfig& c = r.config();
              float* logits_out = nullptr;

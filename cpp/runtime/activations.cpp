@@ -40,7 +40,8 @@ ActivationLayout activation_layout(const ModelConfig& c, const RunnerShape& s, D
   a.mlp = take(T * c.mlp_in_dim() * act);
   a.kv16 = take(cuda ? 0 : T * 2 * c.kv_dim() * 2);
   a.logits = take(B * c.vocab_size * 4);
-  a.step = take(step_layout(s.max_step_tokens, s.max_batch, s.max_step_tokens, s.blocks_per_seq()).bytes);
+  a.step = take(step_layout(s.max_step_tokens, s.max_batch, s.max_step_tokens, s.blocks_per_seq(),
+                            s.max_batch * kMaxLogitBiasPerRow).bytes);
   a.history = take(B * s.max_context * 4);
   a.decode = take(cuda ? cuda::decode_workspace_bytes(s.max_batch, c.num_heads, c.head_dim) : 0);
   a.sampled = take(B * 4);

@@ -34,7 +34,7 @@ class Backend : public DecoderOps {
 
   // Host memory where the runner stages the fields of the step with this ticket (pinned on CUDA,
   // so that their upload is asynchronous): step_layout(max_step_tokens, max_batch,
-  // max_step_tokens, blocks_per_seq).bytes each.
+  // max_step_tokens, blocks_per_seq, max_batch * kMaxLogitBiasPerRow).bytes each.
   virtual void* staging(int ticket) = 0;
   // The step's fields where the ops read them: the staging region itself (CPU) or its device copy,
   // sent with one asynchronous copy (CUDA).

@@ -1,7 +1,9 @@
 #include "runtime/runner.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "core/errors.h"
 #include "runtime/staging.h"
@@ -137,12 +139,44 @@ void Runner::validate(const StepBatch& b) const {
                         "sampling arguments of row ", r, " are out of range");
     }
   }
+  check_logit_bias(b);
   if (loaded_count_ != specs_.size()) {
     std::vector<std::string> missing;
     for (size_t i = 0; i < specs_.size(); ++i)
       if (!loaded_[i]) missing.push_back(specs_[i].name);
     throw std::invalid_argument(str("weight '", missing.front(), "' was never loaded (", missing.size(),
                                     " missing)"));
+  }
+}
+
+// Each sampled row's biases are its own run of the step's logit_bias array, ids distinct and in
+// the vocabulary (two threads adding to one logit would race), biases finite or -inf.
+void Runner::check_logit_bias(const StepBatch& b) const {
+  const int R = b.sampling ? b.num_logit_rows : 0, n = b.num_logit_bias;
+  KVINFER_CHECK_ARG(n >= 0 && n <= shape_.max_batch * kMaxLogitBiasPerRow && (n == 0 || b.logit_bias),
+                    "logit biases=", n, " must be in [0, max_batch x ", kMaxLogitBiasPerRow, "]");
+  KVINFER_CHECK_ARG(n == 0 || b.sampling, "logit biases need sampling arguments");
+  for (int r = 0; r < R; ++r) {
+    const SamplingArgs& a = b.sampling[r];
+    if (a.bias_count == 0) continue;
+    KVINFER_CHECK_ARG(a.bias_count > 0 && a.bias_count <= kMaxLogitBiasPerRow && a.bias_start >= 0 &&
+                          static_cast<int64_t>(a.bias_start) + a.bias_count <= n,
+                      "row ", r, ": logit biases [", a.bias_start, ", ", int64_t(a.bias_start) + a.bias_count,
+                      ") are not within the step's ", n, " (at most ", kMaxLogitBiasPerRow, " per row)");
+    std::vector<int32_t>& ids = bias_ids_;
+    ids.clear();
+    for (int i = a.bias_start; i < a.bias_start + a.bias_count; ++i) {
+      const LogitBias& e = b.logit_bias[i];
+      KVINFER_CHECK_ARG(e.token >= 0 && e.token < config_.vocab_size, "row ", r, ": logit bias token id ", e.token,
+                        " is out of range [0, ", config_.vocab_size, ")");
+      KVINFER_CHECK_ARG(std::isfinite(e.bias) || e.bias == -std::numeric_limits<float>::infinity(), "row ", r,
+                        ": logit bias ", e.bias, " of token ", e.token, " must be finite or -inf");
+      ids.push_back(e.token);
+    }
+    std::sort(ids.begin(), ids.end());
+    const auto dup = std::adjacent_find(ids.begin(), ids.end());
+    KVINFER_CHECK_ARG(dup == ids.end(), "row ", r, ": token ", dup == ids.end() ? 0 : *dup,
+                      " has two logit biases");
   }
 }
 
@@ -194,7 +228,8 @@ void Runner::launch_locked(const StepBatch& b, float* logits, float* hidden_stat
   // repetition penalty (tests compare a replay's logits with an op-by-op step that way).
   bool untouched = true;
   for (int r = 0; b.sampling && r < b.num_logit_rows; ++r)
-    untouched = untouched && b.sampling[r].temperature == 0 && b.sampling[r].repetition_penalty == 1.0f;
+    untouched = untouched && b.sampling[r].temperature == 0 && b.sampling[r].repetition_penalty == 1.0f &&
+                b.sampling[r].bias_count == 0;
   const bool plain_decode = b.decode() && b.sampling && b.num_logit_rows == b.num_seqs && !hidden_states &&
                             (!logits || untouched);
   const int padded = plain_decode ? backend_->graph_batch(b.num_seqs) : 0;

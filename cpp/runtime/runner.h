@@ -76,6 +76,7 @@ class Runner {
   void check_usable() const;
   void validate(const StepBatch& batch) const;
   void check_blocks(const StepBatch& batch) const;
+  void check_logit_bias(const StepBatch& batch) const;
   void launch_locked(const StepBatch& batch, float* logits, float* hidden_states);
   int collect_locked(int32_t* tokens);
 
@@ -104,6 +105,7 @@ class Runner {
   // check_blocks() scratch [num_blocks]: (step stamp, sequence) of the last write of each block
   mutable std::vector<std::pair<uint32_t, int>> written_by_;
   mutable uint32_t write_stamp_ = 0;
+  mutable std::vector<int32_t> bias_ids_;  // check_logit_bias() scratch
   mutable std::mutex mutex_;
 };
 

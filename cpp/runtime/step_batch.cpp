@@ -6,7 +6,7 @@
 
 namespace kvinfer {
 
-StepLayout step_layout(int num_tokens, int num_seqs, int num_logit_rows, int table_stride) {
+StepLayout step_layout(int num_tokens, int num_seqs, int num_logit_rows, int table_stride, int num_logit_bias) {
   StepLayout l{};
   size_t at = 0;
   auto take = [&](size_t bytes) {
@@ -25,6 +25,7 @@ StepLayout step_layout(int num_tokens, int num_seqs, int num_logit_rows, int tab
   l.block_tables = take(B * static_cast<size_t>(table_stride) * 4);
   l.logit_rows = take(R * 4);
   l.sampling = take(R * sizeof(SamplingArgs));
+  l.logit_bias = take(static_cast<size_t>(num_logit_bias) * sizeof(LogitBias));
   l.bytes = at;
   return l;
 }
@@ -35,14 +36,14 @@ StepArrays StepLayout::at(void* base) const {
   return StepArrays{i32(tokens),         i32(prev_sample_row), i32(positions),
                     i32(token_seq),      i32(query_starts),    i32(cached_lengths),
                     i32(kv_slots),       i32(block_tables),    i32(logit_rows),
-                    reinterpret_cast<SamplingArgs*>(p + sampling)};
+                    reinterpret_cast<SamplingArgs*>(p + sampling), reinterpret_cast<LogitBias*>(p + logit_bias)};
 }
 
 StepLayout stage_step(const StepBatch& b, const KVLayout& kv, int padded, void* region) {
   const int T = padded > 0 ? padded : b.num_tokens, B = padded > 0 ? padded : b.num_seqs;
   const int R = padded > 0 ? padded : b.num_logit_rows;
   const int W = kv.table_stride;
-  const StepLayout layout = step_layout(T, B, R, W);
+  const StepLayout layout = step_layout(T, B, R, W, b.num_logit_bias);
   const StepArrays s = layout.at(region);
   for (int q = 0; q < b.num_seqs; ++q)
     for (int t = b.query_starts[q]; t < b.query_starts[q + 1]; ++t) {
@@ -65,6 +66,7 @@ StepLayout stage_step(const StepBatch& b, const KVLayout& kv, int padded, void* 
   }
   std::memcpy(s.logit_rows, b.logit_rows, 4 * size_t(b.num_logit_rows));
   if (b.sampling) std::memcpy(s.sampling, b.sampling, sizeof(SamplingArgs) * b.num_logit_rows);
+  if (b.num_logit_bias > 0) std::memcpy(s.logit_bias, b.logit_bias, sizeof(LogitBias) * b.num_logit_bias);
   for (int p = b.num_seqs; p < B; ++p) {  // padding (decode: one token, one row per sequence)
     const int last = b.num_seqs - 1;
     s.tokens[p] = s.tokens[last];

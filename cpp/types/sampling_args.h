@@ -1,7 +1,8 @@
 // How one row of logits becomes a token id: the arguments of the sampler that the CPU reference
 // (backend/cpu/sampling.h) and the CUDA kernel (backend/cuda/sampling.h) share, and the counter-based
 // uniform both draw from. The algorithm, in the order HF's generate applies it:
-//   1. repetition penalty over the sequence's token history (x < 0 ? x * r : x / r, once per id)
+//   1. repetition penalty over the sequence's token history (x < 0 ? x * r : x / r, once per id);
+//      then the row's logit biases (x[id] += bias; -inf bans an id)
 //   2. temperature 0: argmax (lowest id on ties) - done
 //   3. x / temperature; top-k keeps x >= the k-th largest value (ties kept, as HF does)
 //   4. p = exp(x - max); top-p keeps the largest threshold t with sum(p >= t) >= top_p * sum(p);
@@ -23,7 +24,19 @@ struct SamplingArgs {
   float repetition_penalty = 1.0f;
   uint64_t seed = 0;
   uint64_t step = 0;  // tokens this sequence has generated so far
+  // The row's logit biases: entries [bias_start, bias_start + bias_count) of the step's
+  // logit_bias array, distinct ids.
+  int32_t bias_start = 0;
+  int32_t bias_count = 0;
 };
+
+// One logit bias: x[token] += bias (finite, or -inf to ban the id).
+struct LogitBias {
+  int32_t token = 0;
+  float bias = 0.0f;
+};
+// Entries one row may have (OpenAI's logit_bias, plus the stop ids min_tokens bans).
+constexpr int kMaxLogitBiasPerRow = 320;
 
 // Uniform in [0, 1) from (seed, step); identical on host and device.
 #if defined(__CUDACC__)

@@ -34,6 +34,9 @@ struct StepBatch {
   int block_table_width = 0;
   const int32_t* logit_rows = nullptr;      // [R] token indices, ascending
   const SamplingArgs* sampling = nullptr;   // [R] or null: logits only, nothing sampled
+  // [num_logit_bias]: the rows' logit biases (SamplingArgs::bias_start / bias_count index them)
+  const LogitBias* logit_bias = nullptr;
+  int num_logit_bias = 0;
 
   bool decode() const { return num_tokens == num_seqs; }  // one new token per sequence
 };
@@ -51,15 +54,17 @@ struct StepArrays {
   int32_t* block_tables;     // [B][KVLayout::table_stride] (entries past a sequence's end: stale)
   int32_t* logit_rows;       // [R]
   SamplingArgs* sampling;    // [R] (R <= B when sampling)
+  LogitBias* logit_bias;     // [num_logit_bias]
 };
 
 // Byte offsets of the StepArrays fields for T tokens, B sequences with block-table rows of
-// `table_stride` entries and R logit rows, each field 16-byte aligned; `bytes` is the region's size.
+// `table_stride` entries, R logit rows and `num_logit_bias` biases, each field 16-byte aligned;
+// `bytes` is the region's size. The biases come last, so no other field moves with their count.
 struct StepLayout {
   size_t tokens, prev_sample_row, positions, token_seq, query_starts, cached_lengths, kv_slots,
-      block_tables, logit_rows, sampling, bytes;
+      block_tables, logit_rows, sampling, logit_bias, bytes;
   StepArrays at(void* base) const;
 };
-StepLayout step_layout(int num_tokens, int num_seqs, int num_logit_rows, int table_stride);
+StepLayout step_layout(int num_tokens, int num_seqs, int num_logit_rows, int table_stride, int num_logit_bias = 0);
 
 }  // namespace kvinfer

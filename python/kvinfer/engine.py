@@ -21,6 +21,21 @@ from kvinfer.sampling import SamplingParams
 from kvinfer.tokenizer import StreamDecoder
 
 SAMPLING_DTYPE = _core.sampling_args_dtype()
+LOGIT_BIAS_DTYPE = _core.logit_bias_dtype()
+
+
+def logit_biases(args: np.ndarray, entries: list[list[tuple[int, float]]]) -> np.ndarray | None:
+    """Packs each sampled row's (token, bias) entries into one array, pointing args' rows at theirs
+    (bias_start, bias_count); None when no row has any."""
+    counts = [len(e) for e in entries]
+    if not any(counts):
+        return None
+    starts = np.cumsum([0] + counts)
+    args["bias_start"], args["bias_count"] = starts[:-1], counts
+    out = np.zeros(starts[-1], LOGIT_BIAS_DTYPE)
+    out["token"] = [t for e in entries for t, _ in e]
+    out["bias"] = [b for e in entries for _, b in e]
+    return out
 
 
 @dataclass
@@ -34,6 +49,7 @@ class Sequence:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
+    stop_from: int = 0       # stop strings are looked for from here (min_tokens)
     cached: int = 0          # tokens of this sequence whose K/V are in the cache (or enqueued)
     sampled: int = 0         # tokens sampled (or enqueued to be)
 
@@ -121,13 +137,15 @@ class Engine:
         base = np.zeros(len(seqs), SAMPLING_DTYPE)
         for i, s in enumerate(seqs):
             base[i] = (params.temperature, params.top_k, params.top_p, params.min_p,
-                       params.repetition_penalty, s.seed, 0)
+                       params.repetition_penalty, s.seed, 0, 0, 0)
         rows_of = {id(s): i for i, s in enumerate(seqs)}
 
-        def args(rows: list[Sequence]) -> np.ndarray:
+        biased = bool(params.logit_bias or params.min_tokens)
+
+        def args(rows: list[Sequence]) -> tuple[np.ndarray, np.ndarray | None]:
             a = base[[rows_of[id(s)] for s in rows]]
             a["step"] = [s.sampled for s in rows]
-            return a
+            return a, logit_biases(a, [params.biases(stop_ids, s.sampled) for s in rows]) if biased else None
 
         for s, token in self._prefill(seqs, args):
             yield from self._accept(s, token, params, stop_ids)
@@ -154,7 +172,8 @@ class Engine:
                     for _ in in_flight:
                         self.runner.collect()
 
-    def _launch_decode(self, rows: list[Sequence], prev: list[Sequence] | None, sampling: np.ndarray) -> None:
+    def _launch_decode(self, rows: list[Sequence], prev: list[Sequence] | None,
+                       sampling: tuple[np.ndarray, np.ndarray | None]) -> None:
         n = len(rows)
         prev_row = {id(s): r for r, s in enumerate(prev)} if prev else {}
         from_prev = np.array([prev_row.get(id(s), -1) for s in rows], np.int32)
@@ -164,7 +183,7 @@ class Engine:
         for s in rows:
             self.grow(s, s.cached + 1)
         self.runner.launch(tokens, steps, cached, np.array([s.slot for s in rows], np.int32), steps[:n],
-                           sampling, from_prev if prev_row else None, self.tables(rows))
+                           sampling[0], from_prev if prev_row else None, self.tables(rows), sampling[1])
         for s in rows:
             s.cached += 1
             s.sampled += 1
@@ -186,12 +205,12 @@ class Engine:
             tokens = np.concatenate([np.asarray(s.prompt_ids[s.cached:s.cached + n], np.int32) for s, n in step])
             starts = np.cumsum([0] + [n for _, n in step]).astype(np.int32)
             ending = [b for b, (s, n) in enumerate(step) if s.cached + n == len(s.prompt_ids)]
+            sampling, biases = args([step[b][0] for b in ending])
             with self.lock:
                 sampled = self.runner.step(tokens, starts, np.array([s.cached for s, _ in step], np.int32),
                                            np.array([s.slot for s, _ in step], np.int32),
-                                           (starts[1:] - 1)[ending].astype(np.int32),
-                                           args([step[b][0] for b in ending]),
-                                           block_tables=self.tables([s for s, _ in step]))
+                                           (starts[1:] - 1)[ending].astype(np.int32), sampling,
+                                           block_tables=self.tables([s for s, _ in step]), logit_bias=biases)
             for s, n in step:
                 s.cached += n
             for b, token in zip(ending, sampled.tolist()):
@@ -207,14 +226,19 @@ class Engine:
 
 def accept_token(s, token: int, params: SamplingParams, stop_ids) -> None:
     """A sampled token joins sequence `s` (token_ids, text, decoder, finish_reason): its text, then
-    the stop conditions in order: a stop id, a stop string (cut from the text), max_tokens."""
+    the stop conditions in order: a stop id, a stop string (cut from the text), max_tokens. Before
+    min_tokens tokens only max_tokens ends it (the sampler bans the stop ids until then), and a
+    stop string counts only where it starts after the text of the first min_tokens - 1 tokens."""
     s.token_ids.append(token)
     s.text += s.decoder.push(token)
-    if token in stop_ids:
-        s.finish_reason = "stop"
-    for stop in params.stop:
-        at = s.text.find(stop)
-        if at >= 0:
-            s.text, s.finish_reason = s.text[:at], "stop"
+    if len(s.token_ids) < params.min_tokens:
+        s.stop_from = len(s.text)
+    else:
+        if token in stop_ids:
+            s.finish_reason = "stop"
+        for stop in params.stop:
+            at = s.text.find(stop, s.stop_from)
+            if at >= 0:
+                s.text, s.finish_reason = s.text[:at], "stop"
     if s.finish_reason is None and len(s.token_ids) >= params.max_tokens:
         s.finish_reason = "length"

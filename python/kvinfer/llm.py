@@ -183,6 +183,7 @@ class LLM:
         return ids
 
     def _check_fits(self, ids: list[int], params: SamplingParams) -> None:
+        params.check_vocab(self.config.vocab_size)
         if len(ids) + params.max_tokens > self.max_context:
             raise kvinfer.ContextOverflowError(
                 f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) = "

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from kvinfer.sampling import SamplingParams
 
-UNSUPPORTED = ("logprobs", "top_logprobs", "logit_bias", "presence_penalty", "frequency_penalty", "best_of",
+UNSUPPORTED = ("logprobs", "top_logprobs", "presence_penalty", "frequency_penalty", "best_of",
                "suffix", "echo", "tools", "response_format")
 
 
@@ -80,6 +80,15 @@ def parse_job(body: dict, prompts: list[list[int]], max_context: int, default_ma
                   repetition_penalty=_get(body, "repetition_penalty", float, 1.0), stop=stop,
                   stop_token_ids=_get(body, "stop_token_ids", list, []),
                   ignore_eos=_get(body, "ignore_eos", bool, False))
+    bias = _get(body, "logit_bias", dict, {})
+    try:
+        fields["logit_bias"] = {int(t): float(b) for t, b in bias.items()}
+    except (TypeError, ValueError):
+        raise ApiError(400, "logit_bias must map token ids to numbers", "logit_bias") from None
+    if not all(-100 <= b <= 100 for b in fields["logit_bias"].values()):
+        raise ApiError(400, "logit_bias values must be in [-100, 100]", "logit_bias")
+    fields["min_tokens"] = _get(body, "min_tokens", int, 0, lambda v: 0 <= v <= max_tokens,
+                                f"an integer in [0, max_tokens={max_tokens}]")
     stream = _get(body, "stream", bool, False)
     options = _get(body, "stream_options", dict, {})
     params = []

@@ -1,12 +1,21 @@
 """SamplingParams: what the engine's sampler (cpp/types/sampling_args.h, the same algorithm on the CPU
-and the GPU) applies, in the order HF's generate does: repetition penalty, temperature, top-k, top-p,
-min-p, then a draw. Temperature 0 is greedy (argmax; ties go to the lowest id)."""
+and the GPU) applies, in the order HF's generate does: repetition penalty, logit biases,
+temperature, top-k, top-p, min-p, then a draw. Temperature 0 is greedy (argmax; ties go to the
+lowest id). `logit_bias` adds to a token's logit (-inf bans it); `min_tokens` bans the stop ids
+(end of sequence unless ignore_eos, and stop_token_ids) and holds back stop strings until that
+many tokens are out."""
 
 from __future__ import annotations
 
 import math
 import numbers
 from dataclasses import dataclass, field
+
+from kvinfer import _core
+
+# logit_bias entries of a request (the native limit per row leaves room for the stop ids that
+# min_tokens bans)
+MAX_LOGIT_BIAS = _core.MAX_LOGIT_BIAS_PER_ROW - 20
 
 
 @dataclass
@@ -21,6 +30,8 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    min_tokens: int = 0
+    logit_bias: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, rule: str) -> None:
@@ -51,3 +62,25 @@ class SamplingParams:
         check(isinstance(self.stop_token_ids, (list, tuple)) and
               all(is_int(t) and 0 <= t < 2**31 for t in self.stop_token_ids), "stop_token_ids",
               "a list of token ids >= 0")
+        check(is_int(self.min_tokens) and 0 <= self.min_tokens <= self.max_tokens, "min_tokens",
+              "an integer in [0, max_tokens]")
+        check(isinstance(self.logit_bias, dict) and len(self.logit_bias) <= MAX_LOGIT_BIAS and
+              all(is_int(t) and 0 <= t < 2**31 and isinstance(b, numbers.Real) and not isinstance(b, bool) and
+                  (math.isfinite(b) or b == -math.inf) for t, b in self.logit_bias.items()), "logit_bias",
+              f"a dict of at most {MAX_LOGIT_BIAS} token ids >= 0 to finite biases (or -inf)")
+        self.logit_bias = {int(t): float(b) for t, b in self.logit_bias.items()}
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """ValueError for a token id the model does not have (logit_bias, stop_token_ids)."""
+        for name, ids in (("logit_bias", self.logit_bias), ("stop_token_ids", self.stop_token_ids)):
+            bad = [t for t in ids if t >= vocab_size]
+            if bad:
+                raise ValueError(f"SamplingParams.{name} has token id {bad[0]}, beyond the vocabulary of {vocab_size}")
+
+    def biases(self, stop_ids, generated: int) -> list[tuple[int, float]]:
+        """The (token, bias) entries of the next sampled row of a sequence with `generated` tokens:
+        logit_bias, and -inf on the stop ids while fewer than min_tokens are out."""
+        out = dict(self.logit_bias)
+        if generated < self.min_tokens:
+            out.update((t, -math.inf) for t in stop_ids)
+        return list(out.items())

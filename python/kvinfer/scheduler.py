@@ -44,6 +44,7 @@ class Running:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     emitted: int = 0               # characters of `text` already handed out (a stop may be half-written)
+    stop_from: int = 0             # stop strings are looked for from here (min_tokens)
     cached: int = 0                # tokens whose K/V are in the cache (or enqueued to be)
     launched: int = 0              # tokens sampled (or enqueued to be): the sampler's step index
     finish_reason: str | None = None

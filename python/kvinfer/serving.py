@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from kvinfer.engine import SAMPLING_DTYPE
+from kvinfer.engine import SAMPLING_DTYPE, logit_biases
 from kvinfer.sampling import SamplingParams
 from kvinfer.block_manager import OutOfBlocks
 from kvinfer.scheduler import Request, Running, ScheduledStep, Scheduler, request_of
@@ -72,6 +72,7 @@ class ServingEngine:
         stop_ids = (frozenset() if params.ignore_eos else frozenset(self.llm.tokenizer.eos_token_ids)) \
             | frozenset(params.stop_token_ids)
         seed = params.seed if params.seed is not None else random.SystemRandom().getrandbits(63)
+        params.check_vocab(self.llm.config.vocab_size)  # a bad id must fail this request, not the step
         request = Request(request_id, list(prompt_ids), params, seed, stop_ids)
         self.scheduler.check_fits(request)  # here, so that the caller gets the error
         with self._cv:
@@ -231,9 +232,10 @@ class ServingEngine:
         engine = self.llm.engine
         for s in rows:
             engine.grow(s, s.cached + 1)
+        args, biases = self._sampling(rows)
         self.llm.runner.launch(tokens, steps, np.array([s.cached for s in rows], np.int32),
-                               np.array([s.slot for s in rows], np.int32), steps[:n], self._sampling(rows),
-                               from_prev if prev_row else None, engine.tables(rows))
+                               np.array([s.slot for s in rows], np.int32), steps[:n], args,
+                               from_prev if prev_row else None, engine.tables(rows), biases)
         for s in rows:
             s.cached += 1
             s.launched += 1
@@ -267,13 +269,16 @@ class ServingEngine:
             self._end(request_of(item), "error", error, item if isinstance(item, Running) else None)
 
     @staticmethod
-    def _sampling(seqs: list[Running]) -> np.ndarray:
+    def _sampling(seqs: list[Running]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each row's sampling arguments, and the step's logit biases (None: no row has any)."""
         args = np.zeros(len(seqs), SAMPLING_DTYPE)
+        entries = []
         for row, seq in enumerate(seqs):
             p = seq.request.params
             args[row] = (p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, seq.request.seed,
-                         seq.launched)
-        return args
+                         seq.launched, 0, 0)
+            entries.append(p.biases(seq.request.stop_ids, seq.launched) if p.logit_bias or p.min_tokens else [])
+        return args, logit_biases(args, entries)
 
     def _run(self, step: ScheduledStep) -> None:
         """A step with prompt chunks, run at once (nothing in flight)."""
@@ -281,7 +286,7 @@ class ServingEngine:
         tokens = np.concatenate([np.asarray(c.tokens, np.int32) for c in chunks])
         starts = np.cumsum([0] + [len(c.tokens) for c in chunks]).astype(np.int32)
         sampled = [i for i, c in enumerate(chunks) if c.samples]
-        args = self._sampling([chunks[i].seq for i in sampled])
+        args, biases = self._sampling([chunks[i].seq for i in sampled])
         engine = self.llm.engine
         with engine.lock:
             for c in chunks:  # a decoding sequence may enter a new block
@@ -289,7 +294,7 @@ class ServingEngine:
             out = self.llm.runner.step(tokens, starts, np.array([c.seq.cached for c in chunks], np.int32),
                                        np.array([c.seq.slot for c in chunks], np.int32),
                                        (starts[1:] - 1)[sampled].astype(np.int32), args,
-                                       block_tables=engine.tables([c.seq for c in chunks]))
+                                       block_tables=engine.tables([c.seq for c in chunks]), logit_bias=biases)
         self.steps += 1
         for c in chunks:
             prefill = c.seq.prefilling

@@ -104,6 +104,7 @@ struct TestStep {
 
   std::vector<int32_t> tokens, query_starts, cached, slots, logit_rows, tables;
   std::vector<SamplingArgs> sampling;
+  std::vector<LogitBias> biases;
   std::vector<uint64_t> region;  // 8-byte aligned staging
   StepLayout layout{};
   StepArrays host{};
@@ -112,9 +113,10 @@ struct TestStep {
   TestStep(std::vector<int32_t> tokens_, const std::vector<int>& rows, std::vector<int32_t> cached_,
            std::vector<int32_t> slots_, std::vector<int32_t> logit_rows_ = {},
            std::vector<SamplingArgs> sampling_ = {}, const KVLayout& kv = kOneBlockPerSlot,
-           std::vector<int32_t> tables_ = {})
+           std::vector<int32_t> tables_ = {}, std::vector<LogitBias> biases_ = {})
       : tokens(std::move(tokens_)), cached(std::move(cached_)), slots(std::move(slots_)),
-        logit_rows(std::move(logit_rows_)), tables(std::move(tables_)), sampling(std::move(sampling_)) {
+        logit_rows(std::move(logit_rows_)), tables(std::move(tables_)), sampling(std::move(sampling_)),
+        biases(std::move(biases_)) {
     query_starts.assign(1, 0);
     for (int n : rows) query_starts.push_back(query_starts.back() + n);
     if (tokens.empty()) tokens.assign(query_starts.back(), 0);
@@ -132,7 +134,10 @@ struct TestStep {
     batch.sampling = sampling.empty() ? nullptr : sampling.data();
     batch.block_tables = tables.empty() ? nullptr : tables.data();
     batch.block_table_width = kv.table_stride;
-    region.assign(step_layout(batch.num_tokens, batch.num_seqs, batch.num_logit_rows, kv.table_stride).bytes / 8 + 1,
+    batch.logit_bias = biases.data();
+    batch.num_logit_bias = static_cast<int>(biases.size());
+    region.assign(step_layout(batch.num_tokens, batch.num_seqs, batch.num_logit_rows, kv.table_stride,
+                              batch.num_logit_bias).bytes / 8 + 1,
                   0);
     layout = stage_step(batch, kv, 0, region.data());
     host = layout.at(region.data());

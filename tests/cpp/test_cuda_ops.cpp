@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <limits>
 #include <numeric>
 
 #include "runtime/kv_cache.h"
@@ -583,7 +584,7 @@ TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
 
 TEST(CudaOps, SamplingMatchesCpu) {
   SKIP_WITHOUT_CUDA();
-  const int V = 5000, B = 6, ctx = 16;
+  const int V = 5000, B = 8, ctx = 16;
   // Well-separated logits so the CPU's double sums and the GPU's float sums pick the same token.
   std::vector<float> logits(size_t(B) * V);
   std::mt19937 rng(30);
@@ -598,11 +599,17 @@ TEST(CudaOps, SamplingMatchesCpu) {
       {1.0f, 0, 1.0f, 0.0f, 1.0f, 7, 3},      // plain sampling
       {0.7f, 40, 1.0f, 0.0f, 1.0f, 8, 0},     // top-k
       {1.2f, 0, 0.9f, 0.0f, 1.1f, 9, 5},      // top-p + penalty
-      {0.9f, 50, 0.8f, 0.05f, 1.0f, 10, 1}};  // everything
+      {0.9f, 50, 0.8f, 0.05f, 1.0f, 10, 1},   // everything
+      {0.0f, 0, 1.0f, 0.0f, 1.0f, 1, 0, 0, 3},   // greedy with logit biases
+      {0.8f, 30, 1.0f, 0.0f, 1.2f, 11, 2, 3, 2}};  // sampling with a penalty and biases (one bans)
+  // row 6: ids 17, 4000 and 3 raised, row 7: 17 raised, 2500 banned
+  const std::vector<LogitBias> biases = {{17, 9.0f}, {4000, 12.5f}, {3, -2.0f}, {17, 6.0f},
+                                         {2500, -std::numeric_limits<float>::infinity()}};
   for (uint64_t seed = 0; seed < 20; ++seed) {
     std::vector<SamplingArgs> args(cases);
     for (auto& a : args) a.seed += seed * 1000;
-    test::TestStep step({}, std::vector<int>(B, 1), cached, slots, {}, args);
+    test::TestStep step({}, std::vector<int>(B, 1), cached, slots, {}, args, test::TestStep::kOneBlockPerSlot, {},
+                        biases);
     std::vector<float> cpu_logits(logits);
     std::vector<int32_t> want(B);
     cpu::sample(cpu_logits.data(), B, V, step.host, history.data(), ctx, want.data());

@@ -127,7 +127,7 @@ def decode_logits(llm: LLM, prompts: list[list[int]], slots: list[int], steps: i
 
     r, V, B = llm.runner, llm.config.vocab_size, len(prompts)
     i32 = lambda *v: np.array(v, np.int32)  # noqa: E731
-    greedy = np.array([(0.0, 0, 1.0, 0.0, 1.0, 0, 0)] * B, SAMPLING_DTYPE)
+    greedy = np.array([(0.0, 0, 1.0, 0.0, 1.0, 0, 0, 0, 0)] * B, SAMPLING_DTYPE)
     last = [int(r.step(np.asarray(p, np.int32), i32(0, len(p)), i32(0), i32(s), i32(len(p) - 1), greedy[:1])[0])
             for p, s in zip(prompts, slots)]
     cached = [len(p) for p in prompts]

@@ -169,7 +169,7 @@ def test_bad_token_ids_and_empty_prompt(llm):
 def test_runner_rejects_bad_steps_without_side_effects(llm):
     r = llm.runner
     i32 = lambda *v: np.array(v, np.int32)  # noqa: E731
-    greedy = np.array([(0.0, 0, 1.0, 0.0, 1.0, 0, 0)], kvinfer.engine.SAMPLING_DTYPE)
+    greedy = np.array([(0.0, 0, 1.0, 0.0, 1.0, 0, 0, 0, 0)], kvinfer.engine.SAMPLING_DTYPE)
     with pytest.raises(ValueError, match="kv slot 0 appears twice"):
         r.step(i32(1, 2), i32(0, 1, 2), i32(0, 0), i32(0, 0), i32(1))
     with pytest.raises(ValueError, match=r"kv slot=5 is out of range"):

@@ -48,7 +48,7 @@ def test_generate_stream_and_logits_agree(llm):
 def test_runner_misuse_changes_nothing(llm):
     r = llm.runner
     i32 = lambda *v: np.array(v, np.int32)  # noqa: E731
-    greedy = np.array([(0.0, 0, 1.0, 0.0, 1.0, 0, 0)], SAMPLING_DTYPE)
+    greedy = np.array([(0.0, 0, 1.0, 0.0, 1.0, 0, 0, 0, 0)], SAMPLING_DTYPE)
     for call, match in [
         (lambda: r.step(i32(1), i32(0, 1), i32(0), i32(3), i32(0), greedy), "kv slot=3 is out of range"),
         (lambda: r.step(i32(1), i32(0, 1), i32(128), i32(0), i32(0), greedy), "exceed max_context=128"),

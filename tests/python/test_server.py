@@ -229,6 +229,21 @@ def test_a_repeated_system_prompt_hits_the_prefix_cache(client, server, engine, 
     assert families["kvinfer_kv_blocks_used"].samples[0].value == 0  # nothing running holds a block
 
 
+def test_logit_bias_and_min_tokens(client, llm):
+    kw = dict(max_tokens=6, temperature=0)
+    got = client.completions.create(model=MODEL, prompt="The capital of France is", logit_bias={"3000": 100}, **kw)
+    want = llm.generate(["The capital of France is"], SamplingParams(logit_bias={3000: 100.0}, **kw))[0]
+    assert got.choices[0].text == want.text == llm.tokenizer.decode([3000] * 6)
+    extra = client.completions.create(model=MODEL, prompt="Hi", extra_body={"min_tokens": 6}, **kw)
+    assert extra.usage.completion_tokens == 6
+    for bad, field in (({"logit_bias": {"x": 1}}, "logit_bias"), ({"logit_bias": {"5": 500}}, "logit_bias"),
+                       ({"logit_bias": {str(llm.config.vocab_size): 1}}, None),
+                       ({"min_tokens": 7}, "min_tokens")):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model=MODEL, prompt="Hi", extra_body=bad, **kw)
+        assert e.value.status_code == 400 and (field is None or e.value.body["param"] == field)
+
+
 def test_metrics_and_health(server):
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     families = {f.name: f for f in text_string_to_metric_families(httpx.get(server.url + "/metrics").text)}

@@ -55,6 +55,7 @@ void sample(float* logits, int R, int vocab, const StepArrays& step, const int32
       for (int i = 0; i < n; ++i)
         x[h[i]] = orig[i] < 0 ? orig[i] * a.repetition_penalty : orig[i] / a.repetition_penalty;
     }
+    for (int i = a.bias_start; i < a.bias_start + a.bias_count; ++i) x[step.logit_bias[i].token] += step.logit_bias[i].bias;
     int best = 0;
     for (int i = 1; i < vocab; ++i)
       if (x[i] > x[best]) best = i;

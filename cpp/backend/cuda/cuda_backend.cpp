@@ -52,7 +52,7 @@ class CudaBackend final : public Backend {
         act_(activation_layout(init.config, init.shape, DeviceKind::CUDA)),
         splits_(cuda::decode_splits(init.config.num_kv_heads)),
         stage_bytes_(step_layout(init.shape.max_step_tokens, init.shape.max_batch, init.shape.max_step_tokens,
-                                init.shape.blocks_per_seq()).bytes) {
+                                init.shape.blocks_per_seq(), init.shape.max_batch * kMaxLogitBiasPerRow).bytes) {
     DeviceGuard guard(device_);
     try {
       KVINFER_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));

@@ -64,7 +64,7 @@ static __global__ void __launch_bounds__(kThreads)
   const int b = blockIdx.x, tid = threadIdx.x;
   float* x = logits + static_cast<int64_t>(b) * vocab;
   const SamplingArgs a = step.sampling[b];
-  const bool plain_greedy = a.temperature <= 0.0f && a.repetition_penalty == 1.0f;
+  const bool plain_greedy = a.temperature <= 0.0f && a.repetition_penalty == 1.0f && a.bias_count == 0;
 
   if (a.repetition_penalty != 1.0f && history) {
     const int words = (vocab + 31) / 32;
@@ -76,6 +76,13 @@ static __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     for (int i = tid; i < vocab; i += kThreads)
       if (seen[i >> 5] & (1u << (i & 31))) x[i] = x[i] < 0 ? x[i] * a.repetition_penalty : x[i] / a.repetition_penalty;
+    __syncthreads();
+  }
+  if (a.bias_count > 0) {  // distinct ids (the runner checked): no two threads touch one logit
+    for (int i = tid; i < a.bias_count; i += kThreads) {
+      const LogitBias e = step.logit_bias[a.bias_start + i];
+      x[e.token] += e.bias;
+    }
     __syncthreads();
   }
 
