@@ -92,10 +92,13 @@ class Scheduler:
     cached), `end(seq)` frees them."""
 
     def __init__(self, max_step_tokens: int, max_context: int, take_slot, give_slot, tokenizer,
-                 begin=lambda seq: None, end=lambda seq: None):
+                 begin=lambda seq: None, end=lambda seq: None, prefix_block: int = 0):
+        """prefix_block > 0 (the KV block size, with prefix caching): a request whose first block
+        of tokens is that of a sequence still prefilling waits until that prefill is done, then
+        finds the shared blocks cached instead of computing them a second time."""
         if max_step_tokens < 1:
             raise ValueError(f"max_step_tokens={max_step_tokens} must be >= 1")
-        self.max_step_tokens, self.max_context = max_step_tokens, max_context
+        self.max_step_tokens, self.max_context, self.prefix_block = max_step_tokens, max_context, prefix_block
         self._take_slot, self._give_slot, self._tokenizer = take_slot, give_slot, tokenizer
         self._begin, self._end = begin, end
         self.waiting: deque[Request | Running] = deque()  # Running: preempted, admitted first
@@ -138,6 +141,9 @@ class Scheduler:
             if slot is None:
                 break
             head = self.waiting[0]
+            if self._shares_a_prefill(head):
+                self._give_slot(slot)
+                break
             seq = head if isinstance(head, Running) else Running(head, slot, StreamDecoder(self._tokenizer))
             seq.slot = slot
             try:
@@ -153,6 +159,13 @@ class Scheduler:
             chunks.append(self._prompt_chunk(seq, budget))
             budget -= len(chunks[-1].tokens)
         return ScheduledStep(chunks)
+
+    def _shares_a_prefill(self, item: Request | Running) -> bool:
+        bs, request = self.prefix_block, request_of(item)
+        if bs == 0 or request.params.repetition_penalty != 1.0 or len(request.prompt_ids) <= bs:
+            return False  # no reuse, or no block of it could be reused
+        head = request.prompt_ids[:bs]
+        return any(s.prefilling and s.request.prompt_ids[:bs] == head for s in self.running)
 
     @staticmethod
     def _prompt_chunk(seq: Running, budget: int) -> Chunk:

@@ -51,7 +51,8 @@ class ServingEngine:
             llm.runner.max_step_tokens, llm.max_context, self._take_slot, lambda slot: engine.give_back([slot]),
             llm.tokenizer,
             begin=lambda seq: engine.begin(seq, seq.prefill_ids(), seq.request.params.repetition_penalty == 1.0),
-            end=lambda seq: engine.end(seq, seq.request.prompt_ids + seq.token_ids))
+            end=lambda seq: engine.end(seq, seq.request.prompt_ids + seq.token_ids),
+            prefix_block=engine.blocks.block_size if engine.prefix_caching else 0)
         self._deliver: dict[str, Deliver] = {}
         self._inbox: list[tuple[Request, Deliver]] = []
         self._aborts: list[str] = []

@@ -216,3 +216,36 @@ def test_a_pool_too_small_for_every_sequence_preempts_and_changes_no_output(fold
     assert small.engine.blocks.used_blocks() == 0
     with pytest.raises(ValueError, match="kv_blocks=7 hold 112 tokens, fewer than one sequence of context=128"):
         LLM(folder, device=device, max_context=128, kv_blocks=7)
+
+
+def test_requests_that_share_a_prompt_wait_for_its_prefill_and_reuse_it(llm):
+    """Four requests with one 48-token system prompt, submitted together: the first prefills it,
+    the others wait for that and find its three blocks cached; outputs are those of each alone."""
+    system = prompt(48, 200)
+    prompts = [system + prompt(6 + i, 210 + i) for i in range(4)]
+    alone = [llm.generate([p], GREEDY)[0].token_ids for p in prompts]
+    # a step budget that could take all four prompts at once
+    fresh = LLM(llm.folder, device=llm.device, max_context=256, max_batch=4, max_step_tokens=256)
+    engine = ServingEngine(fresh)
+    try:
+        assert run_all(engine, prompts, [GREEDY] * 4) == alone
+        assert engine.stats()["prefix_hit_tokens"] == 3 * 48
+    finally:
+        engine.close()
+
+
+def test_the_scheduler_holds_back_a_request_whose_prefix_is_being_prefilled(llm):
+    from kvinfer.scheduler import Request, Scheduler
+
+    free = list(range(4))
+    sched = Scheduler(256, 256, lambda: free.pop(0) if free else None, free.append, llm.tokenizer,
+                      prefix_block=16)
+    system = prompt(48, 300)
+    for i, p in enumerate([system + [5], system + [6], prompt(30, 301)]):
+        sched.add(Request(f"r{i}", p, GREEDY, 0, frozenset()))
+    first = sched.schedule()
+    # r1 shares r0's first block and waits behind it (the queue keeps its order: r2 waits too)
+    assert [c.seq.request.request_id for c in first.chunks] == ["r0"] and len(sched.waiting) == 2
+    r0 = first.chunks[0].seq
+    r0.cached, r0.token_ids = 49, [1]  # r0's prompt is in the cache and its first token sampled
+    assert [c.seq.request.request_id for c in sched.schedule().chunks if c.seq.prefilling] == ["r1", "r2"]
