@@ -136,8 +136,10 @@ def test_cli_json_and_table():
                 "fits", "max_context", "max_batch"):
         assert key in d, key
     assert d["kv_cache_bytes"] == 2 * 536_870_912 * 2 and d["fits"] is True and d["max_context"] == 8192
-    table = run_cli("--model", "smollm2-135m", "--gpu-memory", "2GB").stdout
+    assert (d["kv_blocks"], d["kv_block_size"]) == (2 * 512, 16)
+    table = run_cli("--model", "smollm2-135m", "--gpu-memory", "2GB", "--context", "1000", "--batch", "3").stdout
     assert "kv_cache" in table and "B/token = 2 * 30 layers * 3 kv_heads * 64 head_dim * 2 B" in table
+    assert "189 blocks of 16 tokens = 3,024 KV tokens: 3 sequences of 1000 tokens at once" in table
     assert "fits" in table
 
 
