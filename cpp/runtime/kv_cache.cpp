@@ -90,8 +90,8 @@ std::vector<int32_t> KVCache::slot_table(int slot) const {
   return table;
 }
 
-void KVCache::copy_rows(half_t* pool, const int32_t* table, int first, int count, half_t* host,
-                        bool to_host) const {
+void KVCache::copy_rows(half_t* pool, const int32_t* table, int first, int count, const half_t* in,
+                        half_t* out) const {
   const int heads = config_.num_kv_heads, dim = config_.head_dim, bs = config_.block_size;
   const size_t row = sizeof(half_t) * dim;
   // runs of positions inside one block: [p, p + n) with n <= block_size
@@ -99,19 +99,19 @@ void KVCache::copy_rows(half_t* pool, const int32_t* table, int first, int count
     const int n = std::min(first + count - p, bs - (p & (bs - 1)));
     for (int h = 0; h < heads; ++h) {
       half_t* cache = pool + layout_.at(table, h, p);
-      half_t* rows = host + (static_cast<int64_t>(p - first) * heads + h) * dim;
+      const int64_t at = (static_cast<int64_t>(p - first) * heads + h) * dim;  // in the host rows
       if (!device().is_cuda()) {
         for (int t = 0; t < n; ++t)
-          to_host ? std::memcpy(rows + int64_t(t) * heads * dim, cache + int64_t(t) * dim, row)
-                  : std::memcpy(cache + int64_t(t) * dim, rows + int64_t(t) * heads * dim, row);
+          out ? std::memcpy(out + at + int64_t(t) * heads * dim, cache + int64_t(t) * dim, row)
+              : std::memcpy(cache + int64_t(t) * dim, in + at + int64_t(t) * heads * dim, row);
         continue;
       }
 #if KVINFER_WITH_CUDA
       DeviceGuard guard(device());
-      if (to_host)
-        KVINFER_CUDA_CHECK(cudaMemcpy2D(rows, row * heads, cache, row, row, n, cudaMemcpyDeviceToHost));
+      if (out)
+        KVINFER_CUDA_CHECK(cudaMemcpy2D(out + at, row * heads, cache, row, row, n, cudaMemcpyDeviceToHost));
       else
-        KVINFER_CUDA_CHECK(cudaMemcpy2D(cache, row, rows, row * heads, row, n, cudaMemcpyHostToDevice));
+        KVINFER_CUDA_CHECK(cudaMemcpy2D(cache, row, in + at, row * heads, row, n, cudaMemcpyHostToDevice));
 #endif
     }
     p += n;
@@ -150,8 +150,8 @@ void KVCache::append(int layer, int slot, const half_t* k_src, const half_t* v_s
   begin_append(layer, slot, tokens);
   try {
     const std::vector<int32_t> table = slot_table(slot);
-    copy_rows(pool(layer, 0), table.data(), lengths_[slot], tokens, const_cast<half_t*>(k_src), false);
-    copy_rows(pool(layer, 1), table.data(), lengths_[slot], tokens, const_cast<half_t*>(v_src), false);
+    copy_rows(pool(layer, 0), table.data(), lengths_[slot], tokens, k_src, nullptr);
+    copy_rows(pool(layer, 1), table.data(), lengths_[slot], tokens, v_src, nullptr);
   } catch (...) {
     // The step is not consistent any more; the caller may retry this layer.
     appended_[static_cast<size_t>(slot) * config_.num_layers + layer] = 0;
@@ -197,7 +197,7 @@ void KVCache::read(int layer, int slot, int length, bool keys, half_t* out) cons
   KVINFER_CHECK_ARG(length >= 0 && length <= config_.max_context, "length=", length,
                     " is out of range [0, max_context=", config_.max_context, "]");
   const std::vector<int32_t> table = slot_table(slot);
-  copy_rows(pool(layer, keys ? 0 : 1), table.data(), 0, length, out, true);
+  copy_rows(pool(layer, keys ? 0 : 1), table.data(), 0, length, nullptr, out);
 }
 
 void KVCache::read_blocks(int layer, const int32_t* table, int length, bool keys, half_t* out) const {
@@ -206,7 +206,7 @@ void KVCache::read_blocks(int layer, const int32_t* table, int length, bool keys
   for (int i = 0; i < (length + config_.block_size - 1) / config_.block_size; ++i)
     KVINFER_CHECK_ARG(table[i] >= 0 && table[i] < num_blocks(), "block table entry ", i, "=", table[i],
                       " is out of range [0, num_blocks=", num_blocks(), ")");
-  copy_rows(pool(layer, keys ? 0 : 1), table, 0, length, out, true);
+  copy_rows(pool(layer, keys ? 0 : 1), table, 0, length, nullptr, out);
 }
 
 void KVCache::clear(int slot) {

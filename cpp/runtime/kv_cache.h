@@ -106,8 +106,8 @@ class KVCache {
   half_t* pool(int layer, int which) const;
   std::vector<int32_t> slot_table(int slot) const;  // the slot's own blocks
   // Rows [first, first + count) of the sequence of `table` between the pool `pool` and host rows
-  // [count][num_kv_heads][head_dim] (`to_host`: out of the cache, else into it).
-  void copy_rows(half_t* pool, const int32_t* table, int first, int count, half_t* host, bool to_host) const;
+  // [count][num_kv_heads][head_dim]: out of the cache into `out`, or (out null) from `in` into it.
+  void copy_rows(half_t* pool, const int32_t* table, int first, int count, const half_t* in, half_t* out) const;
 
   KVCacheConfig config_;
   KVLayout layout_;

@@ -84,8 +84,8 @@ class BlockManager:
                     table.blocks.append(b)
                     table.hashes.append(h)
                     prev = h
-                table.cached = table.registered = len(table.blocks)
-                table.cached *= bs
+                table.registered = len(table.blocks)
+                table.cached = table.registered * bs
                 self.hit_tokens += table.cached
                 self.query_tokens += len(prompt)
             try:
