@@ -8,8 +8,9 @@ Poisson arrivals at a rate (or all at once), prompt and output lengths drawn wit
         --num-requests 1000 --prompt-len 64 1024 --output-len 16 512 --baseline
 `--serve MODEL` starts `kvinfer serve` in its own process (the client here must not compete with
 the server for one interpreter's lock) on random weights of a benchmark shape (benchmarks/gpu_bench.py);
-`--baseline` then also times LLM.generate on the same requests, in waves of max_batch that each run
-until their longest request ends (only the tokens each request asked for count).
+`--baseline` then also times LLM.generate on the same requests: in waves of max_batch that each run
+until their longest request ends (only the tokens each request asked for count), as generate ran
+before it joined the serving loop, and all at once (the server's engine loop without HTTP).
 """
 
 from __future__ import annotations
@@ -126,6 +127,12 @@ def baseline(llm, requests) -> None:
     seconds = time.perf_counter() - t0
     print(f"| LLM.generate waves | {len(requests)} | 0 | {len(requests) / seconds:7.2f} | {tokens / seconds:9.1f} "
           "| - | - | - | - | - | - |")
+    t0 = time.perf_counter()  # the same engine loop as the server's, without HTTP
+    outs = llm.generate([p for p, _ in requests], [SamplingParams(max_tokens=o, temperature=0, ignore_eos=True)
+                                                   for _, o in requests])
+    seconds, tokens = time.perf_counter() - t0, sum(len(r.token_ids) for r in outs)
+    print(f"| LLM.generate all at once | {len(requests)} | 0 | {len(requests) / seconds:7.2f} | "
+          f"{tokens / seconds:9.1f} | - | - | - | - | - | - |")
 
 
 def full_vocab_tokenizer(folder: str) -> None:

@@ -85,7 +85,7 @@ py::dict graph_dict(const GraphStats& s) {
 
 void bind_runner(py::module_& m) {
   PYBIND11_NUMPY_DTYPE(SamplingArgs, temperature, top_k, top_p, min_p, repetition_penalty, seed, step, bias_start,
-                       bias_count);
+                       bias_count, presence_penalty, frequency_penalty, output_start);
   PYBIND11_NUMPY_DTYPE(LogitBias, token, bias);
   m.def("sampling_args_dtype", []() { return py::dtype::of<SamplingArgs>(); },
         "numpy dtype of one row of sampling arguments (types/sampling_args.h)");

@@ -135,7 +135,9 @@ void Runner::validate(const StepBatch& b) const {
     for (int r = 0; r < R; ++r) {
       const SamplingArgs& a = b.sampling[r];
       KVINFER_CHECK_ARG(a.temperature >= 0 && a.top_k >= 0 && a.top_p > 0 && a.top_p <= 1 &&
-                            a.min_p >= 0 && a.min_p <= 1 && a.repetition_penalty > 0,
+                            a.min_p >= 0 && a.min_p <= 1 && a.repetition_penalty > 0 &&
+                            std::isfinite(a.presence_penalty) && std::isfinite(a.frequency_penalty) &&
+                            a.output_start >= 0,
                         "sampling arguments of row ", r, " are out of range");
     }
   }
@@ -229,7 +231,7 @@ void Runner::launch_locked(const StepBatch& b, float* logits, float* hidden_stat
   bool untouched = true;
   for (int r = 0; b.sampling && r < b.num_logit_rows; ++r)
     untouched = untouched && b.sampling[r].temperature == 0 && b.sampling[r].repetition_penalty == 1.0f &&
-                b.sampling[r].bias_count == 0;
+                b.sampling[r].bias_count == 0 && !b.sampling[r].penalises_output();
   const bool plain_decode = b.decode() && b.sampling && b.num_logit_rows == b.num_seqs && !hidden_states &&
                             (!logits || untouched);
   const int padded = plain_decode ? backend_->graph_batch(b.num_seqs) : 0;

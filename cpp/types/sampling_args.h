@@ -2,7 +2,9 @@
 // (backend/cpu/sampling.h) and the CUDA kernel (backend/cuda/sampling.h) share, and the counter-based
 // uniform both draw from. The algorithm, in the order HF's generate applies it:
 //   1. repetition penalty over the sequence's token history (x < 0 ? x * r : x / r, once per id);
-//      then the row's logit biases (x[id] += bias; -inf bans an id)
+//      then presence/frequency penalties over the generated part of the history (positions
+//      output_start ..): x -= frequency * count, then x -= presence once per id; then the row's
+//      logit biases (x[id] += bias; -inf bans an id)
 //   2. temperature 0: argmax (lowest id on ties) - done
 //   3. x / temperature; top-k keeps x >= the k-th largest value (ties kept, as HF does)
 //   4. p = exp(x - max); top-p keeps the largest threshold t with sum(p >= t) >= top_p * sum(p);
@@ -28,6 +30,14 @@ struct SamplingArgs {
   // logit_bias array, distinct ids.
   int32_t bias_start = 0;
   int32_t bias_count = 0;
+  float presence_penalty = 0.0f;   // OpenAI's: 0 is off
+  float frequency_penalty = 0.0f;  // OpenAI's: 0 is off
+  int32_t output_start = 0;        // the history position of the sequence's first generated token
+
+#if defined(__CUDACC__)
+  __host__ __device__
+#endif
+  bool penalises_output() const { return presence_penalty != 0.0f || frequency_penalty != 0.0f; }
 };
 
 // One logit bias: x[token] += bias (finite, or -inf to ban the id).

@@ -1,26 +1,29 @@
-"""LLM: load a model folder (or GGUF) into a Runner and generate text (vLLM-like API). The
-generation loop itself is kvinfer.engine."""
+"""LLM: load a model folder (or GGUF) into a Runner and generate text (vLLM-like API). generate,
+stream and chat run on the continuous-batching engine loop of kvinfer.serving."""
 
 from __future__ import annotations
 
 import logging
 import os
-import random
+import queue
+import threading
 import time
+import weakref
 from dataclasses import dataclass
-from typing import Iterator, Sequence as Seq
+from typing import Sequence as Seq
 
 import numpy as np
 
 import kvinfer
 from kvinfer import _core
-from kvinfer.block_manager import OutOfBlocks
 from kvinfer.config import attention_window, model_config, read_config_json
-from kvinfer.engine import Engine, Sequence
+from kvinfer.engine import Engine, Slot
 from kvinfer.models import resolve_model
 from kvinfer.planner import fit_to_memory, parse_bytes, plan_for_config
+from kvinfer.logprobs import Logprob
 from kvinfer.sampling import SamplingParams
-from kvinfer.tokenizer import StreamDecoder, Tokenizer
+from kvinfer.serving import Delta, ServingEngine
+from kvinfer.tokenizer import Tokenizer
 from kvinfer.weights import load_weights
 
 Prompt = str | Seq[int]
@@ -33,7 +36,16 @@ class RequestOutput:
     prompt_token_ids: list[int]
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str | None  # "stop" | "length" (None while a stream is unfinished)
+    logprobs: list[Logprob] | None = None  # one per token when SamplingParams.logprobs is set
+
+    def add(self, d: Delta) -> None:
+        self.text += d.text
+        self.token_ids += d.token_ids
+        if d.logprobs:
+            self.logprobs = (self.logprobs or []) + d.logprobs
+        if d.finish_reason:
+            self.finish_reason = d.finish_reason
 
 
 @dataclass
@@ -44,50 +56,62 @@ class Timings:
     decode_seconds: float = 0.0  # from the first token to the last
 
 
+def _raise_for(d: Delta) -> None:
+    """A request that ended with an error raises it; one aborted by close() says the LLM closed."""
+    if d.finish_reason == "error":
+        raise d.cause if d.cause is not None else RuntimeError(d.error)
+    if d.finish_reason == "abort":
+        raise ValueError("this LLM was closed")
+
+
 class TextStream:
     """The continuation of one prompt as text pieces (iterate it). `output` is the RequestOutput so
     far and `timings` the prompt and decode times; close() ends the generation early and frees its
-    sequence slot (so does dropping it). The prompt is checked when the stream is made."""
+    sequence (so does dropping it). The prompt is checked, and the request queued, when the stream
+    is made."""
 
     def __init__(self, llm: LLM, prompt: Prompt, params: SamplingParams):
         llm._check_open()
-        self._llm, self.params = llm, params
+        self.params = params
         ids = llm._encode(prompt)
         llm._check_fits(ids, params)
         self.output = RequestOutput(prompt if isinstance(prompt, str) else None, ids, "", [], None)
         self.timings = Timings(len(ids))
-        self._pieces = self._generate(ids)
+        self._deltas: queue.SimpleQueue[Delta] = queue.SimpleQueue()
+        self._serving = llm._serving_engine()
+        self._start = self._first = time.perf_counter()
+        self._id = self._serving.submit(ids, params, self._deltas.put)
+        self._done = False
 
     def __iter__(self) -> TextStream:
         return self
 
     def __next__(self) -> str:
-        return next(self._pieces)
+        while not self._done:
+            d = self._deltas.get()
+            now = time.perf_counter()
+            if d.token_ids:
+                if not self.output.token_ids:
+                    self._first, self.timings.prompt_seconds = now, now - self._start
+                self.timings.decode_seconds = now - self._first
+            self._done = d.finish_reason is not None
+            _raise_for(d)
+            self.output.add(d)
+            self.timings.generated_tokens = len(self.output.token_ids)
+            if d.text:
+                return d.text
+        raise StopIteration
 
     def close(self) -> None:
-        self._pieces.close()
+        if not self._done:
+            self._done = True
+            self._serving.abort(self._id)
 
-    def _generate(self, ids: list[int]) -> Iterator[str]:
-        llm, params, emitted = self._llm, self.params, 0
-        hold = max((len(s) for s in params.stop), default=1) - 1  # a stop string may be half-written
-        slots = llm.engine.take_slots(1)
-        start = first = time.perf_counter()
-        seqs = []
+    def __del__(self) -> None:
         try:
-            seqs = llm._sequences([ids], slots, params)
-            for seq in llm.engine.steps(seqs, params):
-                now = time.perf_counter()
-                if len(seq.token_ids) == 1:
-                    first, self.timings.prompt_seconds = now, now - start
-                self.timings.decode_seconds, self.timings.generated_tokens = now - first, len(seq.token_ids)
-                self.output = RequestOutput(self.output.prompt, ids, seq.text, seq.token_ids, seq.finish_reason)
-                safe = len(seq.text) if seq.finish_reason else max(emitted, len(seq.text) - hold)
-                if safe > emitted:
-                    yield seq.text[emitted:safe]
-                    emitted = safe
-        finally:
-            llm._end(seqs)
-            llm.engine.give_back(slots)
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finaliser (the engine may be closed)
+            pass
 
 
 def _count(name: str, value, optional: bool = True):
@@ -119,8 +143,9 @@ class LLM:
     the rest (`prefix_caching=False`: every prompt is computed in full). The KV cache is a pool of
     16-token blocks: by default a full context per sequence; `kv_blocks` sets it (or max_memory,
     which gives it the memory left), and with fewer blocks than max_batch full contexts need,
-    sequences wait for blocks (generate runs smaller waves; the serving engine preempts).
-    One LLM may be used from several threads: their calls are serialised."""
+    requests wait for blocks and the newest running sequence is preempted (recomputed later, with
+    the same output). One LLM may be used from several threads at once: their requests share the
+    engine's batch."""
 
     def __init__(self, model: str | None = None, device: str = "auto", max_context: int | None = None,
                  max_batch: int | None = None, max_step_tokens: int = 512,
@@ -166,6 +191,8 @@ class LLM:
             raise
         self.runner = runner
         self.engine = Engine(runner, self.tokenizer.eos_token_ids, prefix_caching)
+        self._serving: ServingEngine | None = None
+        self._serving_lock = threading.Lock()
 
     # ---- prompts -------------------------------------------------------------------------------
     def _encode(self, prompt: Prompt) -> list[int]:
@@ -195,58 +222,51 @@ class LLM:
             return [prompts]
         return list(prompts)
 
-    def _sequences(self, prompts: list[list[int]], slots: list[int], params: SamplingParams,
-                   first: int = 0) -> list[Sequence]:
-        """Each sequence draws from its own stream of random numbers, a function of (seed, token
-        index) only, so a prompt samples the same alone or in a batch."""
-        seed = params.seed if params.seed is not None else random.SystemRandom().getrandbits(63)
-        seqs = [Sequence(first + i, slot, ids, seed, StreamDecoder(self.tokenizer))
-                for i, (ids, slot) in enumerate(zip(prompts, slots))]
-        begun = 0
-        try:
-            for s in seqs:  # KV blocks for the whole sequence, a cached prefix where there is one
-                self.engine.begin(s, s.prompt_ids, params.repetition_penalty == 1.0,
-                                  reserve=min(len(s.prompt_ids) + params.max_tokens, self.max_context))
-                begun += 1
-        except OutOfBlocks:
-            if begun == 0:
-                raise
-        except BaseException:
-            self._end(seqs)
-            raise
-        return seqs[:begun]  # the pool ran short: the rest go in a later wave
-
-    def _end(self, seqs: list[Sequence]) -> None:
-        for s in seqs:
-            self.engine.end(s, s.prompt_ids + s.token_ids)
+    def _serving_engine(self) -> ServingEngine:
+        """The engine loop that generate, stream and chat run on (and `kvinfer serve`), started on
+        first use."""
+        with self._serving_lock:
+            self._check_open()
+            if self._serving is None:
+                # a weak reference: dropping the LLM frees its memory at once (no cycle to collect)
+                self._serving = ServingEngine(weakref.proxy(self), max_waiting=None)
+            return self._serving
 
     def _check_open(self) -> None:
         if self.runner.released:
             raise ValueError("this LLM was closed")
 
     # ---- public API ----------------------------------------------------------------------------
-    def generate(self, prompts: Prompt | Seq[Prompt], params: SamplingParams | None = None) -> list[RequestOutput]:
+    def generate(self, prompts: Prompt | Seq[Prompt],
+                 params: SamplingParams | Seq[SamplingParams] | None = None) -> list[RequestOutput]:
+        """Every prompt's continuation, in order. The prompts join the engine's continuous batch (with
+        whatever other threads or a server submit), so each one's output is what it gets alone.
+        `params`: one for all prompts or one per prompt. A seed applies to each prompt; without
+        one, each draws its own."""
         self._check_open()
-        params = params or SamplingParams()
         items = self._as_list(prompts)
+        every = [params or SamplingParams()] * len(items) if not isinstance(params, (list, tuple)) else list(params)
+        if len(every) != len(items):
+            raise ValueError(f"{len(every)} SamplingParams for {len(items)} prompts")
         encoded = [self._encode(p) for p in items]
-        for ids in encoded:
-            self._check_fits(ids, params)
-        outputs: list[RequestOutput] = []
-        with self.engine.lock:
-            start = 0
-            while start < len(encoded):
-                slots = self.engine.take_slots(len(encoded) - start)
-                seqs = []
-                try:
-                    seqs = self._sequences(encoded[start:start + len(slots)], slots, params, start)
-                    self.engine.run(seqs, params)
-                finally:
-                    self._end(seqs)
-                    self.engine.give_back(slots)
-                outputs += [RequestOutput(items[s.index] if isinstance(items[s.index], str) else None,
-                                          s.prompt_ids, s.text, s.token_ids, s.finish_reason) for s in seqs]
-                start += len(seqs)
+        for ids, p in zip(encoded, every):
+            self._check_fits(ids, p)
+        outputs = [RequestOutput(p if isinstance(p, str) else None, ids, "", [], None) for p, ids in zip(items, encoded)]
+        deltas: queue.SimpleQueue[tuple[int, Delta]] = queue.SimpleQueue()
+        serving, ids, unfinished = self._serving_engine(), [], set(range(len(encoded)))
+        try:
+            for i, prompt_ids in enumerate(encoded):
+                ids.append(serving.submit(prompt_ids, every[i], lambda d, i=i: deltas.put((i, d))))
+            while unfinished:
+                i, d = deltas.get()
+                _raise_for(d)
+                outputs[i].add(d)
+                if d.finish_reason:
+                    unfinished.discard(i)
+        finally:
+            for i in unfinished:  # an error or an interrupt: the rest stop within one step
+                if i < len(ids):
+                    serving.abort(ids[i])
         return outputs
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> TextStream:
@@ -277,7 +297,7 @@ class LLM:
         states = np.empty((c.num_layers + 1, len(ids), c.hidden_size), np.float32) if hidden_states else None
         step = self.runner.max_step_tokens
         slots = self.engine.take_slots(1)
-        seq = Sequence(0, slots[0], ids, 0, None)
+        seq = Slot(slots[0])
         try:
             self.engine.begin(seq, ids, reuse=False)  # every position's logits: nothing is skipped
             with self.engine.lock:
@@ -298,8 +318,13 @@ class LLM:
         return (out, states) if hidden_states else out
 
     def close(self) -> None:
-        """Frees the model's memory now (waits for a call in progress in another thread)."""
-        self.runner.release()
+        """Frees the model's memory now: unfinished generations end (their callers get ValueError)
+        and a call in progress in another thread is waited for."""
+        with self._serving_lock:
+            serving, self._serving = self._serving, None
+            if serving is not None:
+                serving.close()
+            self.runner.release()
 
     def __enter__(self) -> LLM:
         return self

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from kvinfer.sampling import SamplingParams
 
-UNSUPPORTED = ("logprobs", "top_logprobs", "presence_penalty", "frequency_penalty", "best_of",
-               "suffix", "echo", "tools", "response_format")
+UNSUPPORTED = ("best_of", "suffix", "echo", "tools", "response_format")
+MAX_TOP_LOGPROBS = 20
 
 
 class ApiError(Exception):
@@ -52,7 +52,21 @@ def _get(body: dict, name: str, kinds, default=None, ok=lambda v: True, rule: st
     return v
 
 
-def parse_job(body: dict, prompts: list[list[int]], max_context: int, default_max_tokens: int | None) -> Job:
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """How many top log-probabilities per token (None: none at all). Chat: logprobs (bool) and
+    top_logprobs; completions: logprobs (the count)."""
+    rule = f"an integer in [0, {MAX_TOP_LOGPROBS}]"
+    if not chat:
+        return _get(body, "logprobs", int, None, lambda v: 0 <= v <= MAX_TOP_LOGPROBS, rule)
+    want = _get(body, "logprobs", bool, False)
+    top = _get(body, "top_logprobs", int, None, lambda v: 0 <= v <= MAX_TOP_LOGPROBS, rule)
+    if top is not None and not want:
+        raise ApiError(400, "top_logprobs needs logprobs=true", "top_logprobs")
+    return (top or 0) if want else None
+
+
+def parse_job(body: dict, prompts: list[list[int]], max_context: int, default_max_tokens: int | None,
+              chat: bool = False) -> Job:
     """The prompts with the SamplingParams of every choice and the streaming options, checked field
     by field."""
     prompt_lengths = [len(p) for p in prompts]
@@ -79,7 +93,9 @@ def parse_job(body: dict, prompts: list[list[int]], max_context: int, default_ma
                   top_p=_get(body, "top_p", float, 1.0), top_k=max(top_k, 0), min_p=_get(body, "min_p", float, 0.0),
                   repetition_penalty=_get(body, "repetition_penalty", float, 1.0), stop=stop,
                   stop_token_ids=_get(body, "stop_token_ids", list, []),
-                  ignore_eos=_get(body, "ignore_eos", bool, False))
+                  ignore_eos=_get(body, "ignore_eos", bool, False),
+                  presence_penalty=_get(body, "presence_penalty", float, 0.0),
+                  frequency_penalty=_get(body, "frequency_penalty", float, 0.0), logprobs=_logprobs(body, chat))
     bias = _get(body, "logit_bias", dict, {})
     try:
         fields["logit_bias"] = {int(t): float(b) for t, b in bias.items()}
@@ -123,26 +139,48 @@ def now() -> int:
     return int(time.time())
 
 
+def completion_logprobs(entries: list, text_of, offset: int) -> dict:
+    """OpenAI's completions `logprobs` object for tokens whose text starts at `offset` characters
+    into the completion; `text_of(id)` is a token's text."""
+    tokens = [text_of(e.token_id) for e in entries]
+    offsets = [offset + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{text_of(i): lp for i, lp in e.top} for e in entries], "text_offset": offsets}
+
+
+def chat_logprobs(entries: list, text_of) -> dict:
+    """OpenAI's chat `logprobs` object: per token its text, log-probability, UTF-8 bytes and top ones."""
+    def item(token_id: int, logprob: float) -> dict:
+        text = text_of(token_id)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return {"content": [dict(item(e.token_id, e.logprob), top_logprobs=[item(i, lp) for i, lp in e.top])
+                        for e in entries]}
+
+
 def completion_body(rid: str, model: str, choices: list[dict], usage: dict) -> dict:
     return {"id": rid, "object": "text_completion", "created": now(), "model": model,
-            "choices": [{"index": c["index"], "text": c["text"], "logprobs": None, "finish_reason": c["finish_reason"]}
-                        for c in choices], "usage": usage}
+            "choices": [{"index": c["index"], "text": c["text"], "logprobs": c.get("logprobs"),
+                         "finish_reason": c["finish_reason"]} for c in choices], "usage": usage}
 
 
 def chat_body(rid: str, model: str, choices: list[dict], usage: dict) -> dict:
     return {"id": rid, "object": "chat.completion", "created": now(), "model": model,
             "choices": [{"index": c["index"], "message": {"role": "assistant", "content": c["text"]},
-                         "logprobs": None, "finish_reason": c["finish_reason"]} for c in choices], "usage": usage}
+                         "logprobs": c.get("logprobs"), "finish_reason": c["finish_reason"]} for c in choices],
+            "usage": usage}
 
 
-def completion_chunk(rid: str, model: str, index: int, text: str, finish_reason: str | None) -> dict:
+def completion_chunk(rid: str, model: str, index: int, text: str, finish_reason: str | None,
+                     logprobs: dict | None = None) -> dict:
     return {"id": rid, "object": "text_completion", "created": now(), "model": model,
-            "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}]}
+            "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
 
-def chat_chunk(rid: str, model: str, index: int, delta: dict, finish_reason: str | None) -> dict:
+def chat_chunk(rid: str, model: str, index: int, delta: dict, finish_reason: str | None,
+               logprobs: dict | None = None) -> dict:
     return {"id": rid, "object": "chat.completion.chunk", "created": now(), "model": model,
-            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:

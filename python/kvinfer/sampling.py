@@ -1,9 +1,13 @@
 """SamplingParams: what the engine's sampler (cpp/types/sampling_args.h, the same algorithm on the CPU
-and the GPU) applies, in the order HF's generate does: repetition penalty, logit biases,
-temperature, top-k, top-p, min-p, then a draw. Temperature 0 is greedy (argmax; ties go to the
-lowest id). `logit_bias` adds to a token's logit (-inf bans it); `min_tokens` bans the stop ids
-(end of sequence unless ignore_eos, and stop_token_ids) and holds back stop strings until that
-many tokens are out."""
+and the GPU) applies, in the order HF's generate does: repetition penalty, then OpenAI's
+presence/frequency penalties, logit biases, temperature, top-k, top-p, min-p, then a draw.
+Temperature 0 is greedy (argmax; ties go to the lowest id). The repetition penalty counts the
+prompt and the generated tokens; presence and frequency penalties only the generated ones
+(x -= frequency_penalty * count + presence_penalty * (count > 0)). `logit_bias` adds to a token's
+logit (-inf bans it); `min_tokens` bans the stop ids (end of sequence unless ignore_eos, and
+stop_token_ids) and holds back stop strings until that many tokens are out. `logprobs=N` returns,
+for every generated token, its log-probability and the N most likely tokens' under the model's
+own distribution (log-softmax of the logits, before any penalty, bias or temperature)."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from kvinfer import _core
 # logit_bias entries of a request (the native limit per row leaves room for the stop ids that
 # min_tokens bans)
 MAX_LOGIT_BIAS = _core.MAX_LOGIT_BIAS_PER_ROW - 20
+MAX_LOGPROBS = 20  # top log-probabilities per token (OpenAI's limit)
 
 
 @dataclass
@@ -32,6 +37,9 @@ class SamplingParams:
     ignore_eos: bool = False
     min_tokens: int = 0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None  # None: off; N: the sampled token's and the top N (N <= MAX_LOGPROBS)
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, rule: str) -> None:
@@ -69,6 +77,16 @@ class SamplingParams:
                   (math.isfinite(b) or b == -math.inf) for t, b in self.logit_bias.items()), "logit_bias",
               f"a dict of at most {MAX_LOGIT_BIAS} token ids >= 0 to finite biases (or -inf)")
         self.logit_bias = {int(t): float(b) for t, b in self.logit_bias.items()}
+        for name in ("presence_penalty", "frequency_penalty"):
+            check(is_num(getattr(self, name)) and -2 <= getattr(self, name) <= 2, name, "a number in [-2, 2]")
+        check(self.logprobs is None or (is_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS), "logprobs",
+              f"None or an integer in [0, {MAX_LOGPROBS}]")
+
+    @property
+    def reads_history(self) -> bool:
+        """Whether the sampler reads the sequence's token history (penalties): its tokens must all
+        have been computed in its own slot, so no cached prefix is reused."""
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
     def check_vocab(self, vocab_size: int) -> None:
         """ValueError for a token id the model does not have (logit_bias, stop_token_ids)."""

@@ -1,7 +1,7 @@
-"""Continuous batching: requests wait in a queue, and every step takes each running sequence's next
-token plus chunks of prompts up to the step's token budget (chunked prefill). A request is admitted
-as soon as a sequence slot is free and leaves its slot the step it finishes or is aborted, so a
-waiting one starts on the next step; nothing waits for a wave to end. An admitted request's prompt
+"""Continuous batching: requests wait in a queue; a step takes each running sequence's next token, or
+chunks of prompts up to the step's token budget (chunked prefill), the two kinds taking turns. A
+request is admitted as soon as a sequence slot is free and leaves its slot the step it finishes or
+is aborted, so a waiting one starts on the next step; nothing waits for a wave to end. An admitted request's prompt
 gets KV blocks at once, the prefix cache's where its prompt starts like an earlier one (only the
 rest is prefilled); a finished one's blocks are freed at once. When the pool runs short, the newest
 running sequence is preempted: its blocks and slot are freed and it waits at the head of the queue,
@@ -72,8 +72,12 @@ class Running:
 @dataclass
 class Chunk:
     seq: Running
-    tokens: list[int]              # prompt tokens, or the one token a decoding sequence feeds back
+    tokens: list[int] | None       # prompt tokens; None: one decode token, the sequence's latest
     samples: bool                  # whether this chunk's last row is sampled
+
+    @property
+    def num_tokens(self) -> int:
+        return 1 if self.tokens is None else len(self.tokens)
 
 
 @dataclass
@@ -82,7 +86,7 @@ class ScheduledStep:
 
     @property
     def num_tokens(self) -> int:
-        return sum(len(c.tokens) for c in self.chunks)
+        return sum(c.num_tokens for c in self.chunks)
 
 
 class Scheduler:
@@ -104,6 +108,7 @@ class Scheduler:
         self.waiting: deque[Request | Running] = deque()  # Running: preempted, admitted first
         self.running: list[Running] = []
         self.preemptions = 0
+        self._prefill_turn = False  # the next step is a prompt step if there are prompt chunks
 
     def check_fits(self, request: Request) -> None:
         """ContextOverflowError unless the prompt and max_tokens fit a sequence's context."""
@@ -119,19 +124,27 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def decode_only(self, free_slot: bool) -> bool:
-        """Whether the next step is decodes alone: no prompt is mid-prefill and none can be admitted."""
-        return bool(self.running) and not any(s.prefilling for s in self.running) and \
-            not (self.waiting and free_slot)
+    def decoding(self) -> list[Running]:
+        """Running sequences past their prompt that need another token (their last one may still
+        be in flight: its step has not been collected)."""
+        return [s for s in self.running if not s.prefilling and s.launched < s.request.params.max_tokens]
 
     def schedule(self) -> ScheduledStep:
-        """Decodes first (one token for every sequence past its prompt, oldest first), then prompt
-        chunks of running sequences, then newly admitted requests, within the token budget."""
+        """A step of decodes (one token for every sequence past its prompt, oldest first) or one of
+        prompt chunks (running sequences' first, then newly admitted requests', within the token
+        budget); while both have work they take turns. Never both in one step: a decode row then
+        runs through the very kernels it meets alone, so its output cannot depend on the prompts
+        beside it (and a decode step can replay a CUDA graph)."""
+        decodes = [Chunk(s, None, True) for s in self.decoding()[:self.max_step_tokens]]
+        if decodes and not self._prefill_turn:
+            self._prefill_turn = True
+            return ScheduledStep(decodes)
+        step = self._prefill_step()
+        self._prefill_turn = not step.chunks  # nothing to prefill: decode again next time
+        return step if step.chunks or not decodes else ScheduledStep(decodes)
+
+    def _prefill_step(self) -> ScheduledStep:
         budget, chunks = self.max_step_tokens, []
-        for seq in self.running:
-            if not seq.prefilling and budget > 0:
-                chunks.append(Chunk(seq, [seq.token_ids[-1]], True))
-                budget -= 1
         for seq in self.running:
             if seq.prefilling and budget > 0:
                 chunks.append(self._prompt_chunk(seq, budget))
@@ -162,7 +175,7 @@ class Scheduler:
 
     def _shares_a_prefill(self, item: Request | Running) -> bool:
         bs, request = self.prefix_block, request_of(item)
-        if bs == 0 or request.params.repetition_penalty != 1.0 or len(request.prompt_ids) <= bs:
+        if bs == 0 or request.params.reads_history or len(request.prompt_ids) <= bs:
             return False  # no reuse, or no block of it could be reused
         head = request.prompt_ids[:bs]
         return any(s.prefilling and s.request.prompt_ids[:bs] == head for s in self.running)

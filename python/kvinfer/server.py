@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import threading
 import time
 
 from fastapi import FastAPI, Request, Response
@@ -48,9 +49,41 @@ class Metrics:
         hits.set_function(lambda: pool.hit_tokens / max(1, pool.query_tokens))
 
 
+class Mailbox:
+    """Deltas from the engine thread to the event loop's request queues, the loop woken once per batch
+    (a step's deltas for 64 streams are one wake-up, not 64): the engine thread must not wait on
+    the event loop, nor the loop on the interpreter lock the engine thread needs."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop, self._lock, self._pending = loop, threading.Lock(), []
+
+    def deliver(self, q: asyncio.Queue, item) -> None:  # the engine thread
+        with self._lock:
+            self._pending.append((q, item))
+            first = len(self._pending) == 1
+        if first:
+            self._loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:  # the event loop
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for q, item in pending:
+            q.put_nowait(item)
+
+
+def merged(a: Delta, b: Delta) -> Delta:
+    """Two consecutive deltas of one request as one (the later one's finish, counts and error)."""
+    return Delta(b.request_id, a.text + b.text, a.token_ids + b.token_ids, b.finish_reason, b.prompt_tokens,
+                 b.completion_tokens, b.error, (a.logprobs or []) + (b.logprobs or []) or None, b.cause)
+
+
 def create_app(engine: ServingEngine, model_name: str, api_key: str | None = None) -> FastAPI:
     llm = engine.llm
     app = FastAPI(title="kvinfer", version="0.1.0")
+    mailboxes: dict[asyncio.AbstractEventLoop, Mailbox] = {}
+
+    def token_text(token_id: int) -> str:
+        return llm.tokenizer.decode([token_id], skip_special_tokens=False)
     metrics = Metrics(engine)
 
     def error(e: api.ApiError) -> JSONResponse:
@@ -116,7 +149,7 @@ def create_app(engine: ServingEngine, model_name: str, api_key: str | None = Non
                 prompt = llm.tokenizer.encode(text, add_special_tokens=False)
             except ValueError as e:
                 raise api.ApiError(400, str(e), "messages") from None
-            job = api.parse_job(body, [prompt], llm.max_context, None)
+            job = api.parse_job(body, [prompt], llm.max_context, None, chat=True)
         except api.ApiError as e:
             return error(e)
         return await run(request, job, "chatcmpl", chat=True)
@@ -124,11 +157,12 @@ def create_app(engine: ServingEngine, model_name: str, api_key: str | None = Non
     async def run(request: Request, job: api.Job, prefix: str, chat: bool):
         rid = f"{prefix}-{secrets.token_hex(12)}"
         loop, deltas = asyncio.get_running_loop(), asyncio.Queue()
+        mailbox = mailboxes.get(loop) or mailboxes.setdefault(loop, Mailbox(loop))
         started, ids = time.perf_counter(), []
         try:
             for i, params in enumerate(job.params):
                 def deliver(d: Delta, index=i) -> None:
-                    loop.call_soon_threadsafe(deltas.put_nowait, (index, d))
+                    mailbox.deliver(deltas, (index, d))
                 ids.append(engine.submit(job.prompts[i // job.n], params, deliver))
         except (QueueFullError, ValueError) as e:
             for request_id in ids:
@@ -140,6 +174,7 @@ def create_app(engine: ServingEngine, model_name: str, api_key: str | None = Non
         if job.stream:
             return StreamingResponse(sse(rid, job, chat, events, ids, prompt_tokens), media_type="text/event-stream")
         choices = [{"index": i, "text": "", "finish_reason": None} for i in range(len(ids))]
+        entries: list[list] = [[] for _ in ids]  # each choice's log-probabilities, when asked
         completion_tokens = 0
 
         async def abort_on_disconnect() -> None:  # a whole response: nobody waits for it any more
@@ -152,6 +187,7 @@ def create_app(engine: ServingEngine, model_name: str, api_key: str | None = Non
         try:
             async for index, d in events:
                 choices[index]["text"] += d.text
+                entries[index] += d.logprobs or []
                 if d.finish_reason:
                     if d.error:
                         return error(api.ApiError(500, d.error, None, "server_error"))
@@ -166,6 +202,9 @@ def create_app(engine: ServingEngine, model_name: str, api_key: str | None = Non
             return JSONResponse({"error": {"message": "the client disconnected", "type": "aborted", "code": 499}},
                                 status_code=499)
         metrics.requests.labels("200").inc()
+        if job.params[0].logprobs is not None:
+            for c, e in zip(choices, entries):
+                c["logprobs"] = api.chat_logprobs(e, token_text) if chat else api.completion_logprobs(e, token_text, 0)
         shape = api.chat_body if chat else api.completion_body
         return shape(rid, model_name, choices, api.usage(prompt_tokens, completion_tokens))
 
@@ -173,22 +212,31 @@ def create_app(engine: ServingEngine, model_name: str, api_key: str | None = Non
         """(choice index, Delta) until every choice has finished, timing tokens for the metrics."""
         last: dict[int, float] = {}
         while count:
+            batch = {}  # what arrived since the last look, one delta per choice: one chunk to send
             index, d = await deltas.get()
+            batch[index] = d
+            while not deltas.empty():
+                index, d = deltas.get_nowait()
+                batch[index] = merged(batch[index], d) if index in batch else d
             t = time.perf_counter()
-            if d.token_ids:
-                (metrics.itl.observe(t - last[index]) if index in last else metrics.ttft.observe(t - started))
-                last[index] = t
-                metrics.generation_tokens.inc(len(d.token_ids))
-            if d.finish_reason:
-                count -= 1
-                metrics.e2e.observe(t - started)
-            yield index, d
+            for index, d in batch.items():
+                if d.token_ids:
+                    (metrics.itl.observe(t - last[index]) if index in last else metrics.ttft.observe(t - started))
+                    for _ in d.token_ids[1:]:  # tokens that came together reach the client together
+                        metrics.itl.observe(0.0)
+                    last[index] = t
+                    metrics.generation_tokens.inc(len(d.token_ids))
+                if d.finish_reason:
+                    count -= 1
+                    metrics.e2e.observe(t - started)
+                yield index, d
 
     async def sse(rid: str, job: api.Job, chat: bool, events, ids: list[str], prompt_tokens: int):
         def data(obj: dict) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
         completion_tokens, status = 0, "200"
+        offsets = [0] * len(ids)  # characters streamed per choice (completions' text_offset)
         try:
             if chat:
                 for i in range(len(ids)):
@@ -200,12 +248,17 @@ def create_app(engine: ServingEngine, model_name: str, api_key: str | None = Non
                     continue
                 if d.finish_reason:
                     completion_tokens += d.completion_tokens
-                if d.text or d.finish_reason:
+                if d.text or d.finish_reason or d.logprobs:
+                    lp = None
+                    if d.logprobs:
+                        lp = api.chat_logprobs(d.logprobs, token_text) if chat else \
+                            api.completion_logprobs(d.logprobs, token_text, offsets[index])
+                    offsets[index] += len(d.text)
                     if chat:
                         yield data(api.chat_chunk(rid, model_name, index, {"content": d.text} if d.text else {},
-                                                  d.finish_reason))
+                                                  d.finish_reason, lp))
                     else:
-                        yield data(api.completion_chunk(rid, model_name, index, d.text, d.finish_reason))
+                        yield data(api.completion_chunk(rid, model_name, index, d.text, d.finish_reason, lp))
             if job.include_usage:
                 obj = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
                        "created": api.now(), "model": model_name, "choices": [],

@@ -1,24 +1,33 @@
 """The serving engine: one background thread runs the scheduler's steps on an LLM's runner while
-any number of threads (or an asyncio server) submit requests and receive their output as deltas.
-Submission, abort and close are thread-safe; each step takes the runner's lock, so the LLM's own
-generate/stream calls still work beside it, sharing its sequence slots."""
+any number of threads (LLM.generate/stream, an asyncio server) submit requests and receive their
+output as deltas. Submission, abort and close are thread-safe.
+
+Steps run two in flight: step n + 1 is scheduled and enqueued before step n's sampled tokens are
+read, a decoding sequence's input taken on the device from step n's sample, so the GPU never waits
+for this thread. Stops are seen one step late and a finished sequence's extra token is dropped.
+The runner's lock is held while steps are in flight (another user's step would collect ours) and
+let go every PIPELINE_RUN steps. A step with a row that wants log-probabilities runs alone (its
+logits come back to the host)."""
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import queue
 import random
 import threading
+import weakref
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
 
-from kvinfer.engine import SAMPLING_DTYPE, logit_biases
-from kvinfer.sampling import SamplingParams
 from kvinfer.block_manager import OutOfBlocks
-from kvinfer.scheduler import Request, Running, ScheduledStep, Scheduler, request_of
+from kvinfer.logprobs import Logprob, logprob_of
+from kvinfer.sampling import SamplingParams
+from kvinfer.scheduler import Request, Running, Scheduler, request_of
+from kvinfer.step_inputs import StepInputs, step_inputs
 
 
 class QueueFullError(RuntimeError):
@@ -27,8 +36,9 @@ class QueueFullError(RuntimeError):
 
 @dataclass
 class Delta:
-    """What one request got from one step: new text and token ids; `finish_reason` ("stop",
-    "length", "abort" or "error") on its last delta, with `error` set for "error"."""
+    """What one request got from one step: new text and token ids (and their log-probabilities when
+    asked); `finish_reason` ("stop", "length", "abort" or "error") on its last delta, with `error`
+    (and the exception, `cause`) set for "error"."""
     request_id: str
     text: str
     token_ids: list[int]
@@ -36,21 +46,33 @@ class Delta:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    logprobs: list[Logprob] | None = None
+    cause: BaseException | None = field(default=None, repr=False)
 
 
 Deliver = Callable[[Delta], None]
+_engines: weakref.WeakSet[ServingEngine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_engines() -> None:
+    """At exit every engine thread ends first: one killed inside a native call would abort the process."""
+    for engine in list(_engines):
+        engine.close()
 
 
 class ServingEngine:
-    def __init__(self, llm, max_waiting: int = 1024):
-        if max_waiting < 1:
-            raise ValueError(f"max_waiting={max_waiting} must be >= 1")
+    PIPELINE_RUN = 64  # steps in flight back to back before the runner's lock is let go
+
+    def __init__(self, llm, max_waiting: int | None = 1024):
+        if max_waiting is not None and max_waiting < 1:
+            raise ValueError(f"max_waiting={max_waiting} must be >= 1 (or None: no bound)")
         self.llm, self.max_waiting = llm, max_waiting
         engine = llm.engine
         self.scheduler = Scheduler(
-            llm.runner.max_step_tokens, llm.max_context, self._take_slot, lambda slot: engine.give_back([slot]),
+            llm.runner.max_step_tokens, llm.max_context, engine.try_take_slot, lambda slot: engine.give_back([slot]),
             llm.tokenizer,
-            begin=lambda seq: engine.begin(seq, seq.prefill_ids(), seq.request.params.repetition_penalty == 1.0),
+            begin=lambda seq: engine.begin(seq, seq.prefill_ids(), not seq.request.params.reads_history),
             end=lambda seq: engine.end(seq, seq.request.prompt_ids + seq.token_ids),
             prefix_block=engine.blocks.block_size if engine.prefix_caching else 0)
         self._deliver: dict[str, Deliver] = {}
@@ -58,12 +80,12 @@ class ServingEngine:
         self._aborts: list[str] = []
         self._cv = threading.Condition()
         self._stopping = False
-        self._in_flight: deque[list[Running]] = deque()  # decode steps enqueued, oldest first
-        self._pipelined = 0                                 # decode steps since the lock was let go
+        self._in_flight: deque[StepInputs] = deque()  # steps enqueued, oldest first
+        self._pipelined = 0                             # steps since the lock was let go
         self._ids = itertools.count()
         self.steps = 0
-        self._thread = threading.Thread(target=self._loop, name="kvinfer-engine", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None  # runs while there is work (see _loop)
+        _engines.add(self)
 
     # ---- any thread --------------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams, deliver: Deliver,
@@ -79,17 +101,21 @@ class ServingEngine:
         with self._cv:
             if self._stopping:
                 raise ValueError("this serving engine was closed")
-            if len(self.scheduler.waiting) + len(self._inbox) >= self.max_waiting:
+            if self.max_waiting is not None and len(self.scheduler.waiting) + len(self._inbox) >= self.max_waiting:
                 raise QueueFullError(f"{self.max_waiting} requests are waiting already")
             self._inbox.append((request, deliver))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="kvinfer-engine", daemon=True)
+                self._thread.start()
             self._cv.notify()
         return request_id
 
     def abort(self, request_id: str) -> None:
         """Ends a request within one step (its last delta says "abort"); unknown ids are ignored."""
         with self._cv:
-            self._aborts.append(request_id)
-            self._cv.notify()
+            if self._thread is not None:  # else nothing is queued or running: nothing to abort
+                self._aborts.append(request_id)
+                self._cv.notify()
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
         """The deltas of one request, for a caller that waits on them (closing the iterator aborts)."""
@@ -112,12 +138,18 @@ class ServingEngine:
                     "prefix_hit_tokens": blocks.hit_tokens, "prefix_query_tokens": blocks.query_tokens,
                     "preemptions": self.scheduler.preemptions}
 
+    @property
+    def closed(self) -> bool:
+        return self._stopping
+
     def close(self) -> None:
         """Stops the thread; requests still running end with finish_reason "abort"."""
         with self._cv:
             self._stopping = True
+            thread = self._thread
             self._cv.notify()
-        self._thread.join()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
     # ---- the engine thread -----------------------------------------------------------------------
     def _admissible(self) -> bool:
@@ -130,34 +162,24 @@ class ServingEngine:
         return blocks.free_blocks() >= blocks.blocks_for(len(head.prefill_ids() if isinstance(head, Running)
                                                              else head.prompt_ids))
 
-    def _room(self, rows: list[Running]) -> bool:
-        """Blocks for each row's next token; False when the pool is short."""
+    def _room(self) -> bool:
+        """Blocks for each decoding sequence's next token; False when the pool is short."""
         try:
-            for s in rows:
+            for s in self.scheduler.decoding():
                 self.llm.engine.grow(s, s.cached + 1)
             return True
         except OutOfBlocks:
             return False
-
-    def _make_room(self) -> None:
-        """Every decoding sequence gets the block its next token needs, the newest sequences
-        preempted while the pool is short (nothing may be in flight). One sequence always fits:
-        the pool holds at least a full context."""
-        while self.scheduler.running and not self._room([s for s in self.scheduler.running if not s.prefilling]):
-            self.scheduler.preempt(self.scheduler.running[-1])
-
-    def _take_slot(self) -> int | None:
-        engine = self.llm.engine
-        with engine.lock:
-            return engine.take_slots(1)[0] if engine.free_slots() else None
 
     def _loop(self) -> None:
         while True:
             with self._cv:
                 while not (self._stopping or self._inbox or self._aborts or self.scheduler.running
                            or self._in_flight or self._admissible()):
-                    # waiting requests and no free slot or blocks (LLM.stream holds them): look again soon
-                    self._cv.wait(timeout=0.05 if self.scheduler.waiting else None)
+                    if not self.scheduler.waiting:  # idle: the thread ends (submit starts another), so an
+                        self._thread = None         # idle engine keeps no thread, and no LLM alive
+                        return
+                    self._cv.wait(timeout=0.05)  # no free slot or blocks (another user holds them): look again soon
                 if self._stopping:
                     break
                 inbox, self._inbox = self._inbox, []
@@ -166,99 +188,108 @@ class ServingEngine:
                 self._deliver[request.request_id] = deliver
                 self.scheduler.add(request)
             for request_id in aborts:
-                dropped = self.scheduler.abort(request_id)  # its steps in flight are dropped when collected
+                dropped = self.scheduler.abort(request_id)  # its rows in flight are dropped when collected
                 if isinstance(dropped, Request):
                     self._end(dropped, "abort")
                 elif dropped is not None:
                     self._end(dropped.request, "abort", seq=dropped)
             try:
-                if self.scheduler.decode_only(self._admissible()) and self._pipelined < self.PIPELINE_RUN:
-                    self._decode_pipelined()
-                else:
-                    self._drain()
-                    self._pipelined = 0  # the lock was let go: another user of the runner may step
-                    self._make_room()
-                    step = self.scheduler.schedule()
-                    if step.chunks:
-                        self._run(step)
+                self._step()
             except Exception as e:  # the runner failed (or was closed): every request ends
-                self._fail(str(e))
+                self._fail(e)
         try:
             self._drain()
         except Exception as e:
-            self._fail(str(e))
+            self._fail(e)
         for seq in list(self.scheduler.running):
             self.scheduler.finish(seq)
             self._end(seq.request, "abort", seq=seq)
         for item in self.scheduler.waiting:
             self._end(request_of(item), "abort", seq=item if isinstance(item, Running) else None)
 
-    # Decode steps run two in flight: step n + 1 is enqueued, its input tokens taken on the device
-    # from step n's samples, before step n's tokens are read, so the GPU never waits for this
-    # thread. Stops are seen one step late; a finished sequence's extra token is dropped. The
-    # runner's lock is held while steps are in flight (a step of another user would collect
-    # ours), and let go after PIPELINE_RUN steps so that other users get their turn.
-    PIPELINE_RUN = 64
-
-    def _decode_pipelined(self) -> None:
-        rows = [s for s in self.scheduler.running if s.launched < s.request.params.max_tokens]
-        if rows and len(self._in_flight) < 2 and not self._room(rows):  # the pool is short
-            if self._in_flight:
-                self._drain()  # the steps in flight end first, then sequences can be preempted
-            else:
-                self._make_room()
+    def _step(self) -> None:
+        """Enqueues the next step, then collects the older one in flight (or the last, when there is
+        nothing to enqueue)."""
+        if self._pipelined >= self.PIPELINE_RUN:
+            self._drain()  # the lock is let go: another user of the runner may step
+            self._pipelined = 0
             return
-        if rows and len(self._in_flight) < 2:
-            if not self._in_flight:
-                self.llm.engine.lock.acquire()
-            try:
-                self._launch(rows, self._in_flight[-1] if self._in_flight else None)
-            except BaseException:
-                if not self._in_flight:
-                    self.llm.engine.lock.release()
-                raise
-            self._in_flight.append(rows)
-            self._pipelined += 1
-            if len(self._in_flight) < 2:
+        while not self._room():  # the pool is short: steps in flight end first (finishing sequences
+            if self._in_flight:  # free blocks), then the newest sequences are preempted
+                self._collect()
                 return
-        if self._in_flight:
+            self.scheduler.preempt(self.scheduler.running[-1])  # one always fits: the pool holds a context
+        step = self.scheduler.schedule()
+        engine = self.llm.engine
+        for c in step.chunks:  # a decoding sequence may enter a new block
+            engine.grow(c.seq, c.seq.cached + c.num_tokens)
+        if step.chunks:
+            if any(c.samples and c.seq.request.params.logprobs is not None for c in step.chunks):
+                self._drain()
+                self._run_with_logits(step_inputs(step.chunks, None, engine.tables))
+                return
+            self._launch(step_inputs(step.chunks, self._in_flight[-1].sampled if self._in_flight else None,
+                                     engine.tables))
+        if self._in_flight and (len(self._in_flight) == 2 or not step.chunks):
             self._collect()
 
-    def _launch(self, rows: list[Running], prev: list[Running] | None) -> None:
-        n = len(rows)
-        prev_row = {id(s): r for r, s in enumerate(prev)} if prev else {}
-        from_prev = np.array([prev_row.get(id(s), -1) for s in rows], np.int32)
-        tokens = np.array([s.token_ids[-1] if f < 0 else 0 for s, f in zip(rows, from_prev)], np.int32)
-        steps = np.arange(n + 1, dtype=np.int32)
+    def _advance(self, inputs: StepInputs) -> None:
+        """The step's tokens are enqueued: cached lengths and sampler steps move on, and the computed
+        blocks of prompts serve requests that start the same way."""
         engine = self.llm.engine
-        for s in rows:
-            engine.grow(s, s.cached + 1)
-        args, biases = self._sampling(rows)
-        self.llm.runner.launch(tokens, steps, np.array([s.cached for s in rows], np.int32),
-                               np.array([s.slot for s in rows], np.int32), steps[:n], args,
-                               from_prev if prev_row else None, engine.tables(rows), biases)
-        for s in rows:
-            s.cached += 1
-            s.launched += 1
+        lengths = np.diff(inputs.query_starts).tolist()
+        for seq, n in zip(inputs.seqs, lengths):
+            prefill = seq.prefilling
+            seq.cached += n
+            if prefill:
+                engine.blocks.register(seq.table, seq.prefill_ids(), seq.cached)
+        for seq in inputs.sampled:
+            seq.launched += 1
+
+    def _launch(self, inputs: StepInputs) -> None:
+        lock = self.llm.engine.lock
+        if not self._in_flight:
+            lock.acquire()
+        try:
+            self.llm.runner.launch(**inputs.kwargs())
+        except BaseException:
+            if not self._in_flight:
+                lock.release()
+            raise
+        self._advance(inputs)
+        self._in_flight.append(inputs)
+        self._pipelined += 1
 
     def _collect(self) -> None:
-        rows = self._in_flight.popleft()
+        inputs = self._in_flight.popleft()
         try:
             tokens = self.llm.runner.collect().tolist()
         finally:
             if not self._in_flight:
                 self.llm.engine.lock.release()
         self.steps += 1
-        for seq, token in zip(rows, tokens):
+        for seq, token in zip(inputs.sampled, tokens):
             if seq.finish_reason is None:  # else it finished or was aborted after this step was enqueued
                 self._take(seq, token)
+
+    def _run_with_logits(self, inputs: StepInputs) -> None:
+        """A step run at once (nothing in flight), its sampled rows' logits copied to the host for the
+        rows that want log-probabilities."""
+        logits = np.empty((len(inputs.sampled), self.llm.config.vocab_size), np.float32)
+        with self.llm.engine.lock:
+            tokens = self.llm.runner.step(**inputs.kwargs(), logits=logits).tolist()
+        self._advance(inputs)
+        self.steps += 1
+        for row, (seq, token) in enumerate(zip(inputs.sampled, tokens)):
+            top = seq.request.params.logprobs
+            self._take(seq, token, None if top is None else logprob_of(logits[row], token, top))
 
     def _drain(self) -> None:
         while self._in_flight:
             self._collect()
 
-    def _fail(self, error: str) -> None:
-        while self._in_flight:  # what is still enqueued is collected, or the lock is let go
+    def _fail(self, error: Exception) -> None:
+        while self._in_flight:  # what is still enqueued is dropped, and the lock let go
             self._in_flight.popleft()
             if not self._in_flight:
                 self.llm.engine.lock.release()
@@ -269,55 +300,16 @@ class ServingEngine:
             item = self.scheduler.waiting.popleft()
             self._end(request_of(item), "error", error, item if isinstance(item, Running) else None)
 
-    @staticmethod
-    def _sampling(seqs: list[Running]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Each row's sampling arguments, and the step's logit biases (None: no row has any)."""
-        args = np.zeros(len(seqs), SAMPLING_DTYPE)
-        entries = []
-        for row, seq in enumerate(seqs):
-            p = seq.request.params
-            args[row] = (p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, seq.request.seed,
-                         seq.launched, 0, 0)
-            entries.append(p.biases(seq.request.stop_ids, seq.launched) if p.logit_bias or p.min_tokens else [])
-        return args, logit_biases(args, entries)
-
-    def _run(self, step: ScheduledStep) -> None:
-        """A step with prompt chunks, run at once (nothing in flight)."""
-        chunks = step.chunks
-        tokens = np.concatenate([np.asarray(c.tokens, np.int32) for c in chunks])
-        starts = np.cumsum([0] + [len(c.tokens) for c in chunks]).astype(np.int32)
-        sampled = [i for i, c in enumerate(chunks) if c.samples]
-        args, biases = self._sampling([chunks[i].seq for i in sampled])
-        engine = self.llm.engine
-        with engine.lock:
-            for c in chunks:  # a decoding sequence may enter a new block
-                engine.grow(c.seq, c.seq.cached + len(c.tokens))
-            out = self.llm.runner.step(tokens, starts, np.array([c.seq.cached for c in chunks], np.int32),
-                                       np.array([c.seq.slot for c in chunks], np.int32),
-                                       (starts[1:] - 1)[sampled].astype(np.int32), args,
-                                       block_tables=engine.tables([c.seq for c in chunks]), logit_bias=biases)
-        self.steps += 1
-        for c in chunks:
-            prefill = c.seq.prefilling
-            c.seq.cached += len(c.tokens)
-            if prefill:  # the prompt's computed blocks serve requests that start the same way
-                engine.blocks.register(c.seq.table, c.seq.prefill_ids(), c.seq.cached)
-        for i, token in zip(sampled, out.tolist()):
-            chunks[i].seq.launched += 1
-            self._take(chunks[i].seq, token)
-
-    def _take(self, seq: Running, token: int) -> None:
+    def _take(self, seq: Running, token: int, logprob: Logprob | None = None) -> None:
         seq.accept(token)
+        lp = None if logprob is None else [logprob]
         if seq.finish_reason:
             self.scheduler.finish(seq)
-            self._end(seq.request, seq.finish_reason, seq=seq, new=[token])
+            self._end(seq.request, seq.finish_reason, seq=seq, new=[token], logprobs=lp)
         else:
-            self._send(seq, [token])
-
-    def _send(self, seq: Running, new: list[int]) -> None:
-        rid = seq.request.request_id
-        self._emit(self._deliver[rid], Delta(rid, seq.new_text(), new, None, len(seq.request.prompt_ids),
-                                             len(seq.token_ids)))
+            rid = seq.request.request_id
+            self._emit(self._deliver[rid], Delta(rid, seq.new_text(), [token], None, len(seq.request.prompt_ids),
+                                                 len(seq.token_ids), logprobs=lp))
 
     def _emit(self, deliver: Deliver, delta: Delta) -> None:
         """A receiver that fails (its event loop closed, say) loses its request, not the engine."""
@@ -327,8 +319,8 @@ class ServingEngine:
             if delta.finish_reason is None:
                 self.abort(delta.request_id)
 
-    def _end(self, request: Request, reason: str, error: str | None = None, seq: Running | None = None,
-             new: list[int] | None = None) -> None:
+    def _end(self, request: Request, reason: str, error: Exception | None = None, seq: Running | None = None,
+             new: list[int] | None = None, logprobs: list[Logprob] | None = None) -> None:
         deliver = self._deliver.pop(request.request_id, None)
         if deliver is None:
             return
@@ -336,4 +328,5 @@ class ServingEngine:
             seq.finish_reason = reason
         text = seq.new_text() if seq is not None else ""
         self._emit(deliver, Delta(request.request_id, text, new or [], reason, len(request.prompt_ids),
-                                  len(seq.token_ids) if seq is not None else 0, error))
+                                  len(seq.token_ids) if seq is not None else 0,
+                                  None if error is None else str(error), logprobs, error))

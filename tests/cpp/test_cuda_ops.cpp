@@ -584,7 +584,7 @@ TEST(CudaOps, DecodeDoesNotDependOnBatchComposition) {
 
 TEST(CudaOps, SamplingMatchesCpu) {
   SKIP_WITHOUT_CUDA();
-  const int V = 5000, B = 8, ctx = 16;
+  const int V = 5000, B = 10, ctx = 16;
   // Well-separated logits so the CPU's double sums and the GPU's float sums pick the same token.
   std::vector<float> logits(size_t(B) * V);
   std::mt19937 rng(30);
@@ -592,6 +592,8 @@ TEST(CudaOps, SamplingMatchesCpu) {
   // sequence b: one token at position 2 + b of slot B - 1 - b (a history of 3 + b ids)
   std::vector<int32_t> history(size_t(B) * ctx), slots(B), cached(B);
   for (size_t i = 0; i < history.size(); ++i) history[i] = (i * 131) % V;
+  for (size_t i = 0; i < history.size(); ++i)  // generated ids repeat: frequency counts up to 3
+    if (i % ctx >= 8) history[i] = history[i - 2 - (i % 3)];
   for (int b = 0; b < B; ++b) slots[b] = B - 1 - b, cached[b] = 2 + b;
   std::vector<SamplingArgs> cases = {
       {0.0f, 0, 1.0f, 0.0f, 1.0f, 1, 0},      // greedy
@@ -601,7 +603,9 @@ TEST(CudaOps, SamplingMatchesCpu) {
       {1.2f, 0, 0.9f, 0.0f, 1.1f, 9, 5},      // top-p + penalty
       {0.9f, 50, 0.8f, 0.05f, 1.0f, 10, 1},   // everything
       {0.0f, 0, 1.0f, 0.0f, 1.0f, 1, 0, 0, 3},   // greedy with logit biases
-      {0.8f, 30, 1.0f, 0.0f, 1.2f, 11, 2, 3, 2}};  // sampling with a penalty and biases (one bans)
+      {0.8f, 30, 1.0f, 0.0f, 1.2f, 11, 2, 3, 2},  // sampling with a penalty and biases (one bans)
+      {0.0f, 0, 1.0f, 0.0f, 1.0f, 1, 0, 0, 0, 0.6f, 0.9f, 4},      // greedy, presence + frequency
+      {1.1f, 0, 0.95f, 0.0f, 1.1f, 12, 4, 0, 0, -0.5f, 1.7f, 2}};  // sampling, all three penalties
   // row 6: ids 17, 4000 and 3 raised, row 7: 17 raised, 2500 banned
   const std::vector<LogitBias> biases = {{17, 9.0f}, {4000, 12.5f}, {3, -2.0f}, {17, 6.0f},
                                          {2500, -std::numeric_limits<float>::infinity()}};
@@ -683,6 +687,22 @@ TEST(Sampling, CpuSupportAndFrequencies) {
   }
   EXPECT_LT(chi, 30.0);         // 7 degrees of freedom: p < 1e-4 beyond 30
   EXPECT_GT(chi_wrong, 300.0);  // a wrong temperature is caught
+}
+
+// Presence and frequency penalties read only the generated part of the history (from
+// output_start): x -= frequency * count, then presence once per id.
+TEST(Sampling, PresenceAndFrequencyPenalties) {
+  std::vector<float> x = {2.0f, -1.0f, 1.0f, 0.5f};
+  std::vector<int32_t> history = {2, 0, 0, 1, 0};  // the prompt is {2}; generated: 0, 0, 1, 0
+  int32_t tok;
+  SamplingArgs a{0.0f, 0, 1.0f, 0.0f, 1.0f, 0, 0, 0, 0, 0.25f, 0.5f, 1};
+  test::TestStep step({}, {1}, {4}, {0}, {}, {a});  // position 4: a history of 5 ids
+  cpu::sample(x.data(), 1, 4, step.host, history.data(), 5, &tok);
+  EXPECT_FLOAT_EQ(x[0], 2.0f - 3 * 0.5f - 0.25f);  // three times, present
+  EXPECT_FLOAT_EQ(x[1], -1.0f - 0.5f - 0.25f);
+  EXPECT_FLOAT_EQ(x[2], 1.0f);  // only in the prompt: untouched
+  EXPECT_FLOAT_EQ(x[3], 0.5f);
+  EXPECT_EQ(tok, 2);
 }
 
 TEST(Sampling, RepetitionPenaltyOncePerId) {

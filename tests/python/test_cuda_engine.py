@@ -123,11 +123,11 @@ def test_memory_is_tracked_and_released(model_dirs):
 def decode_logits(llm: LLM, prompts: list[list[int]], slots: list[int], steps: int) -> np.ndarray:
     """[steps, len(prompts), vocab]: each prompt prefilled alone in its slot, then `steps` greedy
     decode steps of all of them together, each step's logits copied out."""
-    from kvinfer.engine import SAMPLING_DTYPE
+    from step_helpers import greedy_args
 
     r, V, B = llm.runner, llm.config.vocab_size, len(prompts)
     i32 = lambda *v: np.array(v, np.int32)  # noqa: E731
-    greedy = np.array([(0.0, 0, 1.0, 0.0, 1.0, 0, 0, 0, 0)] * B, SAMPLING_DTYPE)
+    greedy = greedy_args(B)
     last = [int(r.step(np.asarray(p, np.int32), i32(0, len(p)), i32(0), i32(s), i32(len(p) - 1), greedy[:1])[0])
             for p, s in zip(prompts, slots)]
     cached = [len(p) for p in prompts]

@@ -16,6 +16,8 @@ pytest.importorskip("transformers")
 import kvinfer  # noqa: E402
 from kvinfer.llm import LLM  # noqa: E402
 from kvinfer.sampling import SamplingParams  # noqa: E402
+from kvinfer.step_inputs import SAMPLING_DTYPE  # noqa: E402
+from step_helpers import greedy_args  # noqa: E402
 from tiny_models import make_model  # noqa: E402
 
 
@@ -169,7 +171,7 @@ def test_bad_token_ids_and_empty_prompt(llm):
 def test_runner_rejects_bad_steps_without_side_effects(llm):
     r = llm.runner
     i32 = lambda *v: np.array(v, np.int32)  # noqa: E731
-    greedy = np.array([(0.0, 0, 1.0, 0.0, 1.0, 0, 0, 0, 0)], kvinfer.engine.SAMPLING_DTYPE)
+    greedy = greedy_args(1)
     with pytest.raises(ValueError, match="kv slot 0 appears twice"):
         r.step(i32(1, 2), i32(0, 1, 2), i32(0, 0), i32(0, 0), i32(1))
     with pytest.raises(ValueError, match=r"kv slot=5 is out of range"):
@@ -182,7 +184,7 @@ def test_runner_rejects_bad_steps_without_side_effects(llm):
     with pytest.raises(ValueError, match="takes row 0 of the previous step's samples, which had 0 rows"):
         r.step(i32(1), i32(0, 1), i32(0), i32(0), i32(0), greedy, prev_sample_row=i32(0))
     with pytest.raises(ValueError, match="sampling arguments of row 0 are out of range"):
-        r.step(i32(1), i32(0, 1), i32(0), i32(0), i32(0), np.zeros(1, kvinfer.engine.SAMPLING_DTYPE))
+        r.step(i32(1), i32(0, 1), i32(0), i32(0), i32(0), np.zeros(1, SAMPLING_DTYPE))
     with pytest.raises(ValueError, match="logit_rows must be ascending"):
         r.step(i32(1, 2), i32(0, 2), i32(0), i32(0), i32(1, 0))
     with pytest.raises(ValueError, match="collect\\(\\): no step is in flight"):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import DEVICES
-from kvinfer.engine import LOGIT_BIAS_DTYPE, SAMPLING_DTYPE
+from kvinfer.step_inputs import LOGIT_BIAS_DTYPE, SAMPLING_DTYPE
 from kvinfer.llm import LLM
 from kvinfer.sampling import SamplingParams
 from kvinfer.serving import ServingEngine

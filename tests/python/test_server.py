@@ -148,7 +148,8 @@ def test_error_statuses(client, server, engine, llm):
     busy = Server(create_app(full, MODEL))
     try:
         c = openai.OpenAI(base_url=busy.url + "/v1", api_key="x", max_retries=0)
-        with llm.engine.lock:  # the engine cannot admit anything: the queue fills
+        slots = llm.engine.take_slots(llm.max_batch)  # the engine cannot admit anything: the queue fills
+        try:
             first = threading.Thread(target=lambda: c.completions.create(model=MODEL, prompt="a", max_tokens=2))
             first.start()
             deadline = time.monotonic() + 10
@@ -158,6 +159,8 @@ def test_error_statuses(client, server, engine, llm):
             with pytest.raises(openai.InternalServerError) as e:
                 c.completions.create(model=MODEL, prompt="b", max_tokens=2)
             assert e.value.status_code == 503
+        finally:
+            llm.engine.give_back(slots)
         first.join(timeout=60)
         assert c.completions.create(model=MODEL, prompt="c", max_tokens=2).choices[0].finish_reason  # still serving
     finally:
@@ -242,6 +245,38 @@ def test_logit_bias_and_min_tokens(client, llm):
         with pytest.raises(openai.BadRequestError) as e:
             client.completions.create(model=MODEL, prompt="Hi", extra_body=bad, **kw)
         assert e.value.status_code == 400 and (field is None or e.value.body["param"] == field)
+
+
+def test_logprobs_and_penalties(client, llm):
+    prompt, kw = "The capital of France is", dict(max_tokens=6, temperature=0, extra_body={"ignore_eos": True})
+    want = llm.generate([prompt], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, logprobs=3))[0]
+    got = client.completions.create(model=MODEL, prompt=prompt, logprobs=3, **kw).choices[0].logprobs
+    text_of = lambda t: llm.tokenizer.decode([t], skip_special_tokens=False)  # noqa: E731
+    assert got.tokens == [text_of(e.token_id) for e in want.logprobs]
+    assert got.token_logprobs == pytest.approx([e.logprob for e in want.logprobs], abs=1e-4)
+    assert [list(d) for d in got.top_logprobs] == [[text_of(i) for i, _ in e.top] for e in want.logprobs]
+    assert got.text_offset == [sum(len(t) for t in got.tokens[:i]) for i in range(6)]
+    chunks = list(client.completions.create(model=MODEL, prompt=prompt, logprobs=3, stream=True, **kw))
+    streamed = [lp for c in chunks if c.choices and c.choices[0].logprobs for lp in c.choices[0].logprobs.token_logprobs]
+    assert streamed == pytest.approx(got.token_logprobs, abs=1e-6)
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], logprobs=True,
+                                          top_logprobs=2, max_tokens=4, temperature=0)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens and all(len(c.top_logprobs) == 2 for c in content)
+    assert all(c.logprob <= 0 and c.top_logprobs[0].logprob >= c.top_logprobs[1].logprob for c in content)
+    assert "".join(c.token for c in content) == chat.choices[0].message.content
+    penalised = client.completions.create(model=MODEL, prompt=prompt, frequency_penalty=1.5, presence_penalty=0.5,
+                                          **kw).choices[0].text
+    assert penalised == llm.generate([prompt], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True,
+                                                              frequency_penalty=1.5, presence_penalty=0.5))[0].text
+    for bad, field in (({"logprobs": 21}, "logprobs"), ({"presence_penalty": 2.5}, "presence_penalty")):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model=MODEL, prompt="Hi", **bad, max_tokens=2)
+        assert e.value.status_code == 400 and e.value.body["param"] == field
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], top_logprobs=2,
+                                       max_tokens=2)
+    assert e.value.body["param"] == "top_logprobs"
 
 
 def test_metrics_and_health(server):

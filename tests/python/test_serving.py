@@ -130,10 +130,13 @@ def test_requests_beyond_the_context_or_queue_are_refused(llm):
         with pytest.raises(kvinfer.ContextOverflowError, match=r"= 257 exceeds max_context=256"):
             engine.submit(prompt(233, 1), GREEDY, lambda d: None)
         got = []
-        with llm.engine.lock:  # nothing is admitted while held
+        slots = llm.engine.take_slots(llm.max_batch)  # nothing is admitted while these are held
+        try:
             engine.submit(prompt(4, 1), GREEDY, got.append)
             with pytest.raises(QueueFullError, match="1 requests are waiting"):
                 engine.submit(prompt(4, 2), GREEDY, got.append)
+        finally:
+            llm.engine.give_back(slots)
         wait_until(lambda: got and got[-1].finish_reason)
         assert got[-1].finish_reason == "length"
     finally:
@@ -247,5 +250,6 @@ def test_the_scheduler_holds_back_a_request_whose_prefix_is_being_prefilled(llm)
     # r1 shares r0's first block and waits behind it (the queue keeps its order: r2 waits too)
     assert [c.seq.request.request_id for c in first.chunks] == ["r0"] and len(sched.waiting) == 2
     r0 = first.chunks[0].seq
-    r0.cached, r0.token_ids = 49, [1]  # r0's prompt is in the cache and its first token sampled
-    assert [c.seq.request.request_id for c in sched.schedule().chunks if c.seq.prefilling] == ["r1", "r2"]
+    r0.cached, r0.token_ids, r0.launched = 49, [1], 1  # r0's prompt is cached, its first token sampled
+    assert [c.seq.request.request_id for c in sched.schedule().chunks] == ["r0"]  # decodes take turns
+    assert [c.seq.request.request_id for c in sched.schedule().chunks] == ["r1", "r2"]

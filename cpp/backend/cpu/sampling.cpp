@@ -42,6 +42,7 @@ float threshold(const float* x, int n, double target, bool mass) {
 void sample(float* logits, int R, int vocab, const StepArrays& step, const int32_t* history,
             int64_t history_stride, int32_t* out_tokens) {
   thread_local std::vector<float> p, orig;  // grow once; no allocation per decode step after that
+  thread_local std::vector<char> seen;
   p.resize(vocab);
   for (int b = 0; b < R; ++b) {
     float* x = logits + static_cast<int64_t>(b) * vocab;
@@ -54,6 +55,19 @@ void sample(float* logits, int R, int vocab, const StepArrays& step, const int32
       for (int i = 0; i < n; ++i) orig[i] = x[h[i]];
       for (int i = 0; i < n; ++i)
         x[h[i]] = orig[i] < 0 ? orig[i] * a.repetition_penalty : orig[i] / a.repetition_penalty;
+    }
+    if (a.penalises_output() && history) {
+      const int row = step.logit_rows[b];
+      const int32_t* h = history + step.kv_slots[step.token_seq[row]] * history_stride;
+      const int n = step.positions[row] + 1;
+      if (a.frequency_penalty != 0.0f)
+        for (int i = a.output_start; i < n; ++i) x[h[i]] -= a.frequency_penalty;
+      if (a.presence_penalty != 0.0f) {
+        seen.assign(vocab, 0);
+        for (int i = a.output_start; i < n; ++i) seen[h[i]] = 1;
+        for (int i = 0; i < vocab; ++i)
+          if (seen[i]) x[i] -= a.presence_penalty;
+      }
     }
     for (int i = a.bias_start; i < a.bias_start + a.bias_count; ++i) x[step.logit_bias[i].token] += step.logit_bias[i].bias;
     int best = 0;

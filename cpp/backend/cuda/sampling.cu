@@ -1,5 +1,6 @@
-// Sampling kernel: one 1024-thread block per row. Repetition penalty through a shared-memory bitmap
-// of the history's token ids (each id penalised once), block reductions for argmax and sums,
+// Sampling kernel: one 1024-thread block per row. Repetition and presence penalties through a
+// shared-memory bitmap of the history's token ids (each id penalised once), the frequency penalty
+// by atomic subtraction per occurrence, block reductions for argmax and sums,
 // 32-step bisections over order-preserving integer keys for the top-k and top-p thresholds, and a
 // block-wide prefix sum to find the drawn token.
 #include "backend/cuda/sampling.h"
@@ -64,7 +65,8 @@ static __global__ void __launch_bounds__(kThreads)
   const int b = blockIdx.x, tid = threadIdx.x;
   float* x = logits + static_cast<int64_t>(b) * vocab;
   const SamplingArgs a = step.sampling[b];
-  const bool plain_greedy = a.temperature <= 0.0f && a.repetition_penalty == 1.0f && a.bias_count == 0;
+  const bool plain_greedy =
+      a.temperature <= 0.0f && a.repetition_penalty == 1.0f && a.bias_count == 0 && !a.penalises_output();
 
   if (a.repetition_penalty != 1.0f && history) {
     const int words = (vocab + 31) / 32;
@@ -76,6 +78,24 @@ static __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     for (int i = tid; i < vocab; i += kThreads)
       if (seen[i >> 5] & (1u << (i & 31))) x[i] = x[i] < 0 ? x[i] * a.repetition_penalty : x[i] / a.repetition_penalty;
+    __syncthreads();
+  }
+  if (a.penalises_output() && history) {
+    const int row = step.logit_rows[b];
+    const int32_t* h = history + step.kv_slots[step.token_seq[row]] * history_stride;
+    const int n = step.positions[row] + 1;
+    // every subtraction of one id is by the same amount, so the atomics' order cannot change the result
+    if (a.frequency_penalty != 0.0f)
+      for (int i = a.output_start + tid; i < n; i += kThreads) atomicAdd(&x[h[i]], -a.frequency_penalty);
+    if (a.presence_penalty != 0.0f) {
+      const int words = (vocab + 31) / 32;
+      for (int i = tid; i < words; i += kThreads) seen[i] = 0;
+      __syncthreads();
+      for (int i = a.output_start + tid; i < n; i += kThreads) atomicOr(&seen[h[i] >> 5], 1u << (h[i] & 31));
+      __syncthreads();
+      for (int i = tid; i < vocab; i += kThreads)
+        if (seen[i >> 5] & (1u << (i & 31))) x[i] -= a.presence_penalty;
+    }
     __syncthreads();
   }
   if (a.bias_count > 0) {  // distinct ids (the runner checked): no two threads touch one logit

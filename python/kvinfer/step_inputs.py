@@ -1,0 +1,101 @@
+"""The native step's inputs for one scheduled step: token ids, where each sequence's tokens start,
+what is cached, slots, block tables, the sampled rows and their sampling arguments. A decoding
+sequence whose latest token is still being sampled by the step in flight names that step's row
+(prev_sample_row): the token is taken on the device and never waits for the host."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kvinfer import _core
+
+SAMPLING_DTYPE = _core.sampling_args_dtype()
+LOGIT_BIAS_DTYPE = _core.logit_bias_dtype()
+
+
+def logit_biases(args: np.ndarray, entries: list[list[tuple[int, float]]]) -> np.ndarray | None:
+    """Packs each sampled row's (token, bias) entries into one array, pointing args' rows at theirs
+    (bias_start, bias_count); None when no row has any."""
+    counts = [len(e) for e in entries]
+    if not any(counts):
+        return None
+    starts = np.cumsum([0] + counts)
+    args["bias_start"], args["bias_count"] = starts[:-1], counts
+    out = np.zeros(starts[-1], LOGIT_BIAS_DTYPE)
+    out["token"] = [t for e in entries for t, _ in e]
+    out["bias"] = [b for e in entries for _, b in e]
+    return out
+
+
+def sampling_args(seqs) -> tuple[np.ndarray, np.ndarray | None]:
+    """[R] sampling arguments of the sequences (scheduler.Running) whose rows a step samples, and
+    the step's logit biases (None: no row has any). `launched` is each one's sampler step index."""
+    params = [s.request.params for s in seqs]
+    args = np.zeros(len(seqs), SAMPLING_DTYPE)
+    for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+                 "frequency_penalty"):
+        args[name] = [getattr(p, name) for p in params]
+    args["seed"] = [s.request.seed for s in seqs]
+    args["step"] = [s.launched for s in seqs]
+    args["output_start"] = [len(s.request.prompt_ids) for s in seqs]
+    entries = [p.biases(s.request.stop_ids, s.launched) if p.logit_bias or p.min_tokens else []
+               for p, s in zip(params, seqs)]
+    return args, logit_biases(args, entries)
+
+
+@dataclass
+class StepInputs:
+    tokens: np.ndarray                   # [T] int32; 0 where prev_sample_row names the token
+    query_starts: np.ndarray             # [B + 1] sequence b owns tokens [q[b], q[b + 1])
+    cached_lengths: np.ndarray           # [B]
+    kv_slots: np.ndarray                 # [B]
+    block_tables: np.ndarray             # [B][width]
+    logit_rows: np.ndarray               # [R] the last token of each sampled chunk
+    sampling: np.ndarray                 # [R] SAMPLING_DTYPE
+    logit_bias: np.ndarray | None
+    prev_sample_row: np.ndarray | None   # [T]: >= 0 the previous step's sampled row; None: all known
+    seqs: list                           # [B] scheduler.Running
+    sampled: list                        # [R] the sequence of each sampled row
+
+    def kwargs(self) -> dict:
+        return dict(tokens=self.tokens, query_starts=self.query_starts, cached_lengths=self.cached_lengths,
+                    kv_slots=self.kv_slots, logit_rows=self.logit_rows, sampling=self.sampling,
+                    prev_sample_row=self.prev_sample_row, block_tables=self.block_tables,
+                    logit_bias=self.logit_bias)
+
+
+def step_inputs(chunks, prev_sampled: list | None, tables) -> StepInputs:
+    """The inputs of a step of `chunks` (scheduler.Chunk, sequences' cached lengths as launched),
+    after a step in flight that samples `prev_sampled` (None: nothing in flight). `tables(seqs)`
+    gives their block-table rows."""
+    prev_row = {id(s): r for r, s in enumerate(prev_sampled)} if prev_sampled else {}
+    pieces, from_prev = [], []
+    for c in chunks:
+        if c.tokens is not None:
+            pieces.append(c.tokens)
+            from_prev.append([-1] * len(c.tokens))
+        elif len(c.seq.token_ids) < c.seq.launched:  # its latest token is the step in flight's sample
+            pieces.append([0])
+            from_prev.append([prev_row[id(c.seq)]])
+        else:
+            pieces.append([c.seq.token_ids[-1]])
+            from_prev.append([-1])
+    lengths = [len(p) for p in pieces]
+    starts = np.cumsum([0] + lengths).astype(np.int32)
+    sampled_chunks = [i for i, c in enumerate(chunks) if c.samples]
+    sampled = [chunks[i].seq for i in sampled_chunks]
+    args, biases = sampling_args(sampled)
+    flat_prev = np.fromiter((f for p in from_prev for f in p), np.int32, count=int(starts[-1]))
+    seqs = [c.seq for c in chunks]
+    return StepInputs(
+        tokens=np.fromiter((t for p in pieces for t in p), np.int32, count=int(starts[-1])),
+        query_starts=starts,
+        cached_lengths=np.array([s.cached for s in seqs], np.int32),
+        kv_slots=np.array([s.slot for s in seqs], np.int32),
+        block_tables=tables(seqs),
+        logit_rows=(starts[1:] - 1)[sampled_chunks].astype(np.int32),
+        sampling=args, logit_bias=biases,
+        prev_sample_row=flat_prev if prev_row and (flat_prev >= 0).any() else None,
+        seqs=seqs, sampled=sampled)
