@@ -148,6 +148,14 @@ void bind_runner(py::module_& m) {
              r.launch(b);
            }, KVINFER_STEP_ARGS,
            "Enqueue one step (forward, then sampling when `sampling` is given); returns at once on CUDA.")
+      .def("copy_blocks", [](Runner& r, Ints src, Ints dst) {
+             KVINFER_CHECK_ARG(src.ndim() == 1 && dst.ndim() == 1 && src.size() == dst.size(),
+                               "copy_blocks: src and dst must be 1-D of one length, got ", shape_str(src), " and ",
+                               shape_str(dst));
+             py::gil_scoped_release release;
+             r.copy_blocks(src.data(), dst.data(), static_cast<int>(src.size()));
+           }, py::arg("src"), py::arg("dst"),
+           "Copy KV-cache blocks src[i] -> dst[i] in every layer (copy-on-write), after the steps in flight.")
       .def("collect", [](Runner& r) {
              std::vector<int32_t> tokens(r.shape().max_batch);
              int rows = 0;

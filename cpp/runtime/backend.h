@@ -53,6 +53,9 @@ class Backend : public DecoderOps {
   virtual const int32_t* wait(int ticket) = 0;
   // Waits for everything in flight; never throws (used before memory is freed).
   virtual void drain() noexcept {}
+  // Copies `elements` fp16 values within the KV cache, after every step enqueued before it and
+  // before any enqueued after (CPU: steps have run by the time launch returns).
+  virtual void copy_in_cache(half_t* dst, const half_t* src, int64_t elements) = 0;
 };
 
 struct BackendInit {

@@ -290,6 +290,28 @@ int Runner::step(const StepBatch& batch, int32_t* tokens, float* logits, float* 
   return collect_locked(tokens);
 }
 
+void Runner::copy_blocks(const int32_t* src, const int32_t* dst, int count) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  check_usable();
+  const int pool = cache_.num_blocks();
+  KVINFER_CHECK_ARG(count >= 0 && count <= pool, "copy_blocks: count=", count, " must be in [0, ", pool, "]");
+  std::vector<int32_t> targets(dst, dst + count);
+  for (int i = 0; i < count; ++i)
+    KVINFER_CHECK_ARG(src[i] >= 0 && src[i] < pool && dst[i] >= 0 && dst[i] < pool, "copy_blocks: pair ", i,
+                      " (", src[i], " -> ", dst[i], ") is out of range [0, num_blocks=", pool, ")");
+  std::sort(targets.begin(), targets.end());
+  KVINFER_CHECK_ARG(std::adjacent_find(targets.begin(), targets.end()) == targets.end(),
+                    "copy_blocks: a destination block appears twice");
+  for (int i = 0; i < count; ++i)
+    KVINFER_CHECK_ARG(!std::binary_search(targets.begin(), targets.end(), src[i]), "copy_blocks: block ", src[i],
+                      " is both a source and a destination");
+  const KVLayout kv = cache_.layout();
+  for (int layer = 0; layer < config_.num_layers; ++layer)
+    for (half_t* base : {cache_.k_layer(layer), cache_.v_layer(layer)})
+      for (int i = 0; i < count; ++i)
+        backend_->copy_in_cache(base + dst[i] * kv.block_stride, base + src[i] * kv.block_stride, kv.block_stride);
+}
+
 int Runner::steps_in_flight() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return static_cast<int>(in_flight_.size());

@@ -65,6 +65,10 @@ class Runner {
   int step(const StepBatch& batch, int32_t* tokens, float* logits = nullptr,
            float* hidden_states = nullptr);
   int steps_in_flight() const;
+  // Copies KV-cache block src[i] to dst[i] in every layer, K and V (copy-on-write of a shared
+  // block), ordered after the steps in flight and before the next. Sources and destinations in
+  // the pool, no destination twice or among the sources; nothing is copied when it throws.
+  void copy_blocks(const int32_t* src, const int32_t* dst, int count);
 
   // Frees weights, cache and activations now (waits for steps in flight); later calls throw.
   void release() noexcept;

@@ -95,6 +95,31 @@ class BlockManager:
                 raise
         return table
 
+    def fork(self, parent: BlockTable, tokens: int) -> tuple[BlockTable, tuple[int, int]]:
+        """A table for a sequence whose first `tokens` positions hold the tokens of `parent`'s, whose
+        K/V are computed or enqueued (the same prompt, an n > 1 choice): it shares parent's blocks
+        before the one that holds position tokens - 1 and takes a fresh block for that one, which
+        the caller fills with a copy of parent's (copy-on-write: both sequences write there next).
+        Its `cached` is tokens - 1: the last prompt token is computed again, for its own first
+        sample. Returns the table and the (source, destination) blocks of the copy."""
+        keep = (tokens - 1) // self.block_size
+        if not 1 <= tokens <= len(parent.blocks) * self.block_size:
+            raise ValueError(f"fork of {tokens} tokens from a table of {len(parent.blocks)} blocks")
+        table = BlockTable()
+        with self._lock:
+            if not self._free:
+                raise OutOfBlocks(f"the KV cache has no free block of {self.num_blocks} for a copy-on-write")
+            for b in parent.blocks[:keep]:
+                self._ref(b)
+                table.blocks.append(b)
+            table.registered = min(parent.registered, keep)
+            table.hashes = parent.hashes[:table.registered]
+            self._grow(table, keep * self.block_size + 1)
+            table.cached = tokens - 1
+            self.hit_tokens += tokens - 1
+            self.query_tokens += tokens
+        return table, (parent.blocks[keep], table.blocks[keep])
+
     def ensure(self, table: BlockTable, tokens: int) -> None:
         """Blocks for the first `tokens` positions (the ones a step is about to write)."""
         with self._lock:

@@ -48,6 +48,19 @@ class Engine:
         seq.table, seq.cached = table, table.cached
         self._sync_row(seq)
 
+    def fork(self, seq, parent, tokens: int) -> None:
+        """Blocks for a new sequence whose first `tokens` tokens are those of `parent` (running, with
+        them computed): parent's full blocks shared, the block of the last prompt token copied on
+        the device (block_manager.BlockManager.fork). OutOfBlocks when no block is free."""
+        table, (src, dst) = self.blocks.fork(parent.table, tokens)
+        try:
+            self.runner.copy_blocks(np.array([src], np.int32), np.array([dst], np.int32))
+        except BaseException:
+            self.blocks.free(table)
+            raise
+        seq.table, seq.cached = table, table.cached
+        self._sync_row(seq)
+
     def grow(self, seq, tokens: int) -> None:
         """Blocks for the first `tokens` positions of `seq` (before a step writes them)."""
         if tokens > len(seq.table.blocks) * self.blocks.block_size:

@@ -175,10 +175,12 @@ class Scheduler:
 
     def _shares_a_prefill(self, item: Request | Running) -> bool:
         bs, request = self.prefix_block, request_of(item)
-        if bs == 0 or request.params.reads_history or len(request.prompt_ids) <= bs:
-            return False  # no reuse, or no block of it could be reused
-        head = request.prompt_ids[:bs]
-        return any(s.prefilling and s.request.prompt_ids[:bs] == head for s in self.running)
+        if bs == 0 or request.params.reads_history:
+            return False  # no reuse
+        prompt, head = request.prompt_ids, request.prompt_ids[:bs]
+        return any(s.prefilling and (s.request.prompt_ids == prompt or  # a fork of it, once prefilled
+                                     (len(prompt) > bs and s.request.prompt_ids[:bs] == head))
+                   for s in self.running)
 
     @staticmethod
     def _prompt_chunk(seq: Running, budget: int) -> Chunk:

@@ -72,7 +72,7 @@ class ServingEngine:
         self.scheduler = Scheduler(
             llm.runner.max_step_tokens, llm.max_context, engine.try_take_slot, lambda slot: engine.give_back([slot]),
             llm.tokenizer,
-            begin=lambda seq: engine.begin(seq, seq.prefill_ids(), not seq.request.params.reads_history),
+            begin=self._begin,
             end=lambda seq: engine.end(seq, seq.request.prompt_ids + seq.token_ids),
             prefix_block=engine.blocks.block_size if engine.prefix_caching else 0)
         self._deliver: dict[str, Deliver] = {}
@@ -161,6 +161,19 @@ class ServingEngine:
         blocks = self.llm.engine.blocks
         return blocks.free_blocks() >= blocks.blocks_for(len(head.prefill_ids() if isinstance(head, Running)
                                                              else head.prompt_ids))
+
+    def _begin(self, seq: Running) -> None:
+        """KV blocks for an admitted sequence: a fork of a running sequence with the same prompt
+        (n > 1 choices), else the prefix cache's and fresh ones."""
+        engine, request = self.llm.engine, seq.request
+        reuse = engine.prefix_caching and not request.params.reads_history
+        if reuse and not seq.token_ids:
+            n = len(request.prompt_ids)
+            for parent in self.scheduler.running:
+                if (parent.table is not None and parent.cached >= n - 1 and not parent.request.params.reads_history
+                        and len(parent.request.prompt_ids) == n and parent.request.prompt_ids == request.prompt_ids):
+                    return engine.fork(seq, parent, n)
+        engine.begin(seq, seq.prefill_ids(), reuse)
 
     def _room(self) -> bool:
         """Blocks for each decoding sequence's next token; False when the pool is short."""

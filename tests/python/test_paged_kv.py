@@ -150,3 +150,40 @@ def test_prompts_that_share_a_prefix_reuse_its_blocks(folder, device):
     cached.generate([prompts[0]], penalised)
     assert cached.engine.blocks.hit_tokens == 2 * 32
     assert cached.engine.blocks.used_blocks() == 0 and plain.engine.blocks.used_blocks() == 0
+
+
+def test_copy_blocks_copies_every_layer_and_refuses_what_it_cannot_do(folder, device):
+    r, config = runner(folder, device, num_blocks=8)
+    rng = np.random.default_rng(4)
+    prompt = rng.integers(1, 300, 20).astype(np.int32)  # blocks 5 (positions 0-15) and 2 (16-19)
+    table = i32(5, 2, 7, 0)[None]
+    r.step(prompt, i32(0, 20), i32(0), i32(0), i32(19), block_tables=table, logits=np.empty((1, config.vocab_size),
+                                                                                          np.float32))
+    r.copy_blocks(i32(5, 2), i32(6, 3))
+    for layer in range(config.num_layers):
+        for keys in (True, False):
+            want = r.cache.read_blocks(layer, i32(5, 2), 20, keys)
+            assert np.array_equal(r.cache.read_blocks(layer, i32(6, 3), 20, keys), want)
+    for src, dst, match in [((5,), (8,), "out of range"), ((5, 2), (6, 6), "appears twice"),
+                            ((5, 6), (6, 1), "both a source and a destination"), ((5, 2), (6,), "one length")]:
+        with pytest.raises(ValueError, match=match):
+            r.copy_blocks(i32(*src), i32(*dst))
+
+
+def test_choices_of_one_prompt_fork_its_blocks_copy_on_write(folder, device):
+    """n choices of one prompt that ends mid-block (37 tokens: two whole blocks and 5 tokens): the
+    later ones share the first's whole blocks and get a copy of its third, then each writes its own
+    tokens there. Each equals the same request alone, computed in full; the pool ends empty."""
+    from kvinfer.llm import LLM
+    from kvinfer.sampling import SamplingParams
+    from step_helpers import reference_ids
+
+    rng = np.random.default_rng(5)
+    prompt = rng.integers(1, 300, 37).tolist()
+    params = [SamplingParams(max_tokens=10, temperature=0.9, seed=s, ignore_eos=True) for s in (1, 2, 3)]
+    llm = LLM(folder, device=device, max_context=CONTEXT, max_batch=4, max_step_tokens=64)
+    got = [o.token_ids for o in llm.generate([prompt] * 3, params)]
+    assert llm.engine.blocks.hit_tokens == 2 * 36  # forks: all but the last prompt token shared or copied
+    want = [reference_ids(llm, prompt, p, p.seed) for p in params]
+    assert got == want and len({tuple(g) for g in got}) > 1
+    assert llm.engine.blocks.used_blocks() == 0

@@ -36,6 +36,9 @@ class CpuBackend final : public Backend {
     std::memcpy(out_[ticket].data(), view<int32_t>(act_.sampled), 4 * size_t(rows));
   }
   const int32_t* wait(int ticket) override { return out_[ticket].data(); }
+  void copy_in_cache(half_t* dst, const half_t* src, int64_t elements) override {
+    std::memcpy(dst, src, sizeof(half_t) * static_cast<size_t>(elements));
+  }
 
   void embed(const half_t* table, const half_t* pos_table, const StepContext& s) override {
     const int32_t* sampled = view<int32_t>(act_.sampled);

@@ -156,6 +156,12 @@ class CudaBackend final : public Backend {
     KVINFER_CUDA_CHECK(cudaEventRecord(done_[ticket], stream_));
   }
 
+  void copy_in_cache(half_t* dst, const half_t* src, int64_t elements) override {
+    DeviceGuard guard(device_);
+    KVINFER_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(half_t) * static_cast<size_t>(elements),
+                                       cudaMemcpyDeviceToDevice, stream_));
+  }
+
   const int32_t* wait(int ticket) override {
     DeviceGuard guard(device_);
     KVINFER_CUDA_CHECK(cudaEventSynchronize(done_[ticket]));  // a kernel's failure surfaces here
