@@ -2,7 +2,8 @@
 
 1. decode attention vs torch SDPA on the same K/V tensors (our cache layout [slot][kv_head][pos][d]
    is SDPA's [B, Hkv, S, D]): us, GB/s (K+V bytes read / time), ratio.
-2. causal prefill attention vs SDPA: TFLOP/s (4 * S^2 * D * Hq / 2), ratio.
+2. causal prefill attention vs SDPA: TFLOP/s (4 * S^2 * D * Hq / 2) and % of the fp16 tensor-core rate
+   measured in the same run (cuBLAS, 8192^3), ratio.
 3. end-to-end greedy decode tokens/s (128-token prompts, 256 new tokens) at batch 1, 16 and 64 with
    random weights of Llama-3.2-1B and SmolLM2-135M shapes, with and without CUDA graphs, as % of the
    copy roofline (weights + K/V bytes per step at the measured copy rate), vs HF generate with a
@@ -127,8 +128,35 @@ def bench_prefill(S: int, D: int, hq: int = 32, hkv: int = 8) -> None:
     err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
     t_ours, t_sdpa = paired_time_us(ours, sdpa, reps=10)
     flops = 4 * S * S * D * hq / 2
+    peak = tensor_core_rate()
     say(f"| prefill | S={S} D={D} Hq/Hkv={hq}/{hkv} | {t_ours:9.1f} | {flops / t_ours / 1e6:7.1f} | "
-        f"{t_sdpa:9.1f} | {flops / t_sdpa / 1e6:7.1f} | {t_sdpa / t_ours:5.2f} | {err:.1e} |")
+        f"{100 * flops / t_ours / 1e6 / peak:5.1f}% | {t_sdpa:9.1f} | {flops / t_sdpa / 1e6:7.1f} | "
+        f"{100 * flops / t_sdpa / 1e6 / peak:5.1f}% | {t_sdpa / t_ours:5.2f} | {err:.1e} |")
+
+
+_TC_RATE: list[float] = []
+
+
+def tensor_core_rate() -> float:
+    """TFLOP/s of an 8192^3 fp16 matrix product (cuBLAS) on random data, measured once per run: the
+    ceiling the attention rows are a percentage of."""
+    if not _TC_RATE:
+        n = 8192
+        a = torch.randn(n, n, device="cuda", dtype=torch.float16)
+        b = torch.randn(n, n, device="cuda", dtype=torch.float16)
+        for _ in range(3):
+            torch.mm(a, b)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(10):
+            start.record()
+            torch.mm(a, b)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) * 1e-3)
+        _TC_RATE.append(2 * n ** 3 / statistics.median(times) / 1e12)
+        say(f"# fp16 tensor-core rate (cuBLAS 8192^3, median of 10): {_TC_RATE[0]:.1f} TFLOP/s")
+    return _TC_RATE[0]
 
 
 def bench_gemm(name: str, N: int, K: int, M: int) -> None:
@@ -346,8 +374,9 @@ def main() -> None:
             for B in (1, 16):
                 bench_decode(B, 9, 3, 64, 2048, splits)
     if "prefill" not in args.skip:
-        say("| op | shape | ours us | ours TFLOP/s | SDPA us | SDPA TFLOP/s | speed-up | rel. err |")
-        say("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        tensor_core_rate()
+        say("| op | shape | ours us | ours TFLOP/s | % of TC | SDPA us | SDPA TFLOP/s | % of TC | speed-up | rel. err |")
+        say("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for D in (64, 128):
             for S in (1024, 4096, 16384):
                 bench_prefill(S, D)

@@ -1,7 +1,8 @@
 """Where a decode step's GPU time goes: kernels per step and their time (CUPTI through
-torch.profiler) while kvinfer generates with random weights of a benchmark shape.
+torch.profiler) while kvinfer generates with random weights of a benchmark shape. With --prefill N,
+where the time to the first token of one N-token prompt goes instead: attention, GEMMs, the rest.
 
-    python benchmarks/profile_step.py --model Llama-3.2-1B --batch 1 [--no-cuda-graphs]
+    python benchmarks/profile_step.py --model Llama-3.2-1B --batch 1 [--no-cuda-graphs] [--prefill 2048]
 """
 
 from __future__ import annotations
@@ -22,20 +23,28 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--no-cuda-graphs", action="store_true")
+    ap.add_argument("--prefill", type=int, default=0, metavar="N", help="profile one N-token prompt's first token")
     args = ap.parse_args()
     from kvinfer.llm import LLM
     from kvinfer.sampling import SamplingParams
 
     folder = tempfile.mkdtemp()
     random_model(args.model, folder)
-    llm = LLM(folder, device="cuda:0", max_context=1024, max_batch=max(args.batch, 1),
-              cuda_graphs=not args.no_cuda_graphs)
+    prompt_len = args.prefill or 128
+    llm = LLM(folder, device="cuda:0", max_context=max(1024, prompt_len + 8), max_batch=max(args.batch, 1),
+              max_step_tokens=max(2048, prompt_len), cuda_graphs=not args.no_cuda_graphs)
     vocab = SHAPES[args.model]["vocab_size"]
-    prompts = [np.random.default_rng(i).integers(0, vocab, size=128).tolist() for i in range(args.batch)]
-    params = SamplingParams(max_tokens=args.new_tokens, temperature=0, ignore_eos=True)
-    llm.generate(prompts, params)  # warm-up
+    rng = np.random.default_rng(0)
+
+    def prompts():  # new ones each time: a prompt the prefix cache holds would not be computed
+        return [rng.integers(0, vocab, size=prompt_len).tolist() for _ in range(args.batch)]
+
+    new_tokens = 1 if args.prefill else args.new_tokens
+    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    llm.generate(prompts(), params)  # warm-up
+    run = prompts()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        llm.generate(prompts, params)
+        llm.generate(run, params)
         torch.cuda.synchronize()
     kernels = collections.defaultdict(lambda: [0, 0.0])
     first, last = None, None
@@ -46,8 +55,16 @@ def main() -> None:
             k[1] += e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
             first = e.time_range.start if first is None else min(first, e.time_range.start)
             last = e.time_range.end if last is None else max(last, e.time_range.end)
-    steps = args.new_tokens
+    steps = new_tokens
     total = sum(t for _, t in kernels.values())
+    if args.prefill:
+        split = collections.Counter()
+        for name, (_, t) in kernels.items():
+            kind = ("attention" if "prefill_kernel" in name else
+                    "GEMM" if any(w in name.lower() for w in ("gemm", "xmma", "cutlass", "nvjet", "skinny")) else "rest")
+            split[kind] += t
+        print(f"# {args.model}: first token of a {prompt_len}-token prompt, {total / 1e3:.2f} ms of GPU time: " +
+              ", ".join(f"{k} {v / 1e3:.2f} ms ({100 * v / total:.0f}%)" for k, v in split.most_common()))
     print(f"# {args.model} batch {args.batch}, {steps} tokens, graphs {not args.no_cuda_graphs}: "
           f"{sum(n for n, _ in kernels.values()) / steps:.0f} GPU activities per step, "
           f"{total / steps:.1f} us GPU time per step, {(last - first) / steps:.1f} us span per step")

@@ -217,7 +217,8 @@ void run_attention(const AttnCase& c, bool decode) {
   const int n_slots = *std::max_element(c.slots.begin(), c.slots.end()) + 1;
   // Paged, 16-token blocks: each slot's own blocks in order, and the same K/V with the blocks
   // scrambled (the scrambled tables must give the same bits, on the CPU and on the GPU).
-  KVCacheConfig cfg{1, max_ctx, c.kv_heads, c.d, n_slots, 16};
+  // (one position more than the steps use: the planted-bug reference below reads it)
+  KVCacheConfig cfg{1, max_ctx + 1, c.kv_heads, c.d, n_slots, 16};
   const KVLayout layout = KVCache::layout(cfg);
   const size_t block = size_t(layout.block_stride) * cfg.pool_blocks();
   auto kc = to_half(random_floats(block, 12)), vc = to_half(random_floats(block, 13));
@@ -273,6 +274,17 @@ void run_attention(const AttnCase& c, bool decode) {
   }
   EXPECT_TRUE(nmse_below(to_float(d_out.read()), ref, kHalfNmse));
   EXPECT_TRUE(d_out.guards_intact());
+  if (!decode) {
+    // A planted off-by-one in the causal mask (every row also sees the key after its own) must not
+    // pass: the reference of the same queries one position later.
+    std::vector<int32_t> later(cached);
+    for (auto& n : later) ++n;
+    test::TestStep planted({}, c.rows, later, slots, {}, {}, layout);
+    std::vector<float> ref_planted(ref.size());
+    cpu::attention(qf.data(), q_stride, kc.data(), vc.data(), layout, planted.host, total, c.heads, c.kv_heads, c.d,
+                   scale, ref_planted.data(), c.heads * c.d);
+    EXPECT_FALSE(nmse_below(to_float(d_out.read()), ref_planted, kHalfNmse)) << "a mask one key too wide passes";
+  }
   // the scrambled cache through its tables: the same bits
   const std::vector<half_t> plain = d_out.read();
   Guarded<half_t> d_ks(kc.size(), &kc_scrambled), d_vs(vc.size(), &vc_scrambled);
@@ -306,7 +318,11 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaPrefill, testing::Values(
     AttnCase{8, 1, 80, {0}, {0}, {1000}},                   // GQA 8, head_dim 80
     AttnCase{4, 4, 96, {0, 1}, {3000, 0}, {1097, 5}},       // context 4097
     AttnCase{9, 3, 64, {2, 0, 1}, {0, 0, 0}, {19, 3, 1}},   // SmolLM2 heads, batch 3
-    AttnCase{4, 2, 32, {0, 1}, {7, 0}, {70, 129}}),         // GQA 2, head_dim 32
+    AttnCase{4, 2, 32, {0, 1}, {7, 0}, {70, 129}},          // GQA 2, head_dim 32
+    AttnCase{8, 2, 256, {0, 1}, {0, 17}, {70, 33}},         // head_dim 256 (Q re-read from shared memory)
+    AttnCase{8, 8, 128, {0}, {1023}, {200}},                // a chunk after 1023 cached tokens, MHA
+    AttnCase{2, 1, 64, {2, 0, 1}, {1, 0, 1023}, {1, 4097, 65}},  // ragged: after 1, 4097 from 0, after 1023
+    AttnCase{12, 3, 96, {0, 1}, {1, 63}, {127, 66}}),       // tiles that straddle the diagonal at odd offsets
     [](const testing::TestParamInfo<AttnCase>& i) { return i.param.name(); });
 
 class CudaDecode : public testing::TestWithParam<AttnCase> {};

@@ -1,9 +1,9 @@
 // Causal attention over the fp16 KV cache on the GPU (same math as cpu::attention).
 //
 // attention_prefill: rows of any number of sequences, each a run of consecutive positions of one
-// slot (a prompt chunk, possibly after cached tokens). Flash-style: 64-row query tiles against
-// 64-key tiles with an online softmax, QK^T and PV on tensor cores (WMMA, fp16 in, fp32
-// accumulate). head_dim 32, 64, 80, 96 or 128.
+// slot (a prompt chunk, possibly after cached tokens). FlashAttention-2 style: 64-row query tiles
+// against 64-key tiles with an online softmax, QK^T and PV on tensor cores (mma.sync, fp16 in, fp32
+// accumulate), scores and output in registers. head_dim 32, 64, 80, 96, 128 or 256.
 //
 // attention_decode: one query row per sequence (slots of different lengths in one launch). The
 // context is split into chunks whose size depends only on the sequence's own length (and the

@@ -1,66 +1,42 @@
-// Flash-style causal prefill attention with WMMA tensor-core tiles. Block = (64-row query tile of
-// one sequence, query head), 4 warps, each owning 16 query rows. For each 64-key tile up to the
-// tile's last position: S = Q K^T (fp16 x fp16 -> fp32), causal mask and online softmax per row
-// (running max m, sum l; O rescaled by exp(m_old - m_new)), then O += P V. Tiles live in shared
-// memory: Q, K, V [64][D+8] fp16 (padded against bank conflicts), S [64][68] fp32, P [64][72] fp16,
-// O [64][D+4] fp32.
+// Causal prefill attention, FlashAttention-2 style on mma.sync tensor cores (m16n8k16, fp16 in,
+// fp32 accumulate). Block = (query head, 64-row query tile of one sequence), 4 warps, each owning
+// 16 query rows for the whole pass: S = Q K^T, the causal mask, the online softmax (running max and
+// sum per row, base 2) and O += P V all stay in registers; the probabilities P are the A operand of
+// the PV product straight from the S accumulators (same fragment layout). K/V tiles of 64 keys are
+// read through the block table with cp.async, two stages deep (tile j + 1 lands while tile j is
+// used); Q is read once (into registers where head_dim <= 128). Shared memory rows are padded by
+// 16 bytes, so the 8 rows one ldmatrix reads fall in different banks.
 #include <cuda_fp16.h>
-#include <mma.h>
 
-#include "core/cuda_check.h"
-#include "core/errors.h"
 #include "backend/cuda/attention.h"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/ptx.cuh"
+#include "core/cuda_check.h"
+#include "core/errors.h"
 
 namespace kvinfer::cuda {
 
 namespace {
-constexpr int kRows = 64, kKeys = 64, kThreads = 128;
-constexpr int kSld = kKeys + 4, kPld = kKeys + 8;
+constexpr int kRows = 64, kKeys = 64, kWarps = 4, kThreads = kWarps * 32;
+constexpr float kLog2e = 1.4426950408889634f;
+static_assert(kRows == kKeys, "one tile size for Q, K and V");
 
 template <int D>
-struct Smem {
-  static constexpr int kLd = D + 8, kOld = D + 4;
-  static constexpr size_t q = 0;
-  static constexpr size_t k = q + kRows * kLd * 2;
-  static constexpr size_t v = k + kKeys * kLd * 2;
-  static constexpr size_t s = v + kKeys * kLd * 2;
-  static constexpr size_t p = s + kRows * kSld * 4;
-  static constexpr size_t o = p + kRows * kPld * 2;
-  static constexpr size_t ml = o + kRows * kOld * 4;
-  static constexpr size_t bytes = ml + kRows * 2 * 4;
-  static_assert(k % 32 == 0 && v % 32 == 0 && s % 32 == 0 && p % 32 == 0 && o % 32 == 0, "alignment");
+struct PrefillTiles {
+  static constexpr int kLd = D + 8;  // halves per shared-memory row
+  static constexpr size_t kTile = size_t{kRows} * kLd * sizeof(__half);
+  static constexpr size_t bytes = 5 * kTile;  // Q, then K and V of two stages
+  static constexpr bool kQInRegisters = D <= 128;  // D / 4 registers; at 256 Q is re-read per use
 };
 
-// rows [0, 64) of a [rows][D] fp16 matrix with row stride `stride` into smem [64][D+8]; rows at or
-// beyond `valid` are zero.
-template <int D>
-__device__ void load_tile(__half* dst, const __half* src, int64_t stride, int valid) {
-  constexpr int kVecs = D / 8;
-  for (int e = threadIdx.x; e < kRows * kVecs; e += kThreads) {
-    const int r = e / kVecs, c = (e % kVecs) * 8;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (r < valid) v = *reinterpret_cast<const uint4*>(src + r * stride + c);
-    *reinterpret_cast<uint4*>(dst + r * (D + 8) + c) = v;
-  }
-}
-
-// rows k0 .. k0 + 63 of KV head `head` of the sequence whose block table row is `table`, from the K
-// and V pools into smem [64][D+8] each (one block lookup for both); rows at or beyond `valid` are zero.
-template <int D>
-__device__ void load_kv_tiles(__half* k_dst, __half* v_dst, const __half* k_pool, const __half* v_pool,
-                              const KVLayout& layout, const int32_t* table, int head, int k0, int valid) {
-  constexpr int kVecs = D / 8;
-  for (int e = threadIdx.x; e < kRows * kVecs; e += kThreads) {
-    const int r = e / kVecs, c = (e % kVecs) * 8;
-    uint4 k = make_uint4(0, 0, 0, 0), v = k;
-    if (r < valid) {
-      const int64_t at = layout.at(table, head, k0 + r) + c;
-      k = *reinterpret_cast<const uint4*>(k_pool + at);
-      v = *reinterpret_cast<const uint4*>(v_pool + at);
-    }
-    *reinterpret_cast<uint4*>(k_dst + r * (D + 8) + c) = k;
-    *reinterpret_cast<uint4*>(v_dst + r * (D + 8) + c) = v;
+// 64 rows of D halves into a padded tile; row r comes from row_at(r), or is zero where !valid(r).
+template <int D, class RowAt, class Valid>
+__device__ __forceinline__ void issue_tile(__half* tile, const __half* any, RowAt row_at, Valid valid) {
+  constexpr int kChunks = D / 8;  // 16-byte pieces of a row
+  for (int e = threadIdx.x; e < kRows * kChunks; e += kThreads) {
+    const int r = e / kChunks, c = (e % kChunks) * 8;
+    const bool in = valid(r);
+    cp_async16(tile + r * PrefillTiles<D>::kLd + c, in ? row_at(r) + c : any, in ? 16 : 0);
   }
 }
 }  // namespace
@@ -71,117 +47,165 @@ static __global__ void __launch_bounds__(kThreads)
                    const __half* __restrict__ v_cache, KVLayout layout, const int32_t* __restrict__ block_tables,
                    const int32_t* __restrict__ seq_starts, const int32_t* __restrict__ positions,
                    int num_heads, int num_kv_heads, float scale, __half* __restrict__ out, int64_t out_stride) {
-  using namespace nvcuda;
-  using L = Smem<D>;
+  using T = PrefillTiles<D>;
+  constexpr int kLd = T::kLd;
   extern __shared__ __align__(128) unsigned char smem[];
-  __half* Qs = reinterpret_cast<__half*>(smem + L::q);
-  __half* Ks = reinterpret_cast<__half*>(smem + L::k);
-  __half* Vs = reinterpret_cast<__half*>(smem + L::v);
-  float* S = reinterpret_cast<float*>(smem + L::s);
-  __half* P = reinterpret_cast<__half*>(smem + L::p);
-  float* O = reinterpret_cast<float*>(smem + L::o);
-  float* M = reinterpret_cast<float*>(smem + L::ml);
-  float* Lsum = M + kRows;
+  __half* const q_tile = reinterpret_cast<__half*>(smem);
+  auto k_tile = [&](int stage) { return reinterpret_cast<__half*>(smem + (1 + 2 * stage) * T::kTile); };
+  auto v_tile = [&](int stage) { return reinterpret_cast<__half*>(smem + (2 + 2 * stage) * T::kTile); };
 
-  const int b = blockIdx.z, head = blockIdx.y;
+  // grid: x = query head, y = row tile counted from the sequence's last (the longest rows start
+  // first, so the short ones fill the end of the launch), z = sequence
+  const int head = blockIdx.x, b = blockIdx.z;
   const int start = seq_starts[b], n = seq_starts[b + 1] - start;
-  const int r0 = blockIdx.x * kRows;
-  if (r0 >= n) return;
-  const int rows = min(kRows, n - r0);
+  const int tile = (n + kRows - 1) / kRows - 1 - static_cast<int>(blockIdx.y);
+  if (tile < 0) return;
+  const int r0 = tile * kRows, rows = min(kRows, n - r0);
   const int first_pos = positions[start + r0];  // rows of a sequence have consecutive positions
   const int last_pos = first_pos + rows - 1;
   const int kvh = head / (num_heads / num_kv_heads);
   const int32_t* table = block_tables + static_cast<int64_t>(b) * layout.table_stride;
+  const int kv_tiles = last_pos / kKeys + 1;
 
-  load_tile<D>(Qs, q + (start + r0) * q_stride + static_cast<int64_t>(head) * D, q_stride, rows);
-  for (int e = threadIdx.x; e < kRows * L::kOld; e += kThreads) O[e] = 0.0f;
-  for (int e = threadIdx.x; e < kRows; e += kThreads) {
-    M[e] = -INFINITY;
-    Lsum[e] = 0.0f;
-  }
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int wr = warp * 16;  // this warp's first row
+  auto issue_kv = [&](int j) {
+    const int k0 = j * kKeys;
+    auto valid = [&](int r) { return k0 + r <= last_pos; };
+    issue_tile<D>(k_tile(j & 1), k_cache, [&](int r) { return k_cache + layout.at(table, kvh, k0 + r); }, valid);
+    issue_tile<D>(v_tile(j & 1), v_cache, [&](int r) { return v_cache + layout.at(table, kvh, k0 + r); }, valid);
+  };
+  const __half* q_rows = q + (start + r0) * q_stride + static_cast<int64_t>(head) * D;
+  issue_tile<D>(q_tile, q, [&](int r) { return q_rows + r * q_stride; }, [&](int r) { return r < rows; });
+  issue_kv(0);
+  cp_async_commit();
 
-  for (int k0 = 0; k0 <= last_pos; k0 += kKeys) {
-    const int keys = min(kKeys, last_pos + 1 - k0);
-    __syncthreads();  // previous tile fully consumed
-    load_kv_tiles<D>(Ks, Vs, k_cache, v_cache, layout, table, kvh, k0, keys);
-    __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int wr = warp * 16;  // this warp's first row of the tile
+  // Positions of this thread's two rows (g, g + 8; rows past the tile's end take the last row's),
+  // and of the warp's last row (-1: the warp has no rows, so it skips every tile).
+  const int pos_lo = first_pos + min(wr + g, rows - 1), pos_hi = first_pos + min(wr + g + 8, rows - 1);
+  const int warp_last = wr < rows ? first_pos + min(wr + 15, rows - 1) : -1;
+  const int warp_first = first_pos + wr;
 
-    // S[wr:wr+16][0:64] = Q K^T
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kKeys / 16];
+  // ldmatrix addresses: lane l supplies row l % 8 of matrix l / 8
+  const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_col = (lane >> 4) * 8;  // Q (A): rows, then columns
+  const int k_row = (lane & 7) + (lane >> 4) * 8, k_col = ((lane >> 3) & 1) * 8;  // K (B, by key): keys, then d
+  const int v_row = a_row, v_col = a_col;                                           // V (B, transposed)
+
+  cp_async_wait<0>();
+  __syncthreads();
+  constexpr int kQFrags = T::kQInRegisters ? D / 16 : 1;
+  uint32_t qf[kQFrags][4];
+  if constexpr (T::kQInRegisters) {
 #pragma unroll
-    for (int c = 0; c < kKeys / 16; ++c) wmma::fill_fragment(acc[c], 0.0f);
+    for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qf[kk], q_tile + (wr + a_row) * kLd + kk * 16 + a_col);
+  }
+
+  const float scale_log2 = scale * kLog2e;
+  float o[D / 8][4] = {};
+  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;  // l: this thread's share of the row sum
+
+  for (int j = 0; j < kv_tiles; ++j) {
+    cp_async_wait<0>();  // tile j has landed (for this thread; the barrier makes it every thread's)
+    __syncthreads();     // ... and every warp is done with tile j - 1, whose stage tile j + 1 takes
+    if (j + 1 < kv_tiles) issue_kv(j + 1);
+    cp_async_commit();
+    const int k0 = j * kKeys;
+    if (k0 > warp_last) continue;  // every key of the tile is after this warp's rows
+    const __half* ks = k_tile(j & 1);
+    const __half* vs = v_tile(j & 1);
+
+    // S = Q K^T: 16 rows x 64 keys, 8 accumulators of 8 keys
+    float s[8][4] = {};
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
-      wmma::load_matrix_sync(a, Qs + wr * L::kLd + kk * 16, L::kLd);
+      uint32_t a[4];
+      if constexpr (T::kQInRegisters) {
 #pragma unroll
-      for (int c = 0; c < kKeys / 16; ++c) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> bk;
-        wmma::load_matrix_sync(bk, Ks + c * 16 * L::kLd + kk * 16, L::kLd);
-        wmma::mma_sync(acc[c], a, bk, acc[c]);
+        for (int i = 0; i < 4; ++i) a[i] = qf[kk][i];
+      } else {
+        ldmatrix_x4(a, q_tile + (wr + a_row) * kLd + kk * 16 + a_col);
+      }
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t bk[4];
+        ldmatrix_x4(bk, ks + (np * 16 + k_row) * kLd + kk * 16 + k_col);
+        mma16816(s[2 * np], a, bk[0], bk[1]);
+        mma16816(s[2 * np + 1], a, bk[2], bk[3]);
       }
     }
+    // causal mask, where the tile reaches past the warp's first row
+    if (k0 + kKeys - 1 > warp_first) {
 #pragma unroll
-    for (int c = 0; c < kKeys / 16; ++c)
-      wmma::store_matrix_sync(S + wr * kSld + c * 16, acc[c], kSld, wmma::mem_row_major);
-    __syncwarp();
-
-    // online softmax: two lanes per row, 32 keys each
-    {
-      const int r = wr + (lane >> 1), half_id = lane & 1;
-      const int pos = first_pos + min(r, rows - 1);
-      float sv[32];
-      float mx = -INFINITY;
+      for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-      for (int i = 0; i < 32; ++i) {
-        const int c = half_id * 32 + i, key = k0 + c;
-        sv[i] = (c < keys && key <= pos) ? S[r * kSld + c] * scale : -INFINITY;
-        mx = fmaxf(mx, sv[i]);
-      }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      const float m_old = M[r];
-      const float m_new = fmaxf(m_old, mx);  // finite: key 0 <= every position
-      float sum = 0.0f;
-#pragma unroll
-      for (int i = 0; i < 32; ++i) {
-        const float p = sv[i] == -INFINITY ? 0.0f : __expf(sv[i] - m_new);
-        sum += p;
-        P[r * kPld + half_id * 32 + i] = __float2half_rn(p);
-      }
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      const float alpha = m_old == -INFINITY ? 0.0f : __expf(m_old - m_new);
-      for (int d = half_id; d < D; d += 2) O[r * L::kOld + d] *= alpha;
-      __syncwarp();
-      if (half_id == 0) {
-        M[r] = m_new;
-        Lsum[r] = Lsum[r] * alpha + sum;
-      }
+        for (int e = 0; e < 4; ++e) {
+          const int key = k0 + nt * 8 + 2 * t + (e & 1);
+          if (key > (e < 2 ? pos_lo : pos_hi)) s[nt][e] = -INFINITY;
+        }
     }
-    __syncwarp();
-
-    // O[wr:wr+16][:] += P V
+    // online softmax; a row's 64 keys are spread over the 4 lanes of its quad
+    float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
-    for (int c = 0; c < D / 16; ++c) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> o;
-      wmma::load_matrix_sync(o, O + wr * L::kOld + c * 16, L::kOld, wmma::mem_row_major);
+    for (int nt = 0; nt < 8; ++nt) {
+      mx_lo = fmaxf(mx_lo, fmaxf(s[nt][0], s[nt][1]));
+      mx_hi = fmaxf(mx_hi, fmaxf(s[nt][2], s[nt][3]));
+    }
 #pragma unroll
-      for (int kk = 0; kk < kKeys / 16; ++kk) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> bv;
-        wmma::load_matrix_sync(a, P + wr * kPld + kk * 16, kPld);
-        wmma::load_matrix_sync(bv, Vs + kk * 16 * L::kLd + c * 16, L::kLd);
-        wmma::mma_sync(o, a, bv, o);
+    for (int o_ = 1; o_ <= 2; o_ <<= 1) {
+      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, o_));
+      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, o_));
+    }
+    // finite: key 0 precedes every row, and tile 0 is never skipped
+    const float mn_lo = fmaxf(m_lo, mx_lo * scale_log2), mn_hi = fmaxf(m_hi, mx_hi * scale_log2);
+    const float alpha_lo = fast_exp2(m_lo - mn_lo), alpha_hi = fast_exp2(m_hi - mn_hi);
+    m_lo = mn_lo, m_hi = mn_hi;
+    float sum_lo = 0.0f, sum_hi = 0.0f;
+    uint32_t p[4][4];  // P as the A operand of 4 key steps of 16
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const float p0 = fast_exp2(fmaf(s[nt][0], scale_log2, -mn_lo));
+      const float p1 = fast_exp2(fmaf(s[nt][1], scale_log2, -mn_lo));
+      const float p2 = fast_exp2(fmaf(s[nt][2], scale_log2, -mn_hi));
+      const float p3 = fast_exp2(fmaf(s[nt][3], scale_log2, -mn_hi));
+      sum_lo += p0 + p1;
+      sum_hi += p2 + p3;
+      p[nt / 2][(nt & 1) * 2] = pack_half2(p0, p1);      // (row g, keys 2t, 2t + 1 of the step's 8 or 8 + 8)
+      p[nt / 2][(nt & 1) * 2 + 1] = pack_half2(p2, p3);  // (row g + 8, same keys)
+    }
+    l_lo = l_lo * alpha_lo + sum_lo;
+    l_hi = l_hi * alpha_hi + sum_hi;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      o[dn][0] *= alpha_lo, o[dn][1] *= alpha_lo;
+      o[dn][2] *= alpha_hi, o[dn][3] *= alpha_hi;
+    }
+    // O += P V
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t bv[4];
+        ldmatrix_x4_trans(bv, vs + (kk * 16 + v_row) * kLd + dp * 16 + v_col);
+        mma16816(o[2 * dp], p[kk], bv[0], bv[1]);
+        mma16816(o[2 * dp + 1], p[kk], bv[2], bv[3]);
       }
-      wmma::store_matrix_sync(O + wr * L::kOld + c * 16, o, L::kOld, wmma::mem_row_major);
     }
   }
-  __syncthreads();
-  for (int e = threadIdx.x; e < rows * D; e += kThreads) {
-    const int r = e / D, d = e % D;
-    out[(start + r0 + r) * out_stride + static_cast<int64_t>(head) * D + d] =
-        __float2half_rn(O[r * L::kOld + d] / Lsum[r]);
+  cp_async_wait<0>();  // (the last group is empty) no copy outlives the block
+
+#pragma unroll
+  for (int o_ = 1; o_ <= 2; o_ <<= 1) {
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, o_);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, o_);
+  }
+  const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
+  __half* out_lo = out + (start + r0 + wr + g) * out_stride + static_cast<int64_t>(head) * D + 2 * t;
+  __half* out_hi = out_lo + 8 * out_stride;
+  const bool store_lo = wr + g < rows, store_hi = wr + g + 8 < rows;
+#pragma unroll
+  for (int dn = 0; dn < D / 8; ++dn) {
+    if (store_lo) *reinterpret_cast<__half2*>(out_lo + dn * 8) = __floats2half2_rn(o[dn][0] * inv_lo, o[dn][1] * inv_lo);
+    if (store_hi) *reinterpret_cast<__half2*>(out_hi + dn * 8) = __floats2half2_rn(o[dn][2] * inv_hi, o[dn][3] * inv_hi);
   }
 }
 
@@ -191,11 +215,11 @@ static void launch_prefill(const half_t* q, int64_t q_stride, const half_t* k_ca
                            const int32_t* seq_starts, const int32_t* positions, int batch,
                            int max_seq_rows, int num_heads, int num_kv_heads, float scale,
                            half_t* out, int64_t out_stride, cudaStream_t stream) {
-  constexpr size_t bytes = Smem<D>::bytes;
+  constexpr size_t bytes = PrefillTiles<D>::bytes;
   // More than 48 KB of shared memory needs this opt-in, per device: cheap enough to repeat.
   KVINFER_CUDA_CHECK(cudaFuncSetAttribute(prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(bytes)));
-  const dim3 grid((max_seq_rows + kRows - 1) / kRows, num_heads, batch);
+  const dim3 grid(num_heads, (max_seq_rows + kRows - 1) / kRows, batch);
   prefill_kernel<D><<<grid, kThreads, bytes, stream>>>(
       reinterpret_cast<const __half*>(q), q_stride, reinterpret_cast<const __half*>(k_cache),
       reinterpret_cast<const __half*>(v_cache), layout, block_tables, seq_starts, positions, num_heads,
@@ -209,10 +233,14 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
                        int max_seq_rows, int num_heads, int num_kv_heads, int head_dim, float scale,
                        half_t* out, int64_t out_stride, cudaStream_t stream) {
   if (batch == 0 || max_seq_rows == 0) return;
-  KVINFER_CHECK_ARG(num_heads % num_kv_heads == 0, "num_heads=", num_heads,
-                    " is not a multiple of num_kv_heads=", num_kv_heads);
-  KVINFER_CHECK_ARG(q_stride % 8 == 0 && layout.head_dim % 8 == 0, "attention_prefill: q_stride=",
-                    q_stride, " and the cache row stride must be multiples of 8 halves");
+  KVINFER_CHECK_ARG(num_heads > 0 && num_kv_heads > 0 && num_heads % num_kv_heads == 0, "num_heads=", num_heads,
+                    " is not a positive multiple of num_kv_heads=", num_kv_heads);
+  KVINFER_CHECK_ARG(q_stride % 8 == 0 && layout.head_dim % 8 == 0 && out_stride % 2 == 0,
+                    "attention_prefill: q_stride=", q_stride, " and the cache row stride (", layout.head_dim,
+                    ") must be multiples of 8 halves, out_stride=", out_stride, " a multiple of 2");
+  KVINFER_CHECK_ARG(batch <= 65535 && num_heads <= 65535 && max_seq_rows <= int64_t{65535} * kRows,
+                    "attention_prefill: batch=", batch, " num_heads=", num_heads, " max_seq_rows=", max_seq_rows,
+                    " exceed the launch grid");
   switch (head_dim) {
 #define KVINFER_PREFILL_CASE(D)                                                                \
   case D:                                                                                      \
@@ -224,10 +252,11 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
     KVINFER_PREFILL_CASE(80)
     KVINFER_PREFILL_CASE(96)
     KVINFER_PREFILL_CASE(128)
+    KVINFER_PREFILL_CASE(256)
 #undef KVINFER_PREFILL_CASE
     default:
       throw std::invalid_argument(str("attention_prefill: head_dim=", head_dim,
-                                      " is not supported (32, 64, 80, 96, 128)"));
+                                      " is not supported (32, 64, 80, 96, 128, 256)"));
   }
 }
 
