@@ -159,9 +159,9 @@ def tensor_core_rate() -> float:
     return _TC_RATE[0]
 
 
-def bench_gemm(name: str, N: int, K: int, M: int) -> None:
-    """Our skinny GEMM (fp16 in and out) against torch.mm (cuBLAS) on the same tensors: us, weight
-    GB/s and % of the copy rate."""
+def bench_gemm(name: str, N: int, K: int, M: int, kernel: str = "auto") -> None:
+    """Our skinny GEMM (fp16 in and out; `kernel`: auto, narrow or wide, which compute the same bits)
+    against torch.mm (cuBLAS) on the same tensors: us, weight GB/s and % of the copy rate."""
     w = torch.randn(N, K, device="cuda", dtype=torch.float16) * 0.05
     x = torch.randn(M, K, device="cuda", dtype=torch.float16)
     y = torch.empty(M, N, device="cuda", dtype=torch.float16)
@@ -172,7 +172,7 @@ def bench_gemm(name: str, N: int, K: int, M: int) -> None:
 
     def ours():
         _bench_ops.skinny_gemm(w.data_ptr(), N, K, M, x.data_ptr(), K, y.data_ptr(), N, part.data_ptr(),
-                               cnt.data_ptr(), stream)
+                               cnt.data_ptr(), stream, kernel)
 
     def cublas():
         return torch.mm(x, w.t())
@@ -182,7 +182,8 @@ def bench_gemm(name: str, N: int, K: int, M: int) -> None:
     err = ((y.float() - ref.float()).norm() / ref.float().norm()).item()
     t_ours, t_ref = paired_time_us(ours, cublas, reps=30)
     gb = N * K * 2 / 1e9
-    say(f"| gemm | {name} N={N} K={K} M={M} | {t_ours:8.1f} | {gb / t_ours * 1e6:6.0f} | "
+    op = "gemm" if kernel == "auto" else f"gemm {kernel}"
+    say(f"| {op} | {name} N={N} K={K} M={M} | {t_ours:8.1f} | {gb / t_ours * 1e6:6.0f} | "
         f"{100 * gb / t_ours * 1e15 / COPY_BW:5.1f}% | {t_ref:8.1f} | {gb / t_ref * 1e6:6.0f} | {t_ref / t_ours:5.2f} | {err:.1e} |")
 
 
@@ -334,6 +335,8 @@ def main() -> None:
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 16, 64], help="end-to-end batch sizes")
     ap.add_argument("--gemm-rows", nargs="*", type=int, default=[1, 16, 64], help="GEMM micro-benchmark rows")
     ap.add_argument("--models", nargs="*", default=list(SHAPES), choices=list(SHAPES), help="end-to-end models")
+    ap.add_argument("--gemm-kernels", action="store_true",
+                    help="GEMM rows above 8: time the narrow and the wide kernel each (else the one chosen)")
     ap.add_argument("--sweep-splits", nargs="*", metavar="MIN_CHUNK,MAX_SPLITS[,GROWTH_KEYS[,MIN_SPLITS]]",
                     help="decode: also time these chunkings (default: a few) at every decode shape")
     ap.add_argument("--flush", choices=["read", "write"], default="read",
@@ -354,7 +357,8 @@ def main() -> None:
         for model, shapes in GEMM_SHAPES.items():
             for M in args.gemm_rows:
                 for part, (N, K) in shapes.items():
-                    bench_gemm(f"{model} {part}", N, K, M)
+                    for kernel in (("narrow", "wide") if M > 8 and args.gemm_kernels else ("auto",)):
+                        bench_gemm(f"{model} {part}", N, K, M, kernel)
     if "decode" not in args.skip:
         say("| op | shape | ours us | ours GB/s | SDPA us | SDPA GB/s | speed-up | rel. err |")
         say("| --- | --- | --- | --- | --- | --- | --- | --- |")

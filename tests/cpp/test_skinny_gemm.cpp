@@ -131,7 +131,7 @@ struct Inputs {
   }
 };
 
-Result run(const Case& c, const Inputs& in, int M) {
+Result run(const Case& c, const Inputs& in, int M, cuda::SkinnyKernel which = cuda::SkinnyKernel::automatic) {
   Guarded<half_t> d_w(in.w.size(), &in.w), d_bias(in.bias.size(), &in.bias), d_norm(in.norm.size(), &in.norm);
   Guarded<float> d_x32(std::max<size_t>(in.x32.size(), 1), in.x32.empty() ? nullptr : &in.x32);
   Guarded<half_t> d_x16(std::max<size_t>(in.x16.size(), 1), in.x16.empty() ? nullptr : &in.x16);
@@ -160,7 +160,7 @@ Result run(const Case& c, const Inputs& in, int M) {
   else o.y = d_y32.get();
   if (c.out == SkinnyOut::residual && c.N % 16 == 0) o.ss = d_ss.get();
   if (c.out == SkinnyOut::logits) o.argmax = d_argmax.get();
-  cuda::skinny_gemm(d_w.get(), c.N, c.K, M, i, o, {d_part.get(), d_counters.get(), d_normed.get()}, nullptr);
+  cuda::skinny_gemm(d_w.get(), c.N, c.K, M, i, o, {d_part.get(), d_counters.get(), d_normed.get()}, nullptr, which);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   for (bool ok : {d_w.guards_intact(), d_x32.guards_intact(), d_x16.guards_intact(), d_y32.guards_intact(),
                   d_y16.guards_intact(), d_ss.guards_intact(), d_argmax.guards_intact(), d_part.guards_intact(),
@@ -193,6 +193,10 @@ const std::vector<Case>& cases() {
       {SkinnyIn::silu_mul, SkinnyOut::residual, 576, 1536, false},  // SmolLM2 down: K split in 4
       {SkinnyIn::silu_mul, SkinnyOut::residual, 1024, 4096, true},
       {SkinnyIn::gelu, SkinnyOut::residual, 128, 512, true},
+      // enough tiles that the wide kernel's blocks take whole K ranges (skinny_wide_quarters false)
+      {SkinnyIn::rms_norm, SkinnyOut::logits, 16400, 256, false},  // an LM head with a tile tail
+      {SkinnyIn::half, SkinnyOut::half, 16384, 264, true},         // K tail: 9 slices, the last quarter empty
+      {SkinnyIn::silu_mul, SkinnyOut::residual, 16384, 128, false},
   };
   return all;
 }
@@ -253,6 +257,21 @@ TEST_P(SkinnyGemm, RowsDoNotDependOnTheBatch) {
   }
 }
 
+// The two kernels (a block per 16-row tile, or per 128 rows with the input staged in shared
+// memory) are the same arithmetic: the same bits at every row count either can run.
+TEST_P(SkinnyGemm, NarrowAndWideKernelsAgree) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  const Case& c = GetParam();
+  for (int M : {1, 5, 9, 16, 24, 40, 64}) {
+    const Inputs in(c, M);
+    const Result narrow = run(c, in, M, cuda::SkinnyKernel::narrow), wide = run(c, in, M, cuda::SkinnyKernel::wide);
+    ASSERT_EQ(narrow.y.size(), size_t(M) * c.N);
+    EXPECT_TRUE(narrow.y == wide.y) << "M=" << M;
+    EXPECT_TRUE(narrow.ss == wide.ss) << "M=" << M;
+    EXPECT_TRUE(narrow.argmax == wide.argmax) << "M=" << M;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, SkinnyGemm, testing::ValuesIn(cases()),
                          [](const testing::TestParamInfo<Case>& i) { return name(i.param); });
 #endif
@@ -271,6 +290,16 @@ TEST(SkinnyPlan, DependsOnNAndKOnly) {
   EXPECT_EQ(plan(100, 72), (std::vector<int>{7, 1, 96}));
   EXPECT_EQ(cuda::skinny_partial_floats(960, 576), size_t(60) * 2 * 16 * 64);
   EXPECT_EQ(cuda::skinny_counters(16384, 2048), 0);
+  EXPECT_EQ(cuda::skinny_counters(960, 576), 60);
+  EXPECT_EQ(cuda::skinny_counters(48, 1024), 4);  // 3 tiles, K split in 4: four quarter shares of one group
+  // wide kernel: a block per quarter where whole ranges make few blocks (Llama's qkv, o, down)
+  EXPECT_TRUE(cuda::skinny_wide_quarters(3072, 2048));
+  EXPECT_TRUE(cuda::skinny_wide_quarters(2048, 2048));
+  EXPECT_TRUE(cuda::skinny_wide_quarters(2048, 8192));
+  EXPECT_FALSE(cuda::skinny_wide_quarters(16384, 2048));
+  EXPECT_FALSE(cuda::skinny_wide_quarters(128256, 2048));
+  EXPECT_FALSE(cuda::skinny_wide_quarters(16400, 256));
+  EXPECT_EQ(cuda::skinny_plan(16400, 256).splits, 1);
 #else
   GTEST_SKIP() << "built without CUDA";
 #endif

@@ -1,5 +1,5 @@
-// Skinny GEMM (skinny_gemm.h). Block = 4 warps on one tile of 16 weight rows and one K range;
-// warp w takes quarter w of the range. Per 32 columns a lane loads 16 bytes of each of its two
+// Skinny GEMM (skinny_gemm.h), the narrow kernel: block = 4 warps on one tile of 16 weight rows and
+// one K range; warp w takes quarter w of the range. Per 32 columns a lane loads 16 bytes of each of its two
 // weight rows (g and g + 8, g = lane / 4) and 16 bytes of its token's input row, at column
 // 8 (lane % 4): that is two m16n8k16 MMAs (weights as A, tokens as the 8 columns of B) with the
 // columns of K permuted the same way in A and B, so every load is a 16-byte vector. The quarters
@@ -10,7 +10,11 @@
 
 #include <cuda_fp16.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/skinny_common.cuh"
 #include "core/cuda_check.h"
 #include "core/errors.h"
 
@@ -18,6 +22,7 @@ namespace kvinfer::cuda {
 
 namespace {
 constexpr int kThreads = 128, kWarps = 4, kSlice = kSkinnySlice;
+using namespace skinny;
 
 __device__ __forceinline__ uint4 load_stream(const half_t* p) {  // read once: no L1 allocation
   uint4 v;
@@ -25,70 +30,6 @@ __device__ __forceinline__ uint4 load_stream(const half_t* p) {  // read once: n
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
   return v;
-}
-
-__device__ __forceinline__ uint32_t pack(float a, float b) {
-  const __half2 h = __floats2half2_rn(a, b);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-__device__ __forceinline__ float2 unpack(uint32_t u) { return __half22float2(*reinterpret_cast<const __half2*>(&u)); }
-
-__device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
-__device__ __forceinline__ float gelu_new(float v) {
-  return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-}
-
-// Columns k .. k + 7 of input row m, as loaded (zeros past K or M: their products add nothing).
-// Loads of every slice in flight are issued before any is transformed (transform()), so a slice's
-// norm or activation never waits on its own load while the others' could be on the way.
-template <SkinnyIn IN>
-struct Raw {
-  uint4 v = make_uint4(0, 0, 0, 0);  // fp16 values (half, gelu; silu_mul: gate), or the norm weights
-  uint4 u = make_uint4(0, 0, 0, 0);  // silu_mul: up
-  float4 a = make_float4(0, 0, 0, 0), b = make_float4(0, 0, 0, 0);  // rms_norm: the fp32 columns
-};
-
-template <SkinnyIn IN>
-__device__ __forceinline__ Raw<IN> load_raw(const SkinnyInput& in, int m, int k, int K) {
-  Raw<IN> r;
-  if (k >= K) return r;
-  if constexpr (IN == SkinnyIn::rms_norm) {
-    const int row = in.rows ? in.rows[m] : m;
-    const float4* x = reinterpret_cast<const float4*>(static_cast<const float*>(in.x) + row * in.ld + k);
-    r.a = x[0], r.b = x[1];
-    r.v = *reinterpret_cast<const uint4*>(in.norm_weight + k);
-  } else {
-    const __half* x = static_cast<const __half*>(in.x) + m * in.ld + k;
-    r.v = *reinterpret_cast<const uint4*>(x);
-    if constexpr (IN == SkinnyIn::silu_mul) r.u = *reinterpret_cast<const uint4*>(x + in.up_offset);
-  }
-  return r;
-}
-
-// The B fragment of loaded columns: four fp16 pairs after the norm (inv = 1 / rms) or activation.
-template <SkinnyIn IN>
-__device__ __forceinline__ uint4 transform(const Raw<IN>& r, float inv) {
-  if constexpr (IN == SkinnyIn::rms_norm) {
-    const float2 w0 = unpack(r.v.x), w1 = unpack(r.v.y), w2 = unpack(r.v.z), w3 = unpack(r.v.w);
-    return make_uint4(pack(r.a.x * inv * w0.x, r.a.y * inv * w0.y), pack(r.a.z * inv * w1.x, r.a.w * inv * w1.y),
-                      pack(r.b.x * inv * w2.x, r.b.y * inv * w2.y), pack(r.b.z * inv * w3.x, r.b.w * inv * w3.y));
-  } else if constexpr (IN == SkinnyIn::half) {
-    return r.v;
-  } else {
-    uint32_t o[4];
-    const uint32_t vg[4] = {r.v.x, r.v.y, r.v.z, r.v.w}, vu[4] = {r.u.x, r.u.y, r.u.z, r.u.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 g = unpack(vg[i]);
-      if constexpr (IN == SkinnyIn::silu_mul) {
-        const float2 up = unpack(vu[i]);
-        o[i] = pack(silu_mul(g.x, up.x), silu_mul(g.y, up.y));
-      } else {
-        o[i] = pack(gelu_new(g.x), gelu_new(g.y));
-      }
-    }
-    return make_uint4(o[0], o[1], o[2], o[3]);
-  }
 }
 
 // Slices (32 columns) per lane step of the main loop: more in flight where the tile of tokens is
@@ -293,6 +234,16 @@ static __global__ void rms_rows_kernel(SkinnyInput in, int K, int M, __half* __r
         transform<SkinnyIn::rms_norm>(load_raw<SkinnyIn::rms_norm>(in, m, k, K), inv);
 }
 
+// The kernel of SkinnyKernel::automatic: narrow, or what KVINFER_SKINNY=narrow|wide in the
+// environment says (to measure what each gives end to end; the bits are the same).
+SkinnyKernel automatic_kernel() {
+  static const SkinnyKernel chosen = [] {
+    const char* v = std::getenv("KVINFER_SKINNY");
+    return v && std::strcmp(v, "wide") == 0 ? SkinnyKernel::wide : SkinnyKernel::narrow;
+  }();
+  return chosen;
+}
+
 template <SkinnyIn IN, SkinnyOut OUT, int NT, int TPB>
 void launch_group(const half_t* w, int N, int K, int M, const SkinnyPlan& plan, const SkinnyInput& in,
                   const SkinnyOutput& out, const SkinnyWorkspace& ws, cudaStream_t stream) {
@@ -318,14 +269,16 @@ void launch_tiles(const half_t* w, int N, int K, int M, const SkinnyPlan& plan, 
 
 template <SkinnyIn IN, SkinnyOut OUT>
 void launch(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
-            const SkinnyWorkspace& ws, cudaStream_t stream) {
+            const SkinnyWorkspace& ws, SkinnyKernel which, cudaStream_t stream) {
+  static_assert(kSkinnyNormInBlockRows == kSkinnyNarrowRows, "the narrow kernel norms up to 8 rows itself");
   const SkinnyPlan plan = skinny_plan(N, K);
-  if (M <= 8) return launch_tiles<IN, OUT, 1>(w, N, K, M, plan, in, out, ws, stream);
-  if constexpr (IN != SkinnyIn::rms_norm) {  // (wider RMSNorm inputs are normed into fp16 rows first)
-    if (M <= 16) launch_tiles<IN, OUT, 2>(w, N, K, M, plan, in, out, ws, stream);
-    else if (M <= 32) launch_tiles<IN, OUT, 4>(w, N, K, M, plan, in, out, ws, stream);
-    else launch_tiles<IN, OUT, 8>(w, N, K, M, plan, in, out, ws, stream);
+  if constexpr (IN != SkinnyIn::rms_norm) {  // (RMSNorm inputs reach these as normed fp16 rows)
+    if (which == SkinnyKernel::wide) return skinny_gemm_wide(w, N, K, M, in, out, ws, stream);
+    if (M > 32) return launch_tiles<IN, OUT, 8>(w, N, K, M, plan, in, out, ws, stream);
+    if (M > 16) return launch_tiles<IN, OUT, 4>(w, N, K, M, plan, in, out, ws, stream);
+    if (M > kSkinnyNarrowRows) return launch_tiles<IN, OUT, 2>(w, N, K, M, plan, in, out, ws, stream);
   }
+  launch_tiles<IN, OUT, 1>(w, N, K, M, plan, in, out, ws, stream);
 }
 }  // namespace
 
@@ -338,20 +291,22 @@ bool skinny_supported(int N, int K, int M, const SkinnyInput& in, const SkinnyOu
 }
 
 void skinny_gemm(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
-                 const SkinnyWorkspace& ws, cudaStream_t stream) {
+                 const SkinnyWorkspace& ws, cudaStream_t stream, SkinnyKernel which) {
   KVINFER_CHECK_ARG(skinny_supported(N, K, M, in, out), "skinny_gemm: unsupported shape N=", N, " K=", K,
                     " M=", M, " (M in [1, ", kSkinnyMaxRows, "], K a multiple of 8, aligned rows)");
   KVINFER_CHECK_ARG(skinny_plan(N, K).splits == 1 || (ws.partials && ws.counters),
                     "skinny_gemm: N=", N, " K=", K, " splits K and needs a workspace");
-  if (in.kind == SkinnyIn::rms_norm && M > kSkinnyNormInBlockRows) {
+  if (which == SkinnyKernel::automatic) which = automatic_kernel();
+  // the wide kernel, and the narrow one beyond kSkinnyNormInBlockRows rows, take normed fp16 rows
+  if (in.kind == SkinnyIn::rms_norm && (M > kSkinnyNormInBlockRows || which == SkinnyKernel::wide)) {
     KVINFER_CHECK_ARG(ws.normed, "skinny_gemm: RMSNorm input of ", M, " rows needs the workspace's normed rows");
     launch_dependent(rms_rows_kernel, dim3(M), dim3(128), 0, stream, in, K, M, reinterpret_cast<__half*>(ws.normed));
     SkinnyInput h{SkinnyIn::half, ws.normed, K};
-    if (out.kind == SkinnyOut::half) return launch<SkinnyIn::half, SkinnyOut::half>(w, N, K, M, h, out, ws, stream);
-    return launch<SkinnyIn::half, SkinnyOut::logits>(w, N, K, M, h, out, ws, stream);
+    if (out.kind == SkinnyOut::half) return launch<SkinnyIn::half, SkinnyOut::half>(w, N, K, M, h, out, ws, which, stream);
+    return launch<SkinnyIn::half, SkinnyOut::logits>(w, N, K, M, h, out, ws, which, stream);
   }
 #define KVINFER_SKINNY(I, O) \
-  if (in.kind == SkinnyIn::I && out.kind == SkinnyOut::O) return launch<SkinnyIn::I, SkinnyOut::O>(w, N, K, M, in, out, ws, stream)
+  if (in.kind == SkinnyIn::I && out.kind == SkinnyOut::O) return launch<SkinnyIn::I, SkinnyOut::O>(w, N, K, M, in, out, ws, which, stream)
   KVINFER_SKINNY(rms_norm, half);
   KVINFER_SKINNY(rms_norm, logits);
   KVINFER_SKINNY(half, half);

@@ -49,7 +49,12 @@ struct SkinnyWorkspace {
 // Whether the fused path can run this shape (K a multiple of 8, N and the norm's K multiples of 16
 // where sums of squares are read or written).
 bool skinny_supported(int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out);
+// Which kernel computes it: the same bits either way (tests/cpp/test_skinny_gemm.cpp), only the speed
+// differs. narrow: a block per 16-row weight tile, inputs read through L1 (skinny_gemm.cu); wide: a
+// block per 128 weight rows, inputs staged in shared memory once (skinny_gemm_wide.cu); automatic:
+// narrow, unless KVINFER_SKINNY=narrow|wide in the environment says otherwise.
+enum class SkinnyKernel { automatic, narrow, wide };
 void skinny_gemm(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
-                 const SkinnyWorkspace& ws, cudaStream_t stream);
+                 const SkinnyWorkspace& ws, cudaStream_t stream, SkinnyKernel which = SkinnyKernel::automatic);
 
 }  // namespace kvinfer::cuda

@@ -24,6 +24,9 @@ constexpr int kSkinnyTile = 16;     // output columns (rows of W) per tile; also
 constexpr int kSkinnySlice = 32;    // columns of K per lane step
 constexpr int kSkinnyTargetUnits = 256;  // (tile, K range) blocks to aim for: about 2 per SM
 constexpr int kSkinnyNormInBlockRows = 8;  // more rows: RMSNorm into fp16 rows first, then the GEMM
+constexpr int kSkinnyNarrowRows = 8;       // up to this many rows: skinny_gemm.cu's kernel; more: the wide one
+constexpr int kSkinnyWideTiles = 8;        // tiles per block of the wide kernel (a warp each)
+constexpr int kSkinnyWideMinBlocks = 128;  // fewer blocks of whole K ranges than this: a block per quarter
 
 // How K is split: `splits` contiguous ranges of k_per_split columns (a multiple of 32), each summed
 // as four quarters folded in order, the ranges then folded in order by the block that finishes a
@@ -47,9 +50,21 @@ inline size_t skinny_partial_floats(int N, int K) {
   const SkinnyPlan p = skinny_plan(N, K);
   return p.splits > 1 ? static_cast<size_t>(p.tiles) * p.splits * kSkinnyTile * kSkinnyMaxRows : 0;
 }
-inline int skinny_counters(int N, int K) {  // one per group of tiles of a block: at most one per tile
+// The wide kernel (more than kSkinnyNarrowRows rows) gives a block kSkinnyWideTiles tiles and a
+// whole K range, or, where that makes fewer than kSkinnyWideMinBlocks blocks, one quarter of a
+// range: then the four quarter blocks of a range form a cluster and fold through each other's
+// shared memory. (Whole ranges therefore only ever come one per tile: splits == 1.)
+inline bool skinny_wide_quarters(int N, int K) {
   const SkinnyPlan p = skinny_plan(N, K);
-  return p.splits > 1 ? p.tiles : 0;
+  const int64_t groups = (p.tiles + kSkinnyWideTiles - 1) / kSkinnyWideTiles;
+  return groups * p.splits < kSkinnyWideMinBlocks;
+}
+// Counters: one per group of tiles of a narrow block (at most one per tile), and four per group of
+// a wide one (each quarter block finishes its quarter of the group's outputs).
+inline int skinny_counters(int N, int K) {
+  const SkinnyPlan p = skinny_plan(N, K);
+  const int wide = (p.tiles + kSkinnyWideTiles - 1) / kSkinnyWideTiles * 4;
+  return p.splits > 1 ? (p.tiles > wide ? p.tiles : wide) : 0;
 }
 
 }  // namespace kvinfer::cuda
