@@ -40,52 +40,6 @@ __host__ __device__ constexpr int unroll() {
   return NT == 1 ? 4 : NT <= 4 ? 2 : 1;
 }
 
-// The epilogue of element (r, m) of a tile, run by 16 consecutive threads per token (r = thread % 16).
-template <SkinnyOut OUT>
-__device__ __forceinline__ void finish(const SkinnyOutput& out, int N, int tile, int tiles, int r, int m, int M,
-                                       float v) {
-  const int n = tile * kSkinnyTile + r;
-  const bool in = m < M && n < N;
-  if (in && out.bias) v += __half2float(reinterpret_cast<const __half*>(out.bias)[n]);
-  if constexpr (OUT == SkinnyOut::half) {
-    if (in) static_cast<__half*>(out.y)[m * out.ld + n] = __float2half_rn(v);
-  } else if constexpr (OUT == SkinnyOut::residual) {
-    float x = 0.0f;
-    if (in) {
-      float* dst = static_cast<float*>(out.y) + m * out.ld + n;
-      x = *dst + v;
-      *dst = x;
-    }
-    float sq = x * x;  // sums of squares of the tile's 16 columns, for the next RMSNorm
-#pragma unroll
-    for (int o = 8; o > 0; o >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, o);
-    if (out.ss && r == 0 && m < M) out.ss[m * (N / kSkinnyTile) + tile] = sq;
-  } else {
-    if (in) static_cast<float*>(out.y)[m * out.ld + n] = v;
-    float best = in ? v : -INFINITY;
-    int index = in ? n : 0x7fffffff;
-#pragma unroll
-    for (int o = 8; o > 0; o >>= 1) {  // largest, lowest index on ties
-      const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, index, o);
-      if (ov > best || (ov == best && oi < index)) best = ov, index = oi;
-    }
-    if (out.argmax && r == 0 && m < M) out.argmax[m * tiles + tile] = make_int2(__float_as_int(best), index);
-  }
-}
-
-// 1 / rms of token m from the producers' sums of squares of 16-column groups, by one warp: lane l
-// adds groups l, l + 32, ... in order, then a fixed butterfly. The same instructions wherever it is
-// computed (fused, or in rms_rows_kernel), so the normed rows are the same bits.
-__device__ __forceinline__ float inv_rms_of(const SkinnyInput& in, int m, int K, int lane) {
-  const float* ss = in.ss + (in.rows ? in.rows[m] : m) * (K / kSkinnyTile);
-  float s = 0.0f;
-  for (int p = lane; p < K / kSkinnyTile; p += 32) s += ss[p];
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  return rsqrtf(s / K + in.eps);
-}
-
 // Block = TPB tiles x 4 quarter warps: warp w takes quarter w % 4 of tile w / 4 of its group. The
 // warps of one quarter read the same input columns, which L1 serves to all but the first; TPB
 // changes which warps share a block, never what a warp computes, so no bit depends on it.
