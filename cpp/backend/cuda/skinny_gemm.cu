@@ -224,13 +224,12 @@ void launch_tiles(const half_t* w, int N, int K, int M, const SkinnyPlan& plan, 
 template <SkinnyIn IN, SkinnyOut OUT>
 void launch(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
             const SkinnyWorkspace& ws, SkinnyKernel which, cudaStream_t stream) {
-  static_assert(kSkinnyNormInBlockRows == kSkinnyNarrowRows, "the narrow kernel norms up to 8 rows itself");
   const SkinnyPlan plan = skinny_plan(N, K);
   if constexpr (IN != SkinnyIn::rms_norm) {  // (RMSNorm inputs reach these as normed fp16 rows)
     if (which == SkinnyKernel::wide) return skinny_gemm_wide(w, N, K, M, in, out, ws, stream);
     if (M > 32) return launch_tiles<IN, OUT, 8>(w, N, K, M, plan, in, out, ws, stream);
     if (M > 16) return launch_tiles<IN, OUT, 4>(w, N, K, M, plan, in, out, ws, stream);
-    if (M > kSkinnyNarrowRows) return launch_tiles<IN, OUT, 2>(w, N, K, M, plan, in, out, ws, stream);
+    if (M > 8) return launch_tiles<IN, OUT, 2>(w, N, K, M, plan, in, out, ws, stream);
   }
   launch_tiles<IN, OUT, 1>(w, N, K, M, plan, in, out, ws, stream);
 }

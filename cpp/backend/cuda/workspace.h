@@ -24,7 +24,6 @@ constexpr int kSkinnyTile = 16;     // output columns (rows of W) per tile; also
 constexpr int kSkinnySlice = 32;    // columns of K per lane step
 constexpr int kSkinnyTargetUnits = 256;  // (tile, K range) blocks to aim for: about 2 per SM
 constexpr int kSkinnyNormInBlockRows = 8;  // more rows: RMSNorm into fp16 rows first, then the GEMM
-constexpr int kSkinnyNarrowRows = 8;       // up to this many rows: skinny_gemm.cu's kernel; more: the wide one
 constexpr int kSkinnyWideTiles = 8;        // tiles per block of the wide kernel (a warp each)
 constexpr int kSkinnyWideMinBlocks = 128;  // fewer blocks of whole K ranges than this: a block per quarter
 
@@ -50,7 +49,7 @@ inline size_t skinny_partial_floats(int N, int K) {
   const SkinnyPlan p = skinny_plan(N, K);
   return p.splits > 1 ? static_cast<size_t>(p.tiles) * p.splits * kSkinnyTile * kSkinnyMaxRows : 0;
 }
-// The wide kernel (more than kSkinnyNarrowRows rows) gives a block kSkinnyWideTiles tiles and a
+// The wide kernel (skinny_gemm_wide.cu) gives a block kSkinnyWideTiles tiles and a
 // whole K range, or, where that makes fewer than kSkinnyWideMinBlocks blocks, one quarter of a
 // range: then the four quarter blocks of a range form a cluster and fold through each other's
 // shared memory. (Whole ranges therefore only ever come one per tile: splits == 1.)
