@@ -1,12 +1,13 @@
 // Skinny GEMM, the wide kernel (skinny_gemm.h; SkinnyKernel::wide, opt-in until it measures
 // faster): the narrow kernel's arithmetic on a layout that reads each weight once per block for
-// every row of the step. Block = 8 tiles of 16 weight rows (a warp each) and a K range of the
-// plan, walked in slices of 32 columns through a cp.async pipeline of kStages shared-memory
-// stages: a stage holds the slice of the block's 128 weight rows and of every input row, so the
-// input is read from L2 once per 128 weight rows where the narrow kernel reads it once per 16. Each warp loads its fragments from the stage exactly as
-// the narrow kernel loads them from global memory (16 bytes per lane at column 8 (lane % 4) of rows
-// g and g + 8, and of token g of each group of 8) and issues the same MMAs in the same order,
-// quarters folded in the same order: every output is the narrow kernel's bits, whatever M is.
+// every row of the step. Block = 8 tiles of 16 weight rows (a warp each) and a K range of the plan,
+// walked in slices of 32 columns through a cp.async pipeline of kStages shared-memory stages: a
+// stage holds the slice of the block's 128 weight rows and of every input row, so the input is read
+// from L2 once per 128 weight rows where the narrow kernel reads it once per 16. Each warp loads
+// its fragments from the stage exactly as the narrow kernel loads them from global memory (16 bytes
+// per lane at column 8 (lane % 4) of rows g and g + 8, and of token g of each group of 8) and
+// issues the same MMAs in the same order, quarters folded in the same order: every output is the
+// narrow kernel's bits, whatever M is.
 //
 // Two shapes of block, by how many blocks whole ranges make (skinny_wide_quarters):
 //   whole range (then splits == 1): the warp folds each finished quarter into a running total, as
