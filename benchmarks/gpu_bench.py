@@ -103,7 +103,7 @@ def bench_decode(B: int, hq: int, hkv: int, D: int, ctx: int, splits: tuple[int,
         f"{t_sdpa:9.1f} | {gb / t_sdpa * 1e6:7.0f} | {t_sdpa / t_ours:5.2f} | {err:.1e} |")
 
 
-def bench_prefill(S: int, D: int, hq: int = 32, hkv: int = 8) -> None:
+def bench_prefill(S: int, D: int, hq: int = 32, hkv: int = 8, kernel: str = "auto") -> None:
     q = torch.randn(S, hq, D, device="cuda", dtype=torch.float16)
     k = torch.randn(1, hkv, S, D, device="cuda", dtype=torch.float16)
     v = torch.randn_like(k)
@@ -118,7 +118,7 @@ def bench_prefill(S: int, D: int, hq: int = 32, hkv: int = 8) -> None:
     def ours():
         _bench_ops.attention_prefill(q.data_ptr(), hq * D, k.data_ptr(), v.data_ptr(), hkv * S * D, S * D, D,
                                     zero.data_ptr(), starts.data_ptr(), positions.data_ptr(), 1, S, hq, hkv, D,
-                                    scale, out.data_ptr(), hq * D, stream)
+                                    scale, out.data_ptr(), hq * D, stream, kernel)
 
     def sdpa():
         return F.scaled_dot_product_attention(qt, k, v, is_causal=True, scale=scale, enable_gqa=True)
@@ -129,7 +129,7 @@ def bench_prefill(S: int, D: int, hq: int = 32, hkv: int = 8) -> None:
     t_ours, t_sdpa = paired_time_us(ours, sdpa, reps=10)
     flops = 4 * S * S * D * hq / 2
     peak = tensor_core_rate()
-    say(f"| prefill | S={S} D={D} Hq/Hkv={hq}/{hkv} | {t_ours:9.1f} | {flops / t_ours / 1e6:7.1f} | "
+    say(f"| prefill {kernel} | S={S} D={D} Hq/Hkv={hq}/{hkv} | {t_ours:9.1f} | {flops / t_ours / 1e6:7.1f} | "
         f"{100 * flops / t_ours / 1e6 / peak:5.1f}% | {t_sdpa:9.1f} | {flops / t_sdpa / 1e6:7.1f} | "
         f"{100 * flops / t_sdpa / 1e6 / peak:5.1f}% | {t_sdpa / t_ours:5.2f} | {err:.1e} |")
 
@@ -382,8 +382,10 @@ def main() -> None:
         say("| op | shape | ours us | ours TFLOP/s | % of TC | SDPA us | SDPA TFLOP/s | % of TC | speed-up | rel. err |")
         say("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for D in (64, 128):
+            kernels = ("mma", "wgmma") if _bench_ops.prefill_wgmma_available(D) else ("mma",)
             for S in (1024, 4096, 16384):
-                bench_prefill(S, D)
+                for kernel in kernels:
+                    bench_prefill(S, D, kernel=kernel)
     if "e2e" not in args.skip:
         compiled = tuple(args.compiled or [1]) if args.compiled is not None else ()
         say("| run | model | ours tok/s | % of copy roofline | ours, no graphs | HF static (eager) tok/s | ratio | "

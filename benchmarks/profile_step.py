@@ -47,20 +47,21 @@ def main() -> None:
         llm.generate(run, params)
         torch.cuda.synchronize()
     kernels = collections.defaultdict(lambda: [0, 0.0])
-    first, last = None, None
+    spans = []  # (start, end, name) of every GPU activity, us
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA:
             k = kernels[e.name[:90]]
             k[0] += 1
             k[1] += e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
-            first = e.time_range.start if first is None else min(first, e.time_range.start)
-            last = e.time_range.end if last is None else max(last, e.time_range.end)
+            spans.append((e.time_range.start, e.time_range.end, e.name[:60]))
+    spans.sort()
+    first, last = spans[0][0], max(end for _, end, _ in spans)
     steps = new_tokens
     total = sum(t for _, t in kernels.values())
     if args.prefill:
         split = collections.Counter()
         for name, (_, t) in kernels.items():
-            kind = ("attention" if "prefill_kernel" in name else
+            kind = ("attention" if "prefill_" in name else
                     "GEMM" if any(w in name.lower() for w in ("gemm", "xmma", "cutlass", "nvjet", "skinny")) else "rest")
             split[kind] += t
         print(f"# {args.model}: first token of a {prompt_len}-token prompt, {total / 1e3:.2f} ms of GPU time: " +
@@ -70,6 +71,20 @@ def main() -> None:
           f"{total / steps:.1f} us GPU time per step, {(last - first) / steps:.1f} us span per step")
     for name, (n, t) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:25]:
         print(f"{t / steps:9.1f} us/step {n / steps:6.1f}/step {t / n:8.2f} us each  {name}")
+    print_gaps(spans, steps)
+
+
+def print_gaps(spans: list, steps: int) -> None:
+    """Where the GPU sat idle inside the profiled span (waiting for the host): the total and the
+    largest gaps, each with the activities on either side."""
+    gaps, reach = [], spans[0][1]
+    for i in range(1, len(spans)):
+        if spans[i][0] > reach:
+            gaps.append((spans[i][0] - reach, i))
+        reach = max(reach, spans[i][1])
+    print(f"# idle inside the span: {sum(g for g, _ in gaps) / steps:.1f} us/step in {len(gaps)} gaps; largest:")
+    for g, i in sorted(gaps, reverse=True)[:8]:
+        print(f"{g:9.1f} us  after {spans[i - 1][2]}  before {spans[i][2]}")
 
 
 if __name__ == "__main__":

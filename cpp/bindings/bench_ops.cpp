@@ -53,13 +53,23 @@ PYBIND11_MODULE(_bench_ops, ops) {
   ops.def("attention_prefill", [](uintptr_t q, int64_t q_stride, uintptr_t k, uintptr_t v, int64_t slot_stride,
                                   int64_t head_stride, int64_t pos_stride, uintptr_t seq_slots, uintptr_t seq_starts,
                                   uintptr_t positions, int batch, int max_rows, int heads, int kv_heads, int head_dim,
-                                  float scale, uintptr_t out, int64_t out_stride, uintptr_t stream) {
+                                  float scale, uintptr_t out, int64_t out_stride, uintptr_t stream,
+                                  const std::string& kernel) {
+    KVINFER_CHECK_ARG(kernel == "auto" || kernel == "mma" || kernel == "wgmma", "attention_prefill: kernel=", kernel);
+    const auto which = kernel == "mma"     ? cuda::PrefillKernel::mma
+                       : kernel == "wgmma" ? cuda::PrefillKernel::wgmma
+                                           : cuda::PrefillKernel::automatic;
     cuda::attention_prefill(reinterpret_cast<const half_t*>(q), q_stride, reinterpret_cast<const half_t*>(k),
                             reinterpret_cast<const half_t*>(v), contiguous(slot_stride, head_stride, pos_stride),
                             reinterpret_cast<const int32_t*>(seq_slots), reinterpret_cast<const int32_t*>(seq_starts),
                             reinterpret_cast<const int32_t*>(positions), batch, max_rows, heads, kv_heads, head_dim,
-                            scale, reinterpret_cast<half_t*>(out), out_stride, reinterpret_cast<cudaStream_t>(stream));
-  });
+                            scale, reinterpret_cast<half_t*>(out), out_stride, reinterpret_cast<cudaStream_t>(stream),
+                            which);
+  }, py::arg("q"), py::arg("q_stride"), py::arg("k"), py::arg("v"), py::arg("slot_stride"), py::arg("head_stride"),
+     py::arg("pos_stride"), py::arg("seq_slots"), py::arg("seq_starts"), py::arg("positions"), py::arg("batch"),
+     py::arg("max_rows"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("scale"),
+     py::arg("out"), py::arg("out_stride"), py::arg("stream"), py::arg("kernel") = "auto");
+  ops.def("prefill_wgmma_available", &cuda::prefill_wgmma_available, py::arg("head_dim"));
   ops.def("decode_workspace_bytes", &cuda::decode_workspace_bytes);
   // y[M][N] = x[M][K] W[N][K]^T, fp16 in and out (the skinny GEMM's plain variant); partials and
   // counters as skinny_partial_floats / skinny_counters say (counters zeroed once). kernel: "auto",

@@ -97,7 +97,7 @@ TEST(CudaOps, Embedding) {
 TEST(CudaOps, Norms) {
   SKIP_WITHOUT_CUDA();
   for (int rows : {1, 3, 19}) {
-    for (int H : {64, 576, 2048}) {
+    for (int H : {64, 67, 576, 2048}) {  // 67: the path without 16-byte loads
       for (bool layer : {false, true}) {
         for (bool indexed : {false, true}) {
           SCOPED_TRACE("rows=" + std::to_string(rows) + " H=" + std::to_string(H) +
@@ -129,9 +129,9 @@ TEST(CudaOps, Norms) {
 
 TEST(CudaOps, ActivationsAndBias) {
   SKIP_WITHOUT_CUDA();
-  for (int T : {1, 3, 19}) {
-    const int I = 1536;
-    SCOPED_TRACE("T=" + std::to_string(T));
+  for (int T : {1, 3, 19})
+  for (int I : {1536, 13}) {  // 13: the paths without 16-byte loads
+    SCOPED_TRACE("T=" + std::to_string(T) + " I=" + std::to_string(I));
     auto gu = to_float(to_half(random_floats(size_t(T) * 2 * I, 7, -4.0f, 4.0f)));
     std::vector<float> ref(gu);
     cpu::silu_mul(gu.data(), 2 * I, ref.data(), 2 * I, T, I);
@@ -205,7 +205,7 @@ struct AttnCase {
   }
 };
 
-void run_attention(const AttnCase& c, bool decode) {
+void run_attention(const AttnCase& c, bool decode, cuda::PrefillKernel kernel = cuda::PrefillKernel::mma) {
   SCOPED_TRACE(c.name());
   const int batch = c.slots.size();
   int max_ctx = 0, total = 0, max_rows = 0;
@@ -269,7 +269,7 @@ void run_attention(const AttnCase& c, bool decode) {
   } else {
     cuda::attention_prefill(d_q.get(), q_stride, d_k.get(), d_v.get(), layout, dev.block_tables, dev.query_starts,
                             dev.positions, batch, max_rows, c.heads, c.kv_heads, c.d, scale, d_out.get(),
-                            c.heads * c.d, nullptr);
+                            c.heads * c.d, nullptr, kernel);
     sync();
   }
   EXPECT_TRUE(nmse_below(to_float(d_out.read()), ref, kHalfNmse));
@@ -300,7 +300,7 @@ void run_attention(const AttnCase& c, bool decode) {
   } else {
     cuda::attention_prefill(d_q.get(), q_stride, d_ks.get(), d_vs.get(), layout, dev2.block_tables,
                             dev2.query_starts, dev2.positions, batch, max_rows, c.heads, c.kv_heads, c.d, scale,
-                            d_out.get(), c.heads * c.d, nullptr);
+                            d_out.get(), c.heads * c.d, nullptr, kernel);
   }
   sync();
   EXPECT_TRUE(test::rows_equal(plain, d_out.read())) << "GPU attention through scrambled blocks differs";
@@ -309,7 +309,23 @@ void run_attention(const AttnCase& c, bool decode) {
 class CudaPrefill : public testing::TestWithParam<AttnCase> {};
 TEST_P(CudaPrefill, MatchesCpu) {
   SKIP_WITHOUT_CUDA();
-  run_attention(GetParam(), false);
+  run_attention(GetParam(), false, cuda::PrefillKernel::mma);
+}
+// The Hopper kernel on the same cases (head_dim 64 and 128, on a compute capability 9.0 GPU).
+TEST_P(CudaPrefill, WgmmaMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  if (!cuda::prefill_wgmma_available(GetParam().d)) GTEST_SKIP() << "no wgmma kernel for this head_dim or GPU";
+  run_attention(GetParam(), false, cuda::PrefillKernel::wgmma);
+}
+// Asking for the Hopper kernel where it cannot run is an error, not a silent fallback.
+TEST(CudaPrefillKernel, WgmmaWhereUnavailableThrows) {
+  SKIP_WITHOUT_CUDA();
+  EXPECT_FALSE(cuda::prefill_wgmma_available(80));
+  KVLayout layout{};
+  layout.head_dim = 80, layout.block_shift = 4, layout.table_stride = 1;
+  EXPECT_THROW(cuda::attention_prefill(nullptr, 80, nullptr, nullptr, layout, nullptr, nullptr, nullptr, 1, 1, 1, 1, 80,
+                                       1.0f, nullptr, 80, nullptr, cuda::PrefillKernel::wgmma),
+               std::invalid_argument);
 }
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaPrefill, testing::Values(
     AttnCase{4, 4, 64, {0}, {0}, {1}},                      // one token, no cache
@@ -322,7 +338,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaPrefill, testing::Values(
     AttnCase{8, 2, 256, {0, 1}, {0, 17}, {70, 33}},         // head_dim 256 (Q re-read from shared memory)
     AttnCase{8, 8, 128, {0}, {1023}, {200}},                // a chunk after 1023 cached tokens, MHA
     AttnCase{2, 1, 64, {2, 0, 1}, {1, 0, 1023}, {1, 4097, 65}},  // ragged: after 1, 4097 from 0, after 1023
-    AttnCase{12, 3, 96, {0, 1}, {1, 63}, {127, 66}}),       // tiles that straddle the diagonal at odd offsets
+    AttnCase{12, 3, 96, {0, 1}, {1, 63}, {127, 66}},        // tiles that straddle the diagonal at odd offsets
+    AttnCase{4, 2, 128, {0, 1}, {1, 127}, {255, 129}},      // 128-row tiles straddling the diagonal, head_dim 128
+    AttnCase{32, 8, 64, {0}, {0}, {1000}}),                 // Llama-3.2-1B heads, 1000 rows
     [](const testing::TestParamInfo<AttnCase>& i) { return i.param.name(); });
 
 class CudaDecode : public testing::TestWithParam<AttnCase> {};

@@ -1,9 +1,10 @@
 // Causal attention over the fp16 KV cache on the GPU (same math as cpu::attention).
 //
 // attention_prefill: rows of any number of sequences, each a run of consecutive positions of one
-// slot (a prompt chunk, possibly after cached tokens). FlashAttention-2 style: 64-row query tiles
-// against 64-key tiles with an online softmax, QK^T and PV on tensor cores (mma.sync, fp16 in, fp32
-// accumulate), scores and output in registers. head_dim 32, 64, 80, 96, 128 or 256.
+// slot (a prompt chunk, possibly after cached tokens). Query tiles against key tiles with an online
+// softmax, QK^T and PV on tensor cores (fp16 in, fp32 accumulate), scores and output in registers:
+// on Hopper for head_dim 64 and 128 with warpgroup MMAs (sm90/attention_prefill_wgmma.cu), else
+// FlashAttention-2 style with mma.sync (attention_prefill.cu). head_dim 32, 64, 80, 96, 128 or 256.
 //
 // attention_decode: one query row per sequence (slots of different lengths in one launch). The
 // context is split into chunks whose size depends only on the sequence's own length (and the
@@ -27,11 +28,17 @@ namespace kvinfer::cuda {
 // Sequence b: rows [seq_starts[b], seq_starts[b+1]), its K/V in the blocks of row b of
 // block_tables ([batch][layout.table_stride]); positions[t] is row t's absolute position;
 // max_seq_rows bounds the rows of one sequence (grid size).
+// kernel: the same math either way, in other instructions (tests run both). automatic: wgmma
+// where prefill_wgmma_available(head_dim), else mma, unless KVINFER_PREFILL=mma|wgmma in the
+// environment says otherwise; wgmma where it is not available is an error.
+enum class PrefillKernel { automatic, mma, wgmma };
+bool prefill_wgmma_available(int head_dim);  // built for sm_90a, and this device and head_dim run it
 void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
                        const half_t* v_cache, const KVLayout& layout, const int32_t* block_tables,
                        const int32_t* seq_starts, const int32_t* positions, int batch,
                        int max_seq_rows, int num_heads, int num_kv_heads, int head_dim, float scale,
-                       half_t* out, int64_t out_stride, cudaStream_t stream);
+                       half_t* out, int64_t out_stride, cudaStream_t stream,
+                       PrefillKernel kernel = PrefillKernel::automatic);
 
 // Decode: row b is sequence b (row b of block_tables, position positions[b]). `workspace` holds
 // decode_workspace_bytes(batch, num_heads, head_dim) bytes, 16-byte aligned, zeroed once before its

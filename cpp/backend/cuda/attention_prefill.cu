@@ -9,10 +9,17 @@
 #include <cuda_fp16.h>
 
 #include "backend/cuda/attention.h"
+
+#include <cstdlib>
+#include <cstring>
+
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/ptx.cuh"
 #include "core/cuda_check.h"
 #include "core/errors.h"
+#if KVINFER_WITH_SM90A
+#include "backend/cuda/sm90/prefill_wgmma.h"
+#endif
 
 namespace kvinfer::cuda {
 
@@ -227,11 +234,31 @@ static void launch_prefill(const half_t* q, int64_t q_stride, const half_t* k_ca
   KVINFER_CUDA_CHECK_LAUNCH();
 }
 
+bool prefill_wgmma_available(int head_dim) {
+#if KVINFER_WITH_SM90A
+  return prefill_wgmma_runs(head_dim);
+#else
+  (void)head_dim;
+  return false;
+#endif
+}
+
+// KVINFER_PREFILL=mma|wgmma in the environment, read once (to measure each kernel end to end).
+static PrefillKernel forced_kernel() {
+  static const PrefillKernel forced = [] {
+    const char* v = std::getenv("KVINFER_PREFILL");
+    if (v && std::strcmp(v, "wgmma") == 0) return PrefillKernel::wgmma;
+    if (v && std::strcmp(v, "mma") == 0) return PrefillKernel::mma;
+    return PrefillKernel::automatic;
+  }();
+  return forced;
+}
+
 void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
                        const half_t* v_cache, const KVLayout& layout, const int32_t* block_tables,
                        const int32_t* seq_starts, const int32_t* positions, int batch,
                        int max_seq_rows, int num_heads, int num_kv_heads, int head_dim, float scale,
-                       half_t* out, int64_t out_stride, cudaStream_t stream) {
+                       half_t* out, int64_t out_stride, cudaStream_t stream, PrefillKernel kernel) {
   if (batch == 0 || max_seq_rows == 0) return;
   KVINFER_CHECK_ARG(num_heads > 0 && num_kv_heads > 0 && num_heads % num_kv_heads == 0, "num_heads=", num_heads,
                     " is not a positive multiple of num_kv_heads=", num_kv_heads);
@@ -241,6 +268,17 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
   KVINFER_CHECK_ARG(batch <= 65535 && num_heads <= 65535 && max_seq_rows <= int64_t{65535} * kRows,
                     "attention_prefill: batch=", batch, " num_heads=", num_heads, " max_seq_rows=", max_seq_rows,
                     " exceed the launch grid");
+  if (kernel == PrefillKernel::automatic) kernel = forced_kernel();
+  if (kernel == PrefillKernel::automatic)
+    kernel = prefill_wgmma_available(head_dim) ? PrefillKernel::wgmma : PrefillKernel::mma;
+  if (kernel == PrefillKernel::wgmma) {
+    KVINFER_CHECK_ARG(prefill_wgmma_available(head_dim), "attention_prefill: the wgmma kernel does not run head_dim=",
+                      head_dim, " here (it needs a build for sm_90a, a compute capability 9.0 GPU and head_dim 64 or 128)");
+#if KVINFER_WITH_SM90A
+    return attention_prefill_wgmma(q, q_stride, k_cache, v_cache, layout, block_tables, seq_starts, positions, batch,
+                                   max_seq_rows, num_heads, num_kv_heads, head_dim, scale, out, out_stride, stream);
+#endif
+  }
   switch (head_dim) {
 #define KVINFER_PREFILL_CASE(D)                                                                \
   case D:                                                                                      \

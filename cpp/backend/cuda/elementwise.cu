@@ -1,9 +1,12 @@
 // Embedding, RMSNorm/LayerNorm, SiLU*mul, gelu_new and bias adds on the GPU. Norms: one
-// block per row, statistics in fp32 block reductions. Everything else: one thread per element,
-// memory-bound.
+// block per row, statistics in fp32 block reductions. Everything else: one thread per element or
+// per 16 bytes; all memory-bound.
 #include "backend/cuda/elementwise.h"
 
 #include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
 
 #include "core/cuda_check.h"
 #include "core/errors.h"
@@ -52,7 +55,8 @@ void embedding(const StepArrays& step, int T, const int32_t* sampled, const half
   KVINFER_CUDA_CHECK_LAUNCH();
 }
 
-template <bool LAYER>
+// V consecutive columns per thread: 4 (16-byte loads of x) where H and x's address allow it.
+template <bool LAYER, int V>
 static __global__ void norm_kernel(const float* __restrict__ x, const int32_t* __restrict__ rows,
                                    const __half* __restrict__ weight, const __half* __restrict__ bias,
                                    __half* __restrict__ y, int H, float eps) {
@@ -60,75 +64,150 @@ static __global__ void norm_kernel(const float* __restrict__ x, const int32_t* _
   const int r = blockIdx.x;
   const float* xr = x + static_cast<int64_t>(rows ? rows[r] : r) * H;
   __half* yr = y + static_cast<int64_t>(r) * H;
+  auto load = [&](int i, float (&v)[V]) {
+    if constexpr (V == 4) {
+      const float4 f = *reinterpret_cast<const float4*>(xr + i);
+      v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+    } else {
+      v[0] = xr[i];
+    }
+  };
   float mean = 0.0f;
   if (LAYER) {
     float s = 0.0f;
-    for (int i = threadIdx.x; i < H; i += blockDim.x) s += xr[i];
+    for (int i = threadIdx.x * V; i < H; i += blockDim.x * V) {
+      float v[V];
+      load(i, v);
+      for (int j = 0; j < V; ++j) s += v[j];
+    }
     mean = block_sum(s, scratch) / H;
   }
   float ss = 0.0f;
-  for (int i = threadIdx.x; i < H; i += blockDim.x) {
-    const float d = xr[i] - mean;
-    ss += d * d;
+  for (int i = threadIdx.x * V; i < H; i += blockDim.x * V) {
+    float v[V];
+    load(i, v);
+    for (int j = 0; j < V; ++j) ss += (v[j] - mean) * (v[j] - mean);
   }
   const float inv = rsqrtf(block_sum(ss, scratch) / H + eps);
-  for (int i = threadIdx.x; i < H; i += blockDim.x) {
-    float v = (xr[i] - mean) * inv * __half2float(weight[i]);
-    if (LAYER && bias) v += __half2float(bias[i]);
-    yr[i] = __float2half_rn(v);
+  for (int i = threadIdx.x * V; i < H; i += blockDim.x * V) {
+    float v[V];
+    load(i, v);
+    __half out[V];
+    for (int j = 0; j < V; ++j) {
+      float o = (v[j] - mean) * inv * __half2float(weight[i + j]);
+      if (LAYER && bias) o += __half2float(bias[i + j]);
+      out[j] = __float2half_rn(o);
+    }
+    if constexpr (V == 4)
+      *reinterpret_cast<uint2*>(yr + i) = *reinterpret_cast<const uint2*>(out);
+    else
+      yr[i] = out[0];
   }
+}
+
+template <bool LAYER>
+static void launch_norm(const float* x, const int32_t* rows, const half_t* weight, const half_t* bias, half_t* y,
+                        int n_rows, int H, float eps, cudaStream_t stream) {
+  const auto* w = reinterpret_cast<const __half*>(weight);
+  const auto* b = reinterpret_cast<const __half*>(bias);
+  auto* out = reinterpret_cast<__half*>(y);
+  if (H % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 8 == 0)
+    norm_kernel<LAYER, 4><<<n_rows, 256, 0, stream>>>(x, rows, w, b, out, H, eps);
+  else
+    norm_kernel<LAYER, 1><<<n_rows, 256, 0, stream>>>(x, rows, w, b, out, H, eps);
+  KVINFER_CUDA_CHECK_LAUNCH();
 }
 
 void rms_norm(const float* x, const int32_t* rows, const half_t* weight, half_t* y, int n_rows,
               int H, float eps, cudaStream_t stream) {
   if (n_rows == 0) return;
-  norm_kernel<false><<<n_rows, 256, 0, stream>>>(x, rows, reinterpret_cast<const __half*>(weight),
-                                                 nullptr, reinterpret_cast<__half*>(y), H, eps);
-  KVINFER_CUDA_CHECK_LAUNCH();
+  launch_norm<false>(x, rows, weight, nullptr, y, n_rows, H, eps, stream);
 }
 
 void layer_norm(const float* x, const int32_t* rows, const half_t* weight, const half_t* bias,
                 half_t* y, int n_rows, int H, float eps, cudaStream_t stream) {
   if (n_rows == 0) return;
-  norm_kernel<true><<<n_rows, 256, 0, stream>>>(x, rows, reinterpret_cast<const __half*>(weight),
-                                                reinterpret_cast<const __half*>(bias),
-                                                reinterpret_cast<__half*>(y), H, eps);
-  KVINFER_CUDA_CHECK_LAUNCH();
+  launch_norm<true>(x, rows, weight, bias, y, n_rows, H, eps, stream);
 }
 
-static __global__ void silu_mul_kernel(const __half* __restrict__ gu, int64_t stride, __half* out,
-                                       int64_t out_stride, int T, int I) {
+// One thread per V columns of a row: V = 8 (16-byte loads and stores) where the widths, strides
+// and addresses allow it, else 1. Rows run along the grid's y axis, so no thread divides an index.
+// In place (out == gate_up) each thread reads its gate values before it overwrites them.
+template <int V>
+static __global__ void silu_mul_kernel(const __half* gu, int64_t stride, __half* out, int64_t out_stride, int T,
+                                       int I) {
   pdl_allow_next();
   pdl_wait();
-  const int64_t n = static_cast<int64_t>(T) * I;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t t = e / I, i = e % I;
-    const float g = __half2float(gu[t * stride + i]), u = __half2float(gu[t * stride + I + i]);
-    out[t * out_stride + i] = __float2half_rn(g / (1.0f + expf(-g)) * u);
+  const int i = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+  if (i >= I) return;
+  for (int t = blockIdx.y; t < T; t += gridDim.y) {
+    const __half* g = gu + t * stride + i;
+    __half* o = out + t * out_stride + i;
+    if constexpr (V == 8) {
+      uint4 gv = *reinterpret_cast<const uint4*>(g);
+      const uint4 uv = *reinterpret_cast<const uint4*>(g + I);
+      __half2* gh = reinterpret_cast<__half2*>(&gv);
+      const __half2* uh = reinterpret_cast<const __half2*>(&uv);
+      for (int j = 0; j < 4; ++j) {
+        const float2 a = __half22float2(gh[j]), b = __half22float2(uh[j]);
+        gh[j] = __floats2half2_rn(a.x / (1.0f + expf(-a.x)) * b.x, a.y / (1.0f + expf(-a.y)) * b.y);
+      }
+      *reinterpret_cast<uint4*>(o) = gv;
+    } else {
+      const float a = __half2float(g[0]), b = __half2float(g[I]);
+      o[0] = __float2half_rn(a / (1.0f + expf(-a)) * b);
+    }
   }
 }
 
+static bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 void silu_mul(const half_t* gate_up, int64_t stride, half_t* out, int64_t out_stride, int T, int I,
               cudaStream_t stream) {
-  const int64_t n = static_cast<int64_t>(T) * I;
-  if (n == 0) return;
-  launch_dependent(silu_mul_kernel, blocks_for(n, 256), 256, 0, stream, reinterpret_cast<const __half*>(gate_up),
-                   stride, reinterpret_cast<__half*>(out), out_stride, T, I);
+  if (T == 0 || I == 0) return;
+  const bool wide = I % 8 == 0 && stride % 8 == 0 && out_stride % 8 == 0 && aligned16(gate_up) && aligned16(out);
+  const int per_thread = wide ? 8 : 1, threads = 128;
+  const dim3 grid(blocks_for((I + per_thread - 1) / per_thread, threads), std::min(T, 65535));
+  const auto* in = reinterpret_cast<const __half*>(gate_up);
+  auto* o = reinterpret_cast<__half*>(out);
+  if (wide)
+    launch_dependent(silu_mul_kernel<8>, grid, threads, 0, stream, in, stride, o, out_stride, T, I);
+  else
+    launch_dependent(silu_mul_kernel<1>, grid, threads, 0, stream, in, stride, o, out_stride, T, I);
 }
 
+static __device__ __forceinline__ float gelu_value(float v) {
+  const float k = 0.7978845608028654f;
+  return 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
+}
+
+// In place; 8 values a thread (16-byte loads) where n and the address allow it.
+template <int V>
 static __global__ void gelu_kernel(__half* x, int64_t n) {
   pdl_allow_next();
   pdl_wait();
-  const float k = 0.7978845608028654f;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
-    const float v = __half2float(x[e]);
-    x[e] = __float2half_rn(0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v))));
+  for (int64_t e = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * V; e < n; e += int64_t(gridDim.x) * blockDim.x * V) {
+    if constexpr (V == 8) {
+      uint4 v = *reinterpret_cast<const uint4*>(x + e);
+      __half2* h = reinterpret_cast<__half2*>(&v);
+      for (int j = 0; j < 4; ++j) {
+        const float2 f = __half22float2(h[j]);
+        h[j] = __floats2half2_rn(gelu_value(f.x), gelu_value(f.y));
+      }
+      *reinterpret_cast<uint4*>(x + e) = v;
+    } else {
+      x[e] = __float2half_rn(gelu_value(__half2float(x[e])));
+    }
   }
 }
 
 void gelu_new(half_t* x, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  launch_dependent(gelu_kernel, blocks_for(n, 256), 256, 0, stream, reinterpret_cast<__half*>(x), n);
+  auto* h = reinterpret_cast<__half*>(x);
+  if (n % 8 == 0 && aligned16(x))
+    launch_dependent(gelu_kernel<8>, blocks_for(n / 8, 256), 256, 0, stream, h, n);
+  else
+    launch_dependent(gelu_kernel<1>, blocks_for(n, 256), 256, 0, stream, h, n);
 }
 
 template <class T>

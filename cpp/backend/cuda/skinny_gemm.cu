@@ -188,14 +188,18 @@ static __global__ void rms_rows_kernel(SkinnyInput in, int K, int M, __half* __r
         transform<SkinnyIn::rms_norm>(load_raw<SkinnyIn::rms_norm>(in, m, k, K), inv);
 }
 
-// The kernel of SkinnyKernel::automatic: narrow, or what KVINFER_SKINNY=narrow|wide in the
-// environment says (to measure what each gives end to end; the bits are the same).
-SkinnyKernel automatic_kernel() {
-  static const SkinnyKernel chosen = [] {
+// The kernel of SkinnyKernel::automatic: what KVINFER_SKINNY=narrow|wide in the environment says
+// (to measure what each gives end to end; the bits are the same), else the wide kernel for an LM
+// head of more than 32 rows, the narrow one otherwise (measurements: docs/dev/step-runtime-notes.md).
+SkinnyKernel automatic_kernel(int N, int M) {
+  static const SkinnyKernel forced = [] {
     const char* v = std::getenv("KVINFER_SKINNY");
-    return v && std::strcmp(v, "wide") == 0 ? SkinnyKernel::wide : SkinnyKernel::narrow;
+    if (v && std::strcmp(v, "wide") == 0) return SkinnyKernel::wide;
+    if (v && std::strcmp(v, "narrow") == 0) return SkinnyKernel::narrow;
+    return SkinnyKernel::automatic;
   }();
-  return chosen;
+  if (forced != SkinnyKernel::automatic) return forced;
+  return M > 32 && N >= kSkinnyWideMinVocab ? SkinnyKernel::wide : SkinnyKernel::narrow;
 }
 
 template <SkinnyIn IN, SkinnyOut OUT, int NT, int TPB>
@@ -249,7 +253,7 @@ void skinny_gemm(const half_t* w, int N, int K, int M, const SkinnyInput& in, co
                     " M=", M, " (M in [1, ", kSkinnyMaxRows, "], K a multiple of 8, aligned rows)");
   KVINFER_CHECK_ARG(skinny_plan(N, K).splits == 1 || (ws.partials && ws.counters),
                     "skinny_gemm: N=", N, " K=", K, " splits K and needs a workspace");
-  if (which == SkinnyKernel::automatic) which = automatic_kernel();
+  if (which == SkinnyKernel::automatic) which = automatic_kernel(N, M);
   // the wide kernel, and the narrow one beyond kSkinnyNormInBlockRows rows, take normed fp16 rows
   if (in.kind == SkinnyIn::rms_norm && (M > kSkinnyNormInBlockRows || which == SkinnyKernel::wide)) {
     KVINFER_CHECK_ARG(ws.normed, "skinny_gemm: RMSNorm input of ", M, " rows needs the workspace's normed rows");

@@ -52,7 +52,8 @@ bool skinny_supported(int N, int K, int M, const SkinnyInput& in, const SkinnyOu
 // Which kernel computes it: the same bits either way (tests/cpp/test_skinny_gemm.cpp), only the speed
 // differs. narrow: a block per 16-row weight tile, inputs read through L1 (skinny_gemm.cu); wide: a
 // block per 128 weight rows, inputs staged in shared memory once (skinny_gemm_wide.cu); automatic:
-// narrow, unless KVINFER_SKINNY=narrow|wide in the environment says otherwise.
+// wide for more than 32 rows of at least kSkinnyWideMinVocab outputs (an LM head), else narrow,
+// unless KVINFER_SKINNY=narrow|wide in the environment says otherwise.
 enum class SkinnyKernel { automatic, narrow, wide };
 void skinny_gemm(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
                  const SkinnyWorkspace& ws, cudaStream_t stream, SkinnyKernel which = SkinnyKernel::automatic);

@@ -26,6 +26,7 @@ constexpr int kSkinnyTargetUnits = 256;  // (tile, K range) blocks to aim for: a
 constexpr int kSkinnyNormInBlockRows = 8;  // more rows: RMSNorm into fp16 rows first, then the GEMM
 constexpr int kSkinnyWideTiles = 8;        // tiles per block of the wide kernel (a warp each)
 constexpr int kSkinnyWideMinBlocks = 128;  // fewer blocks of whole K ranges than this: a block per quarter
+constexpr int kSkinnyWideMinVocab = 32768;  // the automatic choice takes the wide kernel from this many outputs
 
 // How K is split: `splits` contiguous ranges of k_per_split columns (a multiple of 32), each summed
 // as four quarters folded in order, the ranges then folded in order by the block that finishes a
