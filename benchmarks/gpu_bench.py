@@ -271,7 +271,8 @@ def roofline_tps(llm, batch: int, context: int) -> float:
     return batch * COPY_BW / (llm.plan.weights_bytes + kv)
 
 
-def bench_e2e(name: str, new_tokens: int, compiled_batches: tuple[int, ...], batches: tuple[int, ...]) -> None:
+def bench_e2e(name: str, new_tokens: int, compiled_batches: tuple[int, ...], batches: tuple[int, ...],
+              batch_invariant: bool = True) -> None:
     import transformers
 
     from kvinfer.llm import LLM
@@ -281,7 +282,9 @@ def bench_e2e(name: str, new_tokens: int, compiled_batches: tuple[int, ...], bat
     random_model(name, folder)
     vocab = SHAPES[name]["vocab_size"]
     rng = np.random.default_rng(0)
-    kw = dict(device="cuda:0", max_context=2048 + 8, max_batch=max(batches), max_step_tokens=2048)
+    kw = dict(device="cuda:0", max_context=2048 + 8, max_batch=max(batches), max_step_tokens=2048,
+              batch_invariant=batch_invariant)
+    tag = "" if batch_invariant else " (not batch-invariant)"
     llm = LLM(folder, **kw)
     eager_llm = LLM(folder, cuda_graphs=False, **kw)
     say(f"# {name}: graphs for batch {llm.graphs['batch_sizes']} captured in {llm.graphs['capture_seconds']:.2f} s, "
@@ -301,7 +304,7 @@ def bench_e2e(name: str, new_tokens: int, compiled_batches: tuple[int, ...], bat
         ours, ours_eager = rate(llm), rate(eager_llm)
         roof = roofline_tps(llm, B, 128 + new_tokens // 2)
         hf_eager, _ = hf_rates(hf, ids, new_tokens, compiled=False)
-        line = (f"| e2e decode | {name} B={B} | {ours:9.1f} | {100 * ours / roof:5.1f}% | {ours_eager:9.1f} | "
+        line = (f"| e2e decode{tag} | {name} B={B} | {ours:9.1f} | {100 * ours / roof:5.1f}% | {ours_eager:9.1f} | "
                 f"{hf_eager:9.1f} | {ours / hf_eager:5.2f} |")
         if B in compiled_batches:
             try:
@@ -318,7 +321,7 @@ def bench_e2e(name: str, new_tokens: int, compiled_batches: tuple[int, ...], bat
     t_ours = statistics.median(timed(lambda p=p: llm.generate(p, SamplingParams(max_tokens=1, temperature=0)))
                                for p in longs[1:])
     _, t_hf = hf_rates(hf, lid, 2, compiled=False)
-    say(f"| TTFT 2048 | {name} B=1 | {t_ours * 1e3:7.1f} ms | | | {t_hf * 1e3:7.1f} ms | {t_hf / t_ours:5.2f} | | |")
+    say(f"| TTFT 2048{tag} | {name} B=1 | {t_ours * 1e3:7.1f} ms | | | {t_hf * 1e3:7.1f} ms | {t_hf / t_ours:5.2f} | | |")
     llm.close()
     eager_llm.close()
     del hf
@@ -341,6 +344,8 @@ def main() -> None:
                     help="decode: also time these chunkings (default: a few) at every decode shape")
     ap.add_argument("--flush", choices=["read", "write"], default="read",
                     help="how the L2 is emptied before each timed call (see flush_l2)")
+    ap.add_argument("--no-batch-invariant", action="store_true",
+                    help="end to end: LLM(batch_invariant=False), cuBLAS for decode steps of 16+ sequences")
     ap.add_argument("--no-lengths-hint", action="store_true",
                     help="decode: do not tell attention_decode the lengths (always the persistent grid)")
     args = ap.parse_args()
@@ -392,7 +397,7 @@ def main() -> None:
             "HF static (compiled) tok/s | ratio |")
         say("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for name in args.models:
-            bench_e2e(name, args.new_tokens, compiled, tuple(args.batches))
+            bench_e2e(name, args.new_tokens, compiled, tuple(args.batches), not args.no_batch_invariant)
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(LINES) + "\n")

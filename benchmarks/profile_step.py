@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import statistics
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -42,6 +44,12 @@ def main() -> None:
     new_tokens = 1 if args.prefill else args.new_tokens
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
     llm.generate(prompts(), params)  # warm-up
+    walls = []  # the whole call, unprofiled (the profiler adds time of its own)
+    for _ in range(5):
+        run = prompts()
+        t0 = time.perf_counter()
+        llm.generate(run, params)
+        walls.append(time.perf_counter() - t0)
     run = prompts()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         llm.generate(run, params)
@@ -65,7 +73,8 @@ def main() -> None:
                     "GEMM" if any(w in name.lower() for w in ("gemm", "xmma", "cutlass", "nvjet", "skinny")) else "rest")
             split[kind] += t
         print(f"# {args.model}: first token of a {prompt_len}-token prompt, {total / 1e3:.2f} ms of GPU time: " +
-              ", ".join(f"{k} {v / 1e3:.2f} ms ({100 * v / total:.0f}%)" for k, v in split.most_common()))
+              ", ".join(f"{k} {v / 1e3:.2f} ms ({100 * v / total:.0f}%)" for k, v in split.most_common()) +
+              f"; generate() takes {1e3 * statistics.median(walls):.2f} ms unprofiled (median of 5)")
     print(f"# {args.model} batch {args.batch}, {steps} tokens, graphs {not args.no_cuda_graphs}: "
           f"{sum(n for n, _ in kernels.values()) / steps:.0f} GPU activities per step, "
           f"{total / steps:.1f} us GPU time per step, {(last - first) / steps:.1f} us span per step")

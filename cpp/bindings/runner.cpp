@@ -96,16 +96,17 @@ void bind_runner(py::module_& m) {
   py::class_<Runner>(m, "Runner", "Weights, KV cache and activation buffers of one model; runs steps.")
       .def(py::init([](const ModelConfig& c, const std::string& device, int max_batch, int max_context,
                        int max_step_tokens, std::shared_ptr<VramTracker> tracker, bool cuda_graphs,
-                       int num_blocks, int block_size) {
+                       int num_blocks, int block_size, bool batch_invariant) {
              Device d = Device::parse(device);
              py::gil_scoped_release release;
              return std::make_unique<Runner>(
                  c, d, RunnerShape{max_batch, max_context, max_step_tokens, block_size, num_blocks},
-                 std::move(tracker), RunnerOptions{cuda_graphs});
+                 std::move(tracker), RunnerOptions{cuda_graphs, batch_invariant});
            }),
            py::arg("config"), py::arg("device") = "cpu", py::arg("max_batch") = 1,
            py::arg("max_context") = 2048, py::arg("max_step_tokens") = 512, py::arg("tracker") = nullptr,
-           py::arg("cuda_graphs") = true, py::arg("num_blocks") = 0, py::arg("block_size") = 16)
+           py::arg("cuda_graphs") = true, py::arg("num_blocks") = 0, py::arg("block_size") = 16,
+           py::arg("batch_invariant") = true)
       .def_property_readonly("device", [](const Runner& r) { return r.device().str(); })
       .def_property_readonly("max_batch", [](const Runner& r) { return r.shape().max_batch; })
       .def_property_readonly("max_context", [](const Runner& r) { return r.shape().max_context; })

@@ -17,6 +17,10 @@ namespace kvinfer {
 
 struct RunnerOptions {
   bool cuda_graphs = true;  // decode steps replay captured graphs (CUDA; see capture_graphs)
+  // Decode rows whose bits do not depend on what else shares the step (CUDA: the skinny GEMMs at
+  // every batch size). false: cuBLAS from cuda::kCublasDecodeMinRows rows, faster there, and a
+  // row's last bits then depend on the batch size (and on the graph bucket it replays in).
+  bool batch_invariant = true;
 };
 
 // What capturing the decode graphs did.

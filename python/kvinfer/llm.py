@@ -144,14 +144,16 @@ class LLM:
     16-token blocks: by default a full context per sequence; `kv_blocks` sets it (or max_memory,
     which gives it the memory left), and with fewer blocks than max_batch full contexts need,
     requests wait for blocks and the newest running sequence is preempted (recomputed later, with
-    the same output). One LLM may be used from several threads at once: their requests share the
-    engine's batch."""
+    the same output). On CUDA a sequence's decode steps give the same bits whatever else shares
+    them; `batch_invariant=False` gives that up for cuBLAS GEMMs in steps of 16 sequences and more
+    (faster there; a row's last bits then depend on the batch). One LLM may be used from several
+    threads at once: their requests share the engine's batch."""
 
     def __init__(self, model: str | None = None, device: str = "auto", max_context: int | None = None,
                  max_batch: int | None = None, max_step_tokens: int = 512,
                  tracker: kvinfer.VramTracker | None = None, progress: bool = False,
                  max_memory: str | int | None = None, cuda_graphs: bool = True, prefix_caching: bool = True,
-                 kv_blocks: int | None = None):
+                 kv_blocks: int | None = None, batch_invariant: bool = True):
         max_context, max_batch = _count("max_context", max_context), _count("max_batch", max_batch)
         max_step_tokens = _count("max_step_tokens", max_step_tokens, optional=False)
         self.folder = resolve_model(model, progress=progress)
@@ -179,7 +181,7 @@ class LLM:
         self.max_context, self.max_batch = self.plan.context, self.plan.batch
         runner = _core.Runner(self.config, self.device, self.max_batch, self.max_context,
                               self.plan.max_step_tokens, tracker, cuda_graphs, self.plan.kv_blocks,
-                              self.plan.kv_block_size)
+                              self.plan.kv_block_size, batch_invariant)
         try:
             load_weights(runner, self.config, self.folder, progress=progress)
             self.graphs = runner.capture_graphs()

@@ -31,6 +31,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-prefix-caching", action="store_true",
                    help="compute every prompt in full (by default a prompt reuses the KV blocks of a cached prefix)")
     p.add_argument("--max-memory", default=None, help="memory budget with a unit, e.g. 8GiB (default: no budget)")
+    p.add_argument("--no-batch-invariant", action="store_true",
+                   help="CUDA: faster decode steps of 16+ sequences, whose outputs may then differ in the last "
+                        "bits with what shares their step (by default they never do)")
     p.set_defaults(func=serve)
 
 
@@ -54,7 +57,7 @@ def serve(args: argparse.Namespace) -> int:
 
     llm = LLM(args.model, device=args.device, max_context=args.max_context, max_batch=args.max_batch,
               max_step_tokens=args.max_step_tokens, max_memory=args.max_memory, progress=sys.stderr.isatty(),
-              prefix_caching=not args.no_prefix_caching)
+              prefix_caching=not args.no_prefix_caching, batch_invariant=not args.no_batch_invariant)
     # a converted GGUF's cache folder is <stem>-<content key>-v<converter>: the stem is its name
     name = args.served_model_name or re.sub(r"-[0-9a-f]{16}-v\d+$", "", os.path.basename(os.path.normpath(llm.folder)))
     engine = ServingEngine(llm, max_waiting=args.max_waiting)

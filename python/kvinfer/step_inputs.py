@@ -5,6 +5,7 @@ sequence whose latest token is still being sampled by the step in flight names t
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,31 +72,34 @@ def step_inputs(chunks, prev_sampled: list | None, tables) -> StepInputs:
     after a step in flight that samples `prev_sampled` (None: nothing in flight). `tables(seqs)`
     gives their block-table rows."""
     prev_row = {id(s): r for r, s in enumerate(prev_sampled)} if prev_sampled else {}
-    pieces, from_prev = [], []
+    pieces, from_prev, row = [], [], 0  # from_prev: (row, the row of the step in flight it takes its token from)
     for c in chunks:
         if c.tokens is not None:
             pieces.append(c.tokens)
-            from_prev.append([-1] * len(c.tokens))
         elif len(c.seq.token_ids) < c.seq.launched:  # its latest token is the step in flight's sample
-            pieces.append([0])
-            from_prev.append([prev_row[id(c.seq)]])
+            pieces.append((0,))
+            from_prev.append((row, prev_row[id(c.seq)]))
         else:
-            pieces.append([c.seq.token_ids[-1]])
-            from_prev.append([-1])
+            pieces.append((c.seq.token_ids[-1],))
+        row += len(pieces[-1])
     lengths = [len(p) for p in pieces]
     starts = np.cumsum([0] + lengths).astype(np.int32)
     sampled_chunks = [i for i, c in enumerate(chunks) if c.samples]
     sampled = [chunks[i].seq for i in sampled_chunks]
     args, biases = sampling_args(sampled)
-    flat_prev = np.fromiter((f for p in from_prev for f in p), np.int32, count=int(starts[-1]))
+    flat_prev = None
+    if from_prev:
+        flat_prev = np.full(row, -1, np.int32)
+        rows, prev_rows = zip(*from_prev)
+        flat_prev[list(rows)] = prev_rows
     seqs = [c.seq for c in chunks]
     return StepInputs(
-        tokens=np.fromiter((t for p in pieces for t in p), np.int32, count=int(starts[-1])),
+        tokens=np.fromiter(itertools.chain.from_iterable(pieces), np.int32, count=row),
         query_starts=starts,
         cached_lengths=np.array([s.cached for s in seqs], np.int32),
         kv_slots=np.array([s.slot for s in seqs], np.int32),
         block_tables=tables(seqs),
         logit_rows=(starts[1:] - 1)[sampled_chunks].astype(np.int32),
         sampling=args, logit_bias=biases,
-        prev_sample_row=flat_prev if prev_row and (flat_prev >= 0).any() else None,
+        prev_sample_row=flat_prev,
         seqs=seqs, sampled=sampled)

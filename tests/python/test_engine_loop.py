@@ -166,3 +166,16 @@ def test_an_abandoned_stream_leaves_nothing_in_flight(llm):
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert llm.generate([prompt(10, 90)], params)[0].token_ids == streamed_ids(llm, prompt(10, 90), params)
+
+
+def test_batch_invariant_off_changes_nothing_on_the_cpu(folder):
+    """The CPU backend's GEMMs never depend on the batch: batch_invariant=False (which lets CUDA
+    take cuBLAS for larger decode steps) gives the same tokens there."""
+    kw = dict(device="cpu", max_context=128, max_batch=4, max_step_tokens=32)
+    exact, fast = LLM(folder, **kw), LLM(folder, batch_invariant=False, **kw)
+    prompts = [prompt(n, 40 + n) for n in (3, 9, 20)]
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    want = [o.token_ids for o in exact.generate(prompts, params)]
+    assert len(want) == 3 and all(len(t) == 12 for t in want)
+    assert [o.token_ids for o in fast.generate(prompts, params)] == want
+    exact.close(), fast.close()

@@ -29,8 +29,8 @@ namespace kvinfer::cuda {
 // block_tables ([batch][layout.table_stride]); positions[t] is row t's absolute position;
 // max_seq_rows bounds the rows of one sequence (grid size).
 // kernel: the same math either way, in other instructions (tests run both). automatic: wgmma
-// where prefill_wgmma_available(head_dim), else mma, unless KVINFER_PREFILL=mma|wgmma in the
-// environment says otherwise; wgmma where it is not available is an error.
+// where prefill_wgmma_available(head_dim), else mma (KVINFER_PREFILL=mma in the environment: mma
+// everywhere); wgmma where it is not available is an error.
 enum class PrefillKernel { automatic, mma, wgmma };
 bool prefill_wgmma_available(int head_dim);  // built for sm_90a, and this device and head_dim run it
 void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,

@@ -188,13 +188,12 @@ bool prefill_wgmma_available(int head_dim) {
 #endif
 }
 
-// KVINFER_PREFILL=mma|wgmma in the environment, read once (to measure each kernel end to end).
-static PrefillKernel forced_kernel() {
-  static const PrefillKernel forced = [] {
+// KVINFER_PREFILL=mma in the environment, read once: the mma.sync kernel everywhere (to measure
+// what the Hopper kernel gives end to end).
+static bool mma_forced() {
+  static const bool forced = [] {
     const char* v = std::getenv("KVINFER_PREFILL");
-    if (v && std::strcmp(v, "wgmma") == 0) return PrefillKernel::wgmma;
-    if (v && std::strcmp(v, "mma") == 0) return PrefillKernel::mma;
-    return PrefillKernel::automatic;
+    return v && std::strcmp(v, "mma") == 0;
   }();
   return forced;
 }
@@ -213,9 +212,8 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
   KVINFER_CHECK_ARG(batch <= 65535 && num_heads <= 65535 && max_seq_rows <= int64_t{65535} * kRows,
                     "attention_prefill: batch=", batch, " num_heads=", num_heads, " max_seq_rows=", max_seq_rows,
                     " exceed the launch grid");
-  if (kernel == PrefillKernel::automatic) kernel = forced_kernel();
   if (kernel == PrefillKernel::automatic)
-    kernel = prefill_wgmma_available(head_dim) ? PrefillKernel::wgmma : PrefillKernel::mma;
+    kernel = !mma_forced() && prefill_wgmma_available(head_dim) ? PrefillKernel::wgmma : PrefillKernel::mma;
   if (kernel == PrefillKernel::wgmma) {
     KVINFER_CHECK_ARG(prefill_wgmma_available(head_dim), "attention_prefill: the wgmma kernel does not run head_dim=",
                       head_dim, " here (it needs a build for sm_90a, a compute capability 9.0 GPU and head_dim 64 or 128)");

@@ -49,6 +49,7 @@ class CudaBackend final : public Backend {
         shape_(init.shape),
         device_(init.device),
         cache_(init.cache),
+        batch_invariant_(init.options.batch_invariant),
         act_(activation_layout(init.config, init.shape, DeviceKind::CUDA)),
         splits_(cuda::decode_splits(init.config.num_kv_heads)),
         stage_bytes_(step_layout(init.shape.max_step_tokens, init.shape.max_batch, init.shape.max_step_tokens,
@@ -300,8 +301,6 @@ class CudaBackend final : public Backend {
     }
     return 0;
   }
-  // Steps of few rows take the skinny GEMMs, where every projection's K and the residual width
-  // allow 16-byte loads and 16-column sums of squares.
   // The activation in place, in the first `in` columns of each of T rows (silu_mul reads the up
   // half at + in).
   void activate(Activation act, half_t* src, int64_t ld, int T, int in) {
@@ -309,10 +308,13 @@ class CudaBackend final : public Backend {
     if (act == Activation::gelu_new) cuda::gelu_new(src, int64_t(T) * ld, stream_);
   }
 
+  // Steps of few rows take the skinny GEMMs, where every projection's K and the residual width
+  // allow 16-byte loads and 16-column sums of squares (without batch invariance: up to
+  // kCublasDecodeMinRows rows; cuBLAS is faster from there).
   bool skinny(int rows) const {
     const bool shapes = c_.hidden_size % cuda::kSkinnyTile == 0 && c_.q_dim() % 8 == 0 &&
                         c_.intermediate_size % 8 == 0;
-    return shapes && rows <= cuda::kSkinnyMaxRows;
+    return shapes && rows <= cuda::kSkinnyMaxRows && (batch_invariant_ || rows < cuda::kCublasDecodeMinRows);
   }
   float* x_ss() const { return view<float>(act_.x_ss); }
   int2* argmax() const { return view<int2>(act_.argmax); }
@@ -392,6 +394,7 @@ class CudaBackend final : public Backend {
   RunnerShape shape_;
   Device device_;
   const KVCache& cache_;
+  const bool batch_invariant_;  // RunnerOptions::batch_invariant
   ActivationLayout act_;
   cuda::DecodeSplits splits_;  // the model's decode chunking
   size_t stage_bytes_;

@@ -20,6 +20,9 @@ inline size_t decode_workspace_bytes(int batch, int num_heads, int head_dim) {
 
 // Skinny GEMMs (skinny_gemm.h): at most kSkinnyMaxRows rows, tiles of kSkinnyTile weight rows.
 constexpr int kSkinnyMaxRows = 64;  // more rows go to cuBLAS
+// Without batch invariance (RunnerOptions::batch_invariant), decode steps of this many rows and
+// more go to cuBLAS too (faster from 16 rows: docs/dev/step-runtime-notes.md, run 17).
+constexpr int kCublasDecodeMinRows = 16;
 constexpr int kSkinnyTile = 16;     // output columns (rows of W) per tile; also the sums-of-squares group
 constexpr int kSkinnySlice = 32;    // columns of K per lane step
 constexpr int kSkinnyTargetUnits = 256;  // (tile, K range) blocks to aim for: about 2 per SM
