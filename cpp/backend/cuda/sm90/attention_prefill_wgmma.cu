@@ -161,7 +161,6 @@ static __global__ void __launch_bounds__(kThreads, D == 64 && !PIPE ? 2 : 1)
   prefill::RowSoftmax<16> softmax;
   const unsigned char* q_wg = q_tile + wg * 64 * 128;
   uint32_t p[8][4];  // P of the last tile whose S was computed, as the A operand of 8 key steps of 16
-  bool pending = false;  // PIPE: p's P V is still to be issued
 
   // O += P V of key tile j: key step kk is rows 16 kk.. of the V tile; column block c its columns
   // 64 c.. (V is MN-major here: 8-row groups 1024 bytes apart; one 64-column block per MMA)
@@ -179,6 +178,16 @@ static __global__ void __launch_bounds__(kThreads, D == 64 && !PIPE ? 2 : 1)
     for (int c = 0; c < D / 64; ++c) fence_registers(o[c]);
   };
 
+  // PIPE: p holds the P of the warpgroup's previous tile (zeros before its first, so that the
+  // first tile's P V adds nothing), issued behind the next S; every MMA has landed by the end of
+  // an iteration, so none is in flight across a branch (ptxas would serialise them otherwise).
+  if constexpr (PIPE) {
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) p[kk][i] = 0u;
+  }
+  int last = -1;  // PIPE: the warpgroup's last tile, whose P V is still to be issued
   for (int j = 0; j < kv_tiles; ++j) {
     cp_async_wait<0>();  // tile j has landed (for this thread; the barrier makes it every thread's)
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // ... and visible to wgmma
@@ -187,11 +196,10 @@ static __global__ void __launch_bounds__(kThreads, D == 64 && !PIPE ? 2 : 1)
     cp_async_commit();
     const int k0 = j * kKeys;
     if (k0 > wg_last) {  // every key of the tile is after this warpgroup's rows (and of every later one)
-      if (PIPE && pending) {  // the last tile's P V, while its V is still in its stage
+      if (PIPE && last == j - 1 && last >= 0) {  // the last tile's P V, while its V is still in its stage
         wgmma_fence();
-        issue_pv(j - 1);
+        issue_pv(last);
         finish_pv();
-        pending = false;
       }
       continue;
     }
@@ -206,19 +214,20 @@ static __global__ void __launch_bounds__(kThreads, D == 64 && !PIPE ? 2 : 1)
                       smem_desc(k_tile(j) + col * kKeys * 128 + step, 16, 1024), kk > 0);
     }
     wgmma_commit();
-    if (PIPE && pending) {
-      issue_pv(j - 1);  // behind S: the tensor cores run it while the softmax below runs
-      wgmma_wait<1>();  // S has landed (groups complete in order)
+    if constexpr (PIPE) {
+      issue_pv(j > 0 ? j - 1 : j);  // behind S: the tensor cores run it while the softmax below runs
+      wgmma_wait<1>();              // S has landed (groups complete in order)
     } else {
       wgmma_wait<0>();
     }
     fence_registers(s);
 
-    // the causal mask where the tile reaches past the warpgroup's first row, then the online softmax
+    // the causal mask (everywhere when pipelined: no branch while P V is in flight), then the
+    // online softmax
     uint32_t p_new[8][4];
     float alpha_lo, alpha_hi;
-    softmax.step(s, k0, t, k0 + kKeys - 1 > wg_first, pos_lo, pos_hi, scale_log2, p_new, alpha_lo, alpha_hi);
-    if (PIPE && pending) finish_pv();  // O holds the tiles before j (at the old maximum)
+    softmax.step(s, k0, t, PIPE || k0 + kKeys - 1 > wg_first, pos_lo, pos_hi, scale_log2, p_new, alpha_lo, alpha_hi);
+    if constexpr (PIPE) finish_pv();  // O holds the tiles before j (at the old maximum)
 #pragma unroll
     for (int c = 0; c < D / 64; ++c)
 #pragma unroll
@@ -231,16 +240,16 @@ static __global__ void __launch_bounds__(kThreads, D == 64 && !PIPE ? 2 : 1)
 #pragma unroll
       for (int i = 0; i < 4; ++i) p[kk][i] = p_new[kk][i];
     if constexpr (PIPE) {
-      pending = true;
+      last = j;
     } else {
       wgmma_fence();
       issue_pv(j);
       finish_pv();
     }
   }
-  if (PIPE && pending) {  // the warpgroup's rows reach the last tile
+  if (PIPE && last == kv_tiles - 1) {  // the warpgroup's rows reach the last tile
     wgmma_fence();
-    issue_pv(kv_tiles - 1);
+    issue_pv(last);
     finish_pv();
   }
   cp_async_wait<0>();  // (the last group is empty) no copy outlives the block
