@@ -219,6 +219,11 @@ class ServingEngine:
             self._end(seq.request, "abort", seq=seq)
         for item in self.scheduler.waiting:
             self._end(request_of(item), "abort", seq=item if isinstance(item, Running) else None)
+        with self._cv:  # submitted before the stop but never picked up: they end too (submit refuses from here)
+            inbox, self._inbox = self._inbox, []
+        for request, deliver in inbox:
+            self._deliver[request.request_id] = deliver
+            self._end(request, "abort")
 
     def _step(self) -> None:
         """Enqueues the next step, then collects the older one in flight (or the last, when there is

@@ -176,9 +176,11 @@ def test_without_batch_invariance_batches_stay_close(model_dirs):
     fast = load(folder, "cuda:0", max_batch=16, max_step_tokens=256, batch_invariant=False)
     exact = load(folder, "cuda:0", max_batch=16, max_step_tokens=256)
     assert fast.graphs["batch_sizes"] == exact.graphs["batch_sizes"]
-    prompts = [prompt(3 + (29 * i) % 150, 700 + i) for i in range(16)]
-    a, b = decode_logits(fast, prompts, list(range(16)), 4), decode_logits(exact, prompts, list(range(16)), 4)
-    assert a.shape == b.shape == (4, 16, VOCAB)
+    # prompts under 16 tokens are prefilled alike either way (the skinny GEMMs), so the first
+    # decode step of the 16 gets the same inputs; later steps may pick other tokens at near-ties
+    prompts = [prompt(3 + (5 * i) % 12, 700 + i) for i in range(16)]
+    a, b = decode_logits(fast, prompts, list(range(16)), 1), decode_logits(exact, prompts, list(range(16)), 1)
+    assert a.shape == b.shape == (1, 16, VOCAB)
     rel = np.abs(a - b).max() / np.abs(b).max()
     assert 0 < rel < 1e-2, rel  # 0 would mean the option changed nothing
     cpu = load(folder, "cpu", max_batch=16, max_step_tokens=256)

@@ -155,6 +155,19 @@ def test_close_ends_running_requests(llm):
         engine.submit(prompt(5, 4), GREEDY, got.append)
 
 
+def test_close_ends_requests_the_engine_thread_never_picked_up(llm):
+    """A request submitted just before close() stops the thread, still in its inbox, ends with
+    "abort" too (its caller would otherwise wait forever: a close() racing a generate() hung)."""
+    engine = ServingEngine(llm)
+    got = []
+    with engine._cv:  # (re-entrant) the thread that submit starts waits here, before it reads its inbox
+        engine.submit(prompt(5, 4), GREEDY, got.append)
+        engine._stopping = True  # what close() sets first
+    engine.close()
+    assert [d.finish_reason for d in got] == ["abort"]
+    assert llm.engine.free_slots() == llm.max_batch
+
+
 def test_a_suspended_stream_beside_the_engine(llm, engine):
     """LLM.stream holds a slot while suspended; the engine's requests use the others and neither
     output changes."""
