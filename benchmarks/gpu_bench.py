@@ -160,7 +160,7 @@ def tensor_core_rate() -> float:
 
 
 def bench_gemm(name: str, N: int, K: int, M: int, kernel: str = "auto") -> None:
-    """Our skinny GEMM (fp16 in and out; `kernel`: auto, narrow or wide, which compute the same bits)
+    """Our skinny GEMM (fp16 in and out; `kernel`: auto, narrow, wide (the same bits) or wgmma)
     against torch.mm (cuBLAS) on the same tensors: us, weight GB/s and % of the copy rate."""
     w = torch.randn(N, K, device="cuda", dtype=torch.float16) * 0.05
     x = torch.randn(M, K, device="cuda", dtype=torch.float16)
@@ -339,7 +339,7 @@ def main() -> None:
     ap.add_argument("--gemm-rows", nargs="*", type=int, default=[1, 16, 64], help="GEMM micro-benchmark rows")
     ap.add_argument("--models", nargs="*", default=list(SHAPES), choices=list(SHAPES), help="end-to-end models")
     ap.add_argument("--gemm-kernels", action="store_true",
-                    help="GEMM rows above 8: time the narrow and the wide kernel each (else the one chosen)")
+                    help="time each skinny kernel: narrow, wide (above 8 rows), wgmma (Hopper); else the one chosen")
     ap.add_argument("--sweep-splits", nargs="*", metavar="MIN_CHUNK,MAX_SPLITS[,GROWTH_KEYS[,MIN_SPLITS]]",
                     help="decode: also time these chunkings (default: a few) at every decode shape")
     ap.add_argument("--flush", choices=["read", "write"], default="read",
@@ -356,13 +356,16 @@ def main() -> None:
     for _ in range(400):  # ~100 GB moved first (~40 ms), so that the clocks are up for the first shape
         flush_l2()
     torch.cuda.synchronize()
+    def gemm_kernels(M):
+        return ("narrow",) + (("wide",) if M > 8 else ()) + (("wgmma",) if _bench_ops.skinny_wgmma_available() else ())
+
     if "gemm" not in args.skip:
         say("| op | shape | ours us | ours GB/s | % of copy | cuBLAS us | cuBLAS GB/s | speed-up | rel. err |")
         say("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for model, shapes in GEMM_SHAPES.items():
             for M in args.gemm_rows:
                 for part, (N, K) in shapes.items():
-                    for kernel in (("narrow", "wide") if M > 8 and args.gemm_kernels else ("auto",)):
+                    for kernel in gemm_kernels(M) if args.gemm_kernels else ("auto",):
                         bench_gemm(f"{model} {part}", N, K, M, kernel)
     if "decode" not in args.skip:
         say("| op | shape | ours us | ours GB/s | SDPA us | SDPA GB/s | speed-up | rel. err |")
