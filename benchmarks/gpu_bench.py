@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import statistics
 import tempfile
 import time
@@ -272,7 +273,7 @@ def roofline_tps(llm, batch: int, context: int) -> float:
 
 
 def bench_e2e(name: str, new_tokens: int, compiled_batches: tuple[int, ...], batches: tuple[int, ...],
-              batch_invariant: bool = True) -> None:
+              batch_invariant: bool = True, peers: bool = True) -> None:
     import transformers
 
     from kvinfer.llm import LLM
@@ -285,11 +286,12 @@ def bench_e2e(name: str, new_tokens: int, compiled_batches: tuple[int, ...], bat
     kw = dict(device="cuda:0", max_context=2048 + 8, max_batch=max(batches), max_step_tokens=2048,
               batch_invariant=batch_invariant)
     tag = "" if batch_invariant else " (not batch-invariant)"
+    tag += "".join(f" ({k}={os.environ[k]})" for k in ("KVINFER_SKINNY", "KVINFER_PREFILL") if k in os.environ)
     llm = LLM(folder, **kw)
-    eager_llm = LLM(folder, cuda_graphs=False, **kw)
+    eager_llm = LLM(folder, cuda_graphs=False, **kw) if peers else None
     say(f"# {name}: graphs for batch {llm.graphs['batch_sizes']} captured in {llm.graphs['capture_seconds']:.2f} s, "
         f"{llm.graphs['device_bytes']:,} B of device memory")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float16).cuda().eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float16).cuda().eval() if peers else None
     for B in batches:
         prompts = [rng.integers(0, vocab, size=128).tolist() for _ in range(B)]
         ids = torch.tensor(prompts, device="cuda")
@@ -301,8 +303,12 @@ def bench_e2e(name: str, new_tokens: int, compiled_batches: tuple[int, ...], bat
             o1, oN = timed(run(1)), timed(run(new_tokens))
             return B * (new_tokens - 1) / (oN - o1)
 
-        ours, ours_eager = rate(llm), rate(eager_llm)
+        ours = rate(llm)
         roof = roofline_tps(llm, B, 128 + new_tokens // 2)
+        if not peers:
+            say(f"| e2e decode{tag} | {name} B={B} | {ours:9.1f} | {100 * ours / roof:5.1f}% | | | | | |")
+            continue
+        ours_eager = rate(eager_llm)
         hf_eager, _ = hf_rates(hf, ids, new_tokens, compiled=False)
         line = (f"| e2e decode{tag} | {name} B={B} | {ours:9.1f} | {100 * ours / roof:5.1f}% | {ours_eager:9.1f} | "
                 f"{hf_eager:9.1f} | {ours / hf_eager:5.2f} |")
@@ -320,10 +326,13 @@ def bench_e2e(name: str, new_tokens: int, compiled_batches: tuple[int, ...], bat
     llm.generate(longs[0], SamplingParams(max_tokens=1, temperature=0))
     t_ours = statistics.median(timed(lambda p=p: llm.generate(p, SamplingParams(max_tokens=1, temperature=0)))
                                for p in longs[1:])
-    _, t_hf = hf_rates(hf, lid, 2, compiled=False)
-    say(f"| TTFT 2048{tag} | {name} B=1 | {t_ours * 1e3:7.1f} ms | | | {t_hf * 1e3:7.1f} ms | {t_hf / t_ours:5.2f} | | |")
+    if peers:
+        _, t_hf = hf_rates(hf, lid, 2, compiled=False)
+        say(f"| TTFT 2048{tag} | {name} B=1 | {t_ours * 1e3:7.1f} ms | | | {t_hf * 1e3:7.1f} ms | {t_hf / t_ours:5.2f} | | |")
+        eager_llm.close()
+    else:
+        say(f"| TTFT 2048{tag} | {name} B=1 | {t_ours * 1e3:7.1f} ms | | | | | | |")
     llm.close()
-    eager_llm.close()
     del hf
     torch.cuda.empty_cache()
 
@@ -344,6 +353,8 @@ def main() -> None:
                     help="decode: also time these chunkings (default: a few) at every decode shape")
     ap.add_argument("--flush", choices=["read", "write"], default="read",
                     help="how the L2 is emptied before each timed call (see flush_l2)")
+    ap.add_argument("--no-peers", action="store_true",
+                    help="end to end: ours with graphs only (no run without graphs, no HF transformers)")
     ap.add_argument("--no-batch-invariant", action="store_true",
                     help="end to end: LLM(batch_invariant=False), cuBLAS for decode steps of 16+ sequences")
     ap.add_argument("--no-lengths-hint", action="store_true",
@@ -400,7 +411,8 @@ def main() -> None:
             "HF static (compiled) tok/s | ratio |")
         say("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for name in args.models:
-            bench_e2e(name, args.new_tokens, compiled, tuple(args.batches), not args.no_batch_invariant)
+            bench_e2e(name, args.new_tokens, compiled, tuple(args.batches), not args.no_batch_invariant,
+                      peers=not args.no_peers)
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(LINES) + "\n")
