@@ -17,6 +17,7 @@
 
 #include "backend/cuda/prefill_common.cuh"
 #include "backend/cuda/ptx.cuh"
+#include "backend/cuda/sm90/wgmma.cuh"
 #include "core/cuda_check.h"
 
 namespace kvinfer::cuda {
@@ -36,34 +37,6 @@ struct WgmmaTiles {
   static constexpr int kQ = kRows * D * 2, kKV = kKeys * D * 2;   // bytes of a Q and a K (or V) tile
   static constexpr size_t bytes = kQ + 2 * kStages * size_t{kKV} + 1024;  // Q, K and V per stage, alignment
 };
-
-// Shared-memory matrix descriptor of wgmma: address, leading- and stride-dimension byte offsets,
-// 128-byte swizzle.
-__device__ __forceinline__ uint64_t smem_desc(const void* p, uint32_t leading, uint32_t stride) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  return uint64_t((a & 0x3FFFF) >> 4) | uint64_t((leading & 0x3FFFF) >> 4) << 16 |
-         uint64_t((stride & 0x3FFFF) >> 4) << 32 | uint64_t{1} << 62;
-}
-
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-// Waits until at most `pending` committed groups of this warpgroup's MMAs are in flight.
-template <int pending>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(pending) : "memory");
-}
-__device__ __forceinline__ void wgmma_wait_all() { wgmma_wait<0>(); }
-// Reads of an accumulator after wgmma_wait_all() must not move above it.
-template <int N>
-__device__ __forceinline__ void fence_registers(float (&r)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
-}
-template <int N>
-__device__ __forceinline__ void fence_registers(float (&r)[N][4]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) fence_registers(r[i]);
-}
 
 // S (64 rows x 128 keys, fp32) (+)= A (64 x 16, shared, K-major) B^T (B: 128 keys x 16, shared,
 // K-major); the warpgroup's 4 warps hold 16 rows each, in mma.sync's accumulator layout per 8 keys.

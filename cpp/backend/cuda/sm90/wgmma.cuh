@@ -44,7 +44,6 @@ __device__ __forceinline__ void fence_registers(float (&r)[N][4]) {
 template <int N>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], uint64_t a, uint64_t b);
 
-
 template <>
 __device__ __forceinline__ void wgmma_ss<8>(float (&d)[1][4], uint64_t a, uint64_t b) {
   asm volatile(
