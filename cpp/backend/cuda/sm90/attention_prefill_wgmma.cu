@@ -133,11 +133,14 @@ static __global__ void __launch_bounds__(kThreads, D == 64 && !PIPE ? 2 : 1)
   float o[D / 64][32] = {};  // per 64 output columns: (8 columns x rows g, g + 8) x 8
   prefill::RowSoftmax<16> softmax;
   const unsigned char* q_wg = q_tile + wg * 64 * 128;
-  uint32_t p[8][4];  // P of the last tile whose S was computed, as the A operand of 8 key steps of 16
+  // P of a tile, as the A operand of 8 key steps of 16. PIPE: two buffers, taken in turn, so that
+  // the softmax of tile j writes one while P V of tile j - 1 still reads the other (with one
+  // buffer ptxas serialises the MMAs: C7513).
+  uint32_t pa[8][4], pb[8][4];
 
   // O += P V of key tile j: key step kk is rows 16 kk.. of the V tile; column block c its columns
   // 64 c.. (V is MN-major here: 8-row groups 1024 bytes apart; one 64-column block per MMA)
-  auto issue_pv = [&](int j) {
+  auto issue_pv = [&](int j, const uint32_t(&p)[8][4]) {
 #pragma unroll
     for (int kk = 0; kk < kKeys / 16; ++kk)
 #pragma unroll
@@ -151,32 +154,23 @@ static __global__ void __launch_bounds__(kThreads, D == 64 && !PIPE ? 2 : 1)
     for (int c = 0; c < D / 64; ++c) fence_registers(o[c]);
   };
 
-  // PIPE: p holds the P of the warpgroup's previous tile (zeros before its first, so that the
+  // PIPE: p_in holds the P of the warpgroup's previous tile (zeros before its first, so that the
   // first tile's P V adds nothing), issued behind the next S; every MMA has landed by the end of
   // an iteration, so none is in flight across a branch (ptxas would serialise them otherwise).
   if constexpr (PIPE) {
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) p[kk][i] = 0u;
+      for (int i = 0; i < 4; ++i) pa[kk][i] = 0u;
   }
   int last = -1;  // PIPE: the warpgroup's last tile, whose P V is still to be issued
-  for (int j = 0; j < kv_tiles; ++j) {
-    cp_async_wait<0>();  // tile j has landed (for this thread; the barrier makes it every thread's)
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // ... and visible to wgmma
-    __syncthreads();     // every warpgroup is done with the stage tile j + 1 takes
-    if (j + 1 < kv_tiles) issue_kv(j + 1);
-    cp_async_commit();
+  auto issue_last = [&](const uint32_t(&p)[8][4]) {
+    wgmma_fence();
+    issue_pv(last, p);
+    finish_pv();
+  };
+  auto tile_step = [&](int j, const uint32_t(&p_in)[8][4], uint32_t(&p_out)[8][4]) {
     const int k0 = j * kKeys;
-    if (k0 > wg_last) {  // every key of the tile is after this warpgroup's rows (and of every later one)
-      if (PIPE && last == j - 1 && last >= 0) {  // the last tile's P V, while its V is still in its stage
-        wgmma_fence();
-        issue_pv(last);
-        finish_pv();
-      }
-      continue;
-    }
-
     // S = Q K^T: per 16 of D, the 32-byte step inside a 128-byte row of column block kk / 4
     float s[16][4];
     wgmma_fence();
@@ -188,8 +182,8 @@ static __global__ void __launch_bounds__(kThreads, D == 64 && !PIPE ? 2 : 1)
     }
     wgmma_commit();
     if constexpr (PIPE) {
-      issue_pv(j > 0 ? j - 1 : j);  // behind S: the tensor cores run it while the softmax below runs
-      wgmma_wait<1>();              // S has landed (groups complete in order)
+      issue_pv(j > 0 ? j - 1 : j, p_in);  // behind S: the tensor cores run it while the softmax below runs
+      wgmma_wait<1>();                    // S has landed (groups complete in order)
     } else {
       wgmma_wait<0>();
     }
@@ -197,9 +191,8 @@ static __global__ void __launch_bounds__(kThreads, D == 64 && !PIPE ? 2 : 1)
 
     // the causal mask (everywhere when pipelined: no branch while P V is in flight), then the
     // online softmax
-    uint32_t p_new[8][4];
     float alpha_lo, alpha_hi;
-    softmax.step(s, k0, t, PIPE || k0 + kKeys - 1 > wg_first, pos_lo, pos_hi, scale_log2, p_new, alpha_lo, alpha_hi);
+    softmax.step(s, k0, t, PIPE || k0 + kKeys - 1 > wg_first, pos_lo, pos_hi, scale_log2, p_out, alpha_lo, alpha_hi);
     if constexpr (PIPE) finish_pv();  // O holds the tiles before j (at the old maximum)
 #pragma unroll
     for (int c = 0; c < D / 64; ++c)
@@ -208,22 +201,37 @@ static __global__ void __launch_bounds__(kThreads, D == 64 && !PIPE ? 2 : 1)
         o[c][dn * 4] *= alpha_lo, o[c][dn * 4 + 1] *= alpha_lo;
         o[c][dn * 4 + 2] *= alpha_hi, o[c][dn * 4 + 3] *= alpha_hi;
       }
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) p[kk][i] = p_new[kk][i];
     if constexpr (PIPE) {
       last = j;
     } else {
       wgmma_fence();
-      issue_pv(j);
+      issue_pv(j, p_out);
       finish_pv();
     }
-  }
-  if (PIPE && last == kv_tiles - 1) {  // the warpgroup's rows reach the last tile
-    wgmma_fence();
-    issue_pv(last);
-    finish_pv();
+  };
+  // Tile j: its copies landed, the next one's issued, then its S, softmax and (behind) P V. PIPE: P
+  // is written to p_out while P V of tile j - 1 reads p_in; the loop takes two tiles a turn so
+  // that each buffer is named at compile time.
+  auto visit = [&](int j, const uint32_t(&p_in)[8][4], uint32_t(&p_out)[8][4]) {
+    cp_async_wait<0>();  // tile j has landed (for this thread; the barrier makes it every thread's)
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // ... and visible to wgmma
+    __syncthreads();     // every warpgroup is done with the stage tile j + 1 takes
+    if (j + 1 < kv_tiles) issue_kv(j + 1);
+    cp_async_commit();
+    if (j * kKeys > wg_last) {  // every key of the tile is after this warpgroup's rows (and of every later one)
+      if (PIPE && last == j - 1 && last >= 0) issue_last(p_in);  // while the last tile's V is still in its stage
+      return;
+    }
+    tile_step(j, p_in, p_out);
+    if (PIPE && j == kv_tiles - 1) issue_last(p_out);  // the warpgroup's rows reach the last tile
+  };
+  if constexpr (PIPE) {
+    for (int j = 0; j < kv_tiles; j += 2) {
+      visit(j, pa, pb);
+      if (j + 1 < kv_tiles) visit(j + 1, pb, pa);
+    }
+  } else {
+    for (int j = 0; j < kv_tiles; ++j) visit(j, pa, pa);  // (p_in unused)
   }
   cp_async_wait<0>();  // (the last group is empty) no copy outlives the block
 
