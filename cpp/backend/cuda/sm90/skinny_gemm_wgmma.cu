@@ -99,8 +99,7 @@ static __global__ void __launch_bounds__(kThreads)
         tma_load_2d(stage + S::kW, &xmap, (c0 + i) * kCols, 0, full + s, reused);
       }
     }
-    pdl_allow_next();
-    return;
+    return;  // (the consumers let the next kernel launch, once the weights are read)
   }
 
   pdl_wait();  // (the epilogue reads and writes what earlier kernels use)
