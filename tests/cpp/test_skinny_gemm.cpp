@@ -331,7 +331,7 @@ TEST(SkinnyPlan, DependsOnNAndKOnly) {
   EXPECT_FALSE(cuda::skinny_wide_quarters(128256, 2048));
   EXPECT_FALSE(cuda::skinny_wide_quarters(16400, 256));
   EXPECT_EQ(cuda::skinny_plan(16400, 256).splits, 1);
-  // the Hopper kernel: blocks of 64 rows, K split while ranges keep >= 4 stages of 64 columns
+  // the Hopper kernel: blocks of 64 rows, K split (at most 8: a cluster) while ranges keep >= 4 stages of 64 columns
   auto wplan = [](int N, int K) {
     const auto p = cuda::skinny_wgmma_plan(N, K);
     return std::vector<int>{p.groups, p.splits, p.k_per_split};
@@ -343,8 +343,6 @@ TEST(SkinnyPlan, DependsOnNAndKOnly) {
   EXPECT_EQ(wplan(128256, 2048), (std::vector<int>{2004, 1, 2048}));
   EXPECT_EQ(wplan(960, 576), (std::vector<int>{15, 2, 320}));
   EXPECT_EQ(wplan(100, 72), (std::vector<int>{2, 1, 128}));
-  EXPECT_EQ(cuda::skinny_partial_floats(2048, 2048), size_t(32) * 4 * 8 * 16 * 64);  // the wgmma plan's, larger
-  EXPECT_EQ(cuda::skinny_counters(2048, 8192), 128);  // the narrow plan's (one per tile), more than 32 groups
 #else
   GTEST_SKIP() << "built without CUDA";
 #endif

@@ -285,7 +285,7 @@ void skinny_gemm(const half_t* w, int N, int K, int M, const SkinnyInput& in, co
   const SkinnyInput h = normed_first ? SkinnyInput{SkinnyIn::half, ws.normed, K} : in;
   if (which == SkinnyKernel::wgmma) {
 #if KVINFER_WITH_SM90A
-    return skinny_gemm_wgmma(w, N, K, M, h, out, ws, stream);
+    return skinny_gemm_wgmma(w, N, K, M, h, out, stream);
 #endif
   }
   if (normed_first) {

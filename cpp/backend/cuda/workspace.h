@@ -49,9 +49,10 @@ inline SkinnyPlan skinny_plan(int N, int K) {
   return p;
 }
 // The Hopper kernel (sm90/skinny_gemm_wgmma.cu): blocks of kSkinnyWgmmaRows weight rows (groups),
-// each K range walked in stages of kSkinnyWgmmaCols columns; K split while that leaves every range
-// at least 4 stages and there are at most two blocks per SM of a 132-SM GPU.
-constexpr int kSkinnyWgmmaRows = 64, kSkinnyWgmmaCols = 64, kSkinnyWgmmaTargetBlocks = 264;
+// each K range walked in stages of kSkinnyWgmmaCols columns; K split (the ranges of a group are one
+// cluster, at most kSkinnyWgmmaMaxSplits) while that leaves every range at least 4 stages and
+// there are at most two blocks per SM of a 132-SM GPU. No workspace: the cluster folds the ranges.
+constexpr int kSkinnyWgmmaRows = 64, kSkinnyWgmmaCols = 64, kSkinnyWgmmaTargetBlocks = 264, kSkinnyWgmmaMaxSplits = 8;
 struct SkinnyWgmmaPlan {
   int groups = 0, splits = 1, k_per_split = 0;
 };
@@ -59,23 +60,18 @@ inline SkinnyWgmmaPlan skinny_wgmma_plan(int N, int K) {
   SkinnyWgmmaPlan p;
   p.groups = (N + kSkinnyWgmmaRows - 1) / kSkinnyWgmmaRows;
   const int chunks = (K + kSkinnyWgmmaCols - 1) / kSkinnyWgmmaCols;
-  while (static_cast<int64_t>(p.groups) * p.splits * 2 <= kSkinnyWgmmaTargetBlocks && chunks >= 8 * p.splits)
+  while (static_cast<int64_t>(p.groups) * p.splits * 2 <= kSkinnyWgmmaTargetBlocks && chunks >= 8 * p.splits &&
+         p.splits < kSkinnyWgmmaMaxSplits)
     p.splits *= 2;
   const int per = (chunks + p.splits - 1) / p.splits;
   p.k_per_split = per * kSkinnyWgmmaCols;
   p.splits = (chunks + per - 1) / per;  // no empty range
   return p;
 }
-// Floats of the split partials of one call, and tile counters (both 0 without splits), for
-// whichever kernel runs: [tile][split][kSkinnyMaxRows][kSkinnyTile].
+// Floats of the split partials of one call, and tile counters (both 0 without splits).
 inline size_t skinny_partial_floats(int N, int K) {
   const SkinnyPlan p = skinny_plan(N, K);
-  const SkinnyWgmmaPlan q = skinny_wgmma_plan(N, K);
-  const size_t narrow = p.splits > 1 ? static_cast<size_t>(p.tiles) * p.splits * kSkinnyTile * kSkinnyMaxRows : 0;
-  const size_t wgmma = q.splits > 1 ? static_cast<size_t>(q.groups) * (kSkinnyWgmmaRows / kSkinnyTile) * q.splits *
-                                          kSkinnyTile * kSkinnyMaxRows
-                                    : 0;
-  return narrow > wgmma ? narrow : wgmma;
+  return p.splits > 1 ? static_cast<size_t>(p.tiles) * p.splits * kSkinnyTile * kSkinnyMaxRows : 0;
 }
 // The wide kernel (skinny_gemm_wide.cu) gives a block kSkinnyWideTiles tiles and a
 // whole K range, or, where that makes fewer than kSkinnyWideMinBlocks blocks, one quarter of a
@@ -86,14 +82,12 @@ inline bool skinny_wide_quarters(int N, int K) {
   const int64_t groups = (p.tiles + kSkinnyWideTiles - 1) / kSkinnyWideTiles;
   return groups * p.splits < kSkinnyWideMinBlocks;
 }
-// Counters: one per group of tiles of a narrow block (at most one per tile), four per group of a
-// wide one (each quarter block finishes its quarter of the group's outputs), one per wgmma block group.
+// Counters: one per group of tiles of a narrow block (at most one per tile), and four per group of
+// a wide one (each quarter block finishes its quarter of the group's outputs).
 inline int skinny_counters(int N, int K) {
   const SkinnyPlan p = skinny_plan(N, K);
-  const SkinnyWgmmaPlan q = skinny_wgmma_plan(N, K);
   const int wide = (p.tiles + kSkinnyWideTiles - 1) / kSkinnyWideTiles * 4;
-  const int narrow = p.splits > 1 ? (p.tiles > wide ? p.tiles : wide) : 0, wgmma = q.splits > 1 ? q.groups : 0;
-  return narrow > wgmma ? narrow : wgmma;
+  return p.splits > 1 ? (p.tiles > wide ? p.tiles : wide) : 0;
 }
 
 }  // namespace kvinfer::cuda

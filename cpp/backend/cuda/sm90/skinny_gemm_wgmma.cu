@@ -9,13 +9,15 @@
 // wgmma reads, each stage filled on its own mbarrier. The weights do not depend on the kernel
 // before this one, so the first stages' weight copies are issued before the dependent-launch wait.
 // The consumers issue 4 MMAs (k16) per stage in column order into one accumulator and free a
-// stage once its MMAs have landed. Every output is thus the same sum in the same order for any M
-// (an MMA computes each column of its result from that column of B alone), and K ranges are folded
-// in range order as in the narrow kernel: a row's result does not depend on what else shares the
-// step. It is not the narrow kernel's bits (another order over K): skinny_gemm() picks a kernel
-// per (N, K), never per M.
+// stage once its MMAs have landed. Where K is split, the blocks of a group's ranges form a cluster:
+// each leaves its partial in its shared memory and block q folds slice q of the outputs from all
+// of them in range order, through distributed shared memory. Every output is thus the same sum in
+// the same order for any M (an MMA computes each column of its result from that column of B
+// alone): a row's result does not depend on what else shares the step. It is not the narrow
+// kernel's bits (another order over K): skinny_gemm() picks a kernel per (N, K), never per M.
 #include "backend/cuda/sm90/skinny_wgmma.h"
 
+#include <cooperative_groups.h>
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_fp16.h>
@@ -57,7 +59,7 @@ __device__ __forceinline__ void consumer_barrier() { asm volatile("bar.sync 1, %
 template <SkinnyOut OUT, int NP>
 static __global__ void __launch_bounds__(kThreads)
     skinny_wgmma_kernel(const __grid_constant__ CUtensorMap wmap, const __grid_constant__ CUtensorMap xmap, int N,
-                        int K, int M, SkinnyWgmmaPlan plan, SkinnyOutput out, SkinnyWorkspace ws) {
+                        int K, int M, SkinnyWgmmaPlan plan, SkinnyOutput out) {
   using S = Stages<NP>;
   extern __shared__ unsigned char smem_raw[];
   // swizzled boxes start on 1024-byte boundaries (the swizzle repeats every 8 rows of 128 bytes)
@@ -65,12 +67,12 @@ static __global__ void __launch_bounds__(kThreads)
   uint64_t* const full = reinterpret_cast<uint64_t*>(base + S::kData);  // [stage]: its copies landed
   uint64_t* const empty = full + S::kCount;                            // [stage]: its MMAs landed
   float* const red = reinterpret_cast<float*>(base);                   // [4 tiles][NP rows][16], after the loop
-  __shared__ bool last;
 
-  const int group = blockIdx.x / plan.splits, split = blockIdx.x - group * plan.splits;
+  const int group = blockIdx.x / plan.splits, split = blockIdx.x - group * plan.splits;  // split: rank in the cluster
   const int chunks = (K + kCols - 1) / kCols, per = plan.k_per_split / kCols;
   const int c0 = split * per, count = min(chunks, c0 + per) - c0;  // this block's stages: chunks c0 ..
   const int n0 = group * kRows;
+  const bool producer = threadIdx.x >= kConsumers;
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < S::kCount; ++s) mbar_init(full + s, 1), mbar_init(empty + s, kConsumers);
@@ -78,7 +80,7 @@ static __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
-  if (threadIdx.x >= kConsumers) {  // the producer warp; lane 0 issues every copy
+  if (producer) {  // the producer warp; lane 0 issues every copy
     if (threadIdx.x == kConsumers) {
       const uint64_t once = l2_policy_evict_first(), reused = l2_policy_evict_last();
       const int ahead = min(count, S::kCount);
@@ -99,63 +101,70 @@ static __global__ void __launch_bounds__(kThreads)
         tma_load_2d(stage + S::kW, &xmap, (c0 + i) * kCols, 0, full + s, reused);
       }
     }
-    return;  // (the consumers let the next kernel launch, once the weights are read)
-  }
+    // (the consumers let the next kernel launch, once the weights are read; the warp stays for
+    // the cluster's barriers)
+  } else {
+    pdl_wait();  // (the epilogue reads and writes what earlier kernels use)
+    float acc[NP / 8][4] = {};
+    for (int i = 0; i < count; ++i) {
+      const int s = i % S::kCount;
+      mbar_wait(full + s, (i / S::kCount) & 1);
+      const unsigned char* const stage = base + s * S::kStage;
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kCols / 16; ++kk)  // 16 columns = 32 bytes along the swizzled rows
+        wgmma_ss<NP>(acc, smem_desc(stage + kk * 32, 16, 1024), smem_desc(stage + S::kW + kk * 32, 16, 1024));
+      wgmma_commit();
+      wgmma_wait<1>();  // the MMAs of stage i - 1 have landed: it may be refilled
+      if (i > 0) mbar_arrive(empty + (i - 1) % S::kCount);
+    }
+    wgmma_wait_all();
+    fence_registers(acc);
+    pdl_allow_next();  // the weights are read
 
-  pdl_wait();  // (the epilogue reads and writes what earlier kernels use)
-  float acc[NP / 8][4] = {};
-  for (int i = 0; i < count; ++i) {
-    const int s = i % S::kCount;
-    mbar_wait(full + s, (i / S::kCount) & 1);
-    const unsigned char* const stage = base + s * S::kStage;
-    wgmma_fence();
+    // Warp w holds rows 16 w + g and 16 w + g + 8 of the block (tile w, rows g and g + 8), tokens
+    // 8 j + 2 t and 8 j + 2 t + 1.
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    consumer_barrier();  // every warp's MMAs have read the stages red overlays
 #pragma unroll
-    for (int kk = 0; kk < kCols / 16; ++kk)  // 16 columns = 32 bytes along the swizzled rows
-      wgmma_ss<NP>(acc, smem_desc(stage + kk * 32, 16, 1024), smem_desc(stage + S::kW + kk * 32, 16, 1024));
-    wgmma_commit();
-    wgmma_wait<1>();  // the MMAs of stage i - 1 have landed: it may be refilled
-    if (i > 0) mbar_arrive(empty + (i - 1) % S::kCount);
+    for (int j = 0; j < NP / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        red[(warp * NP + 8 * j + 2 * t + (e & 1)) * kSkinnyTile + g + 8 * (e >> 1)] = acc[j][e];
   }
-  wgmma_wait_all();
-  fence_registers(acc);
-  pdl_allow_next();  // the weights are read
-
-  // Warp w holds rows 16 w + g and 16 w + g + 8 of the block (tile w, rows g and g + 8), tokens
-  // 8 j + 2 t and 8 j + 2 t + 1.
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  consumer_barrier();  // every warp's MMAs have read the stages red overlays
-#pragma unroll
-  for (int j = 0; j < NP / 8; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) red[(warp * NP + 8 * j + 2 * t + (e & 1)) * kSkinnyTile + g + 8 * (e >> 1)] = acc[j][e];
-  consumer_barrier();
 
   const int tiles = (N + kSkinnyTile - 1) / kSkinnyTile;
   constexpr int kElems = 4 * NP * kSkinnyTile;  // a multiple of 128: the shuffles see full warps
+  auto finish = [&](int e, float v) {
+    const int l = e / (NP * kSkinnyTile), m = (e / kSkinnyTile) % NP, r = e % kSkinnyTile, tl = group * 4 + l;
+    skinny::finish<OUT>(out, N, min(tl, tiles - 1), tiles, r, tl < tiles ? m : M, M, v);
+  };
   if (plan.splits == 1) {
-    for (int e = threadIdx.x; e < kElems; e += kConsumers) {
-      const int l = e / (NP * kSkinnyTile), m = (e / kSkinnyTile) % NP, r = e % kSkinnyTile, tl = group * 4 + l;
-      skinny::finish<OUT>(out, N, min(tl, tiles - 1), tiles, r, tl < tiles ? m : M, M, red[e]);
-    }
+    if (producer) return;
+    consumer_barrier();
+    for (int e = threadIdx.x; e < kElems; e += kConsumers) finish(e, red[e]);
     return;
   }
-  for (int e = threadIdx.x; e < kElems; e += kConsumers) {
-    const int l = e / (NP * kSkinnyTile), m = (e / kSkinnyTile) % NP, r = e % kSkinnyTile;
-    const int64_t tl = group * 4 + l;
-    ws.partials[((tl * plan.splits + split) * kSkinnyMaxRows + m) * kSkinnyTile + r] = red[e];
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();  // every range's partial is in its block's shared memory
+  if (!producer) {
+    const float* parts[kSkinnyWgmmaMaxSplits];
+#pragma unroll
+    for (int sp = 0; sp < kSkinnyWgmmaMaxSplits; ++sp) parts[sp] = cluster.map_shared_rank(red, sp < plan.splits ? sp : 0);
+    // block q folds the warps' worth of outputs q, q + splits, ...: whole warps, ranges in order
+    for (int e = split * kConsumers + threadIdx.x; e < kElems; e += kConsumers * plan.splits) {
+      float v[kSkinnyWgmmaMaxSplits];
+#pragma unroll
+      for (int sp = 0; sp < kSkinnyWgmmaMaxSplits; ++sp) v[sp] = sp < plan.splits ? parts[sp][e] : 0.0f;
+      float sum = v[0];
+#pragma unroll
+      for (int sp = 1; sp < kSkinnyWgmmaMaxSplits; ++sp)
+        if (sp < plan.splits) sum += v[sp];
+      finish(e, sum);
+    }
   }
-  consumer_barrier();  // this block's partials are written
-  if (threadIdx.x == 0) last = atomic_add_acq_rel(ws.counters + group, 1) == plan.splits - 1;
-  consumer_barrier();
-  if (!last) return;
-  if (threadIdx.x == 0) ws.counters[group] = 0;  // for the next call
-  for (int e = threadIdx.x; e < kElems; e += kConsumers) {  // the ranges, in order
-    const int l = e / (NP * kSkinnyTile), m = (e / kSkinnyTile) % NP, r = e % kSkinnyTile, tl = group * 4 + l;
-    const float* p = ws.partials + ((int64_t{tl} * plan.splits) * kSkinnyMaxRows + m) * kSkinnyTile + r;
-    float v = __ldcg(p);
-    for (int sp = 1; sp < plan.splits; ++sp) v += __ldcg(p + int64_t{sp} * kSkinnyMaxRows * kSkinnyTile);
-    skinny::finish<OUT>(out, N, min(tl, tiles - 1), tiles, r, tl < tiles ? m : M, M, v);
-  }
+  cluster.sync();  // no block reads another's shared memory after this: each may leave
 }
 
 // cuTensorMapEncodeTiled from the driver the runtime loaded (no link against libcuda).
@@ -189,7 +198,7 @@ CUtensorMap tensor_map(const void* p, int64_t rows, int64_t cols, int64_t ld, in
 
 template <SkinnyOut OUT, int NP>
 void launch(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
-            const SkinnyWorkspace& ws, cudaStream_t stream) {
+            cudaStream_t stream) {
   static const bool sized = [] {
     KVINFER_CUDA_CHECK(cudaFuncSetAttribute(skinny_wgmma_kernel<OUT, NP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(Stages<NP>::bytes)));
@@ -198,17 +207,29 @@ void launch(const half_t* w, int N, int K, int M, const SkinnyInput& in, const S
   (void)sized;
   const SkinnyWgmmaPlan plan = skinny_wgmma_plan(N, K);
   const CUtensorMap wmap = tensor_map(w, N, K, K, kRows), xmap = tensor_map(in.x, M, K, in.ld, NP);
-  launch_dependent(skinny_wgmma_kernel<OUT, NP>, dim3(plan.groups * plan.splits), dim3(kThreads),
-                   Stages<NP>::bytes, stream, wmap, xmap, N, K, M, plan, out, ws);
+  // a dependent launch (launch_dependent()), in clusters of a group's K ranges
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(plan.groups * plan.splits);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = Stages<NP>::bytes;
+  config.stream = stream;
+  cudaLaunchAttribute attributes[2] = {};
+  attributes[0].id = cudaLaunchAttributeClusterDimension;
+  attributes[0].val.clusterDim.x = plan.splits, attributes[0].val.clusterDim.y = 1, attributes[0].val.clusterDim.z = 1;
+  attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attributes[1].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attributes;
+  config.numAttrs = 2;
+  KVINFER_CUDA_CHECK(cudaLaunchKernelEx(&config, skinny_wgmma_kernel<OUT, NP>, wmap, xmap, N, K, M, plan, out));
 }
 
 template <SkinnyOut OUT>
 void launch_rows(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
-                 const SkinnyWorkspace& ws, cudaStream_t stream) {
-  if (M <= 8) return launch<OUT, 8>(w, N, K, M, in, out, ws, stream);
-  if (M <= 16) return launch<OUT, 16>(w, N, K, M, in, out, ws, stream);
-  if (M <= 32) return launch<OUT, 32>(w, N, K, M, in, out, ws, stream);
-  launch<OUT, 64>(w, N, K, M, in, out, ws, stream);
+                 cudaStream_t stream) {
+  if (M <= 8) return launch<OUT, 8>(w, N, K, M, in, out, stream);
+  if (M <= 16) return launch<OUT, 16>(w, N, K, M, in, out, stream);
+  if (M <= 32) return launch<OUT, 32>(w, N, K, M, in, out, stream);
+  launch<OUT, 64>(w, N, K, M, in, out, stream);
 }
 }  // namespace
 
@@ -221,7 +242,7 @@ bool skinny_wgmma_runs() {
 }
 
 void skinny_gemm_wgmma(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
-                       const SkinnyWorkspace& ws, cudaStream_t stream) {
+                       cudaStream_t stream) {
   KVINFER_CHECK_ARG(in.kind == SkinnyIn::half, "skinny_gemm_wgmma: fp16 input rows only");
   KVINFER_CHECK_ARG(M >= 1 && M <= kSkinnyMaxRows, "skinny_gemm_wgmma: M=", M);
   // TMA reads rows that start on 16-byte boundaries
@@ -229,9 +250,9 @@ void skinny_gemm_wgmma(const half_t* w, int N, int K, int M, const SkinnyInput& 
                         K % 8 == 0 && in.ld % 8 == 0,
                     "skinny_gemm_wgmma: weights and input rows must be 16-byte aligned (K=", K, ", ld=", in.ld, ")");
   switch (out.kind) {
-    case SkinnyOut::half: return launch_rows<SkinnyOut::half>(w, N, K, M, in, out, ws, stream);
-    case SkinnyOut::residual: return launch_rows<SkinnyOut::residual>(w, N, K, M, in, out, ws, stream);
-    case SkinnyOut::logits: return launch_rows<SkinnyOut::logits>(w, N, K, M, in, out, ws, stream);
+    case SkinnyOut::half: return launch_rows<SkinnyOut::half>(w, N, K, M, in, out, stream);
+    case SkinnyOut::residual: return launch_rows<SkinnyOut::residual>(w, N, K, M, in, out, stream);
+    case SkinnyOut::logits: return launch_rows<SkinnyOut::logits>(w, N, K, M, in, out, stream);
   }
 }
 

@@ -12,6 +12,6 @@ namespace kvinfer::cuda {
 bool skinny_wgmma_runs();
 // skinny_gemm()'s arguments, fp16 input rows (in.kind == SkinnyIn::half) only.
 void skinny_gemm_wgmma(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
-                       const SkinnyWorkspace& ws, cudaStream_t stream);
+                       cudaStream_t stream);
 
 }  // namespace kvinfer::cuda
