@@ -13,8 +13,6 @@
 
 #include <cuda_fp16.h>
 
-#include <cstdlib>
-
 #include "backend/cuda/prefill_common.cuh"
 #include "backend/cuda/ptx.cuh"
 #include "backend/cuda/sm90/wgmma.cuh"
@@ -29,11 +27,9 @@ namespace kvinfer::cuda {
 namespace {
 constexpr int kRows = 128, kKeys = 128, kThreads = 256;  // 2 warpgroups x 64 query rows
 
-// PIPE: each warpgroup issues P V of tile j - 1 behind S of tile j, so the tensor cores run it
-// while the softmax of tile j runs (three K/V stages: j + 1 lands, j is read by S, j - 1 by P V).
-template <int D, bool PIPE>
+template <int D>
 struct WgmmaTiles {
-  static constexpr int kStages = PIPE ? 3 : 2;
+  static constexpr int kStages = 2;
   static constexpr int kQ = kRows * D * 2, kKV = kKeys * D * 2;   // bytes of a Q and a K (or V) tile
   static constexpr size_t bytes = kQ + 2 * kStages * size_t{kKV} + 1024;  // Q, K and V per stage, alignment
 };
@@ -89,13 +85,13 @@ __device__ __forceinline__ void issue_tile(unsigned char* tile, const __half* an
 }
 }  // namespace
 
-template <int D, bool PIPE>
-static __global__ void __launch_bounds__(kThreads, D == 64 && !PIPE ? 2 : 1)
+template <int D>
+static __global__ void __launch_bounds__(kThreads, D == 64 ? 2 : 1)
     prefill_wgmma_kernel(const __half* __restrict__ q, int64_t q_stride, const __half* __restrict__ k_cache,
                          const __half* __restrict__ v_cache, KVLayout layout, const int32_t* __restrict__ block_tables,
                          const int32_t* __restrict__ seq_starts, const int32_t* __restrict__ positions,
                          int num_heads, int num_kv_heads, float scale, __half* __restrict__ out, int64_t out_stride) {
-  using T = WgmmaTiles<D, PIPE>;
+  using T = WgmmaTiles<D>;
   extern __shared__ unsigned char smem_raw[];
   // swizzled tiles start on 1024-byte boundaries (the swizzle pattern repeats every 8 rows)
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
@@ -133,14 +129,11 @@ static __global__ void __launch_bounds__(kThreads, D == 64 && !PIPE ? 2 : 1)
   float o[D / 64][32] = {};  // per 64 output columns: (8 columns x rows g, g + 8) x 8
   prefill::RowSoftmax<16> softmax;
   const unsigned char* q_wg = q_tile + wg * 64 * 128;
-  // P of a tile, as the A operand of 8 key steps of 16. PIPE: two buffers, taken in turn, so that
-  // the softmax of tile j writes one while P V of tile j - 1 still reads the other (with one
-  // buffer ptxas serialises the MMAs: C7513).
-  uint32_t pa[8][4], pb[8][4];
+  uint32_t p[8][4];  // P of the tile, as the A operand of 8 key steps of 16
 
   // O += P V of key tile j: key step kk is rows 16 kk.. of the V tile; column block c its columns
   // 64 c.. (V is MN-major here: 8-row groups 1024 bytes apart; one 64-column block per MMA)
-  auto issue_pv = [&](int j, const uint32_t(&p)[8][4]) {
+  auto issue_pv = [&](int j) {
 #pragma unroll
     for (int kk = 0; kk < kKeys / 16; ++kk)
 #pragma unroll
@@ -148,29 +141,16 @@ static __global__ void __launch_bounds__(kThreads, D == 64 && !PIPE ? 2 : 1)
         wgmma_64x64_rs(o[c], p[kk], smem_desc(v_tile(j) + c * kKeys * 128 + kk * 16 * 128, 1024, 1024));
     wgmma_commit();
   };
-  auto finish_pv = [&]() {
-    wgmma_wait_all();
-#pragma unroll
-    for (int c = 0; c < D / 64; ++c) fence_registers(o[c]);
-  };
 
-  // PIPE: p_in holds the P of the warpgroup's previous tile (zeros before its first, so that the
-  // first tile's P V adds nothing), issued behind the next S; every MMA has landed by the end of
-  // an iteration, so none is in flight across a branch (ptxas would serialise them otherwise).
-  if constexpr (PIPE) {
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) pa[kk][i] = 0u;
-  }
-  int last = -1;  // PIPE: the warpgroup's last tile, whose P V is still to be issued
-  auto issue_last = [&](const uint32_t(&p)[8][4]) {
-    wgmma_fence();
-    issue_pv(last, p);
-    finish_pv();
-  };
-  auto tile_step = [&](int j, const uint32_t(&p_in)[8][4], uint32_t(&p_out)[8][4]) {
+  for (int j = 0; j < kv_tiles; ++j) {
+    cp_async_wait<0>();  // tile j has landed (for this thread; the barrier makes it every thread's)
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // ... and visible to wgmma
+    __syncthreads();     // every warpgroup is done with the stage tile j + 1 takes
+    if (j + 1 < kv_tiles) issue_kv(j + 1);
+    cp_async_commit();
     const int k0 = j * kKeys;
+    if (k0 > wg_last) continue;  // every key of the tile is after this warpgroup's rows
+
     // S = Q K^T: per 16 of D, the 32-byte step inside a 128-byte row of column block kk / 4
     float s[16][4];
     wgmma_fence();
@@ -181,19 +161,12 @@ static __global__ void __launch_bounds__(kThreads, D == 64 && !PIPE ? 2 : 1)
                       smem_desc(k_tile(j) + col * kKeys * 128 + step, 16, 1024), kk > 0);
     }
     wgmma_commit();
-    if constexpr (PIPE) {
-      issue_pv(j > 0 ? j - 1 : j, p_in);  // behind S: the tensor cores run it while the softmax below runs
-      wgmma_wait<1>();                    // S has landed (groups complete in order)
-    } else {
-      wgmma_wait<0>();
-    }
+    wgmma_wait_all();
     fence_registers(s);
 
-    // the causal mask (everywhere when pipelined: no branch while P V is in flight), then the
-    // online softmax
+    // the causal mask where the tile reaches past the warpgroup's first row, then the online softmax
     float alpha_lo, alpha_hi;
-    softmax.step(s, k0, t, PIPE || k0 + kKeys - 1 > wg_first, pos_lo, pos_hi, scale_log2, p_out, alpha_lo, alpha_hi);
-    if constexpr (PIPE) finish_pv();  // O holds the tiles before j (at the old maximum)
+    softmax.step(s, k0, t, k0 + kKeys - 1 > wg_first, pos_lo, pos_hi, scale_log2, p, alpha_lo, alpha_hi);
 #pragma unroll
     for (int c = 0; c < D / 64; ++c)
 #pragma unroll
@@ -201,37 +174,11 @@ static __global__ void __launch_bounds__(kThreads, D == 64 && !PIPE ? 2 : 1)
         o[c][dn * 4] *= alpha_lo, o[c][dn * 4 + 1] *= alpha_lo;
         o[c][dn * 4 + 2] *= alpha_hi, o[c][dn * 4 + 3] *= alpha_hi;
       }
-    if constexpr (PIPE) {
-      last = j;
-    } else {
-      wgmma_fence();
-      issue_pv(j, p_out);
-      finish_pv();
-    }
-  };
-  // Tile j: its copies landed, the next one's issued, then its S, softmax and (behind) P V. PIPE: P
-  // is written to p_out while P V of tile j - 1 reads p_in; the loop takes two tiles a turn so
-  // that each buffer is named at compile time.
-  auto visit = [&](int j, const uint32_t(&p_in)[8][4], uint32_t(&p_out)[8][4]) {
-    cp_async_wait<0>();  // tile j has landed (for this thread; the barrier makes it every thread's)
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // ... and visible to wgmma
-    __syncthreads();     // every warpgroup is done with the stage tile j + 1 takes
-    if (j + 1 < kv_tiles) issue_kv(j + 1);
-    cp_async_commit();
-    if (j * kKeys > wg_last) {  // every key of the tile is after this warpgroup's rows (and of every later one)
-      if (PIPE && last == j - 1 && last >= 0) issue_last(p_in);  // while the last tile's V is still in its stage
-      return;
-    }
-    tile_step(j, p_in, p_out);
-    if (PIPE && j == kv_tiles - 1) issue_last(p_out);  // the warpgroup's rows reach the last tile
-  };
-  if constexpr (PIPE) {
-    for (int j = 0; j < kv_tiles; j += 2) {
-      visit(j, pa, pb);
-      if (j + 1 < kv_tiles) visit(j + 1, pb, pa);
-    }
-  } else {
-    for (int j = 0; j < kv_tiles; ++j) visit(j, pa, pa);  // (p_in unused)
+    wgmma_fence();
+    issue_pv(j);
+    wgmma_wait_all();
+#pragma unroll
+    for (int c = 0; c < D / 64; ++c) fence_registers(o[c]);
   }
   cp_async_wait<0>();  // (the last group is empty) no copy outlives the block
 
@@ -240,16 +187,16 @@ static __global__ void __launch_bounds__(kThreads, D == 64 && !PIPE ? 2 : 1)
                             [&](int dn, int e) { return o[dn / 8][(dn % 8) * 4 + e]; });
 }
 
-template <int D, bool PIPE>
+template <int D>
 static void launch_wgmma(const half_t* q, int64_t q_stride, const half_t* k_cache, const half_t* v_cache,
                          const KVLayout& layout, const int32_t* block_tables, const int32_t* seq_starts,
                          const int32_t* positions, int batch, int max_seq_rows, int num_heads, int num_kv_heads,
                          float scale, half_t* out, int64_t out_stride, cudaStream_t stream) {
-  constexpr size_t bytes = WgmmaTiles<D, PIPE>::bytes;
-  KVINFER_CUDA_CHECK(cudaFuncSetAttribute(prefill_wgmma_kernel<D, PIPE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  constexpr size_t bytes = WgmmaTiles<D>::bytes;
+  KVINFER_CUDA_CHECK(cudaFuncSetAttribute(prefill_wgmma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(bytes)));
   const dim3 grid(num_heads, (max_seq_rows + kRows - 1) / kRows, batch);
-  prefill_wgmma_kernel<D, PIPE><<<grid, kThreads, bytes, stream>>>(
+  prefill_wgmma_kernel<D><<<grid, kThreads, bytes, stream>>>(
       reinterpret_cast<const __half*>(q), q_stride, reinterpret_cast<const __half*>(k_cache),
       reinterpret_cast<const __half*>(v_cache), layout, block_tables, seq_starts, positions, num_heads,
       num_kv_heads, scale, reinterpret_cast<__half*>(out), out_stride);
@@ -270,19 +217,11 @@ void attention_prefill_wgmma(const half_t* q, int64_t q_stride, const half_t* k_
                              const int32_t* positions, int batch, int max_seq_rows, int num_heads,
                              int num_kv_heads, int head_dim, float scale, half_t* out, int64_t out_stride,
                              cudaStream_t stream) {
-  static const int pipe = [] {  // TEMPORARY measurement knob: which variant per head_dim
-    const char* v = std::getenv("KVINFER_WGMMA_PIPE");
-    return v ? std::atoi(v) : 0;  // bit 0: D=64 pipelined, bit 1: D=128 pipelined
-  }();
-#define KVINFER_WGMMA(D, P)                                                                                   \
-  return launch_wgmma<D, P>(q, q_stride, k_cache, v_cache, layout, block_tables, seq_starts, positions, batch, \
-                            max_seq_rows, num_heads, num_kv_heads, scale, out, out_stride, stream)
-  if (head_dim == 64) {
-    if (pipe & 1) KVINFER_WGMMA(64, true);
-    KVINFER_WGMMA(64, false);
-  }
-  if (pipe & 2) KVINFER_WGMMA(128, true);
-  KVINFER_WGMMA(128, false);
+#define KVINFER_WGMMA(D)                                                                                   \
+  return launch_wgmma<D>(q, q_stride, k_cache, v_cache, layout, block_tables, seq_starts, positions, batch, \
+                         max_seq_rows, num_heads, num_kv_heads, scale, out, out_stride, stream)
+  if (head_dim == 64) KVINFER_WGMMA(64);
+  KVINFER_WGMMA(128);
 #undef KVINFER_WGMMA
 }
 
