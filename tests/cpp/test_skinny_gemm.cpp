@@ -205,15 +205,22 @@ const std::vector<Case>& cases() {
 
 class SkinnyGemm : public testing::TestWithParam<Case> {};
 
-// The kernels this case runs on: the automatic choice, and the Hopper kernel where it runs the input.
+// The kernels this case runs on: the automatic choice, the narrow kernel (the automatic one on
+// other GPUs), and the Hopper kernel where it runs the input.
 std::vector<cuda::SkinnyKernel> kernels_for(const Case& c) {
-  std::vector<cuda::SkinnyKernel> k{cuda::SkinnyKernel::automatic};
+  std::vector<cuda::SkinnyKernel> k{cuda::SkinnyKernel::automatic, cuda::SkinnyKernel::narrow};
   if (cuda::skinny_wgmma_available() && (c.in == SkinnyIn::half || c.in == SkinnyIn::rms_norm))
     k.push_back(cuda::SkinnyKernel::wgmma);
   return k;
 }
 const char* name_of(cuda::SkinnyKernel k) {
-  return k == cuda::SkinnyKernel::wgmma ? "wgmma" : k == cuda::SkinnyKernel::automatic ? "automatic" : "other";
+  switch (k) {
+    case cuda::SkinnyKernel::automatic: return "automatic";
+    case cuda::SkinnyKernel::narrow: return "narrow";
+    case cuda::SkinnyKernel::wide: return "wide";
+    case cuda::SkinnyKernel::wgmma: return "wgmma";
+  }
+  return "?";
 }
 
 void expect_matches_cpu(const Case& c, const Inputs& in, int M, const Result& got) {

@@ -192,8 +192,10 @@ static __global__ void rms_rows_kernel(SkinnyInput in, int K, int M, __half* __r
 }
 
 // The kernel of SkinnyKernel::automatic: what KVINFER_SKINNY=narrow|wide|wgmma in the environment
-// says (to measure what each gives end to end), else the wide kernel for an LM head of more than 32
-// rows, the narrow one otherwise (measurements: docs/dev/step-runtime-notes.md).
+// says (to measure what each gives end to end), else the wgmma kernel where it runs this input (a
+// choice by device and input kind, the same for every M), else the wide kernel for an LM head of
+// more than 32 rows (the narrow kernel's bits), the narrow one otherwise (measurements:
+// docs/dev/step-runtime-notes.md).
 SkinnyKernel automatic_kernel(int N, int M, SkinnyIn in) {
   static const SkinnyKernel forced = [] {
     const char* v = std::getenv("KVINFER_SKINNY");
@@ -202,11 +204,9 @@ SkinnyKernel automatic_kernel(int N, int M, SkinnyIn in) {
     if (v && std::strcmp(v, "wgmma") == 0) return SkinnyKernel::wgmma;
     return SkinnyKernel::automatic;
   }();
-  if (forced == SkinnyKernel::wgmma) {
-    if (skinny_wgmma_available() && (in == SkinnyIn::half || in == SkinnyIn::rms_norm)) return forced;
-  } else if (forced != SkinnyKernel::automatic) {
-    return forced;
-  }
+  const bool wgmma = skinny_wgmma_available() && (in == SkinnyIn::half || in == SkinnyIn::rms_norm);
+  if (forced == SkinnyKernel::narrow || forced == SkinnyKernel::wide) return forced;
+  if (wgmma) return SkinnyKernel::wgmma;
   return M > 32 && N >= kSkinnyWideMinVocab ? SkinnyKernel::wide : SkinnyKernel::narrow;
 }
 

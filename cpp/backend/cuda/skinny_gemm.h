@@ -54,9 +54,9 @@ bool skinny_supported(int N, int K, int M, const SkinnyInput& in, const SkinnyOu
 // (skinny_gemm_wide.cu) -- the same bits either way (tests/cpp/test_skinny_gemm.cpp), only the
 // speed differs; wgmma: Hopper only (skinny_wgmma_available()), weights streamed by TMA into
 // warpgroup MMAs (sm90/skinny_gemm_wgmma.cu), fp16 or RMSNorm input, its own bits (another order
-// over K), so it is chosen per (N, K), never per M. automatic: wide for more than 32 rows of at
-// least kSkinnyWideMinVocab outputs (an LM head), else narrow, unless KVINFER_SKINNY=narrow|wide|wgmma
-// in the environment says otherwise (wgmma where it runs the input).
+// over K). automatic: wgmma wherever it runs the input (chosen by device and input, never by M, so
+// batch invariance holds), else wide for more than 32 rows of at least kSkinnyWideMinVocab outputs
+// (an LM head), else narrow; KVINFER_SKINNY=narrow|wide|wgmma in the environment overrides it.
 enum class SkinnyKernel { automatic, narrow, wide, wgmma };
 // Whether the wgmma kernel runs here: built for sm_90a and a compute capability 9.0 device.
 bool skinny_wgmma_available();
