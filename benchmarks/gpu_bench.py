@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import statistics
 import tempfile
 import time
@@ -160,7 +161,7 @@ def tensor_core_rate() -> float:
 
 
 def bench_gemm(name: str, N: int, K: int, M: int, kernel: str = "auto") -> None:
-    """Our skinny GEMM (fp16 in and out; `kernel`: auto, narrow or wide, which compute the same bits)
+    """Our skinny GEMM (fp16 in and out; `kernel`: auto, narrow, wide (the same bits) or wgmma)
     against torch.mm (cuBLAS) on the same tensors: us, weight GB/s and % of the copy rate."""
     w = torch.randn(N, K, device="cuda", dtype=torch.float16) * 0.05
     x = torch.randn(M, K, device="cuda", dtype=torch.float16)
@@ -272,7 +273,7 @@ def roofline_tps(llm, batch: int, context: int) -> float:
 
 
 def bench_e2e(name: str, new_tokens: int, compiled_batches: tuple[int, ...], batches: tuple[int, ...],
-              batch_invariant: bool = True) -> None:
+              batch_invariant: bool = True, peers: bool = True) -> None:
     import transformers
 
     from kvinfer.llm import LLM
@@ -285,11 +286,12 @@ def bench_e2e(name: str, new_tokens: int, compiled_batches: tuple[int, ...], bat
     kw = dict(device="cuda:0", max_context=2048 + 8, max_batch=max(batches), max_step_tokens=2048,
               batch_invariant=batch_invariant)
     tag = "" if batch_invariant else " (not batch-invariant)"
+    tag += "".join(f" ({k}={os.environ[k]})" for k in ("KVINFER_SKINNY", "KVINFER_PREFILL") if k in os.environ)
     llm = LLM(folder, **kw)
-    eager_llm = LLM(folder, cuda_graphs=False, **kw)
+    eager_llm = LLM(folder, cuda_graphs=False, **kw) if peers else None
     say(f"# {name}: graphs for batch {llm.graphs['batch_sizes']} captured in {llm.graphs['capture_seconds']:.2f} s, "
         f"{llm.graphs['device_bytes']:,} B of device memory")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float16).cuda().eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float16).cuda().eval() if peers else None
     for B in batches:
         prompts = [rng.integers(0, vocab, size=128).tolist() for _ in range(B)]
         ids = torch.tensor(prompts, device="cuda")
@@ -301,8 +303,12 @@ def bench_e2e(name: str, new_tokens: int, compiled_batches: tuple[int, ...], bat
             o1, oN = timed(run(1)), timed(run(new_tokens))
             return B * (new_tokens - 1) / (oN - o1)
 
-        ours, ours_eager = rate(llm), rate(eager_llm)
+        ours = rate(llm)
         roof = roofline_tps(llm, B, 128 + new_tokens // 2)
+        if not peers:
+            say(f"| e2e decode{tag} | {name} B={B} | {ours:9.1f} | {100 * ours / roof:5.1f}% | | | | | |")
+            continue
+        ours_eager = rate(eager_llm)
         hf_eager, _ = hf_rates(hf, ids, new_tokens, compiled=False)
         line = (f"| e2e decode{tag} | {name} B={B} | {ours:9.1f} | {100 * ours / roof:5.1f}% | {ours_eager:9.1f} | "
                 f"{hf_eager:9.1f} | {ours / hf_eager:5.2f} |")
@@ -320,10 +326,13 @@ def bench_e2e(name: str, new_tokens: int, compiled_batches: tuple[int, ...], bat
     llm.generate(longs[0], SamplingParams(max_tokens=1, temperature=0))
     t_ours = statistics.median(timed(lambda p=p: llm.generate(p, SamplingParams(max_tokens=1, temperature=0)))
                                for p in longs[1:])
-    _, t_hf = hf_rates(hf, lid, 2, compiled=False)
-    say(f"| TTFT 2048{tag} | {name} B=1 | {t_ours * 1e3:7.1f} ms | | | {t_hf * 1e3:7.1f} ms | {t_hf / t_ours:5.2f} | | |")
+    if peers:
+        _, t_hf = hf_rates(hf, lid, 2, compiled=False)
+        say(f"| TTFT 2048{tag} | {name} B=1 | {t_ours * 1e3:7.1f} ms | | | {t_hf * 1e3:7.1f} ms | {t_hf / t_ours:5.2f} | | |")
+        eager_llm.close()
+    else:
+        say(f"| TTFT 2048{tag} | {name} B=1 | {t_ours * 1e3:7.1f} ms | | | | | | |")
     llm.close()
-    eager_llm.close()
     del hf
     torch.cuda.empty_cache()
 
@@ -339,11 +348,13 @@ def main() -> None:
     ap.add_argument("--gemm-rows", nargs="*", type=int, default=[1, 16, 64], help="GEMM micro-benchmark rows")
     ap.add_argument("--models", nargs="*", default=list(SHAPES), choices=list(SHAPES), help="end-to-end models")
     ap.add_argument("--gemm-kernels", action="store_true",
-                    help="GEMM rows above 8: time the narrow and the wide kernel each (else the one chosen)")
+                    help="time each skinny kernel: narrow, wide (above 8 rows), wgmma (Hopper); else the one chosen")
     ap.add_argument("--sweep-splits", nargs="*", metavar="MIN_CHUNK,MAX_SPLITS[,GROWTH_KEYS[,MIN_SPLITS]]",
                     help="decode: also time these chunkings (default: a few) at every decode shape")
     ap.add_argument("--flush", choices=["read", "write"], default="read",
                     help="how the L2 is emptied before each timed call (see flush_l2)")
+    ap.add_argument("--no-peers", action="store_true",
+                    help="end to end: ours with graphs only (no run without graphs, no HF transformers)")
     ap.add_argument("--no-batch-invariant", action="store_true",
                     help="end to end: LLM(batch_invariant=False), cuBLAS for decode steps of 16+ sequences")
     ap.add_argument("--no-lengths-hint", action="store_true",
@@ -356,13 +367,16 @@ def main() -> None:
     for _ in range(400):  # ~100 GB moved first (~40 ms), so that the clocks are up for the first shape
         flush_l2()
     torch.cuda.synchronize()
+    def gemm_kernels(M):
+        return ("narrow",) + (("wide",) if M > 8 else ()) + (("wgmma",) if _bench_ops.skinny_wgmma_available() else ())
+
     if "gemm" not in args.skip:
         say("| op | shape | ours us | ours GB/s | % of copy | cuBLAS us | cuBLAS GB/s | speed-up | rel. err |")
         say("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for model, shapes in GEMM_SHAPES.items():
             for M in args.gemm_rows:
                 for part, (N, K) in shapes.items():
-                    for kernel in (("narrow", "wide") if M > 8 and args.gemm_kernels else ("auto",)):
+                    for kernel in gemm_kernels(M) if args.gemm_kernels else ("auto",):
                         bench_gemm(f"{model} {part}", N, K, M, kernel)
     if "decode" not in args.skip:
         say("| op | shape | ours us | ours GB/s | SDPA us | SDPA GB/s | speed-up | rel. err |")
@@ -397,7 +411,8 @@ def main() -> None:
             "HF static (compiled) tok/s | ratio |")
         say("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for name in args.models:
-            bench_e2e(name, args.new_tokens, compiled, tuple(args.batches), not args.no_batch_invariant)
+            bench_e2e(name, args.new_tokens, compiled, tuple(args.batches), not args.no_batch_invariant,
+                      peers=not args.no_peers)
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(LINES) + "\n")

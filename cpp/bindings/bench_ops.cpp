@@ -73,20 +73,23 @@ PYBIND11_MODULE(_bench_ops, ops) {
   ops.def("decode_workspace_bytes", &cuda::decode_workspace_bytes);
   // y[M][N] = x[M][K] W[N][K]^T, fp16 in and out (the skinny GEMM's plain variant); partials and
   // counters as skinny_partial_floats / skinny_counters say (counters zeroed once). kernel: "auto",
-  // "narrow" or "wide" (the same bits; benchmarks compare their speed).
+  // "narrow" or "wide" (the same bits), or "wgmma" (Hopper; its own bits); benchmarks compare their speed.
   ops.def("skinny_gemm", [](uintptr_t w, int N, int K, int M, uintptr_t x, int64_t x_ld, uintptr_t y, int64_t y_ld,
                             uintptr_t partials, uintptr_t counters, uintptr_t stream, const std::string& kernel) {
     cuda::SkinnyInput in{cuda::SkinnyIn::half, reinterpret_cast<const void*>(x), x_ld};
     cuda::SkinnyOutput out{cuda::SkinnyOut::half, reinterpret_cast<void*>(y), y_ld};
-    KVINFER_CHECK_ARG(kernel == "auto" || kernel == "narrow" || kernel == "wide", "skinny_gemm: kernel=", kernel);
+    KVINFER_CHECK_ARG(kernel == "auto" || kernel == "narrow" || kernel == "wide" || kernel == "wgmma",
+                      "skinny_gemm: kernel=", kernel);
     const auto which = kernel == "narrow" ? cuda::SkinnyKernel::narrow
-                       : kernel == "wide" ? cuda::SkinnyKernel::wide
-                                          : cuda::SkinnyKernel::automatic;
+                       : kernel == "wide"  ? cuda::SkinnyKernel::wide
+                       : kernel == "wgmma" ? cuda::SkinnyKernel::wgmma
+                                           : cuda::SkinnyKernel::automatic;
     cuda::skinny_gemm(reinterpret_cast<const half_t*>(w), N, K, M, in, out,
                       cuda::SkinnyWorkspace{reinterpret_cast<float*>(partials), reinterpret_cast<int32_t*>(counters)},
                       reinterpret_cast<cudaStream_t>(stream), which);
   }, py::arg("w"), py::arg("N"), py::arg("K"), py::arg("M"), py::arg("x"), py::arg("x_ld"), py::arg("y"),
      py::arg("y_ld"), py::arg("partials"), py::arg("counters"), py::arg("stream"), py::arg("kernel") = "auto");
+  ops.def("skinny_wgmma_available", &cuda::skinny_wgmma_available);
   ops.def("skinny_workspace", [](int N, int K) {
     return py::make_tuple(cuda::skinny_partial_floats(N, K), cuda::skinny_counters(N, K));
   }, "(partial floats, counters) of the skinny GEMM of this shape");

@@ -4,7 +4,9 @@
 // whatever M is. Skipped without a device.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -203,58 +205,94 @@ const std::vector<Case>& cases() {
 
 class SkinnyGemm : public testing::TestWithParam<Case> {};
 
+// The kernels this case runs on: the automatic choice, the narrow kernel (the automatic one on
+// other GPUs), and the Hopper kernel where it runs the input.
+std::vector<cuda::SkinnyKernel> kernels_for(const Case& c) {
+  std::vector<cuda::SkinnyKernel> k{cuda::SkinnyKernel::automatic, cuda::SkinnyKernel::narrow};
+  if (cuda::skinny_wgmma_available() && (c.in == SkinnyIn::half || c.in == SkinnyIn::rms_norm))
+    k.push_back(cuda::SkinnyKernel::wgmma);
+  return k;
+}
+const char* name_of(cuda::SkinnyKernel k) {
+  switch (k) {
+    case cuda::SkinnyKernel::automatic: return "automatic";
+    case cuda::SkinnyKernel::narrow: return "narrow";
+    case cuda::SkinnyKernel::wide: return "wide";
+    case cuda::SkinnyKernel::wgmma: return "wgmma";
+  }
+  return "?";
+}
+
+void expect_matches_cpu(const Case& c, const Inputs& in, int M, const Result& got) {
+  const auto ref = in.reference(c, M);
+  ASSERT_EQ(got.y.size(), ref.size());
+  // fp16 outputs: one rounding (NMSE ~1e-7); fp32 outputs: fp32 sums of fp16 products in another
+  // order than the double reference (~1e-12). A wrong column, norm or activation is far above.
+  const double bound = c.out == SkinnyOut::half ? 1e-5 : 1e-9;
+  EXPECT_TRUE(nmse_below(got.y, ref, bound));
+  if (M == 17) EXPECT_FALSE(nmse_below(got.y, in.reference(c, M, /*planted_bug=*/true), bound));
+  if (!got.ss.empty()) {  // the sums of squares of the new rows, for the next norm
+    std::vector<float> want(got.ss.size());
+    for (int m = 0; m < M; ++m)
+      for (int g = 0; g < c.N / 16; ++g) {
+        double s = 0;
+        for (int i = 0; i < 16; ++i) s += double(got.y[size_t(m) * c.N + 16 * g + i]) * got.y[size_t(m) * c.N + 16 * g + i];
+        want[size_t(m) * (c.N / 16) + g] = float(s);
+      }
+    EXPECT_TRUE(nmse_below(got.ss, want, 1e-10));
+  }
+  if (!got.argmax.empty()) {  // each tile's largest logit and its lowest index, exactly
+    const int tiles = (c.N + 15) / 16;
+    for (int m = 0; m < M; ++m)
+      for (int t = 0; t < tiles; ++t) {
+        int best = t * 16;
+        for (int n = t * 16; n < std::min(c.N, t * 16 + 16); ++n)
+          if (got.y[size_t(m) * c.N + n] > got.y[size_t(m) * c.N + best]) best = n;
+        const size_t at = (size_t(m) * tiles + t) * 2;
+        ASSERT_EQ(got.argmax[at + 1], best) << "row " << m << " tile " << t;
+        float v;
+        std::memcpy(&v, &got.argmax[at], 4);
+        ASSERT_EQ(v, got.y[size_t(m) * c.N + best]);
+      }
+  }
+}
+
 TEST_P(SkinnyGemm, MatchesCpu) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
   const Case& c = GetParam();
-  for (int M : {1, 5, 8, 9, 16, 17, 33, 64}) {
-    SCOPED_TRACE("M=" + std::to_string(M));
-    const Inputs in(c, M);
-    const Result got = run(c, in, M);
-    const auto ref = in.reference(c, M);
-    ASSERT_EQ(got.y.size(), ref.size());
-    // fp16 outputs: one rounding (NMSE ~1e-7); fp32 outputs: fp32 sums of fp16 products in another
-    // order than the double reference (~1e-12). A wrong column, norm or activation is far above.
-    const double bound = c.out == SkinnyOut::half ? 1e-5 : 1e-9;
-    EXPECT_TRUE(nmse_below(got.y, ref, bound));
-    if (M == 17) EXPECT_FALSE(nmse_below(got.y, in.reference(c, M, /*planted_bug=*/true), bound));
-    if (!got.ss.empty()) {  // the sums of squares of the new rows, for the next norm
-      std::vector<float> want(got.ss.size());
-      for (int m = 0; m < M; ++m)
-        for (int g = 0; g < c.N / 16; ++g) {
-          double s = 0;
-          for (int i = 0; i < 16; ++i) s += double(got.y[size_t(m) * c.N + 16 * g + i]) * got.y[size_t(m) * c.N + 16 * g + i];
-          want[size_t(m) * (c.N / 16) + g] = float(s);
-        }
-      EXPECT_TRUE(nmse_below(got.ss, want, 1e-10));
+  for (const auto kernel : kernels_for(c))
+    for (int M : {1, 5, 8, 9, 16, 17, 33, 64}) {
+      SCOPED_TRACE(std::string(name_of(kernel)) + " M=" + std::to_string(M));
+      const Inputs in(c, M);
+      expect_matches_cpu(c, in, M, run(c, in, M, kernel));
     }
-    if (!got.argmax.empty()) {  // each tile's largest logit and its lowest index, exactly
-      const int tiles = (c.N + 15) / 16;
-      for (int m = 0; m < M; ++m)
-        for (int t = 0; t < tiles; ++t) {
-          int best = t * 16;
-          for (int n = t * 16; n < std::min(c.N, t * 16 + 16); ++n)
-            if (got.y[size_t(m) * c.N + n] > got.y[size_t(m) * c.N + best]) best = n;
-          const size_t at = (size_t(m) * tiles + t) * 2;
-          ASSERT_EQ(got.argmax[at + 1], best) << "row " << m << " tile " << t;
-          float v;
-          std::memcpy(&v, &got.argmax[at], 4);
-          ASSERT_EQ(v, got.y[size_t(m) * c.N + best]);
-        }
-    }
-  }
 }
 
 TEST_P(SkinnyGemm, RowsDoNotDependOnTheBatch) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
   const Case& c = GetParam();
   const Inputs all(c, 64);
-  const Result full = run(c, all, 64);
-  for (int M : {1, 3, 8, 9, 16, 31, 33}) {
-    const Result part = run(c, Inputs(c, M), M);
-    ASSERT_EQ(part.y.size(), size_t(M) * c.N);
-    EXPECT_TRUE(std::equal(part.y.begin(), part.y.end(), full.y.begin())) << "M=" << M;
-    EXPECT_TRUE(std::equal(part.ss.begin(), part.ss.end(), full.ss.begin())) << "M=" << M;
+  for (const auto kernel : kernels_for(c)) {
+    SCOPED_TRACE(name_of(kernel));
+    const Result full = run(c, all, 64, kernel);
+    for (int M : {1, 3, 8, 9, 16, 31, 33}) {
+      const Result part = run(c, Inputs(c, M), M, kernel);
+      ASSERT_EQ(part.y.size(), size_t(M) * c.N);
+      EXPECT_TRUE(std::equal(part.y.begin(), part.y.end(), full.y.begin())) << "M=" << M;
+      EXPECT_TRUE(std::equal(part.ss.begin(), part.ss.end(), full.ss.begin())) << "M=" << M;
+      EXPECT_TRUE(std::equal(part.argmax.begin(), part.argmax.end(), full.argmax.begin())) << "M=" << M;
+    }
   }
+}
+
+// The Hopper kernel where it cannot run (another GPU, a build without sm_90a, an activation input)
+// is an argument error, never a crash or a silent fallback.
+TEST_P(SkinnyGemm, WgmmaWhereUnavailableThrows) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  const Case& c = GetParam();
+  const auto k = kernels_for(c);
+  if (std::find(k.begin(), k.end(), cuda::SkinnyKernel::wgmma) != k.end()) GTEST_SKIP() << "the wgmma kernel runs this";
+  EXPECT_THROW(run(c, Inputs(c, 3), 3, cuda::SkinnyKernel::wgmma), std::invalid_argument);
 }
 
 // The two kernels (a block per 16-row tile, or per 128 rows with the input staged in shared
@@ -300,6 +338,18 @@ TEST(SkinnyPlan, DependsOnNAndKOnly) {
   EXPECT_FALSE(cuda::skinny_wide_quarters(128256, 2048));
   EXPECT_FALSE(cuda::skinny_wide_quarters(16400, 256));
   EXPECT_EQ(cuda::skinny_plan(16400, 256).splits, 1);
+  // the Hopper kernel: blocks of 64 rows, K split (at most 8: a cluster) while ranges keep >= 4 stages of 64 columns
+  auto wplan = [](int N, int K) {
+    const auto p = cuda::skinny_wgmma_plan(N, K);
+    return std::vector<int>{p.groups, p.splits, p.k_per_split};
+  };
+  EXPECT_EQ(wplan(3072, 2048), (std::vector<int>{48, 4, 512}));
+  EXPECT_EQ(wplan(2048, 2048), (std::vector<int>{32, 8, 256}));
+  EXPECT_EQ(wplan(16384, 2048), (std::vector<int>{256, 1, 2048}));
+  EXPECT_EQ(wplan(2048, 8192), (std::vector<int>{32, 8, 1024}));
+  EXPECT_EQ(wplan(128256, 2048), (std::vector<int>{2004, 1, 2048}));
+  EXPECT_EQ(wplan(960, 576), (std::vector<int>{15, 2, 320}));
+  EXPECT_EQ(wplan(100, 72), (std::vector<int>{2, 1, 128}));
 #else
   GTEST_SKIP() << "built without CUDA";
 #endif

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/prefill_common.cuh"
 #include "backend/cuda/ptx.cuh"
 #include "core/cuda_check.h"
 #include "core/errors.h"
@@ -25,7 +26,6 @@ namespace kvinfer::cuda {
 
 namespace {
 constexpr int kRows = 64, kKeys = 64, kWarps = 4, kThreads = kWarps * 32;
-constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kRows == kKeys, "one tile size for Q, K and V");
 
 template <int D>
@@ -61,26 +61,19 @@ static __global__ void __launch_bounds__(kThreads)
   auto k_tile = [&](int stage) { return reinterpret_cast<__half*>(smem + (1 + 2 * stage) * T::kTile); };
   auto v_tile = [&](int stage) { return reinterpret_cast<__half*>(smem + (2 + 2 * stage) * T::kTile); };
 
-  // grid: x = query head, y = row tile counted from the sequence's last (the longest rows start
-  // first, so the short ones fill the end of the launch), z = sequence
-  const int head = blockIdx.x, b = blockIdx.z;
-  const int start = seq_starts[b], n = seq_starts[b + 1] - start;
-  const int tile = (n + kRows - 1) / kRows - 1 - static_cast<int>(blockIdx.y);
-  if (tile < 0) return;
-  const int r0 = tile * kRows, rows = min(kRows, n - r0);
-  const int first_pos = positions[start + r0];  // rows of a sequence have consecutive positions
-  const int last_pos = first_pos + rows - 1;
-  const int kvh = head / (num_heads / num_kv_heads);
-  const int32_t* table = block_tables + static_cast<int64_t>(b) * layout.table_stride;
+  prefill::Tile tile;
+  if (!tile.locate<kRows>(seq_starts, positions, block_tables, layout, num_heads, num_kv_heads)) return;
+  const int rows = tile.rows, first_pos = tile.first_pos, last_pos = tile.last_pos;
   const int kv_tiles = last_pos / kKeys + 1;
 
   auto issue_kv = [&](int j) {
     const int k0 = j * kKeys;
     auto valid = [&](int r) { return k0 + r <= last_pos; };
-    issue_tile<D>(k_tile(j & 1), k_cache, [&](int r) { return k_cache + layout.at(table, kvh, k0 + r); }, valid);
-    issue_tile<D>(v_tile(j & 1), v_cache, [&](int r) { return v_cache + layout.at(table, kvh, k0 + r); }, valid);
+    auto at = [&](int r) { return layout.at(tile.table, tile.kvh, k0 + r); };
+    issue_tile<D>(k_tile(j & 1), k_cache, [&](int r) { return k_cache + at(r); }, valid);
+    issue_tile<D>(v_tile(j & 1), v_cache, [&](int r) { return v_cache + at(r); }, valid);
   };
-  const __half* q_rows = q + (start + r0) * q_stride + static_cast<int64_t>(head) * D;
+  const __half* q_rows = q + (tile.start + tile.r0) * q_stride + static_cast<int64_t>(tile.head) * D;
   issue_tile<D>(q_tile, q, [&](int r) { return q_rows + r * q_stride; }, [&](int r) { return r < rows; });
   issue_kv(0);
   cp_async_commit();
@@ -107,9 +100,9 @@ static __global__ void __launch_bounds__(kThreads)
     for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qf[kk], q_tile + (wr + a_row) * kLd + kk * 16 + a_col);
   }
 
-  const float scale_log2 = scale * kLog2e;
+  const float scale_log2 = scale * prefill::kLog2e;
   float o[D / 8][4] = {};
-  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;  // l: this thread's share of the row sum
+  prefill::RowSoftmax<8> softmax;
 
   for (int j = 0; j < kv_tiles; ++j) {
     cp_async_wait<0>();  // tile j has landed (for this thread; the barrier makes it every thread's)
@@ -140,47 +133,10 @@ static __global__ void __launch_bounds__(kThreads)
         mma16816(s[2 * np + 1], a, bk[2], bk[3]);
       }
     }
-    // causal mask, where the tile reaches past the warp's first row
-    if (k0 + kKeys - 1 > warp_first) {
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = k0 + nt * 8 + 2 * t + (e & 1);
-          if (key > (e < 2 ? pos_lo : pos_hi)) s[nt][e] = -INFINITY;
-        }
-    }
-    // online softmax; a row's 64 keys are spread over the 4 lanes of its quad
-    float mx_lo = -INFINITY, mx_hi = -INFINITY;
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      mx_lo = fmaxf(mx_lo, fmaxf(s[nt][0], s[nt][1]));
-      mx_hi = fmaxf(mx_hi, fmaxf(s[nt][2], s[nt][3]));
-    }
-#pragma unroll
-    for (int o_ = 1; o_ <= 2; o_ <<= 1) {
-      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, o_));
-      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, o_));
-    }
-    // finite: key 0 precedes every row, and tile 0 is never skipped
-    const float mn_lo = fmaxf(m_lo, mx_lo * scale_log2), mn_hi = fmaxf(m_hi, mx_hi * scale_log2);
-    const float alpha_lo = fast_exp2(m_lo - mn_lo), alpha_hi = fast_exp2(m_hi - mn_hi);
-    m_lo = mn_lo, m_hi = mn_hi;
-    float sum_lo = 0.0f, sum_hi = 0.0f;
+    // the causal mask where the tile reaches past the warp's first row, then the online softmax
     uint32_t p[4][4];  // P as the A operand of 4 key steps of 16
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      const float p0 = fast_exp2(fmaf(s[nt][0], scale_log2, -mn_lo));
-      const float p1 = fast_exp2(fmaf(s[nt][1], scale_log2, -mn_lo));
-      const float p2 = fast_exp2(fmaf(s[nt][2], scale_log2, -mn_hi));
-      const float p3 = fast_exp2(fmaf(s[nt][3], scale_log2, -mn_hi));
-      sum_lo += p0 + p1;
-      sum_hi += p2 + p3;
-      p[nt / 2][(nt & 1) * 2] = pack_half2(p0, p1);      // (row g, keys 2t, 2t + 1 of the step's 8 or 8 + 8)
-      p[nt / 2][(nt & 1) * 2 + 1] = pack_half2(p2, p3);  // (row g + 8, same keys)
-    }
-    l_lo = l_lo * alpha_lo + sum_lo;
-    l_hi = l_hi * alpha_hi + sum_hi;
+    float alpha_lo, alpha_hi;
+    softmax.step(s, k0, t, k0 + kKeys - 1 > warp_first, pos_lo, pos_hi, scale_log2, p, alpha_lo, alpha_hi);
 #pragma unroll
     for (int dn = 0; dn < D / 8; ++dn) {
       o[dn][0] *= alpha_lo, o[dn][1] *= alpha_lo;
@@ -200,20 +156,9 @@ static __global__ void __launch_bounds__(kThreads)
   }
   cp_async_wait<0>();  // (the last group is empty) no copy outlives the block
 
-#pragma unroll
-  for (int o_ = 1; o_ <= 2; o_ <<= 1) {
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, o_);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, o_);
-  }
-  const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
-  __half* out_lo = out + (start + r0 + wr + g) * out_stride + static_cast<int64_t>(head) * D + 2 * t;
-  __half* out_hi = out_lo + 8 * out_stride;
-  const bool store_lo = wr + g < rows, store_hi = wr + g + 8 < rows;
-#pragma unroll
-  for (int dn = 0; dn < D / 8; ++dn) {
-    if (store_lo) *reinterpret_cast<__half2*>(out_lo + dn * 8) = __floats2half2_rn(o[dn][0] * inv_lo, o[dn][1] * inv_lo);
-    if (store_hi) *reinterpret_cast<__half2*>(out_hi + dn * 8) = __floats2half2_rn(o[dn][2] * inv_hi, o[dn][3] * inv_hi);
-  }
+  __half* out_lo = out + (tile.start + tile.r0 + wr + g) * out_stride + static_cast<int64_t>(tile.head) * D;
+  softmax.template store<D>(out_lo, out_lo + 8 * out_stride, wr + g < rows, wr + g + 8 < rows, t,
+                            [&](int dn, int e) { return o[dn][e]; });
 }
 
 template <int D>

@@ -15,6 +15,9 @@
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/skinny_common.cuh"
+#if KVINFER_WITH_SM90A
+#include "backend/cuda/sm90/skinny_wgmma.h"
+#endif
 #include "core/cuda_check.h"
 #include "core/errors.h"
 
@@ -188,17 +191,22 @@ static __global__ void rms_rows_kernel(SkinnyInput in, int K, int M, __half* __r
         transform<SkinnyIn::rms_norm>(load_raw<SkinnyIn::rms_norm>(in, m, k, K), inv);
 }
 
-// The kernel of SkinnyKernel::automatic: what KVINFER_SKINNY=narrow|wide in the environment says
-// (to measure what each gives end to end; the bits are the same), else the wide kernel for an LM
-// head of more than 32 rows, the narrow one otherwise (measurements: docs/dev/step-runtime-notes.md).
-SkinnyKernel automatic_kernel(int N, int M) {
+// The kernel of SkinnyKernel::automatic: what KVINFER_SKINNY=narrow|wide|wgmma in the environment
+// says (to measure what each gives end to end), else the wgmma kernel where it runs this input (a
+// choice by device and input kind, the same for every M), else the wide kernel for an LM head of
+// more than 32 rows (the narrow kernel's bits), the narrow one otherwise (measurements:
+// docs/dev/step-runtime-notes.md).
+SkinnyKernel automatic_kernel(int N, int M, SkinnyIn in) {
   static const SkinnyKernel forced = [] {
     const char* v = std::getenv("KVINFER_SKINNY");
     if (v && std::strcmp(v, "wide") == 0) return SkinnyKernel::wide;
     if (v && std::strcmp(v, "narrow") == 0) return SkinnyKernel::narrow;
+    if (v && std::strcmp(v, "wgmma") == 0) return SkinnyKernel::wgmma;
     return SkinnyKernel::automatic;
   }();
-  if (forced != SkinnyKernel::automatic) return forced;
+  const bool wgmma = skinny_wgmma_available() && (in == SkinnyIn::half || in == SkinnyIn::rms_norm);
+  if (forced == SkinnyKernel::narrow || forced == SkinnyKernel::wide) return forced;
+  if (wgmma) return SkinnyKernel::wgmma;
   return M > 32 && N >= kSkinnyWideMinVocab ? SkinnyKernel::wide : SkinnyKernel::narrow;
 }
 
@@ -239,6 +247,15 @@ void launch(const half_t* w, int N, int K, int M, const SkinnyInput& in, const S
 }
 }  // namespace
 
+bool skinny_wgmma_available() {
+#if KVINFER_WITH_SM90A
+  static const bool runs = skinny_wgmma_runs();
+  return runs;
+#else
+  return false;
+#endif
+}
+
 bool skinny_supported(int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out) {
   if (M < 1 || M > kSkinnyMaxRows || N < 1 || K < 8 || K % 8 != 0 || in.ld % 8 != 0) return false;
   if (in.kind == SkinnyIn::rms_norm && (K % kSkinnyTile != 0 || in.ld % 4 != 0)) return false;
@@ -251,14 +268,27 @@ void skinny_gemm(const half_t* w, int N, int K, int M, const SkinnyInput& in, co
                  const SkinnyWorkspace& ws, cudaStream_t stream, SkinnyKernel which) {
   KVINFER_CHECK_ARG(skinny_supported(N, K, M, in, out), "skinny_gemm: unsupported shape N=", N, " K=", K,
                     " M=", M, " (M in [1, ", kSkinnyMaxRows, "], K a multiple of 8, aligned rows)");
-  KVINFER_CHECK_ARG(skinny_plan(N, K).splits == 1 || (ws.partials && ws.counters),
+  KVINFER_CHECK_ARG(skinny_partial_floats(N, K) == 0 || (ws.partials && ws.counters),
                     "skinny_gemm: N=", N, " K=", K, " splits K and needs a workspace");
-  if (which == SkinnyKernel::automatic) which = automatic_kernel(N, M);
-  // the wide kernel, and the narrow one beyond kSkinnyNormInBlockRows rows, take normed fp16 rows
-  if (in.kind == SkinnyIn::rms_norm && (M > kSkinnyNormInBlockRows || which == SkinnyKernel::wide)) {
+  if (which == SkinnyKernel::automatic) which = automatic_kernel(N, M, in.kind);
+  const bool normed_first = in.kind == SkinnyIn::rms_norm &&
+                            (M > kSkinnyNormInBlockRows || which == SkinnyKernel::wide || which == SkinnyKernel::wgmma);
+  if (which == SkinnyKernel::wgmma)
+    KVINFER_CHECK_ARG(skinny_wgmma_available() && (in.kind == SkinnyIn::half || in.kind == SkinnyIn::rms_norm),
+                      "skinny_gemm: the wgmma kernel needs a build for sm_90a, a compute capability 9.0 GPU and fp16 "
+                      "or RMSNorm input");
+  // the wide and wgmma kernels, and the narrow one beyond kSkinnyNormInBlockRows rows, take normed fp16 rows
+  if (normed_first) {
     KVINFER_CHECK_ARG(ws.normed, "skinny_gemm: RMSNorm input of ", M, " rows needs the workspace's normed rows");
     launch_dependent(rms_rows_kernel, dim3(M), dim3(128), 0, stream, in, K, M, reinterpret_cast<__half*>(ws.normed));
-    SkinnyInput h{SkinnyIn::half, ws.normed, K};
+  }
+  const SkinnyInput h = normed_first ? SkinnyInput{SkinnyIn::half, ws.normed, K} : in;
+  if (which == SkinnyKernel::wgmma) {
+#if KVINFER_WITH_SM90A
+    return skinny_gemm_wgmma(w, N, K, M, h, out, stream);
+#endif
+  }
+  if (normed_first) {
     if (out.kind == SkinnyOut::half) return launch<SkinnyIn::half, SkinnyOut::half>(w, N, K, M, h, out, ws, which, stream);
     return launch<SkinnyIn::half, SkinnyOut::logits>(w, N, K, M, h, out, ws, which, stream);
   }

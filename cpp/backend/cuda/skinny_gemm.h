@@ -49,12 +49,17 @@ struct SkinnyWorkspace {
 // Whether the fused path can run this shape (K a multiple of 8, N and the norm's K multiples of 16
 // where sums of squares are read or written).
 bool skinny_supported(int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out);
-// Which kernel computes it: the same bits either way (tests/cpp/test_skinny_gemm.cpp), only the speed
-// differs. narrow: a block per 16-row weight tile, inputs read through L1 (skinny_gemm.cu); wide: a
-// block per 128 weight rows, inputs staged in shared memory once (skinny_gemm_wide.cu); automatic:
-// wide for more than 32 rows of at least kSkinnyWideMinVocab outputs (an LM head), else narrow,
-// unless KVINFER_SKINNY=narrow|wide in the environment says otherwise.
-enum class SkinnyKernel { automatic, narrow, wide };
+// Which kernel computes it. narrow: a block per 16-row weight tile, inputs read through L1
+// (skinny_gemm.cu); wide: a block per 128 weight rows, inputs staged in shared memory once
+// (skinny_gemm_wide.cu) -- the same bits either way (tests/cpp/test_skinny_gemm.cpp), only the
+// speed differs; wgmma: Hopper only (skinny_wgmma_available()), weights streamed by TMA into
+// warpgroup MMAs (sm90/skinny_gemm_wgmma.cu), fp16 or RMSNorm input, its own bits (another order
+// over K). automatic: wgmma wherever it runs the input (chosen by device and input, never by M, so
+// batch invariance holds), else wide for more than 32 rows of at least kSkinnyWideMinVocab outputs
+// (an LM head), else narrow; KVINFER_SKINNY=narrow|wide|wgmma in the environment overrides it.
+enum class SkinnyKernel { automatic, narrow, wide, wgmma };
+// Whether the wgmma kernel runs here: built for sm_90a and a compute capability 9.0 device.
+bool skinny_wgmma_available();
 void skinny_gemm(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
                  const SkinnyWorkspace& ws, cudaStream_t stream, SkinnyKernel which = SkinnyKernel::automatic);
 

@@ -48,6 +48,26 @@ inline SkinnyPlan skinny_plan(int N, int K) {
   p.splits = (slices + per - 1) / per;  // no empty range
   return p;
 }
+// The Hopper kernel (sm90/skinny_gemm_wgmma.cu): blocks of kSkinnyWgmmaRows weight rows (groups),
+// each K range walked in stages of kSkinnyWgmmaCols columns; K split (the ranges of a group are one
+// cluster, at most kSkinnyWgmmaMaxSplits) while that leaves every range at least 4 stages and
+// there are at most two blocks per SM of a 132-SM GPU. No workspace: the cluster folds the ranges.
+constexpr int kSkinnyWgmmaRows = 64, kSkinnyWgmmaCols = 64, kSkinnyWgmmaTargetBlocks = 264, kSkinnyWgmmaMaxSplits = 8;
+struct SkinnyWgmmaPlan {
+  int groups = 0, splits = 1, k_per_split = 0;
+};
+inline SkinnyWgmmaPlan skinny_wgmma_plan(int N, int K) {
+  SkinnyWgmmaPlan p;
+  p.groups = (N + kSkinnyWgmmaRows - 1) / kSkinnyWgmmaRows;
+  const int chunks = (K + kSkinnyWgmmaCols - 1) / kSkinnyWgmmaCols;
+  while (static_cast<int64_t>(p.groups) * p.splits * 2 <= kSkinnyWgmmaTargetBlocks && chunks >= 8 * p.splits &&
+         p.splits < kSkinnyWgmmaMaxSplits)
+    p.splits *= 2;
+  const int per = (chunks + p.splits - 1) / p.splits;
+  p.k_per_split = per * kSkinnyWgmmaCols;
+  p.splits = (chunks + per - 1) / per;  // no empty range
+  return p;
+}
 // Floats of the split partials of one call, and tile counters (both 0 without splits).
 inline size_t skinny_partial_floats(int N, int K) {
   const SkinnyPlan p = skinny_plan(N, K);

@@ -13,7 +13,9 @@
 
 #include <cuda_fp16.h>
 
+#include "backend/cuda/prefill_common.cuh"
 #include "backend/cuda/ptx.cuh"
+#include "backend/cuda/sm90/wgmma.cuh"
 #include "core/cuda_check.h"
 
 namespace kvinfer::cuda {
@@ -24,35 +26,17 @@ namespace kvinfer::cuda {
 
 namespace {
 constexpr int kRows = 128, kKeys = 128, kThreads = 256;  // 2 warpgroups x 64 query rows
-constexpr float kLog2e = 1.4426950408889634f;
 
 template <int D>
 struct WgmmaTiles {
+  static constexpr int kStages = 2;
   static constexpr int kQ = kRows * D * 2, kKV = kKeys * D * 2;   // bytes of a Q and a K (or V) tile
-  static constexpr size_t bytes = kQ + 4 * size_t{kKV} + 1024;     // Q, K and V of two stages, alignment
+  static constexpr size_t bytes = kQ + 2 * kStages * size_t{kKV} + 1024;  // Q, K and V per stage, alignment
 };
-
-// Shared-memory matrix descriptor of wgmma: address, leading- and stride-dimension byte offsets,
-// 128-byte swizzle.
-__device__ __forceinline__ uint64_t smem_desc(const void* p, uint32_t leading, uint32_t stride) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  return uint64_t((a & 0x3FFFF) >> 4) | uint64_t((leading & 0x3FFFF) >> 4) << 16 |
-         uint64_t((stride & 0x3FFFF) >> 4) << 32 | uint64_t{1} << 62;
-}
-
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-// Reads of an accumulator after wgmma_wait_all() must not move above it.
-template <int N>
-__device__ __forceinline__ void fence_registers(float (&r)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
-}
 
 // S (64 rows x 128 keys, fp32) (+)= A (64 x 16, shared, K-major) B^T (B: 128 keys x 16, shared,
 // K-major); the warpgroup's 4 warps hold 16 rows each, in mma.sync's accumulator layout per 8 keys.
-__device__ __forceinline__ void wgmma_64x128_ss(float (&d)[64], uint64_t a, uint64_t b, int accumulate) {
+__device__ __forceinline__ void wgmma_64x128_ss(float (&d)[16][4], uint64_t a, uint64_t b, int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
@@ -61,14 +45,14 @@ __device__ __forceinline__ void wgmma_64x128_ss(float (&d)[64], uint64_t a, uint
       "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
       "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
       "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
+        "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
+        "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
+        "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
+        "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
       : "l"(a), "l"(b), "r"(accumulate));
 }
 
@@ -112,28 +96,22 @@ static __global__ void __launch_bounds__(kThreads, D == 64 ? 2 : 1)
   // swizzled tiles start on 1024-byte boundaries (the swizzle pattern repeats every 8 rows)
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   unsigned char* const q_tile = smem_raw + ((1024 - (raw & 1023)) & 1023);
-  auto k_tile = [&](int stage) { return q_tile + T::kQ + (2 * stage) * T::kKV; };
-  auto v_tile = [&](int stage) { return q_tile + T::kQ + (2 * stage + 1) * T::kKV; };
+  auto k_tile = [&](int j) { return q_tile + T::kQ + (2 * (j % T::kStages)) * T::kKV; };  // of key tile j
+  auto v_tile = [&](int j) { return q_tile + T::kQ + (2 * (j % T::kStages) + 1) * T::kKV; };
 
-  // grid: x = query head, y = row tile counted from the sequence's last, z = sequence
-  const int head = blockIdx.x, b = blockIdx.z;
-  const int start = seq_starts[b], n = seq_starts[b + 1] - start;
-  const int tile = (n + kRows - 1) / kRows - 1 - static_cast<int>(blockIdx.y);
-  if (tile < 0) return;
-  const int r0 = tile * kRows, rows = min(kRows, n - r0);
-  const int first_pos = positions[start + r0];  // rows of a sequence have consecutive positions
-  const int last_pos = first_pos + rows - 1;
-  const int kvh = head / (num_heads / num_kv_heads);
-  const int32_t* table = block_tables + static_cast<int64_t>(b) * layout.table_stride;
+  prefill::Tile tile;
+  if (!tile.locate<kRows>(seq_starts, positions, block_tables, layout, num_heads, num_kv_heads)) return;
+  const int rows = tile.rows, first_pos = tile.first_pos, last_pos = tile.last_pos;
   const int kv_tiles = last_pos / kKeys + 1;
 
   auto issue_kv = [&](int j) {
     const int k0 = j * kKeys;
     auto valid = [&](int r) { return k0 + r <= last_pos; };
-    issue_tile<D, kKeys>(k_tile(j & 1), k_cache, [&](int r) { return k_cache + layout.at(table, kvh, k0 + r); }, valid);
-    issue_tile<D, kKeys>(v_tile(j & 1), v_cache, [&](int r) { return v_cache + layout.at(table, kvh, k0 + r); }, valid);
+    auto at = [&](int r) { return layout.at(tile.table, tile.kvh, k0 + r); };
+    issue_tile<D, kKeys>(k_tile(j), k_cache, [&](int r) { return k_cache + at(r); }, valid);
+    issue_tile<D, kKeys>(v_tile(j), v_cache, [&](int r) { return v_cache + at(r); }, valid);
   };
-  const __half* q_rows = q + (start + r0) * q_stride + static_cast<int64_t>(head) * D;
+  const __half* q_rows = q + (tile.start + tile.r0) * q_stride + static_cast<int64_t>(tile.head) * D;
   issue_tile<D, kRows>(q_tile, q, [&](int r) { return q_rows + r * q_stride; }, [&](int r) { return r < rows; });
   issue_kv(0);
   cp_async_commit();
@@ -147,76 +125,48 @@ static __global__ void __launch_bounds__(kThreads, D == 64 ? 2 : 1)
   const int wg_first = first_pos + wg * 64;
   const int wg_last = wg * 64 < rows ? first_pos + min(wg * 64 + 63, rows - 1) : -1;
 
-  const float scale_log2 = scale * kLog2e;
+  const float scale_log2 = scale * prefill::kLog2e;
   float o[D / 64][32] = {};  // per 64 output columns: (8 columns x rows g, g + 8) x 8
-  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;  // l: this thread's share of the row sum
+  prefill::RowSoftmax<16> softmax;
   const unsigned char* q_wg = q_tile + wg * 64 * 128;
+  uint32_t p[8][4];  // P of the tile, as the A operand of 8 key steps of 16
+
+  // O += P V of key tile j: key step kk is rows 16 kk.. of the V tile; column block c its columns
+  // 64 c.. (V is MN-major here: 8-row groups 1024 bytes apart; one 64-column block per MMA)
+  auto issue_pv = [&](int j) {
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk)
+#pragma unroll
+      for (int c = 0; c < D / 64; ++c)
+        wgmma_64x64_rs(o[c], p[kk], smem_desc(v_tile(j) + c * kKeys * 128 + kk * 16 * 128, 1024, 1024));
+    wgmma_commit();
+  };
 
   for (int j = 0; j < kv_tiles; ++j) {
     cp_async_wait<0>();  // tile j has landed (for this thread; the barrier makes it every thread's)
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // ... and visible to wgmma
-    __syncthreads();     // every warpgroup is done with tile j - 1, whose stage tile j + 1 takes
+    __syncthreads();     // every warpgroup is done with the stage tile j + 1 takes
     if (j + 1 < kv_tiles) issue_kv(j + 1);
     cp_async_commit();
     const int k0 = j * kKeys;
     if (k0 > wg_last) continue;  // every key of the tile is after this warpgroup's rows
-    const unsigned char* ks = k_tile(j & 1);
-    const unsigned char* vs = v_tile(j & 1);
 
     // S = Q K^T: per 16 of D, the 32-byte step inside a 128-byte row of column block kk / 4
-    float s[64];
+    float s[16][4];
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const int col = (kk / 4), step = (kk % 4) * 32;
       wgmma_64x128_ss(s, smem_desc(q_wg + col * kRows * 128 + step, 16, 1024),
-                      smem_desc(ks + col * kKeys * 128 + step, 16, 1024), kk > 0);
+                      smem_desc(k_tile(j) + col * kKeys * 128 + step, 16, 1024), kk > 0);
     }
     wgmma_commit();
     wgmma_wait_all();
     fence_registers(s);
 
-    // causal mask, where the tile reaches past the warpgroup's first row
-    if (k0 + kKeys - 1 > wg_first) {
-#pragma unroll
-      for (int nt = 0; nt < 16; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = k0 + nt * 8 + 2 * t + (e & 1);
-          if (key > (e < 2 ? pos_lo : pos_hi)) s[nt * 4 + e] = -INFINITY;
-        }
-    }
-    // online softmax; a row's 128 keys are spread over the 4 lanes of its quad
-    float mx_lo = -INFINITY, mx_hi = -INFINITY;
-#pragma unroll
-    for (int nt = 0; nt < 16; ++nt) {
-      mx_lo = fmaxf(mx_lo, fmaxf(s[nt * 4], s[nt * 4 + 1]));
-      mx_hi = fmaxf(mx_hi, fmaxf(s[nt * 4 + 2], s[nt * 4 + 3]));
-    }
-#pragma unroll
-    for (int x = 1; x <= 2; x <<= 1) {
-      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, x));
-      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, x));
-    }
-    // finite: key 0 precedes every row, and tile 0 is never skipped
-    const float mn_lo = fmaxf(m_lo, mx_lo * scale_log2), mn_hi = fmaxf(m_hi, mx_hi * scale_log2);
-    const float alpha_lo = fast_exp2(m_lo - mn_lo), alpha_hi = fast_exp2(m_hi - mn_hi);
-    m_lo = mn_lo, m_hi = mn_hi;
-    float sum_lo = 0.0f, sum_hi = 0.0f;
-    uint32_t p[8][4];  // P as the A operand of 8 key steps of 16
-#pragma unroll
-    for (int nt = 0; nt < 16; ++nt) {
-      const float p0 = fast_exp2(fmaf(s[nt * 4], scale_log2, -mn_lo));
-      const float p1 = fast_exp2(fmaf(s[nt * 4 + 1], scale_log2, -mn_lo));
-      const float p2 = fast_exp2(fmaf(s[nt * 4 + 2], scale_log2, -mn_hi));
-      const float p3 = fast_exp2(fmaf(s[nt * 4 + 3], scale_log2, -mn_hi));
-      sum_lo += p0 + p1;
-      sum_hi += p2 + p3;
-      p[nt / 2][(nt & 1) * 2] = pack_half2(p0, p1);      // row g, keys 2t, 2t + 1 of the step's first or second 8
-      p[nt / 2][(nt & 1) * 2 + 1] = pack_half2(p2, p3);  // row g + 8, same keys
-    }
-    l_lo = l_lo * alpha_lo + sum_lo;
-    l_hi = l_hi * alpha_hi + sum_hi;
+    // the causal mask where the tile reaches past the warpgroup's first row, then the online softmax
+    float alpha_lo, alpha_hi;
+    softmax.step(s, k0, t, k0 + kKeys - 1 > wg_first, pos_lo, pos_hi, scale_log2, p, alpha_lo, alpha_hi);
 #pragma unroll
     for (int c = 0; c < D / 64; ++c)
 #pragma unroll
@@ -224,37 +174,17 @@ static __global__ void __launch_bounds__(kThreads, D == 64 ? 2 : 1)
         o[c][dn * 4] *= alpha_lo, o[c][dn * 4 + 1] *= alpha_lo;
         o[c][dn * 4 + 2] *= alpha_hi, o[c][dn * 4 + 3] *= alpha_hi;
       }
-    // O += P V: key step kk is rows 16 kk.. of the V tile; column block c its columns 64 c.. (V is
-    // MN-major here: 8-row groups 1024 bytes apart; one 64-column block per MMA)
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk)
-#pragma unroll
-      for (int c = 0; c < D / 64; ++c) wgmma_64x64_rs(o[c], p[kk], smem_desc(vs + c * kKeys * 128 + kk * 16 * 128, 1024, 1024));
-    wgmma_commit();
+    issue_pv(j);
     wgmma_wait_all();
 #pragma unroll
     for (int c = 0; c < D / 64; ++c) fence_registers(o[c]);
   }
   cp_async_wait<0>();  // (the last group is empty) no copy outlives the block
 
-#pragma unroll
-  for (int x = 1; x <= 2; x <<= 1) {
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, x);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, x);
-  }
-  const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
-  __half* out_lo = out + (start + r0 + wr + g) * out_stride + static_cast<int64_t>(head) * D + 2 * t;
-  __half* out_hi = out_lo + 8 * out_stride;
-  const bool store_lo = wr + g < rows, store_hi = wr + g + 8 < rows;
-#pragma unroll
-  for (int c = 0; c < D / 64; ++c)
-#pragma unroll
-    for (int dn = 0; dn < 8; ++dn) {
-      const int col = c * 64 + dn * 8;
-      if (store_lo) *reinterpret_cast<__half2*>(out_lo + col) = __floats2half2_rn(o[c][dn * 4] * inv_lo, o[c][dn * 4 + 1] * inv_lo);
-      if (store_hi) *reinterpret_cast<__half2*>(out_hi + col) = __floats2half2_rn(o[c][dn * 4 + 2] * inv_hi, o[c][dn * 4 + 3] * inv_hi);
-    }
+  __half* out_lo = out + (tile.start + tile.r0 + wr + g) * out_stride + static_cast<int64_t>(tile.head) * D;
+  softmax.template store<D>(out_lo, out_lo + 8 * out_stride, wr + g < rows, wr + g + 8 < rows, t,
+                            [&](int dn, int e) { return o[dn / 8][(dn % 8) * 4 + e]; });
 }
 
 template <int D>
@@ -287,11 +217,12 @@ void attention_prefill_wgmma(const half_t* q, int64_t q_stride, const half_t* k_
                              const int32_t* positions, int batch, int max_seq_rows, int num_heads,
                              int num_kv_heads, int head_dim, float scale, half_t* out, int64_t out_stride,
                              cudaStream_t stream) {
-  if (head_dim == 64)
-    return launch_wgmma<64>(q, q_stride, k_cache, v_cache, layout, block_tables, seq_starts, positions, batch,
-                            max_seq_rows, num_heads, num_kv_heads, scale, out, out_stride, stream);
-  launch_wgmma<128>(q, q_stride, k_cache, v_cache, layout, block_tables, seq_starts, positions, batch,
-                    max_seq_rows, num_heads, num_kv_heads, scale, out, out_stride, stream);
+#define KVINFER_WGMMA(D)                                                                                   \
+  return launch_wgmma<D>(q, q_stride, k_cache, v_cache, layout, block_tables, seq_starts, positions, batch, \
+                         max_seq_rows, num_heads, num_kv_heads, scale, out, out_stride, stream)
+  if (head_dim == 64) KVINFER_WGMMA(64);
+  KVINFER_WGMMA(128);
+#undef KVINFER_WGMMA
 }
 
 }  // namespace kvinfer::cuda
