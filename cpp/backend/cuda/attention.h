@@ -28,11 +28,14 @@ namespace kvinfer::cuda {
 // Sequence b: rows [seq_starts[b], seq_starts[b+1]), its K/V in the blocks of row b of
 // block_tables ([batch][layout.table_stride]); positions[t] is row t's absolute position;
 // max_seq_rows bounds the rows of one sequence (grid size).
-// kernel: the same math either way, in other instructions (tests run both). automatic: wgmma
+// kernel: the same math either way, in other instructions (tests run each). automatic: wgmma
 // where prefill_wgmma_available(head_dim), else mma (KVINFER_PREFILL=mma in the environment: mma
-// everywhere); wgmma where it is not available is an error.
-enum class PrefillKernel { automatic, mma, wgmma };
+// everywhere; KVINFER_PREFILL=ws: ws wherever it runs); wgmma or ws where it is not available is an
+// error. ws: the warp-specialised Hopper kernel (TMA producer, ping-pong consumers).
+enum class PrefillKernel { automatic, mma, wgmma, ws };
 bool prefill_wgmma_available(int head_dim);  // built for sm_90a, and this device and head_dim run it
+// ... and the warp-specialised kernel runs this cache layout (blocks of >= 16 positions, pool size known)
+bool prefill_ws_available(int head_dim, const KVLayout& layout);
 void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
                        const half_t* v_cache, const KVLayout& layout, const int32_t* block_tables,
                        const int32_t* seq_starts, const int32_t* positions, int batch,

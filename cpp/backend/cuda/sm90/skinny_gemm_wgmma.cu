@@ -25,13 +25,13 @@
 
 #include <cooperative_groups.h>
 #include <cuda.h>
-#include <cudaTypedefs.h>
 #include <cuda_fp16.h>
 
 #include <string>
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/skinny_common.cuh"
+#include "backend/cuda/sm90/tensor_map.h"
 #include "backend/cuda/sm90/wgmma.cuh"
 #include "core/cuda_check.h"
 #include "core/errors.h"
@@ -282,42 +282,6 @@ static __global__ void __launch_bounds__(kThreads)
   cluster.sync();  // no block reads another's shared memory after this: each may leave
 }
 
-// cuTensorMapEncodeTiled from the driver the runtime loaded (no link against libcuda).
-PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    KVINFER_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found));
-    if (found != cudaDriverEntryPointSuccess || !p)
-      throw CudaError("skinny_gemm: the CUDA driver has no cuTensorMapEncodeTiled (driver for CUDA 12.0 or later needed)");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
-  }();
-  return fn;
-}
-
-// How a box lands in shared memory: fp16 in the MMA's 128-byte swizzled layout, or as stored
-// (fp32 residual rows the consumers normalise, fp16 norm weights).
-enum class Box { swizzled, fp32, fp16 };
-
-// Row-major [rows][cols] (row stride ld) in boxes of box_rows x kCols; boxes reaching past the
-// matrix read zeros there.
-CUtensorMap tensor_map(const void* p, int64_t rows, int64_t cols, int64_t ld, int box_rows, Box kind = Box::swizzled) {
-  CUtensorMap map;
-  const bool fp32 = kind == Box::fp32;
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld) * (fp32 ? 4 : 2)};
-  const cuuint32_t box[2] = {kCols, static_cast<cuuint32_t>(box_rows)}, element_strides[2] = {1, 1};
-  const CUresult r = encode_tiled()(&map, fp32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
-                                    const_cast<void*>(p), dims, strides, box, element_strides,
-                                    CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                    kind == Box::swizzled ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
-                                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS)
-    throw CudaError("skinny_gemm: cuTensorMapEncodeTiled failed (" + std::to_string(int(r)) + ") for " +
-                    std::to_string(rows) + " x " + std::to_string(cols) + " rows of stride " + std::to_string(ld));
-  return map;
-}
-
 template <SkinnyIn IN, SkinnyOut OUT, int NP>
 void launch(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
             cudaStream_t stream) {
@@ -330,9 +294,9 @@ void launch(const half_t* w, int N, int K, int M, const SkinnyInput& in, const S
   (void)sized;
   const SkinnyWgmmaPlan plan = skinny_wgmma_plan(N, K);
   const int P = OUT == SkinnyOut::silu_mul ? N / 2 : OUT == SkinnyOut::rope_kv ? out.rope.head_dim / 2 : 0;
-  const CUtensorMap wmap = tensor_map(w, N, K, K, paired(OUT) ? kRows / 2 : kRows),
-                    xmap = tensor_map(in.x, M, K, in.ld, NP, S::kNorm ? Box::fp32 : Box::swizzled),
-                    nmap = S::kNorm ? tensor_map(in.norm_weight, 1, K, K, 1, Box::fp16) : wmap;
+  const CUtensorMap wmap = tma_map_2d(w, N, K, K, paired(OUT) ? kRows / 2 : kRows, kCols),
+                    xmap = tma_map_2d(in.x, M, K, in.ld, NP, kCols, S::kNorm ? TmaBox::fp32 : TmaBox::swizzled),
+                    nmap = S::kNorm ? tma_map_2d(in.norm_weight, 1, K, K, 1, kCols, TmaBox::fp16) : wmap;
   // a dependent launch (launch_dependent()), in clusters of a group's K ranges
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(plan.groups * plan.splits);
