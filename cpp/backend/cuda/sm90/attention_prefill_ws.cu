@@ -187,8 +187,19 @@ static __global__ void __launch_bounds__(kThreads, 1)
       }
   }
   // the last tile's P V (the turns are over: the other warpgroup no longer waits on this one's)
-  const int last = kv_tiles - 1;
+  const int last = kv_tiles - 1, valid = last_pos - last * kKeys + 1;  // keys of the last tile
   mbar_wait(v_full + last % S, (last / S) & 1);
+  if (valid < kKeys) {
+    // its V rows past the sequence's end hold whatever the cache block holds there: zeros, so that
+    // their P of 0 adds 0 even if that were not finite (the other kernels read zeros there too)
+    unsigned char* const v = v_tile(last % S);
+    for (int e = threadIdx.x; e < (kKeys - valid) * (D / 8); e += kConsumers) {
+      const int r = valid + e / (D / 8), c = e % (D / 8);
+      *reinterpret_cast<uint4*>(v + (c / 8) * kKeys * 128 + r * 128 + (((c % 8) ^ (r % 8)) << 4)) = make_uint4(0, 0, 0, 0);
+    }
+    fence_proxy_async();
+    named_sync(kQBarrier, kConsumers);
+  }
   wgmma_fence();
   issue_pv(last % S);
   wgmma_commit();

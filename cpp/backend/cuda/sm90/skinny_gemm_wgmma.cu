@@ -50,7 +50,7 @@ constexpr int kSmemBudget = 112 * 1024;  // two blocks per SM
 constexpr int kPrefetch = 8;             // stages past the first ones prefetched into L2 before the wait
 
 // Shared memory of a block: kCount stages of [weights 64 x 64 fp16 | input], then for RMSNorm
-// input two fp16 B tiles taken in turn and a ring of the norm weights' columns, then the
+// input three fp16 B tiles taken in turn and a ring of the norm weights' columns, then the
 // barriers. fp16 input: an NP x 64 box in the swizzled layout the MMA reads. RMSNorm input: the
 // fp32 rows' NP x 64 box as stored, which the consumers normalise into a B tile.
 template <SkinnyIn IN, int NP>
@@ -61,10 +61,10 @@ struct Stages {
   static constexpr int kStage = kW + kX;
   static constexpr int kB = kNorm ? NP * kCols * 2 : 0;        // a normed B tile (1024-aligned after the stages)
   static constexpr int kNw = kNorm ? kCols * 2 : 0;            // a stage's norm weights
-  static constexpr int kFit = (kSmemBudget - 2048 - 2 * kB) / (kStage + kNw);
+  static constexpr int kFit = (kSmemBudget - 2048 - 3 * kB) / (kStage + kNw);
   static constexpr int kCount = kFit < 8 ? kFit : 8;
   static constexpr int kRed = 4 * NP * kSkinnyTile * 4;  // [tile][row][16] fp32 after the loop
-  static constexpr int kLoop = kCount * kStage + 2 * kB + kCount * kNw;
+  static constexpr int kLoop = kCount * kStage + 3 * kB + kCount * kNw;
   static constexpr int kData = kLoop > kRed ? kLoop : kRed;
   static constexpr int kTx = kStage + kNw;  // bytes a stage's copies bring
   static constexpr size_t bytes = 1024 + kData + 2 * kCount * 8;  // alignment, data, barriers
@@ -138,8 +138,8 @@ static __global__ void __launch_bounds__(kThreads)
   uint64_t* const full = reinterpret_cast<uint64_t*>(base + S::kData);  // [stage]: its copies landed
   uint64_t* const empty = full + S::kCount;                            // [stage]: its MMAs landed
   float* const red = reinterpret_cast<float*>(base);                   // [4 tiles][NP rows][16], after the loop
-  unsigned char* const btile = base + S::kCount * S::kStage;            // RMSNorm: [2][NP][64] fp16
-  half_t* const nw = reinterpret_cast<half_t*>(btile + 2 * S::kB);      // RMSNorm: [stage][64] norm weights
+  unsigned char* const btile = base + S::kCount * S::kStage;            // RMSNorm: [3][NP][64] fp16
+  half_t* const nw = reinterpret_cast<half_t*>(btile + 3 * S::kB);      // RMSNorm: [stage][64] norm weights
   __shared__ float inv[NP];                                             // RMSNorm: 1 / rms of each row
 
   const int group = blockIdx.x / plan.splits, split = blockIdx.x - group * plan.splits;  // split: rank in the cluster
@@ -207,8 +207,9 @@ static __global__ void __launch_bounds__(kThreads)
       const unsigned char* const stage = base + s * S::kStage;
       const unsigned char* b = stage + S::kW;
       if constexpr (S::kNorm) {
-        // B tile i % 2 was last read by the MMAs of stage i - 2, which the wait of stage i - 1 saw land
-        unsigned char* const tile = btile + (i & 1) * S::kB;
+        // B tile i % 3 was last read by the MMAs of stage i - 3: every warp waited for them (stage
+        // i - 2) before the barrier of stage i - 1, which this thread has passed
+        unsigned char* const tile = btile + (i % 3) * S::kB;
         normalise<NP>(reinterpret_cast<const float*>(stage + S::kW), nw + s * kCols, inv, tile);
         fence_proxy_async();  // the MMAs read shared memory through the async proxy
         consumer_barrier();
