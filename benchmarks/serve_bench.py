@@ -171,6 +171,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--max-context", type=int, default=2048)
     ap.add_argument("--max-step-tokens", type=int, default=512, help="as kvinfer serve's")
+    ap.add_argument("--max-prefill-while-decoding", type=int, default=None, help="as kvinfer serve's")
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--num-requests", type=int, default=200)
     ap.add_argument("--rate", type=float, default=float("inf"), help="requests/s (Poisson); inf: all at once")
@@ -194,7 +195,9 @@ def main() -> None:
         server = subprocess.Popen([sys.executable, "-m", "kvinfer", "serve", "--model", folder, "--served-model-name",
                                    args.serve, "--device", args.device, "--port", str(args.port), "--max-batch",
                                    str(args.max_batch), "--max-context", str(args.max_context), "--max-step-tokens",
-                                   str(args.max_step_tokens)] + (["--no-prefix-caching"] if args.no_prefix_caching else []))
+                                   str(args.max_step_tokens)] + (["--no-prefix-caching"] if args.no_prefix_caching else [])
+                                  + (["--max-prefill-while-decoding", str(args.max_prefill_while_decoding)]
+                                     if args.max_prefill_while_decoding else []))
         args.url, args.model = f"http://127.0.0.1:{args.port}", args.serve
         wait_until_up(args.url, server)
     model = args.model or httpx.get(args.url + "/v1/models").json()["data"][0]["id"]

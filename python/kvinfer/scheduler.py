@@ -96,13 +96,21 @@ class Scheduler:
     cached), `end(seq)` frees them."""
 
     def __init__(self, max_step_tokens: int, max_context: int, take_slot, give_slot, tokenizer,
-                 begin=lambda seq: None, end=lambda seq: None, prefix_block: int = 0):
+                 begin=lambda seq: None, end=lambda seq: None, prefix_block: int = 0,
+                 max_prefill_while_decoding: int | None = None):
         """prefix_block > 0 (the KV block size, with prefix caching): a request whose first block
         of tokens is that of a sequence still prefilling waits until that prefill is done, then
-        finds the shared blocks cached instead of computing them a second time."""
+        finds the shared blocks cached instead of computing them a second time.
+        max_prefill_while_decoding: prompt tokens a step takes while sequences are decoding (None:
+        max_step_tokens). A prompt step sits between two tokens of every decoding sequence, so a
+        smaller one keeps the time between a stream's tokens near a decode step's, and a long
+        prompt takes more steps to its first token."""
         if max_step_tokens < 1:
             raise ValueError(f"max_step_tokens={max_step_tokens} must be >= 1")
+        if max_prefill_while_decoding is not None and max_prefill_while_decoding < 1:
+            raise ValueError(f"max_prefill_while_decoding={max_prefill_while_decoding} must be >= 1 (or None)")
         self.max_step_tokens, self.max_context, self.prefix_block = max_step_tokens, max_context, prefix_block
+        self.max_prefill_while_decoding = min(max_prefill_while_decoding or max_step_tokens, max_step_tokens)
         self._take_slot, self._give_slot, self._tokenizer = take_slot, give_slot, tokenizer
         self._begin, self._end = begin, end
         self.waiting: deque[Request | Running] = deque()  # Running: preempted, admitted first
@@ -139,12 +147,12 @@ class Scheduler:
         if decodes and not self._prefill_turn:
             self._prefill_turn = True
             return ScheduledStep(decodes)
-        step = self._prefill_step()
+        step = self._prefill_step(self.max_prefill_while_decoding if decodes else self.max_step_tokens)
         self._prefill_turn = not step.chunks  # nothing to prefill: decode again next time
         return step if step.chunks or not decodes else ScheduledStep(decodes)
 
-    def _prefill_step(self) -> ScheduledStep:
-        budget, chunks = self.max_step_tokens, []
+    def _prefill_step(self, budget: int) -> ScheduledStep:
+        chunks = []
         for seq in self.running:
             if seq.prefilling and budget > 0:
                 chunks.append(self._prompt_chunk(seq, budget))

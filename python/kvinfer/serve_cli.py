@@ -26,6 +26,10 @@ def add_parser(sub) -> None:
     p.add_argument("--max-batch", type=cli_text.positive, default=16, help="sequences decoded together")
     p.add_argument("--max-step-tokens", type=cli_text.positive, default=512,
                    help="tokens per step: running sequences' next tokens plus prompt chunks")
+    p.add_argument("--max-prefill-while-decoding", type=cli_text.positive, default=None, metavar="N",
+                   help="prompt tokens a step takes while sequences are decoding (default: --max-step-tokens); "
+                        "fewer keep the time between a stream's tokens near a decode step's, at some cost in "
+                        "time to the first token of long prompts")
     p.add_argument("--max-waiting", type=cli_text.positive, default=1024,
                    help="requests queued before new ones get status 503")
     p.add_argument("--no-prefix-caching", action="store_true",
@@ -60,7 +64,7 @@ def serve(args: argparse.Namespace) -> int:
               prefix_caching=not args.no_prefix_caching, batch_invariant=not args.no_batch_invariant)
     # a converted GGUF's cache folder is <stem>-<content key>-v<converter>: the stem is its name
     name = args.served_model_name or re.sub(r"-[0-9a-f]{16}-v\d+$", "", os.path.basename(os.path.normpath(llm.folder)))
-    engine = ServingEngine(llm, max_waiting=args.max_waiting)
+    engine = ServingEngine(llm, max_waiting=args.max_waiting, max_prefill_while_decoding=args.max_prefill_while_decoding)
     plan = llm.plan.by_purpose()
     print(f"kvinfer serve: {name} on {llm.device}; {llm.max_batch} sequences of up to {llm.max_context} tokens; "
           f"{llm.plan.kv_blocks:,} KV blocks ({llm.plan.kv_tokens:,} tokens); "

@@ -64,7 +64,8 @@ def _close_engines() -> None:
 class ServingEngine:
     PIPELINE_RUN = 64  # steps in flight back to back before the runner's lock is let go
 
-    def __init__(self, llm, max_waiting: int | None = 1024):
+    def __init__(self, llm, max_waiting: int | None = 1024, max_prefill_while_decoding: int | None = None):
+        """max_prefill_while_decoding: prompt tokens of a step while sequences decode (Scheduler)."""
         if max_waiting is not None and max_waiting < 1:
             raise ValueError(f"max_waiting={max_waiting} must be >= 1 (or None: no bound)")
         self.llm, self.max_waiting = llm, max_waiting
@@ -74,7 +75,8 @@ class ServingEngine:
             llm.tokenizer,
             begin=self._begin,
             end=lambda seq: engine.end(seq, seq.request.prompt_ids + seq.token_ids),
-            prefix_block=engine.blocks.block_size if engine.prefix_caching else 0)
+            prefix_block=engine.blocks.block_size if engine.prefix_caching else 0,
+            max_prefill_while_decoding=max_prefill_while_decoding)
         self._deliver: dict[str, Deliver] = {}
         self._inbox: list[tuple[Request, Deliver]] = []
         self._aborts: list[str] = []

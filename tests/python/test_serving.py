@@ -266,3 +266,26 @@ def test_the_scheduler_holds_back_a_request_whose_prefix_is_being_prefilled(llm)
     r0.cached, r0.token_ids, r0.launched = 49, [1], 1  # r0's prompt is cached, its first token sampled
     assert [c.seq.request.request_id for c in sched.schedule().chunks] == ["r0"]  # decodes take turns
     assert [c.seq.request.request_id for c in sched.schedule().chunks] == ["r1", "r2"]
+
+
+def test_prompt_steps_are_smaller_while_sequences_decode(llm):
+    from kvinfer.scheduler import Request, Scheduler
+
+    free = list(range(4))
+    sched = Scheduler(256, 1024, lambda: free.pop(0) if free else None, free.append, llm.tokenizer,
+                      max_prefill_while_decoding=64)
+    sched.add(Request("r0", prompt(300, 400), GREEDY, 0, frozenset()))
+    # nothing decodes: a prompt step takes the whole budget
+    first = sched.schedule()
+    assert [len(c.tokens) for c in first.chunks] == [256]
+    r0 = first.chunks[0].seq
+    r0.cached = 256
+    assert [len(c.tokens) for c in sched.schedule().chunks] == [44]  # the rest of r0's prompt
+    r0.cached, r0.token_ids, r0.launched = 300, [1], 1  # r0 decodes from here
+    sched.add(Request("r1", prompt(300, 401), GREEDY, 0, frozenset()))
+    steps = [sched.schedule() for _ in range(4)]
+    # decodes and prompt steps take turns; a prompt step beside decoding sequences takes 64 tokens
+    assert [c.num_tokens for s in steps for c in s.chunks] == [1, 64, 1, 64]
+    assert [c.seq.request.request_id for s in steps for c in s.chunks] == ["r0", "r1", "r0", "r1"]
+    with pytest.raises(ValueError, match="max_prefill_while_decoding"):
+        Scheduler(256, 1024, lambda: None, free.append, llm.tokenizer, max_prefill_while_decoding=0)
