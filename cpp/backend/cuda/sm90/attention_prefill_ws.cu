@@ -94,23 +94,21 @@ static __global__ void __launch_bounds__(kThreads, 1)
       auto piece_row = [&](int key) {
         return static_cast<int>(layout.at(tile.table, tile.kvh, key <= last_pos ? key : 0) / D);
       };
+      // tile j of K or V into `dst`, landing on `bar`: 8 pieces of 16 rows, D / 64 boxes each
+      auto load = [&](int j, unsigned char* dst, const CUtensorMap* map, uint64_t* bar) {
+        mbar_arrive_expect_tx(bar, T::kKV);
+        for (int p = 0; p < kKeys / kPiece; ++p) {
+          const int row = piece_row(j * kKeys + p * kPiece);
+#pragma unroll
+          for (int c = 0; c < D / 64; ++c)
+            tma_load_2d(dst + c * kKeys * 128 + p * kPiece * 128, map, c * 64, row, bar, policy);
+        }
+      };
       for (int j = 0; j < kv_tiles; ++j) {
         const int s = j % S;
         if (j >= S) mbar_wait(empty + s, ((j / S) & 1) ^ 1);  // use j / S - 1 of the stage is done
-        mbar_arrive_expect_tx(k_full + s, T::kKV);
-        for (int p = 0; p < kKeys / kPiece; ++p) {
-          const int row = piece_row(j * kKeys + p * kPiece);
-#pragma unroll
-          for (int c = 0; c < D / 64; ++c)
-            tma_load_2d(k_tile(s) + c * kKeys * 128 + p * kPiece * 128, &kmap, c * 64, row, k_full + s, policy);
-        }
-        mbar_arrive_expect_tx(v_full + s, T::kKV);
-        for (int p = 0; p < kKeys / kPiece; ++p) {
-          const int row = piece_row(j * kKeys + p * kPiece);
-#pragma unroll
-          for (int c = 0; c < D / 64; ++c)
-            tma_load_2d(v_tile(s) + c * kKeys * 128 + p * kPiece * 128, &vmap, c * 64, row, v_full + s, policy);
-        }
+        load(j, k_tile(s), &kmap, k_full + s);
+        load(j, v_tile(s), &vmap, v_full + s);
       }
     }
     return;
