@@ -220,9 +220,7 @@ class CudaBackend final : public Backend {
       if (cuda::skinny_paired_supported(w.out, o)) return skinny_gemm(w, T, normed_input(norm, nullptr, T), o);
       skinny_gemm(w, T, normed_input(norm, nullptr, T), cuda::SkinnyOutput{cuda::SkinnyOut::half, qkv, c_.qkv_dim(), w.bias});
     } else {
-      norm_rows(nullptr, norm, T);
-      cuda::gemm(blas_, h(), c_.hidden_size, w.weight, qkv, false, c_.qkv_dim(), T, w.out, w.in, 0.0f);
-      if (w.bias) cuda::bias_add(qkv, c_.qkv_dim(), w.bias, T, w.out, stream_);
+      norm_gemm(norm, w, qkv, c_.qkv_dim(), T);
     }
     cuda::rope_kv_write(qkv, c_.qkv_dim(), c_.num_heads, c_.num_kv_heads, c_.head_dim, inv_freq,
                         cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(), s.arrays, T, stream_);
@@ -258,9 +256,7 @@ class CudaBackend final : public Backend {
     half_t* mlp = buffer(Buffer::mlp);
     const int64_t ld = stride(Buffer::mlp);
     if (!skinny(T)) {
-      norm_rows(nullptr, norm, T);
-      cuda::gemm(blas_, h(), c_.hidden_size, in.weight, mlp, false, ld, T, in.out, in.in, 0.0f);
-      if (in.bias) cuda::bias_add(mlp, ld, in.bias, T, in.out, stream_);
+      norm_gemm(norm, in, mlp, ld, T);
       activate(act, mlp, ld, T, down.in);
       return residual_gemm(mlp, ld, down, T);
     }
@@ -345,6 +341,13 @@ class CudaBackend final : public Backend {
     }
     return 0;
   }
+  // out = norm(x) W^T + bias by cuBLAS (steps of many rows)
+  void norm_gemm(const Norm& norm, const Linear& w, half_t* out, int64_t ld, int T) {
+    norm_rows(nullptr, norm, T);
+    cuda::gemm(blas_, h(), c_.hidden_size, w.weight, out, false, ld, T, w.out, w.in, 0.0f);
+    if (w.bias) cuda::bias_add(out, ld, w.bias, T, w.out, stream_);
+  }
+
   // x += src W^T + bias by cuBLAS (steps of many rows)
   void residual_gemm(const half_t* src, int64_t ld, const Linear& w, int T) {
     cuda::gemm(blas_, src, ld, w.weight, x(), true, c_.hidden_size, T, w.out, w.in, 1.0f);
