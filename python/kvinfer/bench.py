@@ -65,7 +65,10 @@ def run(args: argparse.Namespace) -> int:
     from kvinfer.sampling import SamplingParams
 
     batches = sorted(set(args.batch))
-    llm = LLM(args.model, device=args.device, max_context=args.n_prompt + args.n_gen, max_batch=max(batches))
+    # no prefix caching: every repetition of pp<N> prefills its N tokens (a cached prompt would be
+    # read back from the KV cache instead)
+    llm = LLM(args.model, device=args.device, max_context=args.n_prompt + args.n_gen, max_batch=max(batches),
+              prefix_caching=False)
     hf, torch_or_reason = (None, "HF transformers side skipped (--no-hf)") if args.no_hf else _hf_model(llm.folder, llm.device)
     if hf is None:
         print(f"# {torch_or_reason}")
