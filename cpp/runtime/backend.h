@@ -69,7 +69,6 @@ struct BackendInit {
   std::shared_ptr<VramTracker> tracker;
   const KVCache& cache;
   RunnerOptions options;
-  const ModelWeights& weights;  // where the weights live (the CUDA backend prefetches the next ones)
 };
 std::unique_ptr<Backend> make_cpu_backend(const BackendInit& init);
 // Throws std::invalid_argument in a build without the CUDA backend.

@@ -39,7 +39,7 @@ Runner::Runner(const ModelConfig& config, const Device& device, const RunnerShap
       slot_seen_(shape.max_batch),
       written_by_(cache_.num_blocks()) {
   for (size_t i = 0; i < specs_.size(); ++i) spec_index_[specs_[i].name] = i;
-  const BackendInit init{config_, shape_, device_, weights_.tracker(), cache_, options_, views_};
+  const BackendInit init{config_, shape_, device_, weights_.tracker(), cache_, options_};
   backend_ = device.is_cuda() ? make_cuda_backend(init) : make_cpu_backend(init);
 }
 

@@ -9,9 +9,7 @@
 #include <array>
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
-#include <unordered_map>
 #include <vector>
 
 #include "backend/cuda/attention.h"
@@ -34,29 +32,6 @@ namespace {
 // Widest projection output (N) whose skinny GEMM applies its input's activation itself.
 constexpr int kFusedActivationMaxOut = 1024;
 
-// Bytes of the next projection's weights a skinny GEMM brings toward L2 (a third of the H100's
-// and H200's 50 MB, so the prefetched lines outlive the GEMM between).
-constexpr int64_t kNextWeightsPrefetch = int64_t{16} << 20;
-
-// For each projection, the weights of the one that runs after it in a step (the recipe's order:
-// per layer qkv, o, MLP in, down; then the LM head, then layer 0's qkv of the next step), up to
-// kNextWeightsPrefetch bytes; empty with KVINFER_NEXT_PREFETCH=0 in the environment (to measure
-// what it gives end to end).
-std::unordered_map<const half_t*, cuda::SkinnyPrefetch> next_weights(const ModelWeights& w) {
-  std::unordered_map<const half_t*, cuda::SkinnyPrefetch> next;
-  const char* off = std::getenv("KVINFER_NEXT_PREFETCH");
-  if (off && std::strcmp(off, "0") == 0) return next;
-  std::vector<const Linear*> order;
-  for (const LayerWeights& l : w.layers) order.insert(order.end(), {&l.qkv, &l.o, &l.mlp_in, &l.down});
-  order.push_back(&w.lm_head);
-  for (size_t i = 0; i < order.size(); ++i) {
-    const Linear& n = *order[(i + 1) % order.size()];
-    const int64_t bytes = std::min(int64_t{n.out} * n.in * 2, kNextWeightsPrefetch) / 16 * 16;
-    if (order[i]->weight && n.weight) next[order[i]->weight] = cuda::SkinnyPrefetch{n.weight, bytes};
-  }
-  return next;
-}
-
 // Batch sizes that get a decode graph: every size up to max_batch runs in the smallest that holds it.
 std::vector<int> graph_ladder(int max_batch) {
   std::vector<int> out;
@@ -77,7 +52,6 @@ class CudaBackend final : public Backend {
         batch_invariant_(init.options.batch_invariant),
         act_(activation_layout(init.config, init.shape, DeviceKind::CUDA)),
         splits_(cuda::decode_splits(init.config.num_kv_heads)),
-        next_weights_(next_weights(init.weights)),
         stage_bytes_(step_layout(init.shape.max_step_tokens, init.shape.max_batch, init.shape.max_step_tokens,
                                 init.shape.blocks_per_seq(), init.shape.max_batch * kMaxLogitBiasPerRow).bytes) {
     DeviceGuard guard(device_);
@@ -386,12 +360,10 @@ class CudaBackend final : public Backend {
   }
 
   void skinny_gemm(const Linear& w, int rows, const cuda::SkinnyInput& in, const cuda::SkinnyOutput& out) {
-    const auto next = next_weights_.find(w.weight);
     cuda::skinny_gemm(w.weight, w.out, w.in, rows, in, out,
                       cuda::SkinnyWorkspace{view<float>(act_.skinny), view<int32_t>(act_.counters),
                                             view<half_t>(act_.normed)},
-                      stream_, cuda::SkinnyKernel::automatic,
-                      next == next_weights_.end() ? cuda::SkinnyPrefetch{} : next->second);
+                      stream_);
   }
 
   // h[i] = norm(x[rows ? rows[i] : i]) for n rows
@@ -452,7 +424,6 @@ class CudaBackend final : public Backend {
   const bool batch_invariant_;  // RunnerOptions::batch_invariant
   ActivationLayout act_;
   cuda::DecodeSplits splits_;  // the model's decode chunking
-  std::unordered_map<const half_t*, cuda::SkinnyPrefetch> next_weights_;  // next_weights()
   size_t stage_bytes_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;

@@ -300,10 +300,7 @@ bool skinny_supported(int N, int K, int M, const SkinnyInput& in, const SkinnyOu
 }
 
 void skinny_gemm(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
-                 const SkinnyWorkspace& ws, cudaStream_t stream, SkinnyKernel which, const SkinnyPrefetch& next) {
-  KVINFER_CHECK_ARG(next.bytes >= 0 && next.bytes % 16 == 0 && (next.bytes == 0 || reinterpret_cast<uintptr_t>(next.data) % 16 == 0),
-                    "skinny_gemm: the next weights' prefetch must be 16-byte aligned whole 16-byte pieces (bytes=",
-                    next.bytes, ")");
+                 const SkinnyWorkspace& ws, cudaStream_t stream, SkinnyKernel which) {
   KVINFER_CHECK_ARG(skinny_supported(N, K, M, in, out), "skinny_gemm: unsupported shape N=", N, " K=", K,
                     " M=", M, " (M in [1, ", kSkinnyMaxRows, "], K a multiple of 8, aligned rows)");
   KVINFER_CHECK_ARG(skinny_partial_floats(N, K) == 0 || (ws.partials && ws.counters),
@@ -332,7 +329,7 @@ void skinny_gemm(const half_t* w, int N, int K, int M, const SkinnyInput& in, co
   const SkinnyInput h = normed_first ? SkinnyInput{SkinnyIn::half, ws.normed, K} : in;
   if (which == SkinnyKernel::wgmma) {
 #if KVINFER_WITH_SM90A
-    return skinny_gemm_wgmma(w, N, K, M, h, out, stream, next);
+    return skinny_gemm_wgmma(w, N, K, M, h, out, stream);
 #endif
   }
   if (normed_first) {

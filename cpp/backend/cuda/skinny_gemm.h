@@ -68,14 +68,6 @@ struct SkinnyWorkspace {
   half_t* normed = nullptr;    // [M][K]: RMSNorm input of more than kSkinnyNormInBlockRows rows, normed first
 };
 
-// Weights of the projection that runs next (the Hopper kernel only): once a block has issued its
-// own weight copies it prefetches its share of the first `bytes` of these into L2, so the next
-// GEMM's ramp, and the attention or norm between the two, overlap useful memory traffic.
-struct SkinnyPrefetch {
-  const void* data = nullptr;  // 16-byte aligned
-  int64_t bytes = 0;           // a multiple of 16
-};
-
 // Whether the Hopper kernel runs a paired epilogue (silu_mul, rope_kv) here: skinny_wgmma_available()
 // and pairs a multiple of 32 rows apart (N / 2 for silu_mul, head_dim / 2 for rope_kv); not where
 // KVINFER_SKINNY forces another kernel or KVINFER_WGMMA_FUSE=0 (end-to-end measurements).
@@ -95,7 +87,6 @@ enum class SkinnyKernel { automatic, narrow, wide, wgmma };
 // Whether the wgmma kernel runs here: built for sm_90a and a compute capability 9.0 device.
 bool skinny_wgmma_available();
 void skinny_gemm(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
-                 const SkinnyWorkspace& ws, cudaStream_t stream, SkinnyKernel which = SkinnyKernel::automatic,
-                 const SkinnyPrefetch& next = {});
+                 const SkinnyWorkspace& ws, cudaStream_t stream, SkinnyKernel which = SkinnyKernel::automatic);
 
 }  // namespace kvinfer::cuda

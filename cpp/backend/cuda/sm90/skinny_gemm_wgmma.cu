@@ -48,7 +48,6 @@ constexpr int kCols = kSkinnyWgmmaCols;  // K columns per stage: one 128-byte sw
 constexpr int kConsumers = 128, kThreads = kConsumers + 32;  // a warpgroup and the producer warp
 constexpr int kSmemBudget = 112 * 1024;  // two blocks per SM
 constexpr int kPrefetch = 8;             // stages past the first ones prefetched into L2 before the wait
-constexpr int kPrefetchPiece = 32 * 1024;  // bytes of one bulk prefetch of the next projection's weights
 
 // Shared memory of a block: kCount stages of [weights 64 x 64 fp16 | input], then for RMSNorm
 // input three fp16 B tiles taken in turn and a ring of the norm weights' columns, then the
@@ -131,7 +130,7 @@ template <SkinnyIn IN, SkinnyOut OUT, int NP>
 static __global__ void __launch_bounds__(kThreads)
     skinny_wgmma_kernel(const __grid_constant__ CUtensorMap wmap, const __grid_constant__ CUtensorMap xmap,
                         const __grid_constant__ CUtensorMap nmap, int N, int K, int M, int P, SkinnyWgmmaPlan plan,
-                        SkinnyInput in, SkinnyOutput out, SkinnyPrefetch next) {
+                        SkinnyInput in, SkinnyOutput out) {
   using S = Stages<IN, NP>;
   extern __shared__ unsigned char smem_raw[];
   // swizzled boxes start on 1024-byte boundaries (the swizzle repeats every 8 rows of 128 bytes)
@@ -188,11 +187,6 @@ static __global__ void __launch_bounds__(kThreads)
         }
         tma_load_2d(stage + S::kW, &xmap, (c0 + i) * kCols, 0, full + s, reused);
       }
-      // every copy of this block is issued: its share of the next projection's weights toward L2
-      const int64_t per = ((next.bytes + gridDim.x - 1) / gridDim.x + 15) / 16 * 16;
-      const int64_t b1 = min(next.bytes, (blockIdx.x + 1) * per);
-      for (int64_t b = blockIdx.x * per; b < b1; b += kPrefetchPiece)
-        prefetch_l2_bulk(static_cast<const char*>(next.data) + b, static_cast<uint32_t>(min(int64_t{kPrefetchPiece}, b1 - b)));
     }
     // (the consumers let the next kernel launch, once the weights are read; the warp stays for
     // the cluster's barriers)
@@ -291,7 +285,7 @@ static __global__ void __launch_bounds__(kThreads)
 
 template <SkinnyIn IN, SkinnyOut OUT, int NP>
 void launch(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
-            cudaStream_t stream, const SkinnyPrefetch& next) {
+            cudaStream_t stream) {
   using S = Stages<IN, NP>;
   static const bool sized = [] {
     KVINFER_CUDA_CHECK(cudaFuncSetAttribute(skinny_wgmma_kernel<IN, OUT, NP>,
@@ -318,16 +312,16 @@ void launch(const half_t* w, int N, int K, int M, const SkinnyInput& in, const S
   config.attrs = attributes;
   config.numAttrs = 2;
   KVINFER_CUDA_CHECK(
-      cudaLaunchKernelEx(&config, skinny_wgmma_kernel<IN, OUT, NP>, wmap, xmap, nmap, N, K, M, P, plan, in, out, next));
+      cudaLaunchKernelEx(&config, skinny_wgmma_kernel<IN, OUT, NP>, wmap, xmap, nmap, N, K, M, P, plan, in, out));
 }
 
 template <SkinnyIn IN, SkinnyOut OUT>
 void launch_rows(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
-                 cudaStream_t stream, const SkinnyPrefetch& next) {
-  if (M <= 8) return launch<IN, OUT, 8>(w, N, K, M, in, out, stream, next);
-  if (M <= 16) return launch<IN, OUT, 16>(w, N, K, M, in, out, stream, next);
-  if (M <= 32) return launch<IN, OUT, 32>(w, N, K, M, in, out, stream, next);
-  launch<IN, OUT, 64>(w, N, K, M, in, out, stream, next);
+                 cudaStream_t stream) {
+  if (M <= 8) return launch<IN, OUT, 8>(w, N, K, M, in, out, stream);
+  if (M <= 16) return launch<IN, OUT, 16>(w, N, K, M, in, out, stream);
+  if (M <= 32) return launch<IN, OUT, 32>(w, N, K, M, in, out, stream);
+  launch<IN, OUT, 64>(w, N, K, M, in, out, stream);
 }
 }  // namespace
 
@@ -346,7 +340,7 @@ bool skinny_wgmma_fuses_norm(const SkinnyInput& in, const SkinnyOutput& out) {
 }
 
 void skinny_gemm_wgmma(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
-                       cudaStream_t stream, const SkinnyPrefetch& next) {
+                       cudaStream_t stream) {
   KVINFER_CHECK_ARG(in.kind == SkinnyIn::half || skinny_wgmma_fuses_norm(in, out),
                     "skinny_gemm_wgmma: fp16 input rows, or RMSNorm of whole fp32 rows into fp16 or paired outputs");
   KVINFER_CHECK_ARG(M >= 1 && M <= kSkinnyMaxRows, "skinny_gemm_wgmma: M=", M);
@@ -356,18 +350,18 @@ void skinny_gemm_wgmma(const half_t* w, int N, int K, int M, const SkinnyInput& 
                     "skinny_gemm_wgmma: weights and input rows must be 16-byte aligned (K=", K, ", ld=", in.ld, ")");
   if (in.kind == SkinnyIn::rms_norm) {
     switch (out.kind) {
-      case SkinnyOut::half: return launch_rows<SkinnyIn::rms_norm, SkinnyOut::half>(w, N, K, M, in, out, stream, next);
-      case SkinnyOut::silu_mul: return launch_rows<SkinnyIn::rms_norm, SkinnyOut::silu_mul>(w, N, K, M, in, out, stream, next);
-      case SkinnyOut::rope_kv: return launch_rows<SkinnyIn::rms_norm, SkinnyOut::rope_kv>(w, N, K, M, in, out, stream, next);
+      case SkinnyOut::half: return launch_rows<SkinnyIn::rms_norm, SkinnyOut::half>(w, N, K, M, in, out, stream);
+      case SkinnyOut::silu_mul: return launch_rows<SkinnyIn::rms_norm, SkinnyOut::silu_mul>(w, N, K, M, in, out, stream);
+      case SkinnyOut::rope_kv: return launch_rows<SkinnyIn::rms_norm, SkinnyOut::rope_kv>(w, N, K, M, in, out, stream);
       default: break;
     }
   }
   switch (out.kind) {
-    case SkinnyOut::half: return launch_rows<SkinnyIn::half, SkinnyOut::half>(w, N, K, M, in, out, stream, next);
-    case SkinnyOut::residual: return launch_rows<SkinnyIn::half, SkinnyOut::residual>(w, N, K, M, in, out, stream, next);
-    case SkinnyOut::logits: return launch_rows<SkinnyIn::half, SkinnyOut::logits>(w, N, K, M, in, out, stream, next);
-    case SkinnyOut::silu_mul: return launch_rows<SkinnyIn::half, SkinnyOut::silu_mul>(w, N, K, M, in, out, stream, next);
-    case SkinnyOut::rope_kv: return launch_rows<SkinnyIn::half, SkinnyOut::rope_kv>(w, N, K, M, in, out, stream, next);
+    case SkinnyOut::half: return launch_rows<SkinnyIn::half, SkinnyOut::half>(w, N, K, M, in, out, stream);
+    case SkinnyOut::residual: return launch_rows<SkinnyIn::half, SkinnyOut::residual>(w, N, K, M, in, out, stream);
+    case SkinnyOut::logits: return launch_rows<SkinnyIn::half, SkinnyOut::logits>(w, N, K, M, in, out, stream);
+    case SkinnyOut::silu_mul: return launch_rows<SkinnyIn::half, SkinnyOut::silu_mul>(w, N, K, M, in, out, stream);
+    case SkinnyOut::rope_kv: return launch_rows<SkinnyIn::half, SkinnyOut::rope_kv>(w, N, K, M, in, out, stream);
   }
 }
 

@@ -17,6 +17,6 @@ bool skinny_wgmma_fusions();
 bool skinny_wgmma_fuses_norm(const SkinnyInput& in, const SkinnyOutput& out);
 // skinny_gemm()'s arguments: fp16 input rows, or an RMSNorm input skinny_wgmma_fuses_norm() takes.
 void skinny_gemm_wgmma(const half_t* w, int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out,
-                       cudaStream_t stream, const SkinnyPrefetch& next = {});
+                       cudaStream_t stream);
 
 }  // namespace kvinfer::cuda

@@ -132,11 +132,6 @@ __device__ __forceinline__ void tma_prefetch_2d(const CUtensorMap* map, int c, i
                "r"(c), "r"(r)
                : "memory");
 }
-// bytes (a multiple of 16) at p (16-byte aligned) toward L2, asynchronously (bulk prefetch).
-__device__ __forceinline__ void prefetch_l2_bulk(const void* p, uint32_t bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-}
-
 __device__ __forceinline__ uint64_t l2_policy_evict_first() {
   uint64_t p;
   asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
