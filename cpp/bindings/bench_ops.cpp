@@ -57,12 +57,10 @@ PYBIND11_MODULE(_bench_ops, ops) {
                                   uintptr_t positions, int batch, int max_rows, int heads, int kv_heads, int head_dim,
                                   float scale, uintptr_t out, int64_t out_stride, uintptr_t stream,
                                   const std::string& kernel) {
-    KVINFER_CHECK_ARG(kernel == "auto" || kernel == "mma" || kernel == "wgmma" || kernel == "ws",
-                      "attention_prefill: kernel=", kernel);
-    const auto which = kernel == "mma"     ? cuda::PrefillKernel::mma
-                       : kernel == "wgmma" ? cuda::PrefillKernel::wgmma
-                       : kernel == "ws"    ? cuda::PrefillKernel::ws
-                                           : cuda::PrefillKernel::automatic;
+    KVINFER_CHECK_ARG(kernel == "auto" || kernel == "mma" || kernel == "ws", "attention_prefill: kernel=", kernel);
+    const auto which = kernel == "mma"  ? cuda::PrefillKernel::mma
+                       : kernel == "ws" ? cuda::PrefillKernel::ws
+                                        : cuda::PrefillKernel::automatic;
     cuda::attention_prefill(reinterpret_cast<const half_t*>(q), q_stride, reinterpret_cast<const half_t*>(k),
                             reinterpret_cast<const half_t*>(v), contiguous(slot_stride, head_stride, pos_stride, batch),
                             reinterpret_cast<const int32_t*>(seq_slots), reinterpret_cast<const int32_t*>(seq_starts),
@@ -73,7 +71,10 @@ PYBIND11_MODULE(_bench_ops, ops) {
      py::arg("pos_stride"), py::arg("seq_slots"), py::arg("seq_starts"), py::arg("positions"), py::arg("batch"),
      py::arg("max_rows"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("scale"),
      py::arg("out"), py::arg("out_stride"), py::arg("stream"), py::arg("kernel") = "auto");
-  ops.def("prefill_wgmma_available", &cuda::prefill_wgmma_available, py::arg("head_dim"));
+  // whether the Hopper kernel runs head_dim here (on this module's contiguous layout)
+  ops.def("prefill_ws_available", [](int head_dim) {
+    return cuda::prefill_ws_available(head_dim, contiguous(int64_t{1} << 20, int64_t{1} << 16, head_dim, 1));
+  }, py::arg("head_dim"));
   ops.def("decode_workspace_bytes", &cuda::decode_workspace_bytes);
   // y[M][N] = x[M][K] W[N][K]^T, fp16 in and out (the skinny GEMM's plain variant); partials and
   // counters as skinny_partial_floats / skinny_counters say (counters zeroed once). kernel: "auto",

@@ -32,6 +32,12 @@ namespace {
 // Widest projection output (N) whose skinny GEMM applies its input's activation itself.
 constexpr int kFusedActivationMaxOut = 1024;
 
+// Most rows of a step whose skinny GEMMs fuse RMSNorm, SiLU*mul and RoPE + K/V write (the same
+// bits either way). Fused, every block of 64 weight rows builds its normed input tile from fp32
+// rows (twice the bytes of fp16 ones): cheap at a few rows, slower than the kernels it saves at 64
+// (H100, Llama-3.2-1B tok/s fused / unfused: B=1 802 / 717, B=16 10.3k / 9.6k, B=64 28.6k / 32.7k).
+constexpr int kSkinnyFuseMaxRows = 16;
+
 // Batch sizes that get a decode graph: every size up to max_batch runs in the smallest that holds it.
 std::vector<int> graph_ladder(int max_batch) {
   std::vector<int> out;
@@ -191,7 +197,7 @@ class CudaBackend final : public Backend {
       cuda::SkinnyOutput o{cuda::SkinnyOut::rope_kv, qkv, c_.qkv_dim(), w.bias};
       o.rope = cuda::SkinnyRopeKV{c_.num_heads, c_.num_kv_heads, c_.head_dim, inv_freq, cache_.k_layer(layer),
                                   cache_.v_layer(layer), cache_.layout(), s.arrays};
-      if (cuda::skinny_paired_supported(w.out, o)) return skinny_gemm(w, T, normed_input(norm, nullptr, T), o);
+      if (T <= kSkinnyFuseMaxRows && cuda::skinny_paired_supported(w.out, o)) return skinny_gemm(w, T, normed_input(norm, nullptr, T), o);
       skinny_gemm(w, T, normed_input(norm, nullptr, T), cuda::SkinnyOutput{cuda::SkinnyOut::half, qkv, c_.qkv_dim(), w.bias});
     } else {
       norm_gemm(norm, w, qkv, c_.qkv_dim(), T);
@@ -237,7 +243,7 @@ class CudaBackend final : public Backend {
     const cuda::SkinnyOutput residual{cuda::SkinnyOut::residual, x(), c_.hidden_size, down.bias, x_ss()};
     // SwiGLU: silu(gate) * up in the gate/up projection's epilogue where the Hopper kernel runs it
     const cuda::SkinnyOutput activated{cuda::SkinnyOut::silu_mul, mlp, ld, in.bias};
-    if (act == Activation::silu_mul && cuda::skinny_paired_supported(in.out, activated)) {
+    if (act == Activation::silu_mul && T <= kSkinnyFuseMaxRows && cuda::skinny_paired_supported(in.out, activated)) {
       skinny_gemm(in, T, normed_input(norm, nullptr, T), activated);
       return skinny_gemm(down, T, cuda::SkinnyInput{cuda::SkinnyIn::half, mlp, ld}, residual);
     }
@@ -353,6 +359,7 @@ class CudaBackend final : public Backend {
     if (c_.norm == NormKind::RMSNorm && c_.hidden_size % cuda::kSkinnyTile == 0) {
       cuda::SkinnyInput in{cuda::SkinnyIn::rms_norm, x(), c_.hidden_size};
       in.rows = rows, in.ss = x_ss(), in.norm_weight = norm.weight, in.eps = c_.norm_eps;
+      in.norm_in_kernel = count <= kSkinnyFuseMaxRows;
       return in;
     }
     norm_rows(rows, norm, count);

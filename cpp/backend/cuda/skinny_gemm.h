@@ -31,6 +31,8 @@ struct SkinnyInput {
   int64_t ld = 0;
   int64_t up_offset = 0;       // silu_mul: elements from a gate value to its up value
   const int32_t* rows = nullptr;  // rms_norm: the x row of output row m (null: m)
+  bool norm_in_kernel = true;     // rms_norm: the wgmma kernel may normalise in its consumers
+                                  // (false: the normed-rows kernel runs first; the same bits)
   const float* ss = nullptr;      // rms_norm: [x row][K / 16] sums of squares of 16-column groups
   const half_t* norm_weight = nullptr;
   float eps = 0.0f;

@@ -7,7 +7,7 @@
 // gather), into a ring of stages guarded by mbarriers: K and V of a stage land on their own
 // barriers, so S = Q K^T may start while V is still on the way, and a stage is refilled once both
 // consumers have finished with it. The two consumer warpgroups (64 query rows each, the freed
-// registers) run the math of attention_prefill_wgmma.cu: S by m64n128k16 from shared memory, the
+// registers) run the wgmma math of prefill_wgmma.cuh: S by m64n128k16 from shared memory, the
 // online softmax in registers, O += P V with P as the register operand. They take turns at the
 // tensor cores ("ping-pong", two named barriers): a warpgroup issues P V of its previous tile and S
 // of this one only after the other has issued its own, so one's softmax runs while the other's
@@ -233,6 +233,15 @@ static void launch_ws(const half_t* q, int64_t q_stride, const half_t* k_cache, 
       kmap, vmap, reinterpret_cast<const __half*>(q), q_stride, layout, block_tables, seq_starts, positions,
       num_heads, num_kv_heads, scale, reinterpret_cast<__half*>(out), out_stride);
   KVINFER_CUDA_CHECK_LAUNCH();
+}
+
+bool prefill_ws_runs(int head_dim) {
+  if (head_dim != 64 && head_dim != 128) return false;
+  int device = 0, major = 0, minor = 0;
+  KVINFER_CUDA_CHECK(cudaGetDevice(&device));
+  KVINFER_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  KVINFER_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  return major == 9 && minor == 0;  // sm_90a code runs on compute capability 9.0 only
 }
 
 bool prefill_ws_supports(int head_dim, const KVLayout& layout) {

@@ -334,7 +334,7 @@ bool skinny_wgmma_runs() {
 }
 
 bool skinny_wgmma_fuses_norm(const SkinnyInput& in, const SkinnyOutput& out) {
-  return skinny_wgmma_fusions() && in.kind == SkinnyIn::rms_norm && !in.rows && in.ld % 4 == 0 &&
+  return skinny_wgmma_fusions() && in.kind == SkinnyIn::rms_norm && in.norm_in_kernel && !in.rows && in.ld % 4 == 0 &&
          reinterpret_cast<uintptr_t>(in.x) % 16 == 0 && reinterpret_cast<uintptr_t>(in.norm_weight) % 16 == 0 &&
          (out.kind == SkinnyOut::half || out.kind == SkinnyOut::silu_mul || out.kind == SkinnyOut::rope_kv);
 }
