@@ -5,6 +5,8 @@
 #   CTEST_ARGS  extra ctest arguments (e.g. -R CudaOps)
 #   PYTEST_ARGS extra pytest arguments (e.g. -k cuda)
 #   BENCH_ARGS  arguments of benchmarks/gpu_bench.py (e.g. --skip decode prefill)
+#   BENCH_ENVS  settings to run the benchmark under, one run each (e.g. "KVINFER_WGMMA_FUSE=1
+#               KVINFER_WGMMA_FUSE=0"): an A/B in one machine session
 #   PROFILE     "model:batch ..." runs of benchmarks/profile_step.py (stage profile), PROFILE_ENV their
 #               environment (e.g. KVINFER_PDL=0: kernel times without dependent launches overlapping)
 #   SANITIZE_FILTER, SANITIZE_TIMEOUT  gtest filter and seconds per tool of the sanitize stage
@@ -35,7 +37,15 @@ for stage in $stages; do
         run "sanitize-$tool" timeout "${SANITIZE_TIMEOUT:-300}" compute-sanitizer --tool "$tool" --error-exitcode 1 \
           build/gpu/tests/cpp/kvinfer_tests --gtest_filter="${SANITIZE_FILTER:-CudaOps.*:Shapes/*}"
       done ;;
-    bench) run bench python3 benchmarks/gpu_bench.py --out "$out/bench.md" ${BENCH_ARGS:-} ;;
+    bench)
+      if [ -z "${BENCH_ENVS:-}" ]; then
+        run bench python3 benchmarks/gpu_bench.py --out "$out/bench.md" ${BENCH_ARGS:-}
+      else  # one run per setting, e.g. BENCH_ENVS="KVINFER_WGMMA_FUSE=1 KVINFER_WGMMA_FUSE=0" (an A/B)
+        for e in $BENCH_ENVS; do
+          run "bench-${e//=/-}" env "$e" python3 benchmarks/gpu_bench.py --out "$out/bench-${e//=/-}.md" ${BENCH_ARGS:-}
+          cat "$out/bench-${e//=/-}.md"
+        done
+      fi ;;
     profile)
       for mb in ${PROFILE:-Llama-3.2-1B:1 SmolLM2-135M:1}; do  # model:batch[:flags of profile_step.py]
         IFS=: read -r model batch flags <<<"$mb"

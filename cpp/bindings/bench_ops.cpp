@@ -22,8 +22,10 @@
 namespace py = pybind11;
 using namespace kvinfer;
 
-static KVLayout contiguous(int64_t slot_stride, int64_t head_stride, int64_t pos_stride) {
-  return KVLayout{slot_stride, head_stride, static_cast<int32_t>(pos_stride), 30, 1};
+// K/V as [slot][kv_head][position][head_dim]: a slot is one block (of 2^30 positions) of a pool of
+// num_slots.
+static KVLayout contiguous(int64_t slot_stride, int64_t head_stride, int64_t pos_stride, int num_slots) {
+  return KVLayout{slot_stride, head_stride, static_cast<int32_t>(pos_stride), 30, 1, num_slots};
 }
 
 PYBIND11_MODULE(_bench_ops, ops) {
@@ -35,7 +37,7 @@ PYBIND11_MODULE(_bench_ops, ops) {
                                  uintptr_t out, int64_t out_stride, uintptr_t stream, int min_chunk, int max_splits,
                                  int growth_keys, int min_splits, int max_keys, int64_t total_keys) {
     cuda::attention_decode(reinterpret_cast<const half_t*>(q), q_stride, reinterpret_cast<const half_t*>(k),
-                           reinterpret_cast<const half_t*>(v), contiguous(slot_stride, head_stride, pos_stride),
+                           reinterpret_cast<const half_t*>(v), contiguous(slot_stride, head_stride, pos_stride, batch),
                            reinterpret_cast<const int32_t*>(slots), reinterpret_cast<const int32_t*>(positions),
                            batch, heads, kv_heads, head_dim, scale, reinterpret_cast<float*>(partial),
                            reinterpret_cast<half_t*>(out), out_stride, reinterpret_cast<cudaStream_t>(stream),
@@ -55,12 +57,12 @@ PYBIND11_MODULE(_bench_ops, ops) {
                                   uintptr_t positions, int batch, int max_rows, int heads, int kv_heads, int head_dim,
                                   float scale, uintptr_t out, int64_t out_stride, uintptr_t stream,
                                   const std::string& kernel) {
-    KVINFER_CHECK_ARG(kernel == "auto" || kernel == "mma" || kernel == "wgmma", "attention_prefill: kernel=", kernel);
-    const auto which = kernel == "mma"     ? cuda::PrefillKernel::mma
-                       : kernel == "wgmma" ? cuda::PrefillKernel::wgmma
-                                           : cuda::PrefillKernel::automatic;
+    KVINFER_CHECK_ARG(kernel == "auto" || kernel == "mma" || kernel == "ws", "attention_prefill: kernel=", kernel);
+    const auto which = kernel == "mma"  ? cuda::PrefillKernel::mma
+                       : kernel == "ws" ? cuda::PrefillKernel::ws
+                                        : cuda::PrefillKernel::automatic;
     cuda::attention_prefill(reinterpret_cast<const half_t*>(q), q_stride, reinterpret_cast<const half_t*>(k),
-                            reinterpret_cast<const half_t*>(v), contiguous(slot_stride, head_stride, pos_stride),
+                            reinterpret_cast<const half_t*>(v), contiguous(slot_stride, head_stride, pos_stride, batch),
                             reinterpret_cast<const int32_t*>(seq_slots), reinterpret_cast<const int32_t*>(seq_starts),
                             reinterpret_cast<const int32_t*>(positions), batch, max_rows, heads, kv_heads, head_dim,
                             scale, reinterpret_cast<half_t*>(out), out_stride, reinterpret_cast<cudaStream_t>(stream),
@@ -69,7 +71,10 @@ PYBIND11_MODULE(_bench_ops, ops) {
      py::arg("pos_stride"), py::arg("seq_slots"), py::arg("seq_starts"), py::arg("positions"), py::arg("batch"),
      py::arg("max_rows"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("scale"),
      py::arg("out"), py::arg("out_stride"), py::arg("stream"), py::arg("kernel") = "auto");
-  ops.def("prefill_wgmma_available", &cuda::prefill_wgmma_available, py::arg("head_dim"));
+  // whether the Hopper kernel runs head_dim here (on this module's contiguous layout)
+  ops.def("prefill_ws_available", [](int head_dim) {
+    return cuda::prefill_ws_available(head_dim, contiguous(int64_t{1} << 20, int64_t{1} << 16, head_dim, 1));
+  }, py::arg("head_dim"));
   ops.def("decode_workspace_bytes", &cuda::decode_workspace_bytes);
   // y[M][N] = x[M][K] W[N][K]^T, fp16 in and out (the skinny GEMM's plain variant); partials and
   // counters as skinny_partial_floats / skinny_counters say (counters zeroed once). kernel: "auto",

@@ -48,12 +48,10 @@ void run_decoder(DecoderOps& ops, const ModelConfig& c, const ModelWeights& w,
   ops.capture_hidden(0, step);
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = w.layers[l];
-    ops.norm_linear(lw.attn_norm, lw.qkv, Buffer::qkv, step);
-    ops.rope_kv_write(l, step);
+    ops.attention_inputs(l, lw.attn_norm, lw.qkv, step);
     ops.attention(l, step);
-    ops.linear_residual(Buffer::attn, Activation::none, lw.o, step);
-    ops.norm_linear(lw.mlp_norm, lw.mlp_in, Buffer::mlp, step);
-    ops.linear_residual(Buffer::mlp, act, lw.down, step);
+    ops.attention_output(lw.o, step);
+    ops.mlp(lw.mlp_norm, lw.mlp_in, act, lw.down, step);
     ops.capture_hidden(l + 1, step);
   }
   ops.logits(w.final_norm, w.lm_head, step);

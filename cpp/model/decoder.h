@@ -66,15 +66,17 @@ class DecoderOps {
   virtual ~DecoderOps() = default;
   // x = table[token] (+ pos_table[position]); each token id is recorded in its slot's history.
   virtual void embed(const half_t* table, const half_t* pos_table, const StepContext& step) = 0;
-  // out = norm(x) W^T + bias
-  virtual void norm_linear(const Norm& norm, const Linear& w, Buffer out, const StepContext& step) = 0;
-  // Rotates the q and k heads of qkv (RoPE models) and writes k and v into the layer's cache at
-  // each token's position.
-  virtual void rope_kv_write(int layer, const StepContext& step) = 0;
+  // Attention's inputs for the step's tokens: qkv = norm(x) W^T + bias; with RoPE the q and k heads
+  // rotated at each token's position; q left in Buffer::qkv for attention, k and v written into
+  // the layer's cache at each token's position.
+  virtual void attention_inputs(int layer, const Norm& norm, const Linear& qkv, const StepContext& step) = 0;
   // attn = causal softmax(q K^T / sqrt(d)) V over each sequence's cached positions.
   virtual void attention(int layer, const StepContext& step) = 0;
-  // x += act(in) W^T + bias
-  virtual void linear_residual(Buffer in, Activation act, const Linear& w, const StepContext& step) = 0;
+  // x += attn W^T + bias
+  virtual void attention_output(const Linear& o, const StepContext& step) = 0;
+  // x += act(norm(x) W_in^T + bias) W_down^T + bias (silu_mul: silu of the first half of the
+  // projection's columns times the second half)
+  virtual void mlp(const Norm& norm, const Linear& in, Activation act, const Linear& down, const StepContext& step) = 0;
   // logits[r] = norm(x[logit_rows[r]]) W^T, copied to step.logits_out when it is given.
   virtual void logits(const Norm& norm, const Linear& w, const StepContext& step) = 0;
   // One token id per logits row, into the step's sampled-token buffer.

@@ -52,7 +52,7 @@ KVLayout KVCache::layout(const KVCacheConfig& c) {
   const int64_t head = static_cast<int64_t>(c.block_size) * c.head_dim;
   int shift = 0;
   while ((1 << shift) < c.block_size) ++shift;
-  return {head * c.num_kv_heads, head, c.head_dim, shift, c.blocks_per_seq()};
+  return {head * c.num_kv_heads, head, c.head_dim, shift, c.blocks_per_seq(), c.pool_blocks()};
 }
 
 KVCache::KVCache(const KVCacheConfig& config, const Device& device,

@@ -21,6 +21,7 @@ struct KVLayout {
   int32_t head_dim;      // elements of a row (one position of one head)
   int32_t block_shift;   // log2(block_size); block sizes are powers of two
   int32_t table_stride;  // entries of one sequence's row of the step's block tables
+  int32_t num_blocks = 0;  // blocks of one layer's pool (the extent TMA copies are bounded by; 0: unknown)
 
   KVINFER_HOST_DEVICE int block_size() const { return 1 << block_shift; }
   // Row `pos` of head `head` of the sequence whose block table row is `table` (element offset).

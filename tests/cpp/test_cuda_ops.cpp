@@ -311,21 +311,25 @@ TEST_P(CudaPrefill, MatchesCpu) {
   SKIP_WITHOUT_CUDA();
   run_attention(GetParam(), false, cuda::PrefillKernel::mma);
 }
-// The Hopper kernel on the same cases (head_dim 64 and 128, on a compute capability 9.0 GPU).
-TEST_P(CudaPrefill, WgmmaMatchesCpu) {
+// The warp-specialised Hopper kernel (TMA producer, ping-pong consumers) on the same cases.
+TEST_P(CudaPrefill, WarpSpecialisedMatchesCpu) {
   SKIP_WITHOUT_CUDA();
-  if (!cuda::prefill_wgmma_available(GetParam().d)) GTEST_SKIP() << "no wgmma kernel for this head_dim or GPU";
-  run_attention(GetParam(), false, cuda::PrefillKernel::wgmma);
+  KVCacheConfig cfg{1, 64, GetParam().kv_heads, GetParam().d, 1, 16};
+  if (!cuda::prefill_ws_available(GetParam().d, KVCache::layout(cfg)))
+    GTEST_SKIP() << "no warp-specialised kernel for this head_dim or GPU";
+  run_attention(GetParam(), false, cuda::PrefillKernel::ws);
 }
 // Asking for the Hopper kernel where it cannot run is an error, not a silent fallback.
-TEST(CudaPrefillKernel, WgmmaWhereUnavailableThrows) {
+TEST(CudaPrefillKernel, HopperWhereUnavailableThrows) {
   SKIP_WITHOUT_CUDA();
-  EXPECT_FALSE(cuda::prefill_wgmma_available(80));
   KVLayout layout{};
-  layout.head_dim = 80, layout.block_shift = 4, layout.table_stride = 1;
+  layout.head_dim = 80, layout.block_shift = 4, layout.table_stride = 1, layout.num_blocks = 4;
+  EXPECT_FALSE(cuda::prefill_ws_available(80, layout));
   EXPECT_THROW(cuda::attention_prefill(nullptr, 80, nullptr, nullptr, layout, nullptr, nullptr, nullptr, 1, 1, 1, 1, 80,
-                                       1.0f, nullptr, 80, nullptr, cuda::PrefillKernel::wgmma),
+                                       1.0f, nullptr, 80, nullptr, cuda::PrefillKernel::ws),
                std::invalid_argument);
+  layout.head_dim = 64, layout.block_shift = 3, layout.num_blocks = 4;  // blocks of 8 positions
+  EXPECT_FALSE(cuda::prefill_ws_available(64, layout));
 }
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaPrefill, testing::Values(
     AttnCase{4, 4, 64, {0}, {0}, {1}},                      // one token, no cache

@@ -48,15 +48,11 @@ class CpuBackend final : public Backend {
                    shape_.max_context, x(), c_.hidden_size);
   }
 
-  void norm_linear(const Norm& norm, const Linear& w, Buffer out, const StepContext& s) override {
-    const int T = s.num_tokens;
-    norm_rows(x(), norm, h(), T);
-    cpu::matmul(h(), c_.hidden_size, w.weight, w.bias, buffer(out), stride(out), T, w.out, w.in, false);
-  }
-
-  void rope_kv_write(int layer, const StepContext& s) override {
+  void attention_inputs(int layer, const Norm& norm, const Linear& w, const StepContext& s) override {
     const int T = s.num_tokens, q_dim = c_.q_dim(), kv_dim = c_.kv_dim(), qkv_dim = c_.qkv_dim();
     float* qkv = buffer(Buffer::qkv);
+    norm_rows(x(), norm, h(), T);
+    cpu::matmul(h(), c_.hidden_size, w.weight, w.bias, qkv, qkv_dim, T, w.out, w.in, false);
     if (c_.positions == PositionKind::Rope)
       cpu::rope(qkv, qkv + q_dim, qkv_dim, s.arrays.positions, T, c_.num_heads, c_.num_kv_heads,
                 c_.head_dim, view<float>(act_.inv_freq));
@@ -76,13 +72,20 @@ class CpuBackend final : public Backend {
                    scale, buffer(Buffer::attn), c_.q_dim());
   }
 
-  void linear_residual(Buffer in, Activation act, const Linear& w, const StepContext& s) override {
+  void attention_output(const Linear& w, const StepContext& s) override {
+    cpu::matmul(buffer(Buffer::attn), c_.q_dim(), w.weight, w.bias, x(), c_.hidden_size, s.num_tokens, w.out, w.in,
+                /*accumulate=*/true);
+  }
+
+  void mlp(const Norm& norm, const Linear& in, Activation act, const Linear& down, const StepContext& s) override {
     const int T = s.num_tokens;
-    float* src = buffer(in);
-    const int64_t ld = stride(in);
-    if (act == Activation::silu_mul) cpu::silu_mul(src, ld, src, ld, T, w.in);  // in place: row t's first half
-    if (act == Activation::gelu_new) cpu::gelu_new(src, int64_t(T) * ld);
-    cpu::matmul(src, ld, w.weight, w.bias, x(), c_.hidden_size, T, w.out, w.in, /*accumulate=*/true);
+    float* mlp = buffer(Buffer::mlp);
+    const int64_t ld = stride(Buffer::mlp);
+    norm_rows(x(), norm, h(), T);
+    cpu::matmul(h(), c_.hidden_size, in.weight, in.bias, mlp, ld, T, in.out, in.in, false);
+    if (act == Activation::silu_mul) cpu::silu_mul(mlp, ld, mlp, ld, T, down.in);  // in place: row t's first half
+    if (act == Activation::gelu_new) cpu::gelu_new(mlp, int64_t(T) * ld);
+    cpu::matmul(mlp, ld, down.weight, down.bias, x(), c_.hidden_size, T, down.out, down.in, /*accumulate=*/true);
   }
 
   void logits(const Norm& norm, const Linear& w, const StepContext& s) override {

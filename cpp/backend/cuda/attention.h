@@ -3,8 +3,8 @@
 // attention_prefill: rows of any number of sequences, each a run of consecutive positions of one
 // slot (a prompt chunk, possibly after cached tokens). Query tiles against key tiles with an online
 // softmax, QK^T and PV on tensor cores (fp16 in, fp32 accumulate), scores and output in registers:
-// on Hopper for head_dim 64 and 128 with warpgroup MMAs (sm90/attention_prefill_wgmma.cu), else
-// FlashAttention-2 style with mma.sync (attention_prefill.cu). head_dim 32, 64, 80, 96, 128 or 256.
+// on Hopper for head_dim 64 and 128 with warpgroup MMAs, K/V by TMA and warp specialisation
+// (sm90/attention_prefill_ws.cu), else FlashAttention-2 style with mma.sync (attention_prefill.cu). head_dim 32, 64, 80, 96, 128 or 256.
 //
 // attention_decode: one query row per sequence (slots of different lengths in one launch). The
 // context is split into chunks whose size depends only on the sequence's own length (and the
@@ -28,11 +28,14 @@ namespace kvinfer::cuda {
 // Sequence b: rows [seq_starts[b], seq_starts[b+1]), its K/V in the blocks of row b of
 // block_tables ([batch][layout.table_stride]); positions[t] is row t's absolute position;
 // max_seq_rows bounds the rows of one sequence (grid size).
-// kernel: the same math either way, in other instructions (tests run both). automatic: wgmma
-// where prefill_wgmma_available(head_dim), else mma (KVINFER_PREFILL=mma in the environment: mma
-// everywhere); wgmma where it is not available is an error.
-enum class PrefillKernel { automatic, mma, wgmma };
-bool prefill_wgmma_available(int head_dim);  // built for sm_90a, and this device and head_dim run it
+// kernel: the same math either way, in other instructions (tests run each). automatic: ws where
+// prefill_ws_available(head_dim, layout), else mma (KVINFER_PREFILL=mma in the environment: mma
+// everywhere); ws where it is not available is an error. ws: the warp-specialised Hopper kernel
+// (TMA producer, ping-pong consumers).
+enum class PrefillKernel { automatic, mma, ws };
+// Built for sm_90a, this device (compute capability 9.0) and head_dim (64 or 128) run the Hopper
+// kernel, and it reads this cache layout (blocks of >= 16 positions, pool size known).
+bool prefill_ws_available(int head_dim, const KVLayout& layout);
 void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
                        const half_t* v_cache, const KVLayout& layout, const int32_t* block_tables,
                        const int32_t* seq_starts, const int32_t* positions, int batch,

@@ -179,23 +179,24 @@ static void launch_prefill(const half_t* q, int64_t q_stride, const half_t* k_ca
   KVINFER_CUDA_CHECK_LAUNCH();
 }
 
-bool prefill_wgmma_available(int head_dim) {
-#if KVINFER_WITH_SM90A
-  return prefill_wgmma_runs(head_dim);
-#else
-  (void)head_dim;
-  return false;
-#endif
-}
-
 // KVINFER_PREFILL=mma in the environment, read once: the mma.sync kernel everywhere (to measure
 // what the Hopper kernel gives end to end).
-static bool mma_forced() {
-  static const bool forced = [] {
+static PrefillKernel forced_kernel() {
+  static const PrefillKernel forced = [] {
     const char* v = std::getenv("KVINFER_PREFILL");
-    return v && std::strcmp(v, "mma") == 0;
+    if (v && std::strcmp(v, "mma") == 0) return PrefillKernel::mma;
+    return PrefillKernel::automatic;
   }();
   return forced;
+}
+
+bool prefill_ws_available(int head_dim, const KVLayout& layout) {
+#if KVINFER_WITH_SM90A
+  return prefill_ws_runs(head_dim) && prefill_ws_supports(head_dim, layout);
+#else
+  (void)head_dim, (void)layout;
+  return false;
+#endif
 }
 
 void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
@@ -213,13 +214,15 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
                     "attention_prefill: batch=", batch, " num_heads=", num_heads, " max_seq_rows=", max_seq_rows,
                     " exceed the launch grid");
   if (kernel == PrefillKernel::automatic)
-    kernel = !mma_forced() && prefill_wgmma_available(head_dim) ? PrefillKernel::wgmma : PrefillKernel::mma;
-  if (kernel == PrefillKernel::wgmma) {
-    KVINFER_CHECK_ARG(prefill_wgmma_available(head_dim), "attention_prefill: the wgmma kernel does not run head_dim=",
-                      head_dim, " here (it needs a build for sm_90a, a compute capability 9.0 GPU and head_dim 64 or 128)");
+    kernel = forced_kernel() != PrefillKernel::mma && prefill_ws_available(head_dim, layout) ? PrefillKernel::ws
+                                                                                             : PrefillKernel::mma;
+  if (kernel == PrefillKernel::ws) {
+    KVINFER_CHECK_ARG(prefill_ws_available(head_dim, layout), "attention_prefill: the warp-specialised kernel does "
+                      "not run head_dim=", head_dim, " block_shift=", layout.block_shift, " here (it needs a build for "
+                      "sm_90a, a compute capability 9.0 GPU, head_dim 64 or 128 and KV blocks of >= 16 positions)");
 #if KVINFER_WITH_SM90A
-    return attention_prefill_wgmma(q, q_stride, k_cache, v_cache, layout, block_tables, seq_starts, positions, batch,
-                                   max_seq_rows, num_heads, num_kv_heads, head_dim, scale, out, out_stride, stream);
+    return attention_prefill_ws(q, q_stride, k_cache, v_cache, layout, block_tables, seq_starts, positions, batch,
+                                max_seq_rows, num_heads, num_kv_heads, head_dim, scale, out, out_stride, stream);
 #endif
   }
   switch (head_dim) {

@@ -63,6 +63,17 @@ __device__ __forceinline__ int atomic_add_acq_rel(int* p, int v) {
   return old;
 }
 
+// The values of two fused epilogues, written once so that the fused kernels and the kernels of
+// their own give the same bits (explicit roundings: no contraction left to the compiler).
+// silu(g) * u of fp16 values g, u.
+__device__ __forceinline__ float silu_times(float g, float u) { return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u); }
+// RoPE of the pair (a, b) = (x[i], x[i + d / 2]) at angle position * inv_freq[i].
+__device__ __forceinline__ __half2 rope_rotate(float a, float b, int position, float inv_freq) {
+  float s, c;
+  sincosf(__fmul_rn(static_cast<float>(position), inv_freq), &s, &c);
+  return __floats2half2_rn(__fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)), __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s)));
+}
+
 // Programmatic dependent launch (Hopper): a kernel launched with launch_dependent() may start
 // while the kernel before it drains. It must call pdl_wait() before it reads anything that kernel
 // (or an earlier one) wrote; pdl_allow_next() lets the kernel after it start early in turn. Before

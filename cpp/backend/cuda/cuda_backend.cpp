@@ -32,6 +32,12 @@ namespace {
 // Widest projection output (N) whose skinny GEMM applies its input's activation itself.
 constexpr int kFusedActivationMaxOut = 1024;
 
+// Most rows of a step whose skinny GEMMs fuse RMSNorm, SiLU*mul and RoPE + K/V write (the same
+// bits either way). Fused, every block of 64 weight rows builds its normed input tile from fp32
+// rows (twice the bytes of fp16 ones): cheap at a few rows, slower than the kernels it saves at 64
+// (H100, Llama-3.2-1B tok/s fused / unfused: B=1 802 / 717, B=16 10.3k / 9.6k, B=64 28.6k / 32.7k).
+constexpr int kSkinnyFuseMaxRows = 16;
+
 // Batch sizes that get a decode graph: every size up to max_batch runs in the smallest that holds it.
 std::vector<int> graph_ladder(int max_batch) {
   std::vector<int> out;
@@ -182,23 +188,22 @@ class CudaBackend final : public Backend {
                     skinny(s.num_tokens) ? x_ss() : nullptr, stream_);
   }
 
-  void norm_linear(const Norm& norm, const Linear& w, Buffer out, const StepContext& s) override {
+  void attention_inputs(int layer, const Norm& norm, const Linear& w, const StepContext& s) override {
     const int T = s.num_tokens;
-    if (skinny(T)) {
-      cuda::SkinnyOutput o{cuda::SkinnyOut::half, buffer(out), stride(out), w.bias};
-      skinny_gemm(w, T, normed_input(norm, nullptr, T), o);
-      return;
-    }
-    norm_rows(nullptr, norm, T);
-    cuda::gemm(blas_, h(), c_.hidden_size, w.weight, buffer(out), false, stride(out), T, w.out, w.in, 0.0f);
-    if (w.bias) cuda::bias_add(buffer(out), stride(out), w.bias, T, w.out, stream_);
-  }
-
-  void rope_kv_write(int layer, const StepContext& s) override {
     const float* inv_freq = c_.positions == PositionKind::Rope ? view<float>(act_.inv_freq) : nullptr;
-    cuda::rope_kv_write(buffer(Buffer::qkv), c_.qkv_dim(), c_.num_heads, c_.num_kv_heads, c_.head_dim, inv_freq,
-                        cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(), s.arrays, s.num_tokens,
-                        stream_);
+    half_t* qkv = buffer(Buffer::qkv);
+    if (skinny(T)) {
+      // RoPE and the K/V write in the projection's epilogue where the Hopper kernel runs it
+      cuda::SkinnyOutput o{cuda::SkinnyOut::rope_kv, qkv, c_.qkv_dim(), w.bias};
+      o.rope = cuda::SkinnyRopeKV{c_.num_heads, c_.num_kv_heads, c_.head_dim, inv_freq, cache_.k_layer(layer),
+                                  cache_.v_layer(layer), cache_.layout(), s.arrays};
+      if (T <= kSkinnyFuseMaxRows && cuda::skinny_paired_supported(w.out, o)) return skinny_gemm(w, T, normed_input(norm, nullptr, T), o);
+      skinny_gemm(w, T, normed_input(norm, nullptr, T), cuda::SkinnyOutput{cuda::SkinnyOut::half, qkv, c_.qkv_dim(), w.bias});
+    } else {
+      norm_gemm(norm, w, qkv, c_.qkv_dim(), T);
+    }
+    cuda::rope_kv_write(qkv, c_.qkv_dim(), c_.num_heads, c_.num_kv_heads, c_.head_dim, inv_freq,
+                        cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(), s.arrays, T, stream_);
   }
 
   void attention(int layer, const StepContext& s) override {
@@ -216,28 +221,43 @@ class CudaBackend final : public Backend {
                               buffer(Buffer::attn), c_.q_dim(), stream_);
   }
 
-  void linear_residual(Buffer in, Activation act, const Linear& w, const StepContext& s) override {
+  void attention_output(const Linear& w, const StepContext& s) override {
     const int T = s.num_tokens;
-    half_t* src = buffer(in);
-    const int64_t ld = stride(in);
     if (skinny(T)) {
-      // Fused into the GEMM, the activation is recomputed by each of its N / 16 weight tiles for
-      // the whole input row: cheap for a narrow output (SmolLM2's down projection, 36 tiles),
-      // slower than a pass of its own for a wide one (Llama-3.2-1B's, 128 tiles: 67.7 us fused
-      // against 17.2 us unfused at one token on an H200).
-      const bool fuse = w.out <= kFusedActivationMaxOut;
-      if (!fuse) activate(act, src, ld, T, w.in);
-      const cuda::SkinnyIn kind = fuse && act == Activation::silu_mul   ? cuda::SkinnyIn::silu_mul
-                                  : fuse && act == Activation::gelu_new ? cuda::SkinnyIn::gelu
-                                                                        : cuda::SkinnyIn::half;
-      cuda::SkinnyInput i{kind, src, ld, /*up_offset=*/w.in};
+      cuda::SkinnyInput i{cuda::SkinnyIn::half, buffer(Buffer::attn), c_.q_dim()};
       cuda::SkinnyOutput o{cuda::SkinnyOut::residual, x(), c_.hidden_size, w.bias, x_ss()};
-      skinny_gemm(w, T, i, o);
-      return;
+      return skinny_gemm(w, T, i, o);
     }
-    activate(act, src, ld, T, w.in);
-    cuda::gemm(blas_, src, ld, w.weight, x(), true, c_.hidden_size, T, w.out, w.in, 1.0f);
-    if (w.bias) cuda::bias_add(x(), c_.hidden_size, w.bias, T, w.out, stream_);
+    residual_gemm(buffer(Buffer::attn), c_.q_dim(), w, T);
+  }
+
+  void mlp(const Norm& norm, const Linear& in, Activation act, const Linear& down, const StepContext& s) override {
+    const int T = s.num_tokens;
+    half_t* mlp = buffer(Buffer::mlp);
+    const int64_t ld = stride(Buffer::mlp);
+    if (!skinny(T)) {
+      norm_gemm(norm, in, mlp, ld, T);
+      activate(act, mlp, ld, T, down.in);
+      return residual_gemm(mlp, ld, down, T);
+    }
+    const cuda::SkinnyOutput residual{cuda::SkinnyOut::residual, x(), c_.hidden_size, down.bias, x_ss()};
+    // SwiGLU: silu(gate) * up in the gate/up projection's epilogue where the Hopper kernel runs it
+    const cuda::SkinnyOutput activated{cuda::SkinnyOut::silu_mul, mlp, ld, in.bias};
+    if (act == Activation::silu_mul && T <= kSkinnyFuseMaxRows && cuda::skinny_paired_supported(in.out, activated)) {
+      skinny_gemm(in, T, normed_input(norm, nullptr, T), activated);
+      return skinny_gemm(down, T, cuda::SkinnyInput{cuda::SkinnyIn::half, mlp, ld}, residual);
+    }
+    skinny_gemm(in, T, normed_input(norm, nullptr, T), cuda::SkinnyOutput{cuda::SkinnyOut::half, mlp, ld, in.bias});
+    // Fused into the GEMM, the activation is recomputed by each of its N / 16 weight tiles for
+    // the whole input row: cheap for a narrow output (SmolLM2's down projection, 36 tiles),
+    // slower than a pass of its own for a wide one (Llama-3.2-1B's, 128 tiles: 67.7 us fused
+    // against 17.2 us unfused at one token on an H200).
+    const bool fuse = down.out <= kFusedActivationMaxOut;
+    if (!fuse) activate(act, mlp, ld, T, down.in);
+    const cuda::SkinnyIn kind = fuse && act == Activation::silu_mul   ? cuda::SkinnyIn::silu_mul
+                                : fuse && act == Activation::gelu_new ? cuda::SkinnyIn::gelu
+                                                                      : cuda::SkinnyIn::half;
+    skinny_gemm(down, T, cuda::SkinnyInput{kind, mlp, ld, /*up_offset=*/down.in}, residual);
   }
 
   void logits(const Norm& norm, const Linear& w, const StepContext& s) override {
@@ -301,6 +321,19 @@ class CudaBackend final : public Backend {
     }
     return 0;
   }
+  // out = norm(x) W^T + bias by cuBLAS (steps of many rows)
+  void norm_gemm(const Norm& norm, const Linear& w, half_t* out, int64_t ld, int T) {
+    norm_rows(nullptr, norm, T);
+    cuda::gemm(blas_, h(), c_.hidden_size, w.weight, out, false, ld, T, w.out, w.in, 0.0f);
+    if (w.bias) cuda::bias_add(out, ld, w.bias, T, w.out, stream_);
+  }
+
+  // x += src W^T + bias by cuBLAS (steps of many rows)
+  void residual_gemm(const half_t* src, int64_t ld, const Linear& w, int T) {
+    cuda::gemm(blas_, src, ld, w.weight, x(), true, c_.hidden_size, T, w.out, w.in, 1.0f);
+    if (w.bias) cuda::bias_add(x(), c_.hidden_size, w.bias, T, w.out, stream_);
+  }
+
   // The activation in place, in the first `in` columns of each of T rows (silu_mul reads the up
   // half at + in).
   void activate(Activation act, half_t* src, int64_t ld, int T, int in) {
@@ -326,6 +359,7 @@ class CudaBackend final : public Backend {
     if (c_.norm == NormKind::RMSNorm && c_.hidden_size % cuda::kSkinnyTile == 0) {
       cuda::SkinnyInput in{cuda::SkinnyIn::rms_norm, x(), c_.hidden_size};
       in.rows = rows, in.ss = x_ss(), in.norm_weight = norm.weight, in.eps = c_.norm_eps;
+      in.norm_in_kernel = count <= kSkinnyFuseMaxRows;
       return in;
     }
     norm_rows(rows, norm, count);

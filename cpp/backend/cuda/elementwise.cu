@@ -150,12 +150,12 @@ static __global__ void silu_mul_kernel(const __half* gu, int64_t stride, __half*
       const __half2* uh = reinterpret_cast<const __half2*>(&uv);
       for (int j = 0; j < 4; ++j) {
         const float2 a = __half22float2(gh[j]), b = __half22float2(uh[j]);
-        gh[j] = __floats2half2_rn(a.x / (1.0f + expf(-a.x)) * b.x, a.y / (1.0f + expf(-a.y)) * b.y);
+        gh[j] = __floats2half2_rn(silu_times(a.x, b.x), silu_times(a.y, b.y));
       }
       *reinterpret_cast<uint4*>(o) = gv;
     } else {
       const float a = __half2float(g[0]), b = __half2float(g[I]);
-      o[0] = __float2half_rn(a / (1.0f + expf(-a)) * b);
+      o[0] = __float2half_rn(silu_times(a, b));
     }
   }
 }

@@ -1,7 +1,7 @@
 // RoPE and the KV write in one kernel: a block per token; its threads take (head, pair) items of
 // the q and k heads (rotating q in place, writing rotated k to the cache) and then the v values.
-// sincosf of position * inv_freq as in a separate RoPE kernel, so the bits are those of rotating
-// first and copying after.
+// rope_rotate() (common.cuh), as the qkv projection's fused epilogue computes it (skinny_gemm.h),
+// so the two give the same bits.
 #include "backend/cuda/kv_write.h"
 
 #include <cuda_fp16.h>
@@ -29,11 +29,9 @@ static __global__ void rope_kv_write_kernel(__half* __restrict__ qkv, int64_t st
   if (inv_freq) {
     for (int p = threadIdx.x; p < heads * half; p += blockDim.x) {
       const int head = p / half, i = p % half;
-      float s, c;
-      sincosf(static_cast<float>(pos) * inv_freq[i], &s, &c);
       __half* x = row + static_cast<int64_t>(head) * head_dim;
-      const float a = __half2float(x[i]), b = __half2float(x[i + half]);
-      const __half ra = __float2half_rn(a * c - b * s), rb = __float2half_rn(b * c + a * s);
+      const __half2 r = rope_rotate(__half2float(x[i]), __half2float(x[i + half]), pos, inv_freq[i]);
+      const __half ra = __low2half(r), rb = __high2half(r);
       if (head < num_heads) {
         x[i] = ra, x[i + half] = rb;
       } else {

@@ -1,5 +1,5 @@
 // What the two causal prefill kernels share (attention_prefill.cu on mma.sync,
-// sm90/attention_prefill_wgmma.cu on wgmma): where a block's query tile lies, the online softmax
+// sm90/attention_prefill_ws.cu on wgmma): where a block's query tile lies, the online softmax
 // of a tile of scores held in the tensor cores' accumulator layout, and the store of the output
 // rows. Accumulator layout, per 8 keys (or output columns): a thread holds rows g and g + 8 of its
 // warp's 16 (g = lane / 4), columns 2t and 2t + 1 (t = lane % 4); e = 0, 1 row g, e = 2, 3 row g + 8.

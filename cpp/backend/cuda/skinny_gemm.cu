@@ -191,12 +191,8 @@ static __global__ void rms_rows_kernel(SkinnyInput in, int K, int M, __half* __r
         transform<SkinnyIn::rms_norm>(load_raw<SkinnyIn::rms_norm>(in, m, k, K), inv);
 }
 
-// The kernel of SkinnyKernel::automatic: what KVINFER_SKINNY=narrow|wide|wgmma in the environment
-// says (to measure what each gives end to end), else the wgmma kernel where it runs this input (a
-// choice by device and input kind, the same for every M), else the wide kernel for an LM head of
-// more than 32 rows (the narrow kernel's bits), the narrow one otherwise (measurements:
-// docs/dev/step-runtime-notes.md).
-SkinnyKernel automatic_kernel(int N, int M, SkinnyIn in) {
+// What KVINFER_SKINNY=narrow|wide|wgmma in the environment forces, else automatic.
+SkinnyKernel forced_kernel() {
   static const SkinnyKernel forced = [] {
     const char* v = std::getenv("KVINFER_SKINNY");
     if (v && std::strcmp(v, "wide") == 0) return SkinnyKernel::wide;
@@ -204,6 +200,29 @@ SkinnyKernel automatic_kernel(int N, int M, SkinnyIn in) {
     if (v && std::strcmp(v, "wgmma") == 0) return SkinnyKernel::wgmma;
     return SkinnyKernel::automatic;
   }();
+  return forced;
+}
+
+}  // namespace
+
+// KVINFER_WGMMA_FUSE=0 in the environment turns the Hopper kernel's fusions off (to measure what
+// they give end to end).
+bool skinny_wgmma_fusions() {
+  static const bool on = [] {
+    const char* v = std::getenv("KVINFER_WGMMA_FUSE");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+
+namespace {
+// The kernel of SkinnyKernel::automatic: what KVINFER_SKINNY=narrow|wide|wgmma in the environment
+// says (to measure what each gives end to end), else the wgmma kernel where it runs this input (a
+// choice by device and input kind, the same for every M), else the wide kernel for an LM head of
+// more than 32 rows (the narrow kernel's bits), the narrow one otherwise (measurements:
+// docs/dev/step-runtime-notes.md).
+SkinnyKernel automatic_kernel(int N, int M, SkinnyIn in) {
+  const SkinnyKernel forced = forced_kernel();
   const bool wgmma = skinny_wgmma_available() && (in == SkinnyIn::half || in == SkinnyIn::rms_norm);
   if (forced == SkinnyKernel::narrow || forced == SkinnyKernel::wide) return forced;
   if (wgmma) return SkinnyKernel::wgmma;
@@ -256,7 +275,23 @@ bool skinny_wgmma_available() {
 #endif
 }
 
+bool skinny_paired_supported(int N, const SkinnyOutput& out) {
+  if (!skinny_wgmma_fusions() || !skinny_wgmma_available() || forced_kernel() == SkinnyKernel::narrow || forced_kernel() == SkinnyKernel::wide)
+    return false;
+  if (out.kind == SkinnyOut::silu_mul) return N % 64 == 0 && out.ld % 8 == 0;
+  if (out.kind == SkinnyOut::rope_kv) {
+    const SkinnyRopeKV& r = out.rope;
+    return r.head_dim % 64 == 0 && r.num_heads > 0 && r.num_kv_heads > 0 &&
+           static_cast<int64_t>(r.num_heads + 2 * r.num_kv_heads) * r.head_dim == N && r.layout.head_dim == r.head_dim &&
+           r.k_cache && r.v_cache;
+  }
+  return false;
+}
+
 bool skinny_supported(int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out) {
+  if ((out.kind == SkinnyOut::silu_mul || out.kind == SkinnyOut::rope_kv) &&
+      (!skinny_paired_supported(N, out) || (in.kind != SkinnyIn::half && in.kind != SkinnyIn::rms_norm)))
+    return false;
   if (M < 1 || M > kSkinnyMaxRows || N < 1 || K < 8 || K % 8 != 0 || in.ld % 8 != 0) return false;
   if (in.kind == SkinnyIn::rms_norm && (K % kSkinnyTile != 0 || in.ld % 4 != 0)) return false;
   if (in.kind == SkinnyIn::silu_mul && in.up_offset % 8 != 0) return false;
@@ -271,13 +306,22 @@ void skinny_gemm(const half_t* w, int N, int K, int M, const SkinnyInput& in, co
   KVINFER_CHECK_ARG(skinny_partial_floats(N, K) == 0 || (ws.partials && ws.counters),
                     "skinny_gemm: N=", N, " K=", K, " splits K and needs a workspace");
   if (which == SkinnyKernel::automatic) which = automatic_kernel(N, M, in.kind);
-  const bool normed_first = in.kind == SkinnyIn::rms_norm &&
+  const bool paired = out.kind == SkinnyOut::silu_mul || out.kind == SkinnyOut::rope_kv;
+  KVINFER_CHECK_ARG(!paired || which == SkinnyKernel::wgmma,
+                    "skinny_gemm: the silu_mul and rope_kv epilogues run on the wgmma kernel only");
+#if KVINFER_WITH_SM90A
+  const bool wgmma_norms = which == SkinnyKernel::wgmma && skinny_wgmma_fuses_norm(in, out);
+#else
+  const bool wgmma_norms = false;
+#endif
+  // the wide kernel, the wgmma one unless it normalises this input itself, and the narrow one
+  // beyond kSkinnyNormInBlockRows rows take normed fp16 rows
+  const bool normed_first = in.kind == SkinnyIn::rms_norm && !wgmma_norms &&
                             (M > kSkinnyNormInBlockRows || which == SkinnyKernel::wide || which == SkinnyKernel::wgmma);
   if (which == SkinnyKernel::wgmma)
     KVINFER_CHECK_ARG(skinny_wgmma_available() && (in.kind == SkinnyIn::half || in.kind == SkinnyIn::rms_norm),
                       "skinny_gemm: the wgmma kernel needs a build for sm_90a, a compute capability 9.0 GPU and fp16 "
                       "or RMSNorm input");
-  // the wide and wgmma kernels, and the narrow one beyond kSkinnyNormInBlockRows rows, take normed fp16 rows
   if (normed_first) {
     KVINFER_CHECK_ARG(ws.normed, "skinny_gemm: RMSNorm input of ", M, " rows needs the workspace's normed rows");
     launch_dependent(rms_rows_kernel, dim3(M), dim3(128), 0, stream, in, K, M, reinterpret_cast<__half*>(ws.normed));

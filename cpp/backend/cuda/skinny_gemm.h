@@ -4,7 +4,10 @@
 // else shares the step. What a decode step does between two weight reads is fused in:
 //   input:    fp16 rows | RMSNorm of fp32 rows (from producers' sums of squares) | silu(gate) * up | gelu
 //   epilogue: fp16 rows (+ bias) | residual add into fp32 rows (+ bias, and their sums of squares
-//             for the next norm) | fp32 logits and per-tile argmax (greedy sampling reads those)
+//             for the next norm) | fp32 logits and per-tile argmax (greedy sampling reads those) |
+//             silu(gate) * up of paired rows (SwiGLU's gate/up projection) | RoPE of paired rows
+//             and the K/V write into the cache (the qkv projection); the two paired epilogues on
+//             the Hopper kernel only, the same bits as the projection followed by the op alone
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -14,11 +17,13 @@
 
 #include "backend/cuda/workspace.h"
 #include "core/half.h"
+#include "types/kv_layout.h"
+#include "types/step_batch.h"
 
 namespace kvinfer::cuda {
 
 enum class SkinnyIn { half, rms_norm, silu_mul, gelu };
-enum class SkinnyOut { half, residual, logits };
+enum class SkinnyOut { half, residual, logits, silu_mul, rope_kv };
 
 struct SkinnyInput {
   SkinnyIn kind = SkinnyIn::half;
@@ -26,18 +31,37 @@ struct SkinnyInput {
   int64_t ld = 0;
   int64_t up_offset = 0;       // silu_mul: elements from a gate value to its up value
   const int32_t* rows = nullptr;  // rms_norm: the x row of output row m (null: m)
+  bool norm_in_kernel = true;     // rms_norm: the wgmma kernel may normalise in its consumers
+                                  // (false: the normed-rows kernel runs first; the same bits)
   const float* ss = nullptr;      // rms_norm: [x row][K / 16] sums of squares of 16-column groups
   const half_t* norm_weight = nullptr;
   float eps = 0.0f;
 };
 
+// SkinnyOut::rope_kv: W's rows are num_heads q heads, then num_kv_heads k heads, then v heads of
+// head_dim rows. Each q head's outputs are rotated (RoPE, where inv_freq is given) into y; each k
+// head's are rotated and each v head's copied into row positions[m] of the layer's cache, in the
+// block table row of sequence token_seq[m] (types/kv_layout.h); k and v are not written to y.
+// The contract of the projection followed by rope_kv_write (kv_write.h).
+struct SkinnyRopeKV {
+  int num_heads = 0, num_kv_heads = 0, head_dim = 0;
+  const float* inv_freq = nullptr;  // [head_dim / 2] or null: no rotation
+  half_t* k_cache = nullptr;
+  half_t* v_cache = nullptr;
+  KVLayout layout{};
+  StepArrays step{};  // positions, token_seq and block_tables of the step's tokens
+};
+
 struct SkinnyOutput {
   SkinnyOut kind = SkinnyOut::half;
-  void* y = nullptr;  // half [M][ld] | float [M][ld] added to (residual) | float [M][ld] (logits)
+  // half [M][ld] | float [M][ld] added to (residual) | float [M][ld] (logits) | half [M][ld] of
+  // N / 2 values (silu_mul: y[m][j] = silu(out[j]) * out[j + N / 2]) | half [M][ld], q heads (rope_kv)
+  void* y = nullptr;
   int64_t ld = 0;
   const half_t* bias = nullptr;  // [N] or null
   float* ss = nullptr;           // residual: [M][N / 16] sums of squares of the new rows (or null)
   int2* argmax = nullptr;        // logits: [M][tiles] (value bits, index) of each tile's largest
+  SkinnyRopeKV rope{};           // rope_kv
 };
 
 struct SkinnyWorkspace {
@@ -46,6 +70,10 @@ struct SkinnyWorkspace {
   half_t* normed = nullptr;    // [M][K]: RMSNorm input of more than kSkinnyNormInBlockRows rows, normed first
 };
 
+// Whether the Hopper kernel runs a paired epilogue (silu_mul, rope_kv) here: skinny_wgmma_available()
+// and pairs a multiple of 32 rows apart (N / 2 for silu_mul, head_dim / 2 for rope_kv); not where
+// KVINFER_SKINNY forces another kernel or KVINFER_WGMMA_FUSE=0 (end-to-end measurements).
+bool skinny_paired_supported(int N, const SkinnyOutput& out);
 // Whether the fused path can run this shape (K a multiple of 8, N and the norm's K multiples of 16
 // where sums of squares are read or written).
 bool skinny_supported(int N, int K, int M, const SkinnyInput& in, const SkinnyOutput& out);

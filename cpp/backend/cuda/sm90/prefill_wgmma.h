@@ -1,4 +1,4 @@
-// The Hopper prefill kernel (attention_prefill_wgmma.cu), built for sm_90a where the build targets
+// The Hopper prefill kernel (attention_prefill_ws.cu), built for sm_90a where the build targets
 // compute capability 9.0 (KVINFER_WITH_SM90A); attention_prefill() dispatches to it.
 #pragma once
 
@@ -12,12 +12,14 @@
 namespace kvinfer::cuda {
 
 // Whether this device (compute capability 9.0) runs the kernel for head_dim (64 or 128).
-bool prefill_wgmma_runs(int head_dim);
-// attention_prefill()'s arguments; head_dim 64 or 128 on a device where prefill_wgmma_runs().
-void attention_prefill_wgmma(const half_t* q, int64_t q_stride, const half_t* k_cache, const half_t* v_cache,
-                             const KVLayout& layout, const int32_t* block_tables, const int32_t* seq_starts,
-                             const int32_t* positions, int batch, int max_seq_rows, int num_heads,
-                             int num_kv_heads, int head_dim, float scale, half_t* out, int64_t out_stride,
-                             cudaStream_t stream);
+bool prefill_ws_runs(int head_dim);
+
+// The warp-specialised kernel (attention_prefill_ws.cu): whether it takes this head_dim and cache
+// layout, and attention_prefill()'s arguments where it does.
+bool prefill_ws_supports(int head_dim, const KVLayout& layout);
+void attention_prefill_ws(const half_t* q, int64_t q_stride, const half_t* k_cache, const half_t* v_cache,
+                          const KVLayout& layout, const int32_t* block_tables, const int32_t* seq_starts,
+                          const int32_t* positions, int batch, int max_seq_rows, int num_heads, int num_kv_heads,
+                          int head_dim, float scale, half_t* out, int64_t out_stride, cudaStream_t stream);
 
 }  // namespace kvinfer::cuda

@@ -81,6 +81,10 @@ __device__ __forceinline__ void wgmma_ss<64>(float (&d)[8][4], uint64_t a, uint6
 }
 
 // mbarriers in shared memory (64-bit words)
+// Shared memory written by ordinary stores, made visible to what reads it through the async
+// proxy (wgmma operands, TMA stores).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
