@@ -36,7 +36,7 @@ class StepClock:
         rows, tokens = len(kwargs["query_starts"]) - 1, len(kwargs["tokens"])
         if tokens == rows:  # one token a sequence: a decode step (prompt steps of one token each are rare)
             self.decode_steps, self.decode_rows = self.decode_steps + 1, self.decode_rows + rows
-        else:
+        else:  # prompt chunks (and, in mixed steps, decode rows: counted with the prompt tokens)
             self.prompt_steps, self.prompt_tokens = self.prompt_steps + 1, self.prompt_tokens + tokens
 
     def collect(self):
@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, nargs=2, default=[64, 1024])
     ap.add_argument("--output-len", type=int, nargs=2, default=[16, 512])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-batch-invariant", action="store_true", help="LLM(batch_invariant=False): mixed steps")
     args = ap.parse_args()
     from kvinfer.llm import LLM
     from kvinfer.sampling import SamplingParams
@@ -68,7 +69,7 @@ def main() -> None:
         model = tempfile.mkdtemp()
         random_model(args.shape, model)
     with LLM(model, device=args.device, max_context=args.max_context, max_batch=args.max_batch,
-             max_step_tokens=args.max_step_tokens) as llm:
+             max_step_tokens=args.max_step_tokens, batch_invariant=not args.no_batch_invariant) as llm:
         requests = workload(args.num_requests, tuple(args.prompt_len), tuple(args.output_len),
                             llm.config.vocab_size, args.seed)
         params = [SamplingParams(max_tokens=o, temperature=0, ignore_eos=True) for _, o in requests]

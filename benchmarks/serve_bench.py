@@ -181,6 +181,8 @@ def main() -> None:
     ap.add_argument("--shared-prefix", type=int, default=0, help="tokens every prompt starts with (a system prompt)")
     ap.add_argument("--no-prefix-caching", action="store_true", help="the served engine computes every prompt in full")
     ap.add_argument("--baseline", action="store_true", help="also LLM.generate in waves (with --serve)")
+    ap.add_argument("--no-batch-invariant", action="store_true",
+                    help="as kvinfer serve's (cuBLAS for 16+ decode rows, decodes and prompt chunks in one step)")
     ap.add_argument("--vocab", type=int, default=32000, help="prompt token ids are drawn below this (with --url)")
     args = ap.parse_args()
     server = None
@@ -197,7 +199,8 @@ def main() -> None:
                                    str(args.max_batch), "--max-context", str(args.max_context), "--max-step-tokens",
                                    str(args.max_step_tokens)] + (["--no-prefix-caching"] if args.no_prefix_caching else [])
                                   + (["--max-prefill-while-decoding", str(args.max_prefill_while_decoding)]
-                                     if args.max_prefill_while_decoding else []))
+                                     if args.max_prefill_while_decoding else [])
+                                  + (["--no-batch-invariant"] if args.no_batch_invariant else []))
         args.url, args.model = f"http://127.0.0.1:{args.port}", args.serve
         wait_until_up(args.url, server)
     model = args.model or httpx.get(args.url + "/v1/models").json()["data"][0]["id"]
@@ -219,7 +222,7 @@ def main() -> None:
             from kvinfer.llm import LLM
 
             with LLM(folder, device=args.device, max_context=args.max_context, max_batch=args.max_batch,
-                     max_step_tokens=args.max_step_tokens) as llm:
+                     max_step_tokens=args.max_step_tokens, batch_invariant=not args.no_batch_invariant) as llm:
                 baseline(llm, requests)
 
 

@@ -146,7 +146,8 @@ class LLM:
     requests wait for blocks and the newest running sequence is preempted (recomputed later, with
     the same output). On CUDA a sequence's decode steps give the same bits whatever else shares
     them; `batch_invariant=False` gives that up for cuBLAS GEMMs in steps of 16 sequences and more
-    (faster there; a row's last bits then depend on the batch). One LLM may be used from several
+    and for steps that hold decodes and prompt chunks together (faster; a row's last bits then
+    depend on the batch). One LLM may be used from several
     threads at once: their requests share the engine's batch."""
 
     def __init__(self, model: str | None = None, device: str = "auto", max_context: int | None = None,
@@ -192,6 +193,7 @@ class LLM:
             runner.release()  # the traceback keeps `runner` alive; its memory must not stay held
             raise
         self.runner = runner
+        self.batch_invariant = batch_invariant
         self.engine = Engine(runner, self.tokenizer.eos_token_ids, prefix_caching)
         self._serving: ServingEngine | None = None
         self._serving_lock = threading.Lock()

@@ -97,14 +97,17 @@ class Scheduler:
 
     def __init__(self, max_step_tokens: int, max_context: int, take_slot, give_slot, tokenizer,
                  begin=lambda seq: None, end=lambda seq: None, prefix_block: int = 0,
-                 max_prefill_while_decoding: int | None = None):
+                 max_prefill_while_decoding: int | None = None, mixed_steps: bool = False):
         """prefix_block > 0 (the KV block size, with prefix caching): a request whose first block
         of tokens is that of a sequence still prefilling waits until that prefill is done, then
         finds the shared blocks cached instead of computing them a second time.
         max_prefill_while_decoding: prompt tokens a step takes while sequences are decoding (None:
         max_step_tokens). A prompt step sits between two tokens of every decoding sequence, so a
         smaller one keeps the time between a stream's tokens near a decode step's, and a long
-        prompt takes more steps to its first token."""
+        prompt takes more steps to its first token.
+        mixed_steps: every step takes each decoding sequence's token and prompt chunks in the
+        budget left (decodes no longer wait for prompt steps; a decode row's output then depends
+        on the prompts beside it, in its last bits)."""
         if max_step_tokens < 1:
             raise ValueError(f"max_step_tokens={max_step_tokens} must be >= 1")
         if max_prefill_while_decoding is not None and max_prefill_while_decoding < 1:
@@ -117,6 +120,7 @@ class Scheduler:
         self.running: list[Running] = []
         self.preemptions = 0
         self._prefill_turn = False  # the next step is a prompt step if there are prompt chunks
+        self.mixed_steps = mixed_steps
 
     def check_fits(self, request: Request) -> None:
         """ContextOverflowError unless the prompt and max_tokens fit a sequence's context."""
@@ -142,8 +146,14 @@ class Scheduler:
         prompt chunks (running sequences' first, then newly admitted requests', within the token
         budget); while both have work they take turns. Never both in one step: a decode row then
         runs through the very kernels it meets alone, so its output cannot depend on the prompts
-        beside it (and a decode step can replay a CUDA graph)."""
+        beside it (and a decode step can replay a CUDA graph). With mixed_steps, one step holds
+        both: the decodes, then prompt chunks in the rest of the budget."""
         decodes = [Chunk(s, None, True) for s in self.decoding()[:self.max_step_tokens]]
+        if self.mixed_steps:
+            budget = self.max_step_tokens - len(decodes)
+            if decodes:
+                budget = min(budget, self.max_prefill_while_decoding)
+            return ScheduledStep(decodes + self._prefill_step(budget).chunks)
         if decodes and not self._prefill_turn:
             self._prefill_turn = True
             return ScheduledStep(decodes)

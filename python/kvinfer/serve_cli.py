@@ -36,8 +36,9 @@ def add_parser(sub) -> None:
                    help="compute every prompt in full (by default a prompt reuses the KV blocks of a cached prefix)")
     p.add_argument("--max-memory", default=None, help="memory budget with a unit, e.g. 8GiB (default: no budget)")
     p.add_argument("--no-batch-invariant", action="store_true",
-                   help="CUDA: faster decode steps of 16+ sequences, whose outputs may then differ in the last "
-                        "bits with what shares their step (by default they never do)")
+                   help="faster decode steps of 16+ sequences (CUDA) and decodes sharing steps with prompt "
+                        "chunks; outputs may then differ in the last bits with what shares their step (by default "
+                        "they never do)")
     p.set_defaults(func=serve)
 
 

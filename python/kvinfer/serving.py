@@ -65,7 +65,9 @@ class ServingEngine:
     PIPELINE_RUN = 64  # steps in flight back to back before the runner's lock is let go
 
     def __init__(self, llm, max_waiting: int | None = 1024, max_prefill_while_decoding: int | None = None):
-        """max_prefill_while_decoding: prompt tokens of a step while sequences decode (Scheduler)."""
+        """max_prefill_while_decoding: prompt tokens of a step while sequences decode (Scheduler).
+        Decodes and prompt chunks share steps (Scheduler mixed_steps) where the LLM gave up batch
+        invariance: a decode row's last bits then depend on its step anyway."""
         if max_waiting is not None and max_waiting < 1:
             raise ValueError(f"max_waiting={max_waiting} must be >= 1 (or None: no bound)")
         self.llm, self.max_waiting = llm, max_waiting
@@ -76,7 +78,7 @@ class ServingEngine:
             begin=self._begin,
             end=lambda seq: engine.end(seq, seq.request.prompt_ids + seq.token_ids),
             prefix_block=engine.blocks.block_size if engine.prefix_caching else 0,
-            max_prefill_while_decoding=max_prefill_while_decoding)
+            max_prefill_while_decoding=max_prefill_while_decoding, mixed_steps=not llm.batch_invariant)
         self._deliver: dict[str, Deliver] = {}
         self._inbox: list[tuple[Request, Deliver]] = []
         self._aborts: list[str] = []
