@@ -123,7 +123,7 @@ def completion_prompts(body: dict, encode) -> list[list[int]]:
     p = body.get("prompt")
     if isinstance(p, str):
         items = [p]
-    elif isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+    elif isinstance(p, list) and p and set(map(type, p)) == {int}:  # JSON's integers (not true/false)
         items = [p]
     elif isinstance(p, list) and p and all(isinstance(x, (str, list)) for x in p):
         items = p
