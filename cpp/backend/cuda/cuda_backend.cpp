@@ -243,7 +243,8 @@ class CudaBackend final : public Backend {
     const cuda::SkinnyOutput residual{cuda::SkinnyOut::residual, x(), c_.hidden_size, down.bias, x_ss()};
     // SwiGLU: silu(gate) * up in the gate/up projection's epilogue where the Hopper kernel runs it
     const cuda::SkinnyOutput activated{cuda::SkinnyOut::silu_mul, mlp, ld, in.bias};
-    if (act == Activation::silu_mul && T <= kSkinnyFuseMaxRows && cuda::skinny_paired_supported(in.out, activated)) {
+    const bool paired = act == Activation::silu_mul && cuda::skinny_paired_supported(in.out, activated);
+    if (paired && T <= kSkinnyFuseMaxRows) {
       skinny_gemm(in, T, normed_input(norm, nullptr, T), activated);
       return skinny_gemm(down, T, cuda::SkinnyInput{cuda::SkinnyIn::half, mlp, ld}, residual);
     }
@@ -251,8 +252,10 @@ class CudaBackend final : public Backend {
     // Fused into the GEMM, the activation is recomputed by each of its N / 16 weight tiles for
     // the whole input row: cheap for a narrow output (SmolLM2's down projection, 36 tiles),
     // slower than a pass of its own for a wide one (Llama-3.2-1B's, 128 tiles: 67.7 us fused
-    // against 17.2 us unfused at one token on an H200).
-    const bool fuse = down.out <= kFusedActivationMaxOut;
+    // against 17.2 us unfused at one token on an H200). Not where the paired epilogue runs
+    // smaller steps: an activated input takes another kernel than fp16 rows (another order over
+    // K), and a row's bits must not depend on how many rows share its step.
+    const bool fuse = !paired && down.out <= kFusedActivationMaxOut;
     if (!fuse) activate(act, mlp, ld, T, down.in);
     const cuda::SkinnyIn kind = fuse && act == Activation::silu_mul   ? cuda::SkinnyIn::silu_mul
                                 : fuse && act == Activation::gelu_new ? cuda::SkinnyIn::gelu
