@@ -8,6 +8,9 @@ Poisson arrivals at a rate (or all at once), prompt and output lengths drawn wit
         --num-requests 1000 --prompt-len 64 1024 --output-len 16 512 --baseline
 `--serve MODEL` starts `kvinfer serve` in its own process (the client here must not compete with
 the server for one interpreter's lock) on random weights of a benchmark shape (benchmarks/gpu_bench.py);
+the requests go out from --client-procs processes (one Python process parses streamed chunks slower
+than the server makes them);
+`--single-process` serves with the engine loop in the server's process (the default gives it one of its own);
 `--baseline` then also times LLM.generate on the same requests: in waves of max_batch that each run
 until their longest request ends (only the tokens each request asked for count), as generate ran
 before it joined the serving loop, and all at once (the server's engine loop without HTTP).
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import signal
 import statistics
@@ -63,7 +67,7 @@ def workload(n: int, prompt_len: tuple[int, int], output_len: tuple[int, int], v
 async def one(client: httpx.AsyncClient, url: str, model: str, prompt: list[int], out: int, r: Result) -> None:
     body = {"model": model, "prompt": prompt, "max_tokens": out, "temperature": 0, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}
-    r.start = time.perf_counter()
+    r.start = time.time()  # the wall clock: every client process's times compare
     try:
         async with client.stream("POST", url + "/v1/completions", json=body) as resp:
             if resp.status_code != 200:
@@ -74,25 +78,57 @@ async def one(client: httpx.AsyncClient, url: str, model: str, prompt: list[int]
                     continue
                 chunk = json.loads(line[6:])
                 if chunk.get("choices"):
-                    r.chunk_times.append(time.perf_counter())
+                    r.chunk_times.append(time.time())
                 if chunk.get("usage"):
                     r.completion_tokens = chunk["usage"]["completion_tokens"]
     except httpx.HTTPError as e:
         r.error = repr(e)
 
 
-async def run(url: str, model: str, requests, rate: float, seed: int) -> tuple[list[Result], float]:
-    gaps = np.random.default_rng(seed + 1).exponential(1 / rate, len(requests)) if rate != float("inf") else None
+async def send_all(url: str, model: str, requests, arrivals: list[float], start: float) -> list[Result]:
+    """Sends each request at start + its arrival offset (wall clock) and streams its answer."""
     results = [Result(len(p), o) for p, o in requests]
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits) as client:
-        t0, tasks = time.perf_counter(), []
-        for i, (p, o) in enumerate(requests):
-            tasks.append(asyncio.create_task(one(client, url, model, p, o, results[i])))
-            if gaps is not None:
-                await asyncio.sleep(gaps[i])
+        tasks = []
+        for (p, o), at, r in zip(requests, arrivals, results):
+            if (wait := start + at - time.time()) > 0:  # (a request already due goes out at once)
+                await asyncio.sleep(wait)
+            tasks.append(asyncio.create_task(one(client, url, model, p, o, r)))
         await asyncio.gather(*tasks)
-    return results, time.perf_counter() - t0
+    return results
+
+
+def client_process(url: str, model: str, requests, arrivals: list[float], inbox, out) -> None:
+    out.put("ready")
+    out.put(asyncio.run(send_all(url, model, requests, arrivals, inbox.get())))
+
+
+def run(url: str, model: str, requests, rate: float, seed: int, procs: int) -> tuple[list[Result], float]:
+    """The requests, arriving as a Poisson process (all at once for rate inf), sent from `procs`
+    client processes that take every procs-th request: parsing a few hundred thousand streamed
+    chunks takes one Python process longer than the server takes to produce them."""
+    gaps = np.random.default_rng(seed + 1).exponential(1 / rate, len(requests)) if rate != float("inf") else None
+    arrivals = np.cumsum(gaps).tolist() if gaps is not None else [0.0] * len(requests)
+    ctx = multiprocessing.get_context("spawn")
+    inboxes, queues = [ctx.SimpleQueue() for _ in range(procs)], [ctx.SimpleQueue() for _ in range(procs)]
+    workers = [ctx.Process(target=client_process, args=(url, model, requests[i::procs], arrivals[i::procs], inbox, q))
+               for i, (inbox, q) in enumerate(zip(inboxes, queues))]
+    for w in workers:
+        w.start()
+    for q in queues:  # every client process is up
+        assert q.get() == "ready"
+    start = time.time() + 0.1
+    for inbox in inboxes:
+        inbox.put(start)
+    parts = [q.get() for q in queues]
+    for w in workers:
+        w.join()
+    results = [None] * len(requests)
+    for i, part in enumerate(parts):
+        results[i::procs] = part
+    end = max((r.chunk_times[-1] for r in results if r.chunk_times), default=start)
+    return results, end - start
 
 
 def report(results: list[Result], seconds: float, label: str) -> None:
@@ -184,6 +220,8 @@ def main() -> None:
     ap.add_argument("--no-batch-invariant", action="store_true",
                     help="as kvinfer serve's (cuBLAS for 16+ decode rows, decodes and prompt chunks in one step)")
     ap.add_argument("--vocab", type=int, default=32000, help="prompt token ids are drawn below this (with --url)")
+    ap.add_argument("--single-process", action="store_true", help="as kvinfer serve's (with --serve)")
+    ap.add_argument("--client-procs", type=int, default=1, help="client processes sending the requests")
     args = ap.parse_args()
     server = None
     if args.serve:
@@ -200,7 +238,8 @@ def main() -> None:
                                    str(args.max_step_tokens)] + (["--no-prefix-caching"] if args.no_prefix_caching else [])
                                   + (["--max-prefill-while-decoding", str(args.max_prefill_while_decoding)]
                                      if args.max_prefill_while_decoding else [])
-                                  + (["--no-batch-invariant"] if args.no_batch_invariant else []))
+                                  + (["--no-batch-invariant"] if args.no_batch_invariant else [])
+                                  + (["--single-process"] if args.single_process else []))
         args.url, args.model = f"http://127.0.0.1:{args.port}", args.serve
         wait_until_up(args.url, server)
     model = args.model or httpx.get(args.url + "/v1/models").json()["data"][0]["id"]
@@ -213,7 +252,7 @@ def main() -> None:
     print("| run | requests | failed | req/s | output tok/s | TTFT median ms | TTFT p99 ms | TPOT median ms "
           "| TPOT p99 ms | ITL median ms | ITL p99 ms |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    results, seconds = asyncio.run(run(args.url, model, requests, args.rate, args.seed))
+    results, seconds = run(args.url, model, requests, args.rate, args.seed, args.client_procs)
     report(results, seconds, f"serve, rate {args.rate}")
     if server is not None:
         server.send_signal(signal.SIGINT)

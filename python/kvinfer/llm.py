@@ -124,6 +124,23 @@ def _count(name: str, value, optional: bool = True):
     return int(value)
 
 
+def encode_prompt(prompt: Prompt, tokenizer: Tokenizer, vocab_size: int) -> list[int]:
+    """A prompt's token ids: text encoded, or ids checked to be integers in [0, vocab_size)."""
+    if isinstance(prompt, str):
+        ids = tokenizer.encode(prompt)
+    else:  # checked per type and by min/max: a long prompt's ids cost microseconds, not a loop each
+        kinds = set(map(type, prompt))
+        if not all(issubclass(k, (int, np.integer)) and not issubclass(k, bool) for k in kinds):
+            raise ValueError("a prompt of token ids must hold integers")
+        ids = list(prompt) if kinds == {int} else [int(t) for t in prompt]
+    if not ids:
+        raise ValueError("prompt is empty")
+    if not (0 <= min(ids) and max(ids) < vocab_size):
+        bad = next(t for t in ids if not 0 <= t < vocab_size)
+        raise ValueError(f"token id {bad} is out of range [0, {vocab_size})")
+    return ids
+
+
 def _pick_device(device: str) -> str:
     if device != "auto":
         return device
@@ -200,19 +217,7 @@ class LLM:
 
     # ---- prompts -------------------------------------------------------------------------------
     def _encode(self, prompt: Prompt) -> list[int]:
-        if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt)
-        else:  # checked per type and by min/max: a long prompt's ids cost microseconds, not a loop each
-            kinds = set(map(type, prompt))
-            if not all(issubclass(k, (int, np.integer)) and not issubclass(k, bool) for k in kinds):
-                raise ValueError("a prompt of token ids must hold integers")
-            ids = list(prompt) if kinds == {int} else [int(t) for t in prompt]
-        if not ids:
-            raise ValueError("prompt is empty")
-        if not (0 <= min(ids) and max(ids) < self.config.vocab_size):
-            bad = next(t for t in ids if not 0 <= t < self.config.vocab_size)
-            raise ValueError(f"token id {bad} is out of range [0, {self.config.vocab_size})")
-        return ids
+        return encode_prompt(prompt, self.tokenizer, self.config.vocab_size)
 
     def _check_fits(self, ids: list[int], params: SamplingParams) -> None:
         params.check_vocab(self.config.vocab_size)

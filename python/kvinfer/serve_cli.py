@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
                    help="faster decode steps of 16+ sequences (CUDA) and decodes sharing steps with prompt "
                         "chunks; outputs may then differ in the last bits with what shares their step (by default "
                         "they never do)")
+    p.add_argument("--single-process", action="store_true",
+                   help="run the engine loop in the server's process (by default it has a process of its own, so "
+                        "that HTTP and the engine never wait on one interpreter lock)")
     p.set_defaults(func=serve)
 
 
@@ -57,23 +60,31 @@ def serve(args: argparse.Namespace) -> int:
         from kvinfer.server import create_app
     except ImportError as e:
         raise ValueError(f"kvinfer serve needs {e.name}: pip install 'kvinfer[serve]'") from None
-    from kvinfer.llm import LLM
-    from kvinfer.serving import ServingEngine
+    llm_kwargs = dict(model=args.model, device=args.device, max_context=args.max_context, max_batch=args.max_batch,
+                      max_step_tokens=args.max_step_tokens, max_memory=args.max_memory, progress=sys.stderr.isatty(),
+                      prefix_caching=not args.no_prefix_caching, batch_invariant=not args.no_batch_invariant)
+    engine_kwargs = dict(max_waiting=args.max_waiting, max_prefill_while_decoding=args.max_prefill_while_decoding)
+    from kvinfer.engine_process import EngineProcess, ModelInfo
 
-    llm = LLM(args.model, device=args.device, max_context=args.max_context, max_batch=args.max_batch,
-              max_step_tokens=args.max_step_tokens, max_memory=args.max_memory, progress=sys.stderr.isatty(),
-              prefix_caching=not args.no_prefix_caching, batch_invariant=not args.no_batch_invariant)
+    if args.single_process:
+        from kvinfer.llm import LLM
+        from kvinfer.serving import ServingEngine
+
+        llm = LLM(**llm_kwargs)
+        engine, info = ServingEngine(llm, **engine_kwargs), ModelInfo.of(llm)
+    else:
+        llm, engine = None, EngineProcess(llm_kwargs, engine_kwargs)
+        info = engine.info
     # a converted GGUF's cache folder is <stem>-<content key>-v<converter>: the stem is its name
-    name = args.served_model_name or re.sub(r"-[0-9a-f]{16}-v\d+$", "", os.path.basename(os.path.normpath(llm.folder)))
-    engine = ServingEngine(llm, max_waiting=args.max_waiting, max_prefill_while_decoding=args.max_prefill_while_decoding)
-    plan = llm.plan.by_purpose()
-    print(f"kvinfer serve: {name} on {llm.device}; {llm.max_batch} sequences of up to {llm.max_context} tokens; "
-          f"{llm.plan.kv_blocks:,} KV blocks ({llm.plan.kv_tokens:,} tokens); "
-          + ", ".join(f"{k} {v / 2**20:,.1f} MiB" for k, v in plan.items()), file=sys.stderr)
+    name = args.served_model_name or re.sub(r"-[0-9a-f]{16}-v\d+$", "", os.path.basename(os.path.normpath(info.folder)))
+    print(f"kvinfer serve: {name} on {info.device}; {info.max_batch} sequences of up to {info.max_context} tokens; "
+          f"{info.kv_blocks:,} KV blocks ({info.kv_tokens:,} tokens); "
+          + ", ".join(f"{k} {v / 2**20:,.1f} MiB" for k, v in info.memory.items()), file=sys.stderr)
     print(f"kvinfer serve: http://{args.host}:{args.port}/v1 (Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
         uvicorn.run(create_app(engine, name, args.api_key), host=args.host, port=args.port, log_level="warning")
     finally:
         engine.close()
-        llm.close()
+        if llm is not None:
+            llm.close()
     return 0

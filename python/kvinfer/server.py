@@ -40,13 +40,16 @@ class Metrics:
         total = Gauge("kvinfer_kv_blocks", "KV-cache blocks in the pool", registry=r)
         hits = Gauge("kvinfer_prefix_cache_hit_rate", "prompt tokens found in the prefix cache / prompt "
                      "tokens looked up", registry=r)
+        # the engine's numbers as of the scrape (the engine may run in a process of its own)
         running.set_function(lambda: engine.stats()["running"])
         waiting.set_function(lambda: engine.stats()["waiting"])
-        slots.set_function(lambda: engine.llm.max_batch - engine.llm.engine.free_slots())
-        pool = engine.llm.engine.blocks
-        blocks.set_function(pool.used_blocks)
-        total.set_function(lambda: pool.num_blocks)
-        hits.set_function(lambda: pool.hit_tokens / max(1, pool.query_tokens))
+        slots.set_function(lambda: engine.stats()["slots_used"])
+        blocks.set_function(lambda: engine.stats()["kv_blocks_used"])
+        total.set_function(lambda: engine.stats()["kv_blocks"])
+        def hit_rate() -> float:
+            s = engine.stats()
+            return s["prefix_hit_tokens"] / max(1, s["prefix_query_tokens"])
+        hits.set_function(hit_rate)
 
 
 class Mailbox:

@@ -138,6 +138,7 @@ class ServingEngine:
         blocks = self.llm.engine.blocks
         with self._cv:
             return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting) + len(self._inbox),
+                    "slots_used": self.llm.max_batch - self.llm.engine.free_slots(),
                     "steps": self.steps, "kv_blocks": blocks.num_blocks, "kv_blocks_used": blocks.used_blocks(),
                     "prefix_hit_tokens": blocks.hit_tokens, "prefix_query_tokens": blocks.query_tokens,
                     "preemptions": self.scheduler.preemptions}
