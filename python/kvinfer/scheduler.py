@@ -102,18 +102,20 @@ class Scheduler:
         of tokens is that of a sequence still prefilling waits until that prefill is done, then
         finds the shared blocks cached instead of computing them a second time.
         max_prefill_while_decoding: prompt tokens a step takes while sequences are decoding (None:
-        max_step_tokens). A prompt step sits between two tokens of every decoding sequence, so a
-        smaller one keeps the time between a stream's tokens near a decode step's, and a long
-        prompt takes more steps to its first token.
+        max_step_tokens, or half of it with mixed_steps). A prompt step sits between two tokens of
+        every decoding sequence, so a smaller one keeps the time between a stream's tokens near a
+        decode step's, and a long prompt takes more steps to its first token.
         mixed_steps: every step takes each decoding sequence's token and prompt chunks in the
         budget left (decodes no longer wait for prompt steps; a decode row's output then depends
-        on the prompts beside it, in its last bits)."""
+        on the prompts beside it, in its last bits). Every mixed step is then a time between two
+        tokens, so by default it takes half the budget of prompt tokens, not all of it."""
         if max_step_tokens < 1:
             raise ValueError(f"max_step_tokens={max_step_tokens} must be >= 1")
         if max_prefill_while_decoding is not None and max_prefill_while_decoding < 1:
             raise ValueError(f"max_prefill_while_decoding={max_prefill_while_decoding} must be >= 1 (or None)")
         self.max_step_tokens, self.max_context, self.prefix_block = max_step_tokens, max_context, prefix_block
-        self.max_prefill_while_decoding = min(max_prefill_while_decoding or max_step_tokens, max_step_tokens)
+        default = max(1, max_step_tokens // 2) if mixed_steps else max_step_tokens
+        self.max_prefill_while_decoding = min(max_prefill_while_decoding or default, max_step_tokens)
         self._take_slot, self._give_slot, self._tokenizer = take_slot, give_slot, tokenizer
         self._begin, self._end = begin, end
         self.waiting: deque[Request | Running] = deque()  # Running: preempted, admitted first

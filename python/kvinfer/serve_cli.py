@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-step-tokens", type=cli_text.positive, default=512,
                    help="tokens per step: running sequences' next tokens plus prompt chunks")
     p.add_argument("--max-prefill-while-decoding", type=cli_text.positive, default=None, metavar="N",
-                   help="prompt tokens a step takes while sequences are decoding (default: --max-step-tokens); "
+                   help="prompt tokens a step takes while sequences are decoding (default: --max-step-tokens, half "
+                        "of it with --no-batch-invariant); "
                         "fewer keep the time between a stream's tokens near a decode step's, at some cost in "
                         "time to the first token of long prompts")
     p.add_argument("--max-waiting", type=cli_text.positive, default=1024,

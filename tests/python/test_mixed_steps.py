@@ -50,6 +50,11 @@ def test_a_mixed_step_holds_the_decodes_and_prompt_chunks_in_the_rest_of_the_bud
         s.chunks[1].seq.cached += 64
     turns = Scheduler(256, 1024, lambda: None, free.append, llm.tokenizer)
     assert not turns.mixed_steps  # the default: decodes and prompt chunks take turns
+    # beside decodes a mixed step takes half the budget of prompt tokens unless told otherwise
+    assert turns.max_prefill_while_decoding == 256
+    assert Scheduler(256, 1024, lambda: None, free.append, llm.tokenizer,
+                     mixed_steps=True).max_prefill_while_decoding == 128
+    assert sched.max_prefill_while_decoding == 64
 
 
 class StepKinds:
