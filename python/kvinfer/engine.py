@@ -26,7 +26,7 @@ class Slot:
 class Engine:
     """The slots and KV blocks of one Runner, and the lock that serialises its use. Every step
     names each sequence's blocks: `block_rows` holds each slot's block table, written as blocks
-    are added, so a step's tables are one gather."""
+    are added, so a step's tables are one gather (and `sampling_rows` its sampling arguments)."""
 
     def __init__(self, runner: _core.Runner, eos_ids: set[int], prefix_caching: bool = True):
         self.runner = runner
@@ -37,6 +37,8 @@ class Engine:
         self._free = list(range(runner.max_batch))
         self.blocks = BlockManager(runner.num_blocks, runner.block_size)
         self.block_rows = np.zeros((runner.max_batch, -(-runner.max_context // runner.block_size)), np.int32)
+        # each slot's sampling arguments, written when its sequence is admitted: a step's are one gather
+        self.sampling_rows = np.zeros(runner.max_batch, _core.sampling_args_dtype())
 
     # ---- KV blocks --------------------------------------------------------------------------------
     def begin(self, seq, prompt: list[int], reuse: bool) -> None:

@@ -26,12 +26,16 @@ class Request:
     params: SamplingParams
     seed: int                      # the sampler's stream: a function of (seed, token index) only
     stop_ids: frozenset[int]       # end-of-sequence ids (unless ignore_eos) and params.stop_token_ids
+    prompt_len: int = field(init=False)
+    hold: int = field(init=False)  # characters of new text held back: they could still start a stop string
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:
             raise ValueError(f"request {self.request_id!r} has an empty prompt")
         if not 0 <= self.seed < 2**64:
             raise ValueError(f"request {self.request_id!r} seed={self.seed} must be in [0, 2^64)")
+        self.prompt_len = len(self.prompt_ids)
+        self.hold = max((len(s) for s in self.params.stop), default=1) - 1
 
 
 @dataclass
@@ -56,15 +60,15 @@ class Running:
 
     @property
     def prefilling(self) -> bool:
-        return self.cached < len(self.request.prompt_ids) + max(0, len(self.token_ids) - 1)
+        n = len(self.token_ids)
+        return self.cached < self.request.prompt_len + (n - 1 if n else 0)
 
     def accept(self, token: int) -> None:
         accept_token(self, token, self.request.params, self.request.stop_ids)
 
     def new_text(self) -> str:
         """Text not handed out yet, holding back what could still become a stop string."""
-        hold = 0 if self.finish_reason else max((len(s) for s in self.request.params.stop), default=1) - 1
-        end = max(self.emitted, len(self.text) - hold)
+        end = max(self.emitted, len(self.text) - (0 if self.finish_reason else self.request.hold))
         piece, self.emitted = self.text[self.emitted:end], end
         return piece
 
@@ -143,14 +147,15 @@ class Scheduler:
         be in flight: its step has not been collected)."""
         return [s for s in self.running if not s.prefilling and s.launched < s.request.params.max_tokens]
 
-    def schedule(self) -> ScheduledStep:
+    def schedule(self, decoding: list[Running] | None = None) -> ScheduledStep:
         """A step of decodes (one token for every sequence past its prompt, oldest first) or one of
         prompt chunks (running sequences' first, then newly admitted requests', within the token
         budget); while both have work they take turns. Never both in one step: a decode row then
         runs through the very kernels it meets alone, so its output cannot depend on the prompts
         beside it (and a decode step can replay a CUDA graph). With mixed_steps, one step holds
-        both: the decodes, then prompt chunks in the rest of the budget."""
-        decodes = [Chunk(s, None, True) for s in self.decoding()[:self.max_step_tokens]]
+        both: the decodes, then prompt chunks in the rest of the budget. `decoding`: what
+        self.decoding() gives now, where the caller has it already."""
+        decodes = [Chunk(s, None, True) for s in (self.decoding() if decoding is None else decoding)[:self.max_step_tokens]]
         if self.mixed_steps:
             budget = self.max_step_tokens - len(decodes)
             if decodes:

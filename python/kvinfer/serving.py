@@ -27,14 +27,14 @@ from kvinfer.block_manager import OutOfBlocks
 from kvinfer.logprobs import Logprob, logprob_of
 from kvinfer.sampling import SamplingParams
 from kvinfer.scheduler import Request, Running, Scheduler, request_of
-from kvinfer.step_inputs import StepInputs, step_inputs
+from kvinfer.step_inputs import StepInputs, step_inputs, write_sampling_row
 
 
 class QueueFullError(RuntimeError):
     """The waiting queue holds max_waiting requests already."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Delta:
     """What one request got from one step: new text and token ids (and their log-probabilities when
     asked); `finish_reason` ("stop", "length", "abort" or "error") on its last delta, with `error`
@@ -172,22 +172,28 @@ class ServingEngine:
         (n > 1 choices), else the prefix cache's and fresh ones."""
         engine, request = self.llm.engine, seq.request
         reuse = engine.prefix_caching and not request.params.reads_history
+        parent = None
         if reuse and not seq.token_ids:
             n = len(request.prompt_ids)
-            for parent in self.scheduler.running:
-                if (parent.table is not None and parent.cached >= n - 1 and not parent.request.params.reads_history
-                        and len(parent.request.prompt_ids) == n and parent.request.prompt_ids == request.prompt_ids):
-                    return engine.fork(seq, parent, n)
-        engine.begin(seq, seq.prefill_ids(), reuse)
+            parent = next((p for p in self.scheduler.running
+                           if p.table is not None and p.cached >= n - 1 and not p.request.params.reads_history
+                           and len(p.request.prompt_ids) == n and p.request.prompt_ids == request.prompt_ids), None)
+        if parent is not None:
+            engine.fork(seq, parent, len(request.prompt_ids))
+        else:
+            engine.begin(seq, seq.prefill_ids(), reuse)
+        write_sampling_row(engine.sampling_rows, seq.slot, request)
 
-    def _room(self) -> bool:
-        """Blocks for each decoding sequence's next token; False when the pool is short."""
+    def _room(self) -> list[Running] | None:
+        """Blocks for each decoding sequence's next token: the decoding sequences, or None when the
+        pool is short."""
+        decoding = self.scheduler.decoding()
         try:
-            for s in self.scheduler.decoding():
+            for s in decoding:
                 self.llm.engine.grow(s, s.cached + 1)
-            return True
+            return decoding
         except OutOfBlocks:
-            return False
+            return None
 
     def _loop(self) -> None:
         while True:
@@ -237,22 +243,21 @@ class ServingEngine:
             self._drain()  # the lock is let go: another user of the runner may step
             self._pipelined = 0
             return
-        while not self._room():  # the pool is short: steps in flight end first (finishing sequences
-            if self._in_flight:  # free blocks), then the newest sequences are preempted
+        while (decoding := self._room()) is None:  # the pool is short: steps in flight end first
+            if self._in_flight:  # (finishing sequences free blocks), then the newest sequences are preempted
                 self._collect()
                 return
             self.scheduler.preempt(self.scheduler.running[-1])  # one always fits: the pool holds a context
-        step = self.scheduler.schedule()
+        step = self.scheduler.schedule(decoding)
         engine = self.llm.engine
         for c in step.chunks:  # a decoding sequence may enter a new block
             engine.grow(c.seq, c.seq.cached + c.num_tokens)
         if step.chunks:
             if any(c.samples and c.seq.request.params.logprobs is not None for c in step.chunks):
                 self._drain()
-                self._run_with_logits(step_inputs(step.chunks, None, engine.tables))
+                self._run_with_logits(step_inputs(step.chunks, None, engine))
                 return
-            self._launch(step_inputs(step.chunks, self._in_flight[-1].sampled if self._in_flight else None,
-                                     engine.tables))
+            self._launch(step_inputs(step.chunks, self._in_flight[-1].sampled if self._in_flight else None, engine))
         if self._in_flight and (len(self._in_flight) == 2 or not step.chunks):
             self._collect()
 

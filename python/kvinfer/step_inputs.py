@@ -30,19 +30,27 @@ def logit_biases(args: np.ndarray, entries: list[list[tuple[int, float]]]) -> np
     return out
 
 
-def sampling_args(seqs) -> tuple[np.ndarray, np.ndarray | None]:
-    """[R] sampling arguments of the sequences (scheduler.Running) whose rows a step samples, and
-    the step's logit biases (None: no row has any). `launched` is each one's sampler step index."""
-    params = [s.request.params for s in seqs]
-    args = np.zeros(len(seqs), SAMPLING_DTYPE)
-    for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
-                 "frequency_penalty"):
-        args[name] = [getattr(p, name) for p in params]
-    args["seed"] = [s.request.seed for s in seqs]
+_CONSTANT_ARGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+                  "frequency_penalty")
+
+
+def write_sampling_row(rows: np.ndarray, slot: int, request) -> None:
+    """rows[slot] = a request's (scheduler.Request) sampling arguments but the sampler step index
+    and logit biases, which each step sets."""
+    rows[slot] = np.zeros((), rows.dtype)
+    for name in _CONSTANT_ARGS:
+        rows[name][slot] = getattr(request.params, name)
+    rows["seed"][slot], rows["output_start"][slot] = request.seed, len(request.prompt_ids)
+
+
+def sampling_args(seqs, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """[R] sampling arguments of the sequences (scheduler.Running) whose rows a step samples: their
+    slots' rows of `rows` (write_sampling_row) with `launched`, each one's sampler step index, and
+    the step's logit biases (None: no row has any)."""
+    args = rows[[s.slot for s in seqs]]
     args["step"] = [s.launched for s in seqs]
-    args["output_start"] = [len(s.request.prompt_ids) for s in seqs]
-    entries = [p.biases(s.request.stop_ids, s.launched) if p.logit_bias or p.min_tokens else []
-               for p, s in zip(params, seqs)]
+    entries = [s.request.params.biases(s.request.stop_ids, s.launched)
+               if s.request.params.logit_bias or s.request.params.min_tokens else [] for s in seqs]
     return args, logit_biases(args, entries)
 
 
@@ -67,10 +75,10 @@ class StepInputs:
                     logit_bias=self.logit_bias)
 
 
-def step_inputs(chunks, prev_sampled: list | None, tables) -> StepInputs:
+def step_inputs(chunks, prev_sampled: list | None, engine) -> StepInputs:
     """The inputs of a step of `chunks` (scheduler.Chunk, sequences' cached lengths as launched),
-    after a step in flight that samples `prev_sampled` (None: nothing in flight). `tables(seqs)`
-    gives their block-table rows."""
+    after a step in flight that samples `prev_sampled` (None: nothing in flight). `engine`
+    (engine.Engine) holds each slot's block table and sampling arguments."""
     prev_row = {id(s): r for r, s in enumerate(prev_sampled)} if prev_sampled else {}
     pieces, from_prev, row = [], [], 0  # from_prev: (row, the row of the step in flight it takes its token from)
     for c in chunks:
@@ -86,7 +94,7 @@ def step_inputs(chunks, prev_sampled: list | None, tables) -> StepInputs:
     starts = np.cumsum([0] + lengths).astype(np.int32)
     sampled_chunks = [i for i, c in enumerate(chunks) if c.samples]
     sampled = [chunks[i].seq for i in sampled_chunks]
-    args, biases = sampling_args(sampled)
+    args, biases = sampling_args(sampled, engine.sampling_rows)
     flat_prev = None
     if from_prev:
         flat_prev = np.full(row, -1, np.int32)
@@ -98,7 +106,7 @@ def step_inputs(chunks, prev_sampled: list | None, tables) -> StepInputs:
         query_starts=starts,
         cached_lengths=np.array([s.cached for s in seqs], np.int32),
         kv_slots=np.array([s.slot for s in seqs], np.int32),
-        block_tables=tables(seqs),
+        block_tables=engine.tables(seqs),
         logit_rows=(starts[1:] - 1)[sampled_chunks].astype(np.int32),
         sampling=args, logit_bias=biases,
         prev_sample_row=flat_prev,

@@ -93,7 +93,8 @@ class Tokenizer:
 class StreamDecoder:
     """Incremental detokenizer: feed token ids, get the new text. Text is decoded over a short
     window of earlier tokens (so spacing rules that look at neighbours apply) and held back while
-    it ends in an incomplete UTF-8 sequence."""
+    it ends in an incomplete UTF-8 sequence: the `tokenizers` library's DecodeStream where it has
+    one (the same algorithm, one native call a token), else the same here."""
 
     def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True):
         self.tokenizer = tokenizer
@@ -101,8 +102,18 @@ class StreamDecoder:
         self.ids: list[int] = []
         self.prefix = 0  # window start
         self.read = 0    # tokens already turned into emitted text
+        self._stream = None
+        if tokenizer._tok is not None:
+            try:
+                from tokenizers.decoders import DecodeStream
+            except ImportError:  # tokenizers < 0.21
+                pass
+            else:
+                self._stream = DecodeStream(skip_special_tokens=skip_special_tokens)
 
     def push(self, token_id: int) -> str:
+        if self._stream is not None:
+            return self._stream.step(self.tokenizer._tok, token_id) or ""
         self.ids.append(token_id)
         before = self.tokenizer.decode(self.ids[self.prefix:self.read], self.skip)
         after = self.tokenizer.decode(self.ids[self.prefix:], self.skip)

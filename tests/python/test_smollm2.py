@@ -86,6 +86,25 @@ def test_tokenizer_matches_hf_gguf_tokenizer(folder, gguf_path):
     assert ours.eos_token_ids == {2}
 
 
+def test_streamed_text_equals_the_whole_text(folder):
+    """Streaming detokenization (the library's DecodeStream, and the fallback written here) gives
+    the text of the whole sequence, piece by piece, across multi-byte characters split over tokens."""
+    from kvinfer.tokenizer import StreamDecoder
+
+    tok = Tokenizer(folder)
+    text = "Hello, world! Ünïcödé, 漢字とテスト 🎉🎉, emoji-split bytes: 🤖🦙 and   spaces\n\ttabs. " * 3
+    ids = tok.encode(text, add_special_tokens=False) + sorted(tok.eos_token_ids)[:1] + tok.encode(" after")
+    whole = tok.decode(ids)
+    native = StreamDecoder(tok)
+    fallback = StreamDecoder(tok)
+    fallback._stream = None
+    for decoder in (native, fallback):
+        pieces = [decoder.push(i) for i in ids]
+        assert "".join(pieces) == whole
+        assert all("\ufffd" not in p for p in pieces)
+    assert native._stream is not None  # the library path ran (tokenizers >= 0.21)
+
+
 def test_greedy_48_tokens_match_hf_on_our_folder(folder):
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     llm = LLM(folder, device="cpu", max_context=128, max_batch=3, tracker=kvinfer.VramTracker())
