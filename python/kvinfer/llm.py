@@ -262,13 +262,19 @@ class LLM:
         for ids, p in zip(encoded, every):
             self._check_fits(ids, p)
         outputs = [RequestOutput(p if isinstance(p, str) else None, ids, "", [], None) for p, ids in zip(items, encoded)]
-        deltas: queue.SimpleQueue[tuple[int, Delta]] = queue.SimpleQueue()
+        finished: queue.SimpleQueue[tuple[int, Delta]] = queue.SimpleQueue()
+
+        def take(d: Delta, i: int) -> None:  # on the engine thread: this thread wakes once a request
+            if d.finish_reason is None:      # (it reads outputs[i] only after request i has finished)
+                outputs[i].add(d)
+            else:
+                finished.put((i, d))
         serving, ids, unfinished = self._serving_engine(), [], set(range(len(encoded)))
         try:
             for i, prompt_ids in enumerate(encoded):
-                ids.append(serving.submit(prompt_ids, every[i], lambda d, i=i: deltas.put((i, d))))
+                ids.append(serving.submit(prompt_ids, every[i], lambda d, i=i: take(d, i)))
             while unfinished:
-                i, d = deltas.get()
+                i, d = finished.get()
                 _raise_for(d)
                 outputs[i].add(d)
                 if d.finish_reason:
