@@ -112,7 +112,9 @@ def create_app(engine: ServingEngine, model_name: str, api_key: str | None = Non
         return body
 
     @app.get("/health")
-    async def health() -> dict:
+    async def health():
+        if engine.closed:  # stopped, or its process ended: a load balancer should stop sending here
+            return JSONResponse({"status": "the engine has stopped"}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/metrics")
@@ -170,7 +172,8 @@ def create_app(engine: ServingEngine, model_name: str, api_key: str | None = Non
         except (QueueFullError, ValueError) as e:
             for request_id in ids:
                 engine.abort(request_id)
-            return error(api.ApiError(503 if isinstance(e, QueueFullError) else 400, str(e)))
+            unavailable = isinstance(e, QueueFullError) or engine.closed
+            return error(api.ApiError(503 if unavailable else 400, str(e)))
         prompt_tokens = sum(len(p) for p in job.prompts)
         metrics.prompt_tokens.inc(prompt_tokens)
         events = collect(deltas, len(ids), started)

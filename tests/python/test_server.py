@@ -166,6 +166,15 @@ def test_error_statuses(client, server, engine, llm):
     finally:
         busy.stop()
         full.close()
+    stopped = Server(create_app(full, MODEL))  # an engine that has stopped (or whose process ended)
+    try:
+        assert httpx.get(stopped.url + "/health").status_code == 503
+        with pytest.raises(openai.InternalServerError) as e:
+            openai.OpenAI(base_url=stopped.url + "/v1", api_key="x", max_retries=0).completions.create(
+                model=MODEL, prompt="d", max_tokens=2)
+        assert e.value.status_code == 503 and "closed" in e.value.body["message"]
+    finally:
+        stopped.stop()
 
 
 def test_sixteen_concurrent_streams_equal_each_alone(server, llm):
