@@ -85,11 +85,16 @@ async def one(client: httpx.AsyncClient, url: str, model: str, prompt: list[int]
         r.error = repr(e)
 
 
-async def send_all(url: str, model: str, requests, arrivals: list[float], start: float) -> list[Result]:
-    """Sends each request at start + its arrival offset (wall clock) and streams its answer."""
+async def send_all(url: str, model: str, requests, arrivals: list[float], inbox, out) -> list[Result]:
+    """Says it is ready once a first request went through (the HTTP stack's lazy imports and first
+    connection are not timed), then sends each request at the start time from `inbox` plus its
+    arrival offset (wall clock) and streams its answer."""
     results = [Result(len(p), o) for p, o in requests]
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits) as client:
+        await one(client, url, model, requests[0][0][:8], 1, Result(8, 1))
+        out.put("ready")
+        start = inbox.get()
         tasks = []
         for (p, o), at, r in zip(requests, arrivals, results):
             if (wait := start + at - time.time()) > 0:  # (a request already due goes out at once)
@@ -100,8 +105,7 @@ async def send_all(url: str, model: str, requests, arrivals: list[float], start:
 
 
 def client_process(url: str, model: str, requests, arrivals: list[float], inbox, out) -> None:
-    out.put("ready")
-    out.put(asyncio.run(send_all(url, model, requests, arrivals, inbox.get())))
+    out.put(asyncio.run(send_all(url, model, requests, arrivals, inbox, out)))
 
 
 def run(url: str, model: str, requests, rate: float, seed: int, procs: int) -> tuple[list[Result], float]:
