@@ -8,8 +8,8 @@ Poisson arrivals at a rate (or all at once), prompt and output lengths drawn wit
         --num-requests 1000 --prompt-len 64 1024 --output-len 16 512 --baseline
 `--serve MODEL` starts `kvinfer serve` in its own process (the client here must not compete with
 the server for one interpreter's lock) on random weights of a benchmark shape (benchmarks/gpu_bench.py);
-the requests go out from --client-procs processes (one Python process parses streamed chunks slower
-than the server makes them);
+the requests go out from --client-procs processes, each reading its streams as raw bytes (an HTTP
+library that parses every chunk was the limit near 15k tokens/s);
 `--single-process` serves with the engine loop in the server's process (the default gives it one of its own);
 `--baseline` then also times LLM.generate on the same requests: in waves of max_batch that each run
 until their longest request ends (only the tokens each request asked for count), as generate ran
@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 
 import httpx
@@ -64,43 +65,67 @@ def workload(n: int, prompt_len: tuple[int, int], output_len: tuple[int, int], v
     return [(prefix + rng.integers(1, vocab, p).tolist(), int(o)) for p, o in zip(*lens)]
 
 
-async def one(client: httpx.AsyncClient, url: str, model: str, prompt: list[int], out: int, r: Result) -> None:
-    body = {"model": model, "prompt": prompt, "max_tokens": out, "temperature": 0, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}}
+async def one(url: str, model: str, prompt: list[int], out: int, r: Result) -> None:
+    """One streamed completion over a connection of its own, read as raw bytes: an event's time is
+    when the read that completed it returned, and only the usage event is parsed (a client that
+    parses every chunk as JSON through an HTTP library spends ~50 us a chunk, which at tens of
+    thousands of tokens a second is the benchmark's limit, not the server's)."""
+    u = urllib.parse.urlsplit(url)
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": out, "temperature": 0, "ignore_eos": True,
+                       "stream": True, "stream_options": {"include_usage": True}}).encode()
+    head = (f"POST {u.path.rstrip('/')}/v1/completions HTTP/1.1\r\nHost: {u.netloc}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
     r.start = time.time()  # the wall clock: every client process's times compare
     try:
-        async with client.stream("POST", url + "/v1/completions", json=body) as resp:
-            if resp.status_code != 200:
-                r.error = f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"
-                return
-            async for line in resp.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if chunk.get("choices"):
-                    r.chunk_times.append(time.time())
-                if chunk.get("usage"):
-                    r.completion_tokens = chunk["usage"]["completion_tokens"]
-    except httpx.HTTPError as e:
+        reader, writer = await asyncio.open_connection(u.hostname, u.port or 80)
+    except OSError as e:
         r.error = repr(e)
+        return
+    try:
+        writer.write(head.encode() + body)
+        status = await reader.readline()
+        if status.split(b" ")[1:2] != [b"200"]:
+            r.error = f"{status.decode().strip()}: {(await reader.read(300))!r}"
+            return
+        while await reader.readline() not in (b"\r\n", b""):  # headers
+            pass
+        pending = b""
+        while chunk := await reader.read(1 << 16):
+            t = time.time()
+            # server-sent events end in a blank line (JSON escapes newlines, so none is inside one);
+            # the chunked encoding's size lines sit between events and are skipped
+            *events, pending = (pending + chunk).split(b"\n\n")
+            for event in events:
+                at = event.find(b"data: ")
+                if at < 0:
+                    continue
+                if b'"choices": [{' in event:
+                    r.chunk_times.append(t)
+                elif b'"usage"' in event:
+                    r.completion_tokens = json.loads(event[at + 6:])["usage"]["completion_tokens"]
+    except OSError as e:
+        r.error = repr(e)
+    finally:
+        writer.close()
 
 
 async def send_all(url: str, model: str, requests, arrivals: list[float], inbox, out) -> list[Result]:
-    """Says it is ready once a first request went through (the HTTP stack's lazy imports and first
-    connection are not timed), then sends each request at the start time from `inbox` plus its
-    arrival offset (wall clock) and streams its answer."""
+    """Says it is ready once a first request went through (lazy imports and the first connection
+    are not timed), then sends each request at the start time from `inbox` plus its arrival offset
+    (wall clock) and streams its answer."""
     results = [Result(len(p), o) for p, o in requests]
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits) as client:
-        await one(client, url, model, requests[0][0][:8], 1, Result(8, 1))
-        out.put("ready")
-        start = inbox.get()
-        tasks = []
-        for (p, o), at, r in zip(requests, arrivals, results):
-            if (wait := start + at - time.time()) > 0:  # (a request already due goes out at once)
-                await asyncio.sleep(wait)
-            tasks.append(asyncio.create_task(one(client, url, model, p, o, r)))
-        await asyncio.gather(*tasks)
+    warm = Result(8, 1)
+    await one(url, model, requests[0][0][:8], 1, warm)
+    if warm.error:
+        raise SystemExit(f"the first request failed: {warm.error}")
+    out.put("ready")
+    start = inbox.get()
+    tasks = []
+    for (p, o), at, r in zip(requests, arrivals, results):
+        if (wait := start + at - time.time()) > 0:  # (a request already due goes out at once)
+            await asyncio.sleep(wait)
+        tasks.append(asyncio.create_task(one(url, model, p, o, r)))
+    await asyncio.gather(*tasks)
     return results
 
 
