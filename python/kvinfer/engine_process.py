@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 
 from kvinfer.llm import encode_prompt
-from kvinfer.serving import Deliver, Delta
+from kvinfer.serving import Deliver, Delta, EngineStoppedError
 from kvinfer.tokenizer import Tokenizer
 
 
@@ -53,11 +53,12 @@ class ModelView:
 
 
 def _portable(e: BaseException) -> BaseException:
-    """The exception itself where it pickles, else a RuntimeError with its text."""
+    """The exception itself where it crosses the pipe (pickles and unpickles), else a RuntimeError
+    with its text."""
     try:
-        pickle.dumps(e)
+        pickle.loads(pickle.dumps(e))
         return e
-    except Exception:  # noqa: BLE001 - any failure to pickle
+    except Exception:  # noqa: BLE001 - any failure either way
         return RuntimeError(f"{type(e).__name__}: {e}")
 
 
@@ -127,6 +128,8 @@ def _engine_main(conn, llm_kwargs: dict, engine_kwargs: dict) -> None:
                 message = conn.recv()
             except (EOFError, OSError):  # the server process is gone
                 break
+            except Exception:  # noqa: BLE001 - one message that does not unpickle: its caller times out
+                continue
             kind = message[0]
             if kind == "close":
                 break
@@ -170,14 +173,23 @@ class EngineProcess:
             message = self._conn.recv()
         except (EOFError, OSError):
             self._process.join()
+            self._conn.close()
             raise RuntimeError(f"the engine process exited with code {self._process.exitcode} while loading") from None
         if message[0] == "failed":
             self._process.join()
+            self._conn.close()
             raise message[1]
         self.info: ModelInfo = message[1]
-        self.llm = ModelView(self.info)
+        try:
+            self.llm = ModelView(self.info)
+        except BaseException:  # the engine process must not outlive a failed start
+            self._conn.send(("close",))
+            self._process.join(timeout=120)
+            self._conn.close()
+            raise
         self._lock, self._send_lock = threading.Lock(), threading.Lock()
         self._deliver: dict[str, Deliver] = {}
+        self._submitting: set[str] = set()  # submits not answered yet: their error is submit's to raise
         self._calls: dict[int, tuple[threading.Event, list]] = {}
         self._ids, self._call_ids = itertools.count(), itertools.count()
         self._closed = False
@@ -191,14 +203,18 @@ class EngineProcess:
         request_id = request_id or f"req-{next(self._ids)}"
         with self._lock:
             if self._closed:
-                raise ValueError("this serving engine was closed")
+                raise EngineStoppedError("this serving engine was closed")
             self._deliver[request_id] = deliver  # before the request is sent: its deltas may come first
+            self._submitting.add(request_id)
         try:
             self._call("submit", request_id, list(prompt_ids), params)
         except BaseException:
             with self._lock:
                 self._deliver.pop(request_id, None)
             raise
+        finally:
+            with self._lock:
+                self._submitting.discard(request_id)
         return request_id
 
     def abort(self, request_id: str) -> None:
@@ -225,6 +241,8 @@ class EngineProcess:
         if self._process.is_alive():
             self._process.kill()
             self._process.join()
+        self._receiver.join(timeout=10)
+        self._conn.close()
 
     # ---- the pipe ------------------------------------------------------------------------------------
     def _send(self, message) -> None:
@@ -234,15 +252,20 @@ class EngineProcess:
         except OSError:  # the engine process is gone: the pipe thread ends every request
             pass
 
+    CALL_TIMEOUT = 60.0  # seconds an answer may take (the engine process answers between steps)
+
     def _call(self, kind: str, *args):
         event, box = threading.Event(), []
         with self._lock:
             if self._closed:
-                raise ValueError("this serving engine was closed")
+                raise EngineStoppedError("this serving engine was closed")
             call = next(self._call_ids)
             self._calls[call] = (event, box)
         self._send((kind, call, *args))
-        event.wait()
+        if not event.wait(self.CALL_TIMEOUT):
+            with self._lock:
+                self._calls.pop(call, None)
+            raise EngineStoppedError(f"the engine process did not answer within {self.CALL_TIMEOUT:.0f} s")
         if isinstance(box[0], BaseException):
             raise box[0]
         return box[0]
@@ -256,12 +279,13 @@ class EngineProcess:
                         self._emit(d)
                 elif message[0] == "reply":
                     with self._lock:
-                        event, box = self._calls.pop(message[1])
-                    box.append(message[2])
-                    event.set()
+                        waiting = self._calls.pop(message[1], None)  # None: the call timed out
+                    if waiting is not None:
+                        waiting[1].append(message[2])
+                        waiting[0].set()
                 else:  # "closed"
                     break
-        except (EOFError, OSError):
+        except BaseException:  # noqa: BLE001 - the pipe ended or a message was unreadable: end all
             pass
         self._process.join(timeout=5)
         self._end_all(self._process.exitcode)
@@ -274,8 +298,8 @@ class EngineProcess:
         try:
             deliver(d)
         except Exception:  # noqa: BLE001 - a receiver that fails loses its request, not the engine
-            if d.finish_reason is None:
-                self.abort(d.request_id)
+            if d.finish_reason is None:  # (from another thread: this one must never wait on the pipe)
+                threading.Thread(target=self.abort, args=(d.request_id,), daemon=True).start()
 
     def _end_all(self, exitcode: int | None) -> None:
         """The engine process has ended: calls in progress fail and requests still open end with an
@@ -283,8 +307,9 @@ class EngineProcess:
         with self._lock:
             self._closed = True
             calls, self._calls = self._calls, {}
-            open_requests, self._deliver = self._deliver, {}
-        error = RuntimeError(f"the engine process exited (code {exitcode})")
+            open_requests = {r: d for r, d in self._deliver.items() if r not in self._submitting}
+            self._deliver = {}
+        error = EngineStoppedError(f"the engine process exited (code {exitcode})")
         for event, box in calls.values():
             box.append(error)
             event.set()

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from kvinfer import openai_protocol as api
-from kvinfer.serving import Delta, QueueFullError, ServingEngine
+from kvinfer.serving import Delta, EngineStoppedError, QueueFullError, ServingEngine
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -40,16 +40,25 @@ class Metrics:
         total = Gauge("kvinfer_kv_blocks", "KV-cache blocks in the pool", registry=r)
         hits = Gauge("kvinfer_prefix_cache_hit_rate", "prompt tokens found in the prefix cache / prompt "
                      "tokens looked up", registry=r)
-        # the engine's numbers as of the scrape (the engine may run in a process of its own)
-        running.set_function(lambda: engine.stats()["running"])
-        waiting.set_function(lambda: engine.stats()["waiting"])
-        slots.set_function(lambda: engine.stats()["slots_used"])
-        blocks.set_function(lambda: engine.stats()["kv_blocks_used"])
-        total.set_function(lambda: engine.stats()["kv_blocks"])
-        def hit_rate() -> float:
-            s = engine.stats()
-            return s["prefix_hit_tokens"] / max(1, s["prefix_query_tokens"])
-        hits.set_function(hit_rate)
+        # the engine's numbers as of the scrape: one stats() a scrape (a round trip to an engine
+        # process), zeros once the engine has stopped
+        self._engine, self._stats, self._stats_at, self._stats_lock = engine, {}, -1.0, threading.Lock()
+        for gauge, key in ((running, "running"), (waiting, "waiting"), (slots, "slots_used"),
+                           (blocks, "kv_blocks_used"), (total, "kv_blocks")):
+            gauge.set_function(lambda key=key: self.stats().get(key, 0))
+        hits.set_function(lambda: self.stats().get("prefix_hit_tokens", 0) /
+                          max(1, self.stats().get("prefix_query_tokens", 0)))
+
+    def stats(self) -> dict:
+        with self._stats_lock:
+            now = time.monotonic()
+            if now - self._stats_at > 0.05:
+                try:
+                    self._stats = self._engine.stats()
+                except Exception:  # noqa: BLE001 - a stopped engine process: no numbers, not a failed scrape
+                    self._stats = {}
+                self._stats_at = now
+            return self._stats
 
 
 class Mailbox:
@@ -172,7 +181,7 @@ def create_app(engine: ServingEngine, model_name: str, api_key: str | None = Non
         except (QueueFullError, ValueError) as e:
             for request_id in ids:
                 engine.abort(request_id)
-            unavailable = isinstance(e, QueueFullError) or engine.closed
+            unavailable = isinstance(e, (QueueFullError, EngineStoppedError)) or engine.closed
             return error(api.ApiError(503 if unavailable else 400, str(e)))
         prompt_tokens = sum(len(p) for p in job.prompts)
         metrics.prompt_tokens.inc(prompt_tokens)

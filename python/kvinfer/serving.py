@@ -34,6 +34,10 @@ class QueueFullError(RuntimeError):
     """The waiting queue holds max_waiting requests already."""
 
 
+class EngineStoppedError(ValueError):
+    """The engine was closed (or its process ended, or stopped answering): nothing can be submitted."""
+
+
 @dataclass(slots=True)
 class Delta:
     """What one request got from one step: new text and token ids (and their log-probabilities when
@@ -104,7 +108,7 @@ class ServingEngine:
         self.scheduler.check_fits(request)  # here, so that the caller gets the error
         with self._cv:
             if self._stopping:
-                raise ValueError("this serving engine was closed")
+                raise EngineStoppedError("this serving engine was closed")
             if self.max_waiting is not None and len(self.scheduler.waiting) + len(self._inbox) >= self.max_waiting:
                 raise QueueFullError(f"{self.max_waiting} requests are waiting already")
             self._inbox.append((request, deliver))

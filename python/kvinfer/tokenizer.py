@@ -94,7 +94,10 @@ class StreamDecoder:
     """Incremental detokenizer: feed token ids, get the new text. Text is decoded over a short
     window of earlier tokens (so spacing rules that look at neighbours apply) and held back while
     it ends in an incomplete UTF-8 sequence: the `tokenizers` library's DecodeStream where it has
-    one (the same algorithm, one native call a token), else the same here."""
+    one (the same algorithm, one native call a token), else the same here. DecodeStream refuses a
+    token that changes text it already gave out (a byte-fallback tokenizer after a stray byte,
+    say); this decoder then goes on the same way in Python, which emits what the window's text
+    grew by."""
 
     def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True):
         self.tokenizer = tokenizer
@@ -112,9 +115,16 @@ class StreamDecoder:
                 self._stream = DecodeStream(skip_special_tokens=skip_special_tokens)
 
     def push(self, token_id: int) -> str:
-        if self._stream is not None:
-            return self._stream.step(self.tokenizer._tok, token_id) or ""
         self.ids.append(token_id)
+        if self._stream is not None:
+            try:
+                piece = self._stream.step(self.tokenizer._tok, token_id)
+            except Exception:  # noqa: BLE001 - the library raises a bare Exception ("Invalid prefix")
+                self._stream = None
+            else:
+                if piece:  # the window moves as below
+                    self.prefix, self.read = self.read, len(self.ids)
+                return piece or ""
         before = self.tokenizer.decode(self.ids[self.prefix:self.read], self.skip)
         after = self.tokenizer.decode(self.ids[self.prefix:], self.skip)
         if len(after) > len(before) and not after.endswith("\ufffd"):

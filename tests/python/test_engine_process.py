@@ -21,6 +21,7 @@ import kvinfer  # noqa: E402
 from kvinfer.engine_process import EngineProcess  # noqa: E402
 from kvinfer.llm import LLM  # noqa: E402
 from kvinfer.sampling import SamplingParams  # noqa: E402
+from kvinfer.serving import EngineStoppedError  # noqa: E402
 from tiny_models import VOCAB, make_model  # noqa: E402
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
@@ -96,6 +97,22 @@ def test_abort_ends_a_request_and_frees_its_slot(engine):
     assert engine.stats()["slots_used"] == 0
 
 
+class Unpicklable(Exception):
+    def __init__(self, what, why):  # two arguments: pickle rebuilds it from one (its message) and fails
+        super().__init__(f"{what}: {why}")
+
+
+class OddParams(SamplingParams):
+    def check_vocab(self, vocab_size: int) -> None:  # raised in the engine process at submit
+        raise Unpicklable("odd", "params")
+
+
+def test_an_error_that_does_not_unpickle_still_reaches_the_caller(engine):
+    with pytest.raises(RuntimeError, match="Unpicklable: odd: params"):
+        engine.submit(prompt(4, 6), OddParams(max_tokens=4), lambda d: None)
+    assert tokens_of(engine, prompt(4, 7), SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))[1] == "length"
+
+
 def test_a_failed_load_raises_the_engine_process_error(tmp_path):
     with pytest.raises(ValueError, match="max_context=100000"):
         EngineProcess(dict(model=make_model("llama_gqa3", str(tmp_path / "m")), device="cpu", max_context=100000),
@@ -121,6 +138,27 @@ def test_close_and_a_dead_engine_process_end_open_requests(folder):
     while (d := q.get(timeout=60)).finish_reason is None:
         pass
     assert d.finish_reason == "error" and "engine process exited" in d.error
-    with pytest.raises(ValueError, match="closed"):
+    with pytest.raises(EngineStoppedError, match="closed"):
         e.stats()
+    e.close()
+
+    # a call in progress when the engine process dies fails (and its request gets no delta)
+    e = EngineProcess(dict(model=folder, **LLM_ARGS), {})
+    os.kill(e._process.pid, signal.SIGSTOP)
+    outcome: list = []
+
+    def submit() -> None:
+        try:
+            e.submit(prompt(4, 8), GREEDY, q.put)
+        except Exception as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    caller = threading.Thread(target=submit)
+    caller.start()
+    caller.join(timeout=1)
+    assert caller.is_alive()  # waiting for the stopped engine process
+    os.kill(e._process.pid, signal.SIGKILL)
+    caller.join(timeout=60)
+    assert len(outcome) == 1 and isinstance(outcome[0], EngineStoppedError), outcome
+    assert q.empty()
     e.close()
