@@ -217,8 +217,12 @@ def test_a_pool_too_small_for_every_sequence_preempts_and_changes_no_output(fold
     full = LLM(folder, device=device, max_context=128, max_batch=4, max_step_tokens=32)
     assert small.engine.blocks.num_blocks == 12 and small.plan.kv_blocks == 12
     prompts = [prompt(40 + 3 * i, 90 + i) for i in range(4)]
+    # four different sampling settings: a sequence readmitted into another slot must not sample
+    # with the arguments that slot held before
     params = [SamplingParams(max_tokens=50, temperature=0, ignore_eos=True),
-              SamplingParams(max_tokens=50, temperature=0.9, top_k=30, seed=5, ignore_eos=True)] * 2
+              SamplingParams(max_tokens=50, temperature=0.9, top_k=30, seed=5, ignore_eos=True),
+              SamplingParams(max_tokens=50, temperature=0.7, top_p=0.9, seed=6, ignore_eos=True),
+              SamplingParams(max_tokens=50, temperature=1.1, min_p=0.05, seed=7, ignore_eos=True)]
     alone = [full.generate([p], q)[0].token_ids for p, q in zip(prompts, params)]
     engine = ServingEngine(small)
     try:
