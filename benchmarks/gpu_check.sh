@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build with the test suite, run the suites, then the benchmark.
 # Logs go to $OUT (or ./gpu-logs); a short summary is printed last.
-#   STAGES      which of: build ctest pytest sanitize bench (default: build ctest pytest bench)
+#   STAGES      which of: build ctest pytest sanitize bench serve profile (default: build ctest pytest bench)
 #   CTEST_ARGS  extra ctest arguments (e.g. -R CudaOps)
 #   PYTEST_ARGS extra pytest arguments (e.g. -k cuda)
 #   BENCH_ARGS  arguments of benchmarks/gpu_bench.py (e.g. --skip decode prefill)
@@ -10,6 +10,9 @@
 #   PROFILE     "model:batch ..." runs of benchmarks/profile_step.py (stage profile), PROFILE_ENV their
 #               environment (e.g. KVINFER_PDL=0: kernel times without dependent launches overlapping)
 #   SANITIZE_FILTER, SANITIZE_TIMEOUT  gtest filter and seconds per tool of the sanitize stage
+#   SERVE_SHAPES  benchmark shapes of the serve stage (default Llama-3.2-1B): per shape the engine
+#                 loop offline (batch-invariant and not), serve_bench offline with the LLM.generate
+#                 baselines, and at 16 requests/s (batch-invariant and not); needs the serve extra
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-logs}
@@ -46,6 +49,18 @@ for stage in $stages; do
           cat "$out/bench-${e//=/-}.md"
         done
       fi ;;
+    serve)
+      for shape in ${SERVE_SHAPES:-Llama-3.2-1B}; do
+        for flags in "" "--no-batch-invariant"; do
+          run "loop-$shape${flags:+-nbi}" python3 benchmarks/engine_loop.py --shape "$shape" $flags
+          grep -A4 "requests at once" "$out/loop-$shape${flags:+-nbi}.log"
+          run "serve16-$shape${flags:+-nbi}" python3 benchmarks/serve_bench.py --serve "$shape" --max-batch 64 \
+            --num-requests 400 --rate 16 $flags
+          grep "^| serve" "$out/serve16-$shape${flags:+-nbi}.log"
+        done
+        run "serve-$shape" python3 benchmarks/serve_bench.py --serve "$shape" --max-batch 64 --num-requests 1000 --baseline
+        grep "^| [sL]" "$out/serve-$shape.log"
+      done ;;
     profile)
       for mb in ${PROFILE:-Llama-3.2-1B:1 SmolLM2-135M:1}; do  # model:batch[:flags of profile_step.py]
         IFS=: read -r model batch flags <<<"$mb"
