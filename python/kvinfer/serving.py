@@ -16,6 +16,7 @@ import itertools
 import queue
 import random
 import threading
+import time
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ def _close_engines() -> None:
 
 class ServingEngine:
     PIPELINE_RUN = 64  # steps in flight back to back before the runner's lock is let go
+    IDLE_LINGER_S = 2.0  # an idle engine thread's wait for more work before it ends
 
     def __init__(self, llm, max_waiting: int | None = 1024, max_prefill_while_decoding: int | None = None):
         """max_prefill_while_decoding: prompt tokens of a step while sequences decode (Scheduler).
@@ -200,27 +202,30 @@ class ServingEngine:
             return None
 
     def _loop(self) -> None:
+        idle_since = None
         while True:
             with self._cv:
                 while not (self._stopping or self._inbox or self._aborts or self.scheduler.running
                            or self._in_flight or self._admissible()):
-                    if not self.scheduler.waiting:  # idle: the thread ends (submit starts another), so an
-                        self._thread = None         # idle engine keeps no thread, and no LLM alive
+                    if self.scheduler.waiting:  # no free slot or blocks (another user holds them): look again soon
+                        self._cv.wait(timeout=0.05)
+                        continue
+                    # idle: the thread waits a while for more work (back-to-back calls share one thread
+                    # instead of paying a thread start each), then ends (submit starts another), so an
+                    # idle engine keeps no thread
+                    now = time.monotonic()
+                    idle_since = now if idle_since is None else idle_since
+                    if now - idle_since >= self.IDLE_LINGER_S:
+                        self._thread = None
                         return
-                    self._cv.wait(timeout=0.05)  # no free slot or blocks (another user holds them): look again soon
+                    self._cv.wait(timeout=self.IDLE_LINGER_S - (now - idle_since))
+                idle_since = None
                 if self._stopping:
                     break
-                inbox, self._inbox = self._inbox, []
-                aborts, self._aborts = self._aborts, []
-            for request, deliver in inbox:
-                self._deliver[request.request_id] = deliver
-                self.scheduler.add(request)
-            for request_id in aborts:
-                dropped = self.scheduler.abort(request_id)  # its rows in flight are dropped when collected
-                if isinstance(dropped, Request):
-                    self._end(dropped, "abort")
-                elif dropped is not None:
-                    self._end(dropped.request, "abort", seq=dropped)
+                work = (self._inbox, self._aborts)
+                self._inbox, self._aborts = [], []
+            self._admit(*work)
+            work = None  # nothing of a request stays referenced from here while the thread idles
             try:
                 self._step()
             except Exception as e:  # the runner failed (or was closed): every request ends
@@ -239,6 +244,17 @@ class ServingEngine:
         for request, deliver in inbox:
             self._deliver[request.request_id] = deliver
             self._end(request, "abort")
+
+    def _admit(self, inbox: list[tuple[Request, Deliver]], aborts: list[str]) -> None:
+        for request, deliver in inbox:
+            self._deliver[request.request_id] = deliver
+            self.scheduler.add(request)
+        for request_id in aborts:
+            dropped = self.scheduler.abort(request_id)  # its rows in flight are dropped when collected
+            if isinstance(dropped, Request):
+                self._end(dropped, "abort")
+            elif dropped is not None:
+                self._end(dropped.request, "abort", seq=dropped)
 
     def _step(self) -> None:
         """Enqueues the next step, then collects the older one in flight (or the last, when there is

@@ -179,3 +179,30 @@ def test_batch_invariant_off_changes_nothing_on_the_cpu(folder):
     assert len(want) == 3 and all(len(t) == 12 for t in want)
     assert [o.token_ids for o in fast.generate(prompts, params)] == want
     exact.close(), fast.close()
+
+
+def test_back_to_back_calls_share_one_engine_thread_which_ends_when_idle(folder, monkeypatch):
+    """The engine thread waits IDLE_LINGER_S for more work before it ends: back-to-back generate()
+    calls run on one thread (a thread start each was ~0.1 ms of every call's latency), an idle
+    engine keeps none, and dropping the LLM while its thread lingers frees it at once."""
+    import weakref
+
+    from kvinfer import serving
+
+    monkeypatch.setattr(serving.ServingEngine, "IDLE_LINGER_S", 0.5)
+    model = LLM(folder, device="cpu", max_context=64, max_batch=2, max_step_tokens=32)
+    params = SamplingParams(max_tokens=2, temperature=0)
+    model.generate(prompt(5, 1), params)
+    first = model._serving._thread
+    assert first is not None and first.is_alive()
+    model.generate(prompt(6, 2), params)
+    assert model._serving._thread is first  # the same thread took the second call
+    first.join(timeout=10)
+    assert not first.is_alive() and model._serving._thread is None  # idle: it ended
+    model.generate(prompt(7, 3), params)  # a new one starts on demand
+    lingering, ref = model._serving._thread, weakref.ref(model)
+    assert lingering is not None and lingering.is_alive()
+    del model  # while its thread lingers: nothing there keeps the LLM alive, and the thread ends with it
+    assert ref() is None
+    lingering.join(timeout=10)
+    assert not lingering.is_alive()
