@@ -12,8 +12,14 @@
 // tensor cores ("ping-pong", two named barriers): a warpgroup issues P V of its previous tile and S
 // of this one only after the other has issued its own, so one's softmax runs while the other's
 // MMAs do. No block-wide barrier inside the loop.
+// Overlap (PrefillKernel::ws_overlap) adds FlashAttention-3's intra-warpgroup overlap: a warpgroup
+// issues S of tile j, then P V of tile j - 1 as a second group, waits for S alone and runs the
+// softmax of tile j while its own P V still runs; K of a stage is handed back to the producer as
+// soon as S has read it, V after P V. The same arithmetic in the same order: the same bits.
 #include <cuda.h>
 #include <cuda_fp16.h>
+
+#include <type_traits>
 
 #include "backend/cuda/prefill_common.cuh"
 #include "backend/cuda/ptx.cuh"
@@ -42,7 +48,7 @@ struct WsTiles {
   static constexpr int kStages = D == 64 ? 4 : 2;
   static constexpr int kQ = kRows * D * 2, kKV = kKeys * D * 2;  // bytes of a Q and a K (or V) tile
   static constexpr size_t kData = kQ + 2 * size_t{kKV} * kStages;
-  static constexpr size_t bytes = 1024 + kData + 3 * kStages * 8;  // alignment, tiles, barriers
+  static constexpr size_t bytes = 1024 + kData + 4 * kStages * 8;  // alignment, tiles, barriers
 };
 
 __device__ __forceinline__ void named_sync(int id, int threads) {
@@ -57,7 +63,7 @@ template <int N>
 __device__ __forceinline__ void registers_down() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
 }  // namespace
 
-template <int D>
+template <int D, bool Overlap>
 static __global__ void __launch_bounds__(kThreads, 1)
     prefill_ws_kernel(const __grid_constant__ CUtensorMap kmap, const __grid_constant__ CUtensorMap vmap,
                       const __half* __restrict__ q, int64_t q_stride, KVLayout layout,
@@ -72,7 +78,8 @@ static __global__ void __launch_bounds__(kThreads, 1)
   auto v_tile = [&](int s) { return q_tile + T::kQ + (2 * s + 1) * T::kKV; };
   uint64_t* const k_full = reinterpret_cast<uint64_t*>(q_tile + T::kData);  // [stage]: its K landed
   uint64_t* const v_full = k_full + S;                                     // [stage]: its V landed
-  uint64_t* const empty = v_full + S;                                      // [stage]: both consumers done
+  uint64_t* const k_empty = v_full + S;  // [stage]: both consumers are done with its K
+  uint64_t* const v_empty = k_empty + S;  // ... and with its V
 
   prefill::Tile tile;
   if (!tile.locate<kRows>(seq_starts, positions, block_tables, layout, num_heads, num_kv_heads)) return;
@@ -80,7 +87,8 @@ static __global__ void __launch_bounds__(kThreads, 1)
   const int kv_tiles = last_pos / kKeys + 1;
 
   if (threadIdx.x == 0) {
-    for (int s = 0; s < S; ++s) mbar_init(k_full + s, 1), mbar_init(v_full + s, 1), mbar_init(empty + s, 2);
+    for (int s = 0; s < S; ++s)
+      mbar_init(k_full + s, 1), mbar_init(v_full + s, 1), mbar_init(k_empty + s, 2), mbar_init(v_empty + s, 2);
     mbar_fence_init();
   }
   __syncthreads();
@@ -106,8 +114,9 @@ static __global__ void __launch_bounds__(kThreads, 1)
       };
       for (int j = 0; j < kv_tiles; ++j) {
         const int s = j % S;
-        if (j >= S) mbar_wait(empty + s, ((j / S) & 1) ^ 1);  // use j / S - 1 of the stage is done
+        if (j >= S) mbar_wait(k_empty + s, ((j / S) & 1) ^ 1);  // use j / S - 1 of the stage is done
         load(j, k_tile(s), &kmap, k_full + s);
+        if (j >= S) mbar_wait(v_empty + s, ((j / S) & 1) ^ 1);
         load(j, v_tile(s), &vmap, v_full + s);
       }
     }
@@ -146,36 +155,17 @@ static __global__ void __launch_bounds__(kThreads, 1)
         prefill::wgmma_64x64_rs(o[c], p[kk], smem_desc(v_tile(s) + c * kKeys * 128 + kk * 16 * 128, 1024, 1024));
   };
 
-  if (wg == 1) named_arrive(kTurnBarrier, kConsumers);  // warpgroup 0 goes first
-  // Every warpgroup runs every tile of the block: one past its rows is masked out whole (its P is
-  // zeros), which costs a tile at most and keeps every MMA out of divergent code (ptxas serialises
-  // MMAs it cannot prove uniform).
-  for (int j = 0; j < kv_tiles; ++j) {
-    const int s = j % S, ps = (j + S - 1) % S;
-    mbar_wait(k_full + s, (j / S) & 1);
-    if (j > 0) mbar_wait(v_full + ps, ((j - 1) / S) & 1);
-    named_sync(kTurnBarrier + wg, kConsumers);  // the other warpgroup has issued its MMAs
-    float sc[16][4];
-    wgmma_fence();
-    if (j > 0) issue_pv(ps);
-    // S = Q K^T: per 16 of D, the 32-byte step inside a 128-byte row of column block kk / 4
+  // S = Q K^T of the tile in stage s: per 16 of D, the 32-byte step inside a 128-byte row of
+  // column block kk / 4
+  auto issue_s = [&](float (&sc)[16][4], int s) {
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const int col = kk / 4, step = (kk % 4) * 32;
       prefill::wgmma_64x128_ss(sc, smem_desc(q_wg + col * kRows * 128 + step, 16, 1024),
                                smem_desc(k_tile(s) + col * kKeys * 128 + step, 16, 1024), kk > 0);
     }
-    wgmma_commit();
-    named_arrive(kTurnBarrier + (wg ^ 1), kConsumers);  // its turn
-    wgmma_wait_all();
-#pragma unroll
-    for (int c = 0; c < D / 64; ++c) fence_registers(o[c]);
-    fence_registers(sc);
-    if (j > 0 && leader) mbar_arrive(empty + ps);  // tile j - 1's K and V are read
-
-    float alpha_lo, alpha_hi;
-    const int k0 = j * kKeys;
-    softmax.step(sc, k0, t, k0 + kKeys - 1 > wg_first, pos_lo, pos_hi, scale_log2, p, alpha_lo, alpha_hi);
+  };
+  auto rescale = [&](float alpha_lo, float alpha_hi) {
 #pragma unroll
     for (int c = 0; c < D / 64; ++c)
 #pragma unroll
@@ -183,6 +173,83 @@ static __global__ void __launch_bounds__(kThreads, 1)
         o[c][dn * 4] *= alpha_lo, o[c][dn * 4 + 1] *= alpha_lo;
         o[c][dn * 4 + 2] *= alpha_hi, o[c][dn * 4 + 3] *= alpha_hi;
       }
+  };
+
+  if (wg == 1) named_arrive(kTurnBarrier, kConsumers);  // warpgroup 0 goes first
+  // Every warpgroup runs every tile of the block: one past its rows is masked out whole (its P is
+  // zeros), which costs a tile at most and keeps every MMA out of divergent code (ptxas serialises
+  // MMAs it cannot prove uniform).
+  if constexpr (!Overlap) {
+    for (int j = 0; j < kv_tiles; ++j) {
+      const int s = j % S, ps = (j + S - 1) % S;
+      mbar_wait(k_full + s, (j / S) & 1);
+      if (j > 0) mbar_wait(v_full + ps, ((j - 1) / S) & 1);
+      named_sync(kTurnBarrier + wg, kConsumers);  // the other warpgroup has issued its MMAs
+      float sc[16][4];
+      wgmma_fence();
+      if (j > 0) issue_pv(ps);
+      issue_s(sc, s);
+      wgmma_commit();
+      named_arrive(kTurnBarrier + (wg ^ 1), kConsumers);  // its turn
+      wgmma_wait_all();
+#pragma unroll
+      for (int c = 0; c < D / 64; ++c) fence_registers(o[c]);
+      fence_registers(sc);
+      if (j > 0 && leader) mbar_arrive(k_empty + ps), mbar_arrive(v_empty + ps);  // tile j - 1 is read
+
+      float alpha_lo, alpha_hi;
+      const int k0 = j * kKeys;
+      softmax.step(sc, k0, t, k0 + kKeys - 1 > wg_first, pos_lo, pos_hi, scale_log2, p, alpha_lo, alpha_hi);
+      rescale(alpha_lo, alpha_hi);
+    }
+  } else {
+    {  // tile 0 alone: no P V before it
+      mbar_wait(k_full, 0);
+      named_sync(kTurnBarrier + wg, kConsumers);
+      float sc[16][4];
+      wgmma_fence();
+      issue_s(sc, 0);
+      wgmma_commit();
+      named_arrive(kTurnBarrier + (wg ^ 1), kConsumers);
+      wgmma_wait_all();
+      fence_registers(sc);
+      mbar_arrive_if(k_empty, leader);
+      float alpha_lo, alpha_hi;  // (O is still zero: nothing to rescale)
+      softmax.step(sc, 0, t, kKeys - 1 > wg_first, pos_lo, pos_hi, scale_log2, p, alpha_lo, alpha_hi);
+    }
+    // Tile j >= 1: S of j and P V of j - 1 in flight together, the softmax of j under P V. Nothing
+    // branches while MMAs are in flight (ptxas would serialise them): the mask is a compile-time
+    // choice of the loop, the barrier arrivals are predicated.
+    auto visit = [&](int j, auto masked) {
+      const int s = j % S, ps = (j - 1) % S;
+      mbar_wait(k_full + s, (j / S) & 1);
+      mbar_wait(v_full + ps, ((j - 1) / S) & 1);
+      named_sync(kTurnBarrier + wg, kConsumers);
+      float sc[16][4];
+      wgmma_fence();
+      issue_s(sc, s);
+      wgmma_commit();
+      issue_pv(ps);
+      wgmma_commit();
+      named_arrive(kTurnBarrier + (wg ^ 1), kConsumers);
+      wgmma_wait<1>();  // S has landed (groups complete in order); P V still runs
+      fence_registers(sc);
+      mbar_arrive_if(k_empty + s, leader);
+      if constexpr (decltype(masked)::value) softmax.mask_past(sc, j * kKeys, t, pos_lo, pos_hi);
+      float alpha_lo, alpha_hi;
+      softmax.exps(sc, scale_log2, alpha_lo, alpha_hi);
+      wgmma_wait_all();
+#pragma unroll
+      for (int c = 0; c < D / 64; ++c) fence_registers(o[c]);
+      fence_registers(p);
+      mbar_arrive_if(v_empty + ps, leader);
+      rescale(alpha_lo, alpha_hi);
+      softmax.pack(sc, p);
+    };
+    // tiles whose keys all precede the block's first row need no mask, for either warpgroup
+    const int unmasked_end = max(1, min(kv_tiles, (first_pos + 1) / kKeys));
+    for (int j = 1; j < unmasked_end; ++j) visit(j, std::false_type{});
+    for (int j = unmasked_end; j < kv_tiles; ++j) visit(j, std::true_type{});
   }
   // the last tile's P V (the turns are over: the other warpgroup no longer waits on this one's)
   const int last = kv_tiles - 1, valid = last_pos - last * kKeys + 1;  // keys of the last tile
@@ -212,14 +279,14 @@ static __global__ void __launch_bounds__(kThreads, 1)
                               [&](int dn, int e) { return o[dn / 8][(dn % 8) * 4 + e]; });
 }
 
-template <int D>
+template <int D, bool Overlap>
 static void launch_ws(const half_t* q, int64_t q_stride, const half_t* k_cache, const half_t* v_cache,
                       const KVLayout& layout, const int32_t* block_tables, const int32_t* seq_starts,
                       const int32_t* positions, int batch, int max_seq_rows, int num_heads, int num_kv_heads,
                       float scale, half_t* out, int64_t out_stride, cudaStream_t stream) {
   constexpr size_t bytes = WsTiles<D>::bytes;
   static const bool sized = [] {
-    KVINFER_CUDA_CHECK(cudaFuncSetAttribute(prefill_ws_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    KVINFER_CUDA_CHECK(cudaFuncSetAttribute(prefill_ws_kernel<D, Overlap>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(bytes)));
     return true;
   }();
@@ -229,7 +296,7 @@ static void launch_ws(const half_t* q, int64_t q_stride, const half_t* k_cache, 
   const CUtensorMap kmap = tma_map_2d(k_cache, pool_rows, D, D, kPiece, 64),
                     vmap = tma_map_2d(v_cache, pool_rows, D, D, kPiece, 64);
   const dim3 grid(num_heads, (max_seq_rows + kRows - 1) / kRows, batch);
-  prefill_ws_kernel<D><<<grid, kThreads, bytes, stream>>>(
+  prefill_ws_kernel<D, Overlap><<<grid, kThreads, bytes, stream>>>(
       kmap, vmap, reinterpret_cast<const __half*>(q), q_stride, layout, block_tables, seq_starts, positions,
       num_heads, num_kv_heads, scale, reinterpret_cast<__half*>(out), out_stride);
   KVINFER_CUDA_CHECK_LAUNCH();
@@ -253,17 +320,17 @@ bool prefill_ws_supports(int head_dim, const KVLayout& layout) {
 void attention_prefill_ws(const half_t* q, int64_t q_stride, const half_t* k_cache, const half_t* v_cache,
                           const KVLayout& layout, const int32_t* block_tables, const int32_t* seq_starts,
                           const int32_t* positions, int batch, int max_seq_rows, int num_heads, int num_kv_heads,
-                          int head_dim, float scale, half_t* out, int64_t out_stride, cudaStream_t stream) {
+                          int head_dim, float scale, half_t* out, int64_t out_stride, cudaStream_t stream,
+                          bool overlap) {
   KVINFER_CHECK_ARG(prefill_ws_supports(head_dim, layout), "attention_prefill: the warp-specialised kernel takes "
                     "head_dim 64 or 128 and KV blocks of >= 16 positions with a known pool (head_dim=", head_dim,
                     ", block_shift=", layout.block_shift, ", num_blocks=", layout.num_blocks, ")");
   KVINFER_CHECK_ARG(reinterpret_cast<uintptr_t>(k_cache) % 16 == 0 && reinterpret_cast<uintptr_t>(v_cache) % 16 == 0,
                     "attention_prefill: K/V caches must be 16-byte aligned");
-  if (head_dim == 64)
-    return launch_ws<64>(q, q_stride, k_cache, v_cache, layout, block_tables, seq_starts, positions, batch,
-                         max_seq_rows, num_heads, num_kv_heads, scale, out, out_stride, stream);
-  launch_ws<128>(q, q_stride, k_cache, v_cache, layout, block_tables, seq_starts, positions, batch, max_seq_rows,
-                 num_heads, num_kv_heads, scale, out, out_stride, stream);
+  const auto launch = head_dim == 64 ? (overlap ? launch_ws<64, true> : launch_ws<64, false>)
+                                      : (overlap ? launch_ws<128, true> : launch_ws<128, false>);
+  launch(q, q_stride, k_cache, v_cache, layout, block_tables, seq_starts, positions, batch, max_seq_rows, num_heads,
+         num_kv_heads, scale, out, out_stride, stream);
 }
 
 }  // namespace kvinfer::cuda

@@ -15,11 +15,13 @@ namespace kvinfer::cuda {
 bool prefill_ws_runs(int head_dim);
 
 // The warp-specialised kernel (attention_prefill_ws.cu): whether it takes this head_dim and cache
-// layout, and attention_prefill()'s arguments where it does.
+// layout, and attention_prefill()'s arguments where it does; `overlap`: with the intra-warpgroup
+// overlap (the same bits).
 bool prefill_ws_supports(int head_dim, const KVLayout& layout);
 void attention_prefill_ws(const half_t* q, int64_t q_stride, const half_t* k_cache, const half_t* v_cache,
                           const KVLayout& layout, const int32_t* block_tables, const int32_t* seq_starts,
                           const int32_t* positions, int batch, int max_seq_rows, int num_heads, int num_kv_heads,
-                          int head_dim, float scale, half_t* out, int64_t out_stride, cudaStream_t stream);
+                          int head_dim, float scale, half_t* out, int64_t out_stride, cudaStream_t stream,
+                          bool overlap);
 
 }  // namespace kvinfer::cuda
