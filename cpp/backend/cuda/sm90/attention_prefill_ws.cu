@@ -112,12 +112,16 @@ static __global__ void __launch_bounds__(kThreads, 1)
             tma_load_2d(dst + c * kKeys * 128 + p * kPiece * 128, map, c * 64, row, bar, policy);
         }
       };
+      // K one tile ahead of V (K of tile j + 1 is read before V of tile j): K(0), then K(j + 1), V(j)
+      load(0, k_tile(0), &kmap, k_full);
       for (int j = 0; j < kv_tiles; ++j) {
-        const int s = j % S;
-        if (j >= S) mbar_wait(k_empty + s, ((j / S) & 1) ^ 1);  // use j / S - 1 of the stage is done
-        load(j, k_tile(s), &kmap, k_full + s);
-        if (j >= S) mbar_wait(v_empty + s, ((j / S) & 1) ^ 1);
-        load(j, v_tile(s), &vmap, v_full + s);
+        const int n = j + 1, s = n % S, vs = j % S;
+        if (n < kv_tiles) {
+          if (n >= S) mbar_wait(k_empty + s, ((n / S) & 1) ^ 1);  // use n / S - 1 of the stage is done
+          load(n, k_tile(s), &kmap, k_full + s);
+        }
+        if (j >= S) mbar_wait(v_empty + vs, ((j / S) & 1) ^ 1);
+        load(j, v_tile(vs), &vmap, v_full + vs);
       }
     }
     return;
@@ -226,6 +230,9 @@ static __global__ void __launch_bounds__(kThreads, 1)
       mbar_wait(v_full + ps, ((j - 1) / S) & 1);
       named_sync(kTurnBarrier + wg, kConsumers);
       float sc[16][4];
+#pragma unroll
+      for (int c = 0; c < D / 64; ++c) fence_registers(o[c]);  // the last rescale and pack stay above
+      fence_registers(p);
       wgmma_fence();
       issue_s(sc, s);
       wgmma_commit();
@@ -234,10 +241,13 @@ static __global__ void __launch_bounds__(kThreads, 1)
       named_arrive(kTurnBarrier + (wg ^ 1), kConsumers);
       wgmma_wait<1>();  // S has landed (groups complete in order); P V still runs
       fence_registers(sc);
-      mbar_arrive_if(k_empty + s, leader);
       if constexpr (decltype(masked)::value) softmax.mask_past(sc, j * kKeys, t, pos_lo, pos_hi);
       float alpha_lo, alpha_hi;
       softmax.exps(sc, scale_log2, alpha_lo, alpha_hi);
+      // K is read. ptxas keeps barrier operations in order with the wait below but moves arithmetic
+      // freely past it (it had hoisted the wait above every exp2): an arrival predicated on the row
+      // sums, which depend on every exp2 and are never negative, anchors the softmax above the wait.
+      mbar_arrive_if(k_empty + s, leader && !(softmax.l_lo < 0.0f) && !(softmax.l_hi < 0.0f));
       wgmma_wait_all();
 #pragma unroll
       for (int c = 0; c < D / 64; ++c) fence_registers(o[c]);
