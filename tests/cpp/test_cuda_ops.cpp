@@ -334,6 +334,12 @@ TEST_P(CudaPrefill, OverlappedMatchesCpuAndWarpSpecialisedBits) {
   run_attention(GetParam(), false, cuda::PrefillKernel::ws_overlap, &overlapped);
   ASSERT_EQ(ws.size(), overlapped.size());
   EXPECT_TRUE(test::rows_equal(ws, overlapped)) << "the overlapped kernel's bits differ from the warp-specialised one's";
+  if (GetParam().d == 64) {  // three consumer warpgroups, 192-row tiles: a row's tiles and order are the same
+    std::vector<half_t> wide;
+    run_attention(GetParam(), false, cuda::PrefillKernel::ws_overlap_192, &wide);
+    ASSERT_EQ(ws.size(), wide.size());
+    EXPECT_TRUE(test::rows_equal(ws, wide)) << "the 192-row kernel's bits differ from the 128-row one's";
+  }
 }
 // Asking for the Hopper kernel where it cannot run is an error, not a silent fallback.
 TEST(CudaPrefillKernel, HopperWhereUnavailableThrows) {

@@ -179,7 +179,7 @@ static void launch_prefill(const half_t* q, int64_t q_stride, const half_t* k_ca
   KVINFER_CUDA_CHECK_LAUNCH();
 }
 
-// KVINFER_PREFILL=mma|ws|ws_overlap in the environment, read once: that kernel where it runs (to
+// KVINFER_PREFILL=mma|ws|ws_overlap|ws_overlap_192 in the environment, read once: that kernel where it runs (to
 // measure what each gives end to end).
 static PrefillKernel forced_kernel() {
   static const PrefillKernel forced = [] {
@@ -187,6 +187,7 @@ static PrefillKernel forced_kernel() {
     if (v && std::strcmp(v, "mma") == 0) return PrefillKernel::mma;
     if (v && std::strcmp(v, "ws") == 0) return PrefillKernel::ws;
     if (v && std::strcmp(v, "ws_overlap") == 0) return PrefillKernel::ws_overlap;
+    if (v && std::strcmp(v, "ws_overlap_192") == 0) return PrefillKernel::ws_overlap_192;
     return PrefillKernel::automatic;
   }();
   return forced;
@@ -218,17 +219,18 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
   if (kernel == PrefillKernel::automatic) {
     const PrefillKernel forced = forced_kernel();
     kernel = forced == PrefillKernel::mma || !prefill_ws_available(head_dim, layout) ? PrefillKernel::mma
-             : forced == PrefillKernel::automatic                                    ? PrefillKernel::ws
-                                                                                     : forced;
+             : forced == PrefillKernel::automatic ||
+                     (forced == PrefillKernel::ws_overlap_192 && head_dim != 64) ? PrefillKernel::ws
+                                                                                  : forced;
   }
-  if (kernel == PrefillKernel::ws || kernel == PrefillKernel::ws_overlap) {
+  if (kernel != PrefillKernel::mma) {
     KVINFER_CHECK_ARG(prefill_ws_available(head_dim, layout), "attention_prefill: the warp-specialised kernel does "
                       "not run head_dim=", head_dim, " block_shift=", layout.block_shift, " here (it needs a build for "
                       "sm_90a, a compute capability 9.0 GPU, head_dim 64 or 128 and KV blocks of >= 16 positions)");
 #if KVINFER_WITH_SM90A
     return attention_prefill_ws(q, q_stride, k_cache, v_cache, layout, block_tables, seq_starts, positions, batch,
                                 max_seq_rows, num_heads, num_kv_heads, head_dim, scale, out, out_stride, stream,
-                                kernel == PrefillKernel::ws_overlap);
+                                kernel);
 #endif
   }
   switch (head_dim) {
