@@ -118,16 +118,12 @@ static __global__ void __launch_bounds__(WsShape<D, G>::kThreads, 1)
             tma_load_2d(dst + c * kKeys * 128 + p * kPiece * 128, map, c * 64, row, bar, policy);
         }
       };
-      // K one tile ahead of V (K of tile j + 1 is read before V of tile j): K(0), then K(j + 1), V(j)
-      load(0, k_tile(0), &kmap, k_full);
       for (int j = 0; j < kv_tiles; ++j) {
-        const int n = j + 1, s = n % S, vs = j % S;
-        if (n < kv_tiles) {
-          if (n >= S) mbar_wait(k_empty + s, ((n / S) & 1) ^ 1);  // use n / S - 1 of the stage is done
-          load(n, k_tile(s), &kmap, k_full + s);
-        }
-        if (j >= S) mbar_wait(v_empty + vs, ((j / S) & 1) ^ 1);
-        load(j, v_tile(vs), &vmap, v_full + vs);
+        const int s = j % S;
+        if (j >= S) mbar_wait(k_empty + s, ((j / S) & 1) ^ 1);  // use j / S - 1 of the stage is done
+        load(j, k_tile(s), &kmap, k_full + s);
+        if (j >= S) mbar_wait(v_empty + s, ((j / S) & 1) ^ 1);
+        load(j, v_tile(s), &vmap, v_full + s);
       }
     }
     return;
