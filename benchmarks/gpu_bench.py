@@ -401,7 +401,8 @@ def main() -> None:
         say("| op | shape | ours us | ours TFLOP/s | % of TC | SDPA us | SDPA TFLOP/s | % of TC | speed-up | rel. err |")
         say("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for D in (64, 128):
-            kernels = ("mma", "ws") if _bench_ops.prefill_ws_available(D) else ("mma",)
+            kernels = (("mma", "ws", "ws_overlap") + (("ws_overlap_192",) if D == 64 else ())
+                       if _bench_ops.prefill_ws_available(D) else ("mma",))
             for S in (1024, 4096, 16384):
                 for kernel in kernels:
                     bench_prefill(S, D, kernel=kernel)

@@ -57,10 +57,13 @@ PYBIND11_MODULE(_bench_ops, ops) {
                                   uintptr_t positions, int batch, int max_rows, int heads, int kv_heads, int head_dim,
                                   float scale, uintptr_t out, int64_t out_stride, uintptr_t stream,
                                   const std::string& kernel) {
-    KVINFER_CHECK_ARG(kernel == "auto" || kernel == "mma" || kernel == "ws", "attention_prefill: kernel=", kernel);
-    const auto which = kernel == "mma"  ? cuda::PrefillKernel::mma
-                       : kernel == "ws" ? cuda::PrefillKernel::ws
-                                        : cuda::PrefillKernel::automatic;
+    KVINFER_CHECK_ARG(kernel == "auto" || kernel == "mma" || kernel == "ws" || kernel == "ws_overlap" ||
+                          kernel == "ws_overlap_192", "attention_prefill: kernel=", kernel);
+    const auto which = kernel == "mma"              ? cuda::PrefillKernel::mma
+                       : kernel == "ws"             ? cuda::PrefillKernel::ws
+                       : kernel == "ws_overlap"     ? cuda::PrefillKernel::ws_overlap
+                       : kernel == "ws_overlap_192" ? cuda::PrefillKernel::ws_overlap_192
+                                                    : cuda::PrefillKernel::automatic;
     cuda::attention_prefill(reinterpret_cast<const half_t*>(q), q_stride, reinterpret_cast<const half_t*>(k),
                             reinterpret_cast<const half_t*>(v), contiguous(slot_stride, head_stride, pos_stride, batch),
                             reinterpret_cast<const int32_t*>(seq_slots), reinterpret_cast<const int32_t*>(seq_starts),

@@ -205,7 +205,9 @@ struct AttnCase {
   }
 };
 
-void run_attention(const AttnCase& c, bool decode, cuda::PrefillKernel kernel = cuda::PrefillKernel::mma) {
+// `bits`: where given, receives the output (the same inputs every call: they are seeded).
+void run_attention(const AttnCase& c, bool decode, cuda::PrefillKernel kernel = cuda::PrefillKernel::mma,
+                   std::vector<half_t>* bits = nullptr) {
   SCOPED_TRACE(c.name());
   const int batch = c.slots.size();
   int max_ctx = 0, total = 0, max_rows = 0;
@@ -287,6 +289,7 @@ void run_attention(const AttnCase& c, bool decode, cuda::PrefillKernel kernel = 
   }
   // the scrambled cache through its tables: the same bits
   const std::vector<half_t> plain = d_out.read();
+  if (bits) *bits = plain;
   Guarded<half_t> d_ks(kc.size(), &kc_scrambled), d_vs(vc.size(), &vc_scrambled);
   std::unique_ptr<Guarded<uint8_t>> d_step2;
   const StepArrays dev2 = scrambled.device(d_step2);
@@ -318,6 +321,25 @@ TEST_P(CudaPrefill, WarpSpecialisedMatchesCpu) {
   if (!cuda::prefill_ws_available(GetParam().d, KVCache::layout(cfg)))
     GTEST_SKIP() << "no warp-specialised kernel for this head_dim or GPU";
   run_attention(GetParam(), false, cuda::PrefillKernel::ws);
+}
+// ... with the intra-warpgroup overlap (softmax under the warpgroup's own P V): the same
+// arithmetic in the same order, so the same bits as without it.
+TEST_P(CudaPrefill, OverlappedMatchesCpuAndWarpSpecialisedBits) {
+  SKIP_WITHOUT_CUDA();
+  KVCacheConfig cfg{1, 64, GetParam().kv_heads, GetParam().d, 1, 16};
+  if (!cuda::prefill_ws_available(GetParam().d, KVCache::layout(cfg)))
+    GTEST_SKIP() << "no warp-specialised kernel for this head_dim or GPU";
+  std::vector<half_t> ws, overlapped;
+  run_attention(GetParam(), false, cuda::PrefillKernel::ws, &ws);
+  run_attention(GetParam(), false, cuda::PrefillKernel::ws_overlap, &overlapped);
+  ASSERT_EQ(ws.size(), overlapped.size());
+  EXPECT_TRUE(test::rows_equal(ws, overlapped)) << "the overlapped kernel's bits differ from the warp-specialised one's";
+  if (GetParam().d == 64) {  // three consumer warpgroups, 192-row tiles: a row's tiles and order are the same
+    std::vector<half_t> wide;
+    run_attention(GetParam(), false, cuda::PrefillKernel::ws_overlap_192, &wide);
+    ASSERT_EQ(ws.size(), wide.size());
+    EXPECT_TRUE(test::rows_equal(ws, wide)) << "the 192-row kernel's bits differ from the 128-row one's";
+  }
 }
 // Asking for the Hopper kernel where it cannot run is an error, not a silent fallback.
 TEST(CudaPrefillKernel, HopperWhereUnavailableThrows) {

@@ -29,10 +29,12 @@ namespace kvinfer::cuda {
 // block_tables ([batch][layout.table_stride]); positions[t] is row t's absolute position;
 // max_seq_rows bounds the rows of one sequence (grid size).
 // kernel: the same math either way, in other instructions (tests run each). automatic: ws where
-// prefill_ws_available(head_dim, layout), else mma (KVINFER_PREFILL=mma in the environment: mma
-// everywhere); ws where it is not available is an error. ws: the warp-specialised Hopper kernel
-// (TMA producer, ping-pong consumers).
-enum class PrefillKernel { automatic, mma, ws };
+// prefill_ws_available(head_dim, layout), else mma (KVINFER_PREFILL=mma|ws|ws_overlap|ws_overlap_192 in the
+// environment forces one); ws where it is not available is an error. ws: the warp-specialised
+// Hopper kernel (TMA producer, ping-pong consumers); ws_overlap: the same with each warpgroup's
+// softmax under its own P V; ws_overlap_192 (head_dim 64): that with three consumer warpgroups,
+// 192 query rows a block. The three give the same bits.
+enum class PrefillKernel { automatic, mma, ws, ws_overlap, ws_overlap_192 };
 // Built for sm_90a, this device (compute capability 9.0) and head_dim (64 or 128) run the Hopper
 // kernel, and it reads this cache layout (blocks of >= 16 positions, pool size known).
 bool prefill_ws_available(int head_dim, const KVLayout& layout);

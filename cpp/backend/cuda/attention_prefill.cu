@@ -179,12 +179,15 @@ static void launch_prefill(const half_t* q, int64_t q_stride, const half_t* k_ca
   KVINFER_CUDA_CHECK_LAUNCH();
 }
 
-// KVINFER_PREFILL=mma in the environment, read once: the mma.sync kernel everywhere (to measure
-// what the Hopper kernel gives end to end).
+// KVINFER_PREFILL=mma|ws|ws_overlap|ws_overlap_192 in the environment, read once: that kernel where it runs (to
+// measure what each gives end to end).
 static PrefillKernel forced_kernel() {
   static const PrefillKernel forced = [] {
     const char* v = std::getenv("KVINFER_PREFILL");
     if (v && std::strcmp(v, "mma") == 0) return PrefillKernel::mma;
+    if (v && std::strcmp(v, "ws") == 0) return PrefillKernel::ws;
+    if (v && std::strcmp(v, "ws_overlap") == 0) return PrefillKernel::ws_overlap;
+    if (v && std::strcmp(v, "ws_overlap_192") == 0) return PrefillKernel::ws_overlap_192;
     return PrefillKernel::automatic;
   }();
   return forced;
@@ -213,16 +216,21 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
   KVINFER_CHECK_ARG(batch <= 65535 && num_heads <= 65535 && max_seq_rows <= int64_t{65535} * kRows,
                     "attention_prefill: batch=", batch, " num_heads=", num_heads, " max_seq_rows=", max_seq_rows,
                     " exceed the launch grid");
-  if (kernel == PrefillKernel::automatic)
-    kernel = forced_kernel() != PrefillKernel::mma && prefill_ws_available(head_dim, layout) ? PrefillKernel::ws
-                                                                                             : PrefillKernel::mma;
-  if (kernel == PrefillKernel::ws) {
+  if (kernel == PrefillKernel::automatic) {
+    const PrefillKernel forced = forced_kernel();
+    kernel = forced == PrefillKernel::mma || !prefill_ws_available(head_dim, layout) ? PrefillKernel::mma
+             : forced == PrefillKernel::automatic ||
+                     (forced == PrefillKernel::ws_overlap_192 && head_dim != 64) ? PrefillKernel::ws
+                                                                                  : forced;
+  }
+  if (kernel != PrefillKernel::mma) {
     KVINFER_CHECK_ARG(prefill_ws_available(head_dim, layout), "attention_prefill: the warp-specialised kernel does "
                       "not run head_dim=", head_dim, " block_shift=", layout.block_shift, " here (it needs a build for "
                       "sm_90a, a compute capability 9.0 GPU, head_dim 64 or 128 and KV blocks of >= 16 positions)");
 #if KVINFER_WITH_SM90A
     return attention_prefill_ws(q, q_stride, k_cache, v_cache, layout, block_tables, seq_starts, positions, batch,
-                                max_seq_rows, num_heads, num_kv_heads, head_dim, scale, out, out_stride, stream);
+                                max_seq_rows, num_heads, num_kv_heads, head_dim, scale, out, out_stride, stream,
+                                kernel);
 #endif
   }
   switch (head_dim) {

@@ -55,15 +55,25 @@ struct RowSoftmax {
   __device__ __forceinline__ void step(float (&s)[NT][4], int k0, int t, bool mask, int pos_lo, int pos_hi,
                                        float scale_log2, uint32_t (&p)[NT / 2][4], float& alpha_lo,
                                        float& alpha_hi) {
-    if (mask) {
+    if (mask) mask_past(s, k0, t, pos_lo, pos_hi);
+    exps(s, scale_log2, alpha_lo, alpha_hi);
+    pack(s, p);
+  }
+
+  // step() in parts, for a kernel that runs the softmax while an MMA still reads P: the scores of
+  // keys past a row's position -> -inf
+  __device__ __forceinline__ static void mask_past(float (&s)[NT][4], int k0, int t, int pos_lo, int pos_hi) {
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
+    for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = k0 + nt * 8 + 2 * t + (e & 1);
-          if (key > (e < 2 ? pos_lo : pos_hi)) s[nt][e] = -INFINITY;
-        }
-    }
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + nt * 8 + 2 * t + (e & 1);
+        if (key > (e < 2 ? pos_lo : pos_hi)) s[nt][e] = -INFINITY;
+      }
+  }
+  // ... the running maximum and sums updated, the scores replaced by their probabilities (fp32,
+  // not yet divided by the sum) ...
+  __device__ __forceinline__ void exps(float (&s)[NT][4], float scale_log2, float& alpha_lo, float& alpha_hi) {
     float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
@@ -82,17 +92,23 @@ struct RowSoftmax {
     float sum_lo = 0.0f, sum_hi = 0.0f;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
-      const float p0 = fast_exp2(fmaf(s[nt][0], scale_log2, -mn_lo));
-      const float p1 = fast_exp2(fmaf(s[nt][1], scale_log2, -mn_lo));
-      const float p2 = fast_exp2(fmaf(s[nt][2], scale_log2, -mn_hi));
-      const float p3 = fast_exp2(fmaf(s[nt][3], scale_log2, -mn_hi));
-      sum_lo += p0 + p1;
-      sum_hi += p2 + p3;
-      p[nt / 2][(nt & 1) * 2] = pack_half2(p0, p1);      // row g, keys 2t, 2t + 1 of the step's first or second 8
-      p[nt / 2][(nt & 1) * 2 + 1] = pack_half2(p2, p3);  // row g + 8, same keys
+      s[nt][0] = fast_exp2(fmaf(s[nt][0], scale_log2, -mn_lo));
+      s[nt][1] = fast_exp2(fmaf(s[nt][1], scale_log2, -mn_lo));
+      s[nt][2] = fast_exp2(fmaf(s[nt][2], scale_log2, -mn_hi));
+      s[nt][3] = fast_exp2(fmaf(s[nt][3], scale_log2, -mn_hi));
+      sum_lo += s[nt][0] + s[nt][1];
+      sum_hi += s[nt][2] + s[nt][3];
     }
     l_lo = l_lo * alpha_lo + sum_lo;
     l_hi = l_hi * alpha_hi + sum_hi;
+  }
+  // ... and those probabilities as fp16 P.
+  __device__ __forceinline__ static void pack(const float (&s)[NT][4], uint32_t (&p)[NT / 2][4]) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      p[nt / 2][(nt & 1) * 2] = pack_half2(s[nt][0], s[nt][1]);      // row g, keys 2t, 2t + 1 of the step's first or second 8
+      p[nt / 2][(nt & 1) * 2 + 1] = pack_half2(s[nt][2], s[nt][3]);  // row g + 8, same keys
+    }
   }
 
   // O / the row sums, as fp16, into out_lo / out_hi (row g's and g + 8's first of D columns; a row

@@ -12,8 +12,14 @@
 // tensor cores ("ping-pong", two named barriers): a warpgroup issues P V of its previous tile and S
 // of this one only after the other has issued its own, so one's softmax runs while the other's
 // MMAs do. No block-wide barrier inside the loop.
+// Overlap (PrefillKernel::ws_overlap) adds FlashAttention-3's intra-warpgroup overlap: a warpgroup
+// issues S of tile j, then P V of tile j - 1 as a second group, waits for S alone and runs the
+// softmax of tile j while its own P V still runs; K of a stage is handed back to the producer as
+// soon as S has read it, V after P V. The same arithmetic in the same order: the same bits.
 #include <cuda.h>
 #include <cuda_fp16.h>
+
+#include <type_traits>
 
 #include "backend/cuda/prefill_common.cuh"
 #include "backend/cuda/ptx.cuh"
@@ -31,18 +37,23 @@ namespace kvinfer::cuda {
 #endif
 
 namespace {
-constexpr int kRows = 128, kKeys = 128;  // query rows of a block, keys of a tile
+constexpr int kKeys = 128;               // keys of a tile
 constexpr int kPiece = 16;               // positions of a TMA box (KV blocks hold a multiple of it)
-constexpr int kConsumers = 256, kThreads = kConsumers + 128;  // 2 consumer warpgroups, 1 producer
-// named barriers (0 is __syncthreads): the consumers' Q fill, and each consumer's turn
-constexpr int kQBarrier = 1, kTurnBarrier = 2;
+// named barriers (0 is __syncthreads): the consumers' Q fill, and each consumer's turn (synced by
+// its warpgroup, arrived at by the one before it: 256 threads)
+constexpr int kQBarrier = 1, kTurnBarrier = 2, kTurnThreads = 256;
 
-template <int D>
-struct WsTiles {
+// G consumer warpgroups of 64 query rows (2, or 3 at head_dim 64: FA3's 192-row tiles, more rows
+// per K/V byte and a third softmax to hide) and one producer; the registers each side keeps.
+template <int D, int G>
+struct WsShape {
+  static constexpr int kRows = 64 * G, kConsumers = 128 * G, kThreads = kConsumers + 128;
+  static constexpr int kProducerRegs = G == 2 ? 40 : 32, kConsumerRegs = G == 2 ? 232 : 160;
+  static_assert(kProducerRegs * 128 + kConsumerRegs * kConsumers <= 65536, "one block an SM");
   static constexpr int kStages = D == 64 ? 4 : 2;
   static constexpr int kQ = kRows * D * 2, kKV = kKeys * D * 2;  // bytes of a Q and a K (or V) tile
   static constexpr size_t kData = kQ + 2 * size_t{kKV} * kStages;
-  static constexpr size_t bytes = 1024 + kData + 3 * kStages * 8;  // alignment, tiles, barriers
+  static constexpr size_t bytes = 1024 + kData + 4 * kStages * 8;  // alignment, tiles, barriers
 };
 
 __device__ __forceinline__ void named_sync(int id, int threads) {
@@ -57,14 +68,15 @@ template <int N>
 __device__ __forceinline__ void registers_down() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
 }  // namespace
 
-template <int D>
-static __global__ void __launch_bounds__(kThreads, 1)
+template <int D, bool Overlap, int G>
+static __global__ void __launch_bounds__(WsShape<D, G>::kThreads, 1)
     prefill_ws_kernel(const __grid_constant__ CUtensorMap kmap, const __grid_constant__ CUtensorMap vmap,
                       const __half* __restrict__ q, int64_t q_stride, KVLayout layout,
                       const int32_t* __restrict__ block_tables, const int32_t* __restrict__ seq_starts,
                       const int32_t* __restrict__ positions, int num_heads, int num_kv_heads, float scale,
                       __half* __restrict__ out, int64_t out_stride) {
-  using T = WsTiles<D>;
+  using T = WsShape<D, G>;
+  constexpr int kRows = T::kRows, kConsumers = T::kConsumers;
   constexpr int S = T::kStages;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* const q_tile = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
@@ -72,21 +84,23 @@ static __global__ void __launch_bounds__(kThreads, 1)
   auto v_tile = [&](int s) { return q_tile + T::kQ + (2 * s + 1) * T::kKV; };
   uint64_t* const k_full = reinterpret_cast<uint64_t*>(q_tile + T::kData);  // [stage]: its K landed
   uint64_t* const v_full = k_full + S;                                     // [stage]: its V landed
-  uint64_t* const empty = v_full + S;                                      // [stage]: both consumers done
+  uint64_t* const k_empty = v_full + S;  // [stage]: both consumers are done with its K
+  uint64_t* const v_empty = k_empty + S;  // ... and with its V
 
-  prefill::Tile tile;
+  prefill::Tile tile{};
   if (!tile.locate<kRows>(seq_starts, positions, block_tables, layout, num_heads, num_kv_heads)) return;
   const int rows = tile.rows, first_pos = tile.first_pos, last_pos = tile.last_pos;
   const int kv_tiles = last_pos / kKeys + 1;
 
   if (threadIdx.x == 0) {
-    for (int s = 0; s < S; ++s) mbar_init(k_full + s, 1), mbar_init(v_full + s, 1), mbar_init(empty + s, 2);
+    for (int s = 0; s < S; ++s)
+      mbar_init(k_full + s, 1), mbar_init(v_full + s, 1), mbar_init(k_empty + s, G), mbar_init(v_empty + s, G);
     mbar_fence_init();
   }
   __syncthreads();
 
   if (threadIdx.x >= kConsumers) {  // the producer warpgroup
-    registers_down<40>();
+    registers_down<T::kProducerRegs>();
     if (threadIdx.x == kConsumers) {
       const uint64_t policy = l2_policy_evict_last();  // the query tiles of this head read them again
       // the pool row of the piece at `key` (pieces past the sequence's end load its first one: finite
@@ -106,14 +120,15 @@ static __global__ void __launch_bounds__(kThreads, 1)
       };
       for (int j = 0; j < kv_tiles; ++j) {
         const int s = j % S;
-        if (j >= S) mbar_wait(empty + s, ((j / S) & 1) ^ 1);  // use j / S - 1 of the stage is done
+        if (j >= S) mbar_wait(k_empty + s, ((j / S) & 1) ^ 1);  // use j / S - 1 of the stage is done
         load(j, k_tile(s), &kmap, k_full + s);
+        if (j >= S) mbar_wait(v_empty + s, ((j / S) & 1) ^ 1);
         load(j, v_tile(s), &vmap, v_full + s);
       }
     }
     return;
   }
-  registers_up<232>();
+  registers_up<T::kConsumerRegs>();
 
   // Q by cp.async from the consumers (rows past the tile's end: zeros)
   const __half* q_rows = q + (tile.start + tile.r0) * q_stride + static_cast<int64_t>(tile.head) * D;
@@ -146,36 +161,17 @@ static __global__ void __launch_bounds__(kThreads, 1)
         prefill::wgmma_64x64_rs(o[c], p[kk], smem_desc(v_tile(s) + c * kKeys * 128 + kk * 16 * 128, 1024, 1024));
   };
 
-  if (wg == 1) named_arrive(kTurnBarrier, kConsumers);  // warpgroup 0 goes first
-  // Every warpgroup runs every tile of the block: one past its rows is masked out whole (its P is
-  // zeros), which costs a tile at most and keeps every MMA out of divergent code (ptxas serialises
-  // MMAs it cannot prove uniform).
-  for (int j = 0; j < kv_tiles; ++j) {
-    const int s = j % S, ps = (j + S - 1) % S;
-    mbar_wait(k_full + s, (j / S) & 1);
-    if (j > 0) mbar_wait(v_full + ps, ((j - 1) / S) & 1);
-    named_sync(kTurnBarrier + wg, kConsumers);  // the other warpgroup has issued its MMAs
-    float sc[16][4];
-    wgmma_fence();
-    if (j > 0) issue_pv(ps);
-    // S = Q K^T: per 16 of D, the 32-byte step inside a 128-byte row of column block kk / 4
+  // S = Q K^T of the tile in stage s: per 16 of D, the 32-byte step inside a 128-byte row of
+  // column block kk / 4
+  auto issue_s = [&](float (&sc)[16][4], int s) {
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const int col = kk / 4, step = (kk % 4) * 32;
       prefill::wgmma_64x128_ss(sc, smem_desc(q_wg + col * kRows * 128 + step, 16, 1024),
                                smem_desc(k_tile(s) + col * kKeys * 128 + step, 16, 1024), kk > 0);
     }
-    wgmma_commit();
-    named_arrive(kTurnBarrier + (wg ^ 1), kConsumers);  // its turn
-    wgmma_wait_all();
-#pragma unroll
-    for (int c = 0; c < D / 64; ++c) fence_registers(o[c]);
-    fence_registers(sc);
-    if (j > 0 && leader) mbar_arrive(empty + ps);  // tile j - 1's K and V are read
-
-    float alpha_lo, alpha_hi;
-    const int k0 = j * kKeys;
-    softmax.step(sc, k0, t, k0 + kKeys - 1 > wg_first, pos_lo, pos_hi, scale_log2, p, alpha_lo, alpha_hi);
+  };
+  auto rescale = [&](float alpha_lo, float alpha_hi) {
 #pragma unroll
     for (int c = 0; c < D / 64; ++c)
 #pragma unroll
@@ -183,6 +179,91 @@ static __global__ void __launch_bounds__(kThreads, 1)
         o[c][dn * 4] *= alpha_lo, o[c][dn * 4 + 1] *= alpha_lo;
         o[c][dn * 4 + 2] *= alpha_hi, o[c][dn * 4 + 3] *= alpha_hi;
       }
+  };
+
+  // Turns go round: warpgroup wg issues after wg - 1, the last one's arrival opens warpgroup 0's
+  const int next_turn = kTurnBarrier + (wg + 1) % G;
+  if (wg == G - 1) named_arrive(kTurnBarrier, kTurnThreads);  // warpgroup 0 goes first
+  // Every warpgroup runs every tile of the block: one past its rows is masked out whole (its P is
+  // zeros), which costs a tile at most and keeps every MMA out of divergent code (ptxas serialises
+  // MMAs it cannot prove uniform).
+  if constexpr (!Overlap) {
+    for (int j = 0; j < kv_tiles; ++j) {
+      const int s = j % S, ps = (j + S - 1) % S;
+      mbar_wait(k_full + s, (j / S) & 1);
+      if (j > 0) mbar_wait(v_full + ps, ((j - 1) / S) & 1);
+      named_sync(kTurnBarrier + wg, kTurnThreads);  // the other warpgroup has issued its MMAs
+      float sc[16][4];
+      wgmma_fence();
+      if (j > 0) issue_pv(ps);
+      issue_s(sc, s);
+      wgmma_commit();
+      named_arrive(next_turn, kTurnThreads);  // its turn
+      wgmma_wait_all();
+#pragma unroll
+      for (int c = 0; c < D / 64; ++c) fence_registers(o[c]);
+      fence_registers(sc);
+      if (j > 0 && leader) mbar_arrive(k_empty + ps), mbar_arrive(v_empty + ps);  // tile j - 1 is read
+
+      float alpha_lo, alpha_hi;
+      const int k0 = j * kKeys;
+      softmax.step(sc, k0, t, k0 + kKeys - 1 > wg_first, pos_lo, pos_hi, scale_log2, p, alpha_lo, alpha_hi);
+      rescale(alpha_lo, alpha_hi);
+    }
+  } else {
+    {  // tile 0 alone: no P V before it
+      mbar_wait(k_full, 0);
+      named_sync(kTurnBarrier + wg, kTurnThreads);
+      float sc[16][4];
+      wgmma_fence();
+      issue_s(sc, 0);
+      wgmma_commit();
+      named_arrive(next_turn, kTurnThreads);
+      wgmma_wait_all();
+      fence_registers(sc);
+      mbar_arrive_if(k_empty, leader);
+      float alpha_lo, alpha_hi;  // (O is still zero: nothing to rescale)
+      softmax.step(sc, 0, t, kKeys - 1 > wg_first, pos_lo, pos_hi, scale_log2, p, alpha_lo, alpha_hi);
+    }
+    // Tile j >= 1: S of j and P V of j - 1 in flight together, the softmax of j under P V. Nothing
+    // branches while MMAs are in flight (ptxas would serialise them): the mask is a compile-time
+    // choice of the loop, the barrier arrivals are predicated.
+    auto visit = [&](int j, auto masked) {
+      const int s = j % S, ps = (j - 1) % S;
+      mbar_wait(k_full + s, (j / S) & 1);
+      mbar_wait(v_full + ps, ((j - 1) / S) & 1);
+      named_sync(kTurnBarrier + wg, kTurnThreads);
+      float sc[16][4];
+#pragma unroll
+      for (int c = 0; c < D / 64; ++c) fence_registers(o[c]);  // the last rescale and pack stay above
+      fence_registers(p);
+      wgmma_fence();
+      issue_s(sc, s);
+      wgmma_commit();
+      issue_pv(ps);
+      wgmma_commit();
+      named_arrive(next_turn, kTurnThreads);
+      wgmma_wait<1>();  // S has landed (groups complete in order); P V still runs
+      fence_registers(sc);
+      if constexpr (decltype(masked)::value) softmax.mask_past(sc, j * kKeys, t, pos_lo, pos_hi);
+      float alpha_lo, alpha_hi;
+      softmax.exps(sc, scale_log2, alpha_lo, alpha_hi);
+      // K is read. ptxas keeps barrier operations in order with the wait below but moves arithmetic
+      // freely past it (it had hoisted the wait above every exp2): an arrival predicated on the row
+      // sums, which depend on every exp2 and are never negative, anchors the softmax above the wait.
+      mbar_arrive_if(k_empty + s, leader && !(softmax.l_lo < 0.0f) && !(softmax.l_hi < 0.0f));
+      wgmma_wait_all();
+#pragma unroll
+      for (int c = 0; c < D / 64; ++c) fence_registers(o[c]);
+      fence_registers(p);
+      mbar_arrive_if(v_empty + ps, leader);
+      rescale(alpha_lo, alpha_hi);
+      softmax.pack(sc, p);
+    };
+    // tiles whose keys all precede the block's first row need no mask, for either warpgroup
+    const int unmasked_end = max(1, min(kv_tiles, (first_pos + 1) / kKeys));
+    for (int j = 1; j < unmasked_end; ++j) visit(j, std::false_type{});
+    for (int j = unmasked_end; j < kv_tiles; ++j) visit(j, std::true_type{});
   }
   // the last tile's P V (the turns are over: the other warpgroup no longer waits on this one's)
   const int last = kv_tiles - 1, valid = last_pos - last * kKeys + 1;  // keys of the last tile
@@ -204,7 +285,7 @@ static __global__ void __launch_bounds__(kThreads, 1)
   wgmma_wait_all();
 #pragma unroll
   for (int c = 0; c < D / 64; ++c) fence_registers(o[c]);
-  if (wg == 0) named_sync(kTurnBarrier, kConsumers);  // the other's last arrive: barriers end balanced
+  if (wg == 0) named_sync(kTurnBarrier, kTurnThreads);  // the last one's last arrive: barriers end balanced
 
   __half* out_lo = out + (tile.start + tile.r0 + wr + g) * out_stride + static_cast<int64_t>(tile.head) * D;
   if (stores)
@@ -212,14 +293,15 @@ static __global__ void __launch_bounds__(kThreads, 1)
                               [&](int dn, int e) { return o[dn / 8][(dn % 8) * 4 + e]; });
 }
 
-template <int D>
+template <int D, bool Overlap, int G>
 static void launch_ws(const half_t* q, int64_t q_stride, const half_t* k_cache, const half_t* v_cache,
                       const KVLayout& layout, const int32_t* block_tables, const int32_t* seq_starts,
                       const int32_t* positions, int batch, int max_seq_rows, int num_heads, int num_kv_heads,
                       float scale, half_t* out, int64_t out_stride, cudaStream_t stream) {
-  constexpr size_t bytes = WsTiles<D>::bytes;
+  using T = WsShape<D, G>;
+  constexpr size_t bytes = T::bytes;
   static const bool sized = [] {
-    KVINFER_CUDA_CHECK(cudaFuncSetAttribute(prefill_ws_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    KVINFER_CUDA_CHECK(cudaFuncSetAttribute(prefill_ws_kernel<D, Overlap, G>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(bytes)));
     return true;
   }();
@@ -228,8 +310,8 @@ static void launch_ws(const half_t* q, int64_t q_stride, const half_t* k_cache, 
   const int64_t pool_rows = static_cast<int64_t>(layout.num_blocks) * layout.block_stride / D;
   const CUtensorMap kmap = tma_map_2d(k_cache, pool_rows, D, D, kPiece, 64),
                     vmap = tma_map_2d(v_cache, pool_rows, D, D, kPiece, 64);
-  const dim3 grid(num_heads, (max_seq_rows + kRows - 1) / kRows, batch);
-  prefill_ws_kernel<D><<<grid, kThreads, bytes, stream>>>(
+  const dim3 grid(num_heads, (max_seq_rows + T::kRows - 1) / T::kRows, batch);
+  prefill_ws_kernel<D, Overlap, G><<<grid, T::kThreads, bytes, stream>>>(
       kmap, vmap, reinterpret_cast<const __half*>(q), q_stride, layout, block_tables, seq_starts, positions,
       num_heads, num_kv_heads, scale, reinterpret_cast<__half*>(out), out_stride);
   KVINFER_CUDA_CHECK_LAUNCH();
@@ -253,17 +335,23 @@ bool prefill_ws_supports(int head_dim, const KVLayout& layout) {
 void attention_prefill_ws(const half_t* q, int64_t q_stride, const half_t* k_cache, const half_t* v_cache,
                           const KVLayout& layout, const int32_t* block_tables, const int32_t* seq_starts,
                           const int32_t* positions, int batch, int max_seq_rows, int num_heads, int num_kv_heads,
-                          int head_dim, float scale, half_t* out, int64_t out_stride, cudaStream_t stream) {
+                          int head_dim, float scale, half_t* out, int64_t out_stride, cudaStream_t stream,
+                          PrefillKernel kernel) {
   KVINFER_CHECK_ARG(prefill_ws_supports(head_dim, layout), "attention_prefill: the warp-specialised kernel takes "
                     "head_dim 64 or 128 and KV blocks of >= 16 positions with a known pool (head_dim=", head_dim,
                     ", block_shift=", layout.block_shift, ", num_blocks=", layout.num_blocks, ")");
   KVINFER_CHECK_ARG(reinterpret_cast<uintptr_t>(k_cache) % 16 == 0 && reinterpret_cast<uintptr_t>(v_cache) % 16 == 0,
                     "attention_prefill: K/V caches must be 16-byte aligned");
-  if (head_dim == 64)
-    return launch_ws<64>(q, q_stride, k_cache, v_cache, layout, block_tables, seq_starts, positions, batch,
-                         max_seq_rows, num_heads, num_kv_heads, scale, out, out_stride, stream);
-  launch_ws<128>(q, q_stride, k_cache, v_cache, layout, block_tables, seq_starts, positions, batch, max_seq_rows,
-                 num_heads, num_kv_heads, scale, out, out_stride, stream);
+  KVINFER_CHECK_ARG(kernel == PrefillKernel::ws || kernel == PrefillKernel::ws_overlap ||
+                        (kernel == PrefillKernel::ws_overlap_192 && head_dim == 64),
+                    "attention_prefill_ws: no such warp-specialised kernel at head_dim=", head_dim);
+  const auto launch = head_dim == 128                          ? (kernel == PrefillKernel::ws ? launch_ws<128, false, 2>
+                                                                                              : launch_ws<128, true, 2>)
+                      : kernel == PrefillKernel::ws             ? launch_ws<64, false, 2>
+                      : kernel == PrefillKernel::ws_overlap     ? launch_ws<64, true, 2>
+                                                                : launch_ws<64, true, 3>;
+  launch(q, q_stride, k_cache, v_cache, layout, block_tables, seq_starts, positions, batch, max_seq_rows, num_heads,
+         num_kv_heads, scale, out, out_stride, stream);
 }
 
 }  // namespace kvinfer::cuda

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "backend/cuda/attention.h"
 #include "core/half.h"
 #include "types/kv_layout.h"
 
@@ -15,11 +16,13 @@ namespace kvinfer::cuda {
 bool prefill_ws_runs(int head_dim);
 
 // The warp-specialised kernel (attention_prefill_ws.cu): whether it takes this head_dim and cache
-// layout, and attention_prefill()'s arguments where it does.
+// layout, and attention_prefill()'s arguments where it does; `kernel`: ws, ws_overlap or (head_dim
+// 64) ws_overlap_192, the same bits each.
 bool prefill_ws_supports(int head_dim, const KVLayout& layout);
 void attention_prefill_ws(const half_t* q, int64_t q_stride, const half_t* k_cache, const half_t* v_cache,
                           const KVLayout& layout, const int32_t* block_tables, const int32_t* seq_starts,
                           const int32_t* positions, int batch, int max_seq_rows, int num_heads, int num_kv_heads,
-                          int head_dim, float scale, half_t* out, int64_t out_stride, cudaStream_t stream);
+                          int head_dim, float scale, half_t* out, int64_t out_stride, cudaStream_t stream,
+                          PrefillKernel kernel);
 
 }  // namespace kvinfer::cuda

@@ -38,6 +38,14 @@ __device__ __forceinline__ void fence_registers(float (&r)[N][4]) {
   for (int i = 0; i < N; ++i) fence_registers(r[i]);
 }
 
+template <int N>
+__device__ __forceinline__ void fence_registers(uint32_t (&r)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(r[i][e])::"memory");
+}
+
 // D (64 x N, fp32) += A (64 x 16, shared, K-major) B^T (B: N x 16, shared, K-major), for N = 8, 16,
 // 32, 64. The warpgroup's 4 warps hold 16 rows each, in mma.sync's accumulator layout per 8 columns:
 // d[j][0..3] = (row g, columns 8 j + 2 t, + 1), (row g + 8, the same), g = lane / 4, t = lane % 4.
@@ -97,6 +105,15 @@ __device__ __forceinline__ void mbar_fence_init() {
 }
 __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
   asm volatile("{\n.reg .b64 s;\nmbarrier.arrive.shared::cta.b64 s, [%0];\n}\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// Arrives where `pred` holds, without a branch (a branch while warpgroup MMAs are in flight makes
+// ptxas serialise them).
+__device__ __forceinline__ void mbar_arrive_if(uint64_t* bar, bool pred) {
+  asm volatile(
+      "{\n.reg .pred p;\n.reg .b64 s;\nsetp.ne.b32 p, %1, 0;\n@p mbarrier.arrive.shared::cta.b64 s, [%0];\n}\n" ::"r"(
+          smem_addr(bar)),
+      "r"(static_cast<int>(pred))
+      : "memory");
 }
 // Arrives and adds `bytes` to the transactions the current phase waits for (the TMA copies'
 // complete_tx takes them off).
