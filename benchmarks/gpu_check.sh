@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build with the test suite, run the suites, then the benchmark.
 # Logs go to $OUT (or ./gpu-logs); a short summary is printed last.
-#   STAGES      which of: build ctest pytest sanitize bench serve profile (default: build ctest pytest bench)
+#   STAGES      which of: build ctest pytest sanitize bench serve profile ncu (default: build ctest pytest bench)
 #   CTEST_ARGS  extra ctest arguments (e.g. -R CudaOps)
 #   PYTEST_ARGS extra pytest arguments (e.g. -k cuda)
 #   BENCH_ARGS  arguments of benchmarks/gpu_bench.py (e.g. --skip decode prefill)
@@ -10,6 +10,8 @@
 #   PROFILE     "model:batch ..." runs of benchmarks/profile_step.py (stage profile), PROFILE_ENV their
 #               environment (e.g. KVINFER_PDL=0: kernel times without dependent launches overlapping)
 #   SANITIZE_FILTER, SANITIZE_TIMEOUT  gtest filter and seconds per tool of the sanitize stage
+#   NCU_SHAPES  "seq:head_dim:kernel ..." of the ncu stage: a kernel profile (speed of light, warp
+#               stall reasons, pipe use) of the prefill kernel's second call on that shape
 #   SERVE_SHAPES  benchmark shapes of the serve stage (default Llama-3.2-1B): per shape the engine
 #                 loop offline (batch-invariant and not), serve_bench offline with the LLM.generate
 #                 baselines, and at 16 requests/s (batch-invariant and not); needs the serve extra
@@ -60,6 +62,15 @@ for stage in $stages; do
         done
         run "serve-$shape" python3 benchmarks/serve_bench.py --serve "$shape" --max-batch 64 --num-requests 1000 --baseline
         grep "^| [sL]" "$out/serve-$shape.log"
+      done ;;
+    ncu)
+      for shape in ${NCU_SHAPES:-16384:128:ws 16384:128:ws_overlap}; do  # seq:head_dim:kernel
+        IFS=: read -r seq hd kernel <<<"$shape"
+        run "ncu-$seq-$hd-$kernel" ncu --clock-control none --kernel-name regex:prefill --launch-skip 1 \
+          --launch-count 1 --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+          --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \
+          python3 benchmarks/prefill_one.py --seq "$seq" --head-dim "$hd" --kernel "$kernel" --calls 2
+        grep -E "Duration|Throughput|Stall|Issued|Pipe|Eligible|Active Warps|L2 Hit" "$out/ncu-$seq-$hd-$kernel.log" | head -40
       done ;;
     profile)
       for mb in ${PROFILE:-Llama-3.2-1B:1 SmolLM2-135M:1}; do  # model:batch[:flags of profile_step.py]
