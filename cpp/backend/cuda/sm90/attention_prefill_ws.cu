@@ -14,8 +14,10 @@
 // MMAs do. No block-wide barrier inside the loop.
 // Overlap (PrefillKernel::ws_overlap) adds FlashAttention-3's intra-warpgroup overlap: a warpgroup
 // issues S of tile j, then P V of tile j - 1 as a second group, waits for S alone and runs the
-// softmax of tile j while its own P V still runs; K of a stage is handed back to the producer as
-// soon as S has read it, V after P V. The same arithmetic in the same order: the same bits.
+// softmax of tile j while its own P V still runs; K of a stage goes back to the producer after
+// that softmax, V after P V. The same arithmetic in the same order: the same bits. At head_dim 64
+// also with three consumer warpgroups (ws_overlap_192, WsShape). Both are opt-in: measured on an
+// H100 they were no faster than ws (docs/dev/prefill-attention-notes.md, run 6).
 #include <cuda.h>
 #include <cuda_fp16.h>
 
