@@ -104,22 +104,30 @@ def bench_decode(B: int, hq: int, hkv: int, D: int, ctx: int, splits: tuple[int,
         f"{t_sdpa:9.1f} | {gb / t_sdpa * 1e6:7.0f} | {t_sdpa / t_ours:5.2f} | {err:.1e} |")
 
 
-def bench_prefill(S: int, D: int, hq: int = 32, hkv: int = 8, kernel: str = "auto") -> None:
+def prefill_case(S: int, D: int, hq: int, hkv: int, kernel: str):
+    """One causal prefill of S random tokens (one sequence, no cache before it): q [S, Hq, D], k and
+    v [1, Hkv, S, D] (SDPA's layout, our cache's too), out [S, Hq * D], and a call of our kernel
+    that writes out."""
     q = torch.randn(S, hq, D, device="cuda", dtype=torch.float16)
     k = torch.randn(1, hkv, S, D, device="cuda", dtype=torch.float16)
     v = torch.randn_like(k)
-    scale = D ** -0.5
     out = torch.empty(S, hq * D, device="cuda", dtype=torch.float16)
     zero = torch.zeros(1, device="cuda", dtype=torch.int32)
     starts = torch.tensor([0, S], device="cuda", dtype=torch.int32)
     positions = torch.arange(S, device="cuda", dtype=torch.int32)
     stream = torch.cuda.current_stream().cuda_stream
-    qt = q.permute(1, 0, 2).unsqueeze(0)  # [1, Hq, S, D] view
 
     def ours():
         _bench_ops.attention_prefill(q.data_ptr(), hq * D, k.data_ptr(), v.data_ptr(), hkv * S * D, S * D, D,
                                     zero.data_ptr(), starts.data_ptr(), positions.data_ptr(), 1, S, hq, hkv, D,
-                                    scale, out.data_ptr(), hq * D, stream, kernel)
+                                    D ** -0.5, out.data_ptr(), hq * D, stream, kernel)
+    return q, k, v, out, ours
+
+
+def bench_prefill(S: int, D: int, hq: int = 32, hkv: int = 8, kernel: str = "auto") -> None:
+    q, k, v, out, ours = prefill_case(S, D, hq, hkv, kernel)
+    scale = D ** -0.5
+    qt = q.permute(1, 0, 2).unsqueeze(0)  # [1, Hq, S, D] view
 
     def sdpa():
         return F.scaled_dot_product_attention(qt, k, v, is_causal=True, scale=scale, enable_gqa=True)

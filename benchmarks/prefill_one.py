@@ -10,7 +10,7 @@ import argparse
 
 import torch
 
-from kvinfer import _bench_ops  # built with KVINFER_BENCH_OPS=ON (benchmarks/gpu_env.sh)
+from gpu_bench import prefill_case
 
 
 def main() -> None:
@@ -22,18 +22,9 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=3)
     args = ap.parse_args()
     S, D, (hq, hkv) = args.seq, args.head_dim, args.heads
-    q = torch.randn(S, hq, D, device="cuda", dtype=torch.float16)
-    k = torch.randn(1, hkv, S, D, device="cuda", dtype=torch.float16)
-    v = torch.randn_like(k)
-    out = torch.empty(S, hq * D, device="cuda", dtype=torch.float16)
-    zero = torch.zeros(1, device="cuda", dtype=torch.int32)
-    starts = torch.tensor([0, S], device="cuda", dtype=torch.int32)
-    positions = torch.arange(S, device="cuda", dtype=torch.int32)
-    stream = torch.cuda.current_stream().cuda_stream
+    _, _, _, out, ours = prefill_case(S, D, hq, hkv, args.kernel)
     for _ in range(args.calls):
-        _bench_ops.attention_prefill(q.data_ptr(), hq * D, k.data_ptr(), v.data_ptr(), hkv * S * D, S * D, D,
-                                     zero.data_ptr(), starts.data_ptr(), positions.data_ptr(), 1, S, hq, hkv, D,
-                                     D ** -0.5, out.data_ptr(), hq * D, stream, args.kernel)
+        ours()
     torch.cuda.synchronize()
     assert torch.isfinite(out).all(), "non-finite output"
     print(f"prefill S={S} D={D} Hq/Hkv={hq}/{hkv} kernel={args.kernel}: {args.calls} calls done")
