@@ -45,11 +45,19 @@ def main() -> None:
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
     llm.generate(prompts(), params)  # warm-up
     walls = []  # the whole call, unprofiled (the profiler adds time of its own)
+    timed = TimedRunner(llm.runner)
+    llm.runner = timed
     for _ in range(5):
         run = prompts()
         t0 = time.perf_counter()
+        timed.marks = [("call", t0)]
         llm.generate(run, params)
         walls.append(time.perf_counter() - t0)
+        timed.mark("return")
+        timed.calls.append(timed.marks)
+    llm.runner = timed.runner
+    if args.prefill:
+        print_host_split(timed.calls)
     run = prompts()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         llm.generate(run, params)
@@ -81,6 +89,42 @@ def main() -> None:
     for name, (n, t) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:25]:
         print(f"{t / steps:9.1f} us/step {n / steps:6.1f}/step {t / n:8.2f} us each  {name}")
     print_gaps(spans, steps)
+
+
+class TimedRunner:
+    """The runner with host timestamps around its launch and collect calls (unprofiled: where a
+    call's time goes between Python, launching and waiting for the GPU)."""
+
+    def __init__(self, runner) -> None:
+        self.runner, self.marks, self.calls = runner, [], []
+
+    def mark(self, what: str) -> None:
+        self.marks.append((what, time.perf_counter()))
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def launch(self, *a, **kw):
+        self.mark("launch")
+        out = self.runner.launch(*a, **kw)
+        self.mark("launched")
+        return out
+
+    def collect(self, *a, **kw):
+        self.mark("collect")
+        out = self.runner.collect(*a, **kw)
+        self.mark("collected")
+        return out
+
+
+def print_host_split(calls: list) -> None:
+    """Median ms between consecutive marks of the unprofiled calls (those with one launch)."""
+    spans = collections.defaultdict(list)
+    for marks in calls:
+        for (a, ta), (b, tb) in zip(marks, marks[1:]):
+            spans[f"{a} -> {b}"].append(1e3 * (tb - ta))
+    print("# host split of an unprofiled call, median ms: " +
+          ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in spans.items()))
 
 
 def print_gaps(spans: list, steps: int) -> None:

@@ -179,6 +179,10 @@ static void launch_prefill(const half_t* q, int64_t q_stride, const half_t* k_ca
   KVINFER_CUDA_CHECK_LAUNCH();
 }
 
+// rows of a sequence from which the 192-row kernel runs (head_dim 64): below, its fewer blocks fill
+// the SMs worse than 128-row tiles do
+constexpr int kWideTileMinRows = 2048;
+
 // KVINFER_PREFILL=mma|ws|ws_overlap|ws_overlap_192 in the environment, read once: that kernel where it runs (to
 // measure what each gives end to end).
 static PrefillKernel forced_kernel() {
@@ -218,10 +222,14 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
                     " exceed the launch grid");
   if (kernel == PrefillKernel::automatic) {
     const PrefillKernel forced = forced_kernel();
+    // At head_dim 64, 192-row tiles (three consumer warpgroups) once a sequence has enough rows to
+    // fill the SMs with them; the same bits as 128-row tiles (docs/dev/prefill-attention-notes.md)
+    const PrefillKernel hopper = head_dim == 64 && max_seq_rows >= kWideTileMinRows ? PrefillKernel::ws_overlap_192
+                                                                                    : PrefillKernel::ws;
     kernel = forced == PrefillKernel::mma || !prefill_ws_available(head_dim, layout) ? PrefillKernel::mma
-             : forced == PrefillKernel::automatic ||
-                     (forced == PrefillKernel::ws_overlap_192 && head_dim != 64) ? PrefillKernel::ws
-                                                                                  : forced;
+             : forced == PrefillKernel::automatic                                    ? hopper
+             : forced == PrefillKernel::ws_overlap_192 && head_dim != 64              ? PrefillKernel::ws
+                                                                                    : forced;
   }
   if (kernel != PrefillKernel::mma) {
     KVINFER_CHECK_ARG(prefill_ws_available(head_dim, layout), "attention_prefill: the warp-specialised kernel does "

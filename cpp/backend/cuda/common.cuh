@@ -67,11 +67,20 @@ __device__ __forceinline__ int atomic_add_acq_rel(int* p, int v) {
 // their own give the same bits (explicit roundings: no contraction left to the compiler).
 // silu(g) * u of fp16 values g, u.
 __device__ __forceinline__ float silu_times(float g, float u) { return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u); }
-// RoPE of the pair (a, b) = (x[i], x[i + d / 2]) at angle position * inv_freq[i].
-__device__ __forceinline__ __half2 rope_rotate(float a, float b, int position, float inv_freq) {
+// The cosine and sine of RoPE's angle position * inv_freq[i] (x: cosine, y: sine).
+__device__ __forceinline__ float2 rope_angle(int position, float inv_freq) {
   float s, c;
   sincosf(__fmul_rn(static_cast<float>(position), inv_freq), &s, &c);
+  return make_float2(c, s);
+}
+// The pair (a, b) = (x[i], x[i + d / 2]) rotated by the angle whose cosine and sine are cs.
+__device__ __forceinline__ __half2 rope_rotate(float a, float b, float2 cs) {
+  const float c = cs.x, s = cs.y;
   return __floats2half2_rn(__fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)), __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s)));
+}
+// RoPE of the pair (a, b) at angle position * inv_freq[i].
+__device__ __forceinline__ __half2 rope_rotate(float a, float b, int position, float inv_freq) {
+  return rope_rotate(a, b, rope_angle(position, inv_freq));
 }
 
 // Programmatic dependent launch (Hopper): a kernel launched with launch_dependent() may start

@@ -1,5 +1,7 @@
 // RoPE and the KV write in one kernel: a block per token; its threads take (head, pair) items of
 // the q and k heads (rotating q in place, writing rotated k to the cache) and then the v values.
+// The token's head_dim / 2 angles are computed once into shared memory (a sincos each), not once
+// per head: at a long prompt the sincos of every (head, pair) item made this kernel compute-bound.
 // rope_rotate() (common.cuh), as the qkv projection's fused epilogue computes it (skinny_gemm.h),
 // so the two give the same bits.
 #include "backend/cuda/kv_write.h"
@@ -16,10 +18,15 @@ static __global__ void rope_kv_write_kernel(__half* __restrict__ qkv, int64_t st
                                             int num_kv_heads, int head_dim, const float* __restrict__ inv_freq,
                                             __half* __restrict__ k_cache, __half* __restrict__ v_cache,
                                             KVLayout layout, StepArrays step) {
+  extern __shared__ float2 angles[];  // [head_dim / 2] cosine, sine of this token's pair i
   const int t = blockIdx.x, half = head_dim / 2;
   // the step's fields are in place before its first kernel: read them while the projection drains
   const int pos = step.positions[t];
   const int64_t cache_row = layout.at(step.block_tables + int64_t(step.token_seq[t]) * layout.table_stride, 0, pos);
+  if (inv_freq) {
+    for (int i = threadIdx.x; i < half; i += blockDim.x) angles[i] = rope_angle(pos, inv_freq[i]);
+    __syncthreads();
+  }
   pdl_allow_next();
   pdl_wait();  // qkv comes from the projection before
   __half* row = qkv + t * stride;
@@ -30,7 +37,7 @@ static __global__ void rope_kv_write_kernel(__half* __restrict__ qkv, int64_t st
     for (int p = threadIdx.x; p < heads * half; p += blockDim.x) {
       const int head = p / half, i = p % half;
       __half* x = row + static_cast<int64_t>(head) * head_dim;
-      const __half2 r = rope_rotate(__half2float(x[i]), __half2float(x[i + half]), pos, inv_freq[i]);
+      const __half2 r = rope_rotate(__half2float(x[i]), __half2float(x[i + half]), angles[i]);
       const __half ra = __low2half(r), rb = __high2half(r);
       if (head < num_heads) {
         x[i] = ra, x[i + half] = rb;
@@ -53,7 +60,8 @@ void rope_kv_write(half_t* qkv, int64_t stride, int num_heads, int num_kv_heads,
   KVINFER_CHECK_ARG(T >= 0 && head_dim % 2 == 0, "rope_kv_write: T=", T, " head_dim=", head_dim,
                     " (T >= 0, head_dim even)");
   if (T == 0) return;
-  launch_dependent(rope_kv_write_kernel, dim3(T), dim3(128), 0, stream, reinterpret_cast<__half*>(qkv), stride,
+  const size_t angles = inv_freq ? sizeof(float2) * static_cast<size_t>(head_dim / 2) : 0;
+  launch_dependent(rope_kv_write_kernel, dim3(T), dim3(128), angles, stream, reinterpret_cast<__half*>(qkv), stride,
                    num_heads, num_kv_heads, head_dim, inv_freq, reinterpret_cast<__half*>(k_cache),
                    reinterpret_cast<__half*>(v_cache), layout, step);
 }

@@ -5,19 +5,21 @@
 // warpgroup gives up its registers (setmaxnreg) and one of its threads streams the K and V tiles
 // of 128 keys by TMA, a 16-position box per KV block piece (the block tables make each tile a
 // gather), into a ring of stages guarded by mbarriers: K and V of a stage land on their own
-// barriers, so S = Q K^T may start while V is still on the way, and a stage is refilled once both
-// consumers have finished with it. The two consumer warpgroups (64 query rows each, the freed
-// registers) run the wgmma math of prefill_wgmma.cuh: S by m64n128k16 from shared memory, the
-// online softmax in registers, O += P V with P as the register operand. They take turns at the
-// tensor cores ("ping-pong", two named barriers): a warpgroup issues P V of its previous tile and S
-// of this one only after the other has issued its own, so one's softmax runs while the other's
-// MMAs do. No block-wide barrier inside the loop.
+// barriers, so S = Q K^T may start while V is still on the way, and go back on their own: K once
+// both consumers have S of the tile, V once their P V of it is done. The two consumer warpgroups
+// (64 query rows each, the freed registers) run the wgmma math of prefill_wgmma.cuh: S by
+// m64n128k16 from shared memory, the online softmax in registers, O += P V with P as the register
+// operand (n = head_dim). They take turns at the tensor cores ("ping-pong", two named barriers): a
+// warpgroup issues P V of its previous tile and S of this one only after the other has issued its
+// own, so one's softmax runs while the other's MMAs do. No block-wide barrier inside the loop.
 // Overlap (PrefillKernel::ws_overlap) adds FlashAttention-3's intra-warpgroup overlap: a warpgroup
 // issues S of tile j, then P V of tile j - 1 as a second group, waits for S alone and runs the
 // softmax of tile j while its own P V still runs; K of a stage goes back to the producer after
 // that softmax, V after P V. The same arithmetic in the same order: the same bits. At head_dim 64
-// also with three consumer warpgroups (ws_overlap_192, WsShape). Both are opt-in: measured on an
-// H100 they were no faster than ws (docs/dev/prefill-attention-notes.md, run 6).
+// also with three consumer warpgroups (ws_overlap_192, WsShape): 1.5x the rows per K/V byte and a
+// third warpgroup to fill the tensor cores, the automatic choice at head_dim 64 for sequences of
+// 2048+ rows. ws_overlap itself is opt-in: it was measured no faster than ws
+// (docs/dev/prefill-attention-notes.md, runs 6 and 7).
 #include <cuda.h>
 #include <cuda_fp16.h>
 
@@ -56,6 +58,7 @@ struct WsShape {
   static constexpr int kQ = kRows * D * 2, kKV = kKeys * D * 2;  // bytes of a Q and a K (or V) tile
   static constexpr size_t kData = kQ + 2 * size_t{kKV} * kStages;
   static constexpr size_t bytes = 1024 + kData + 4 * kStages * 8;  // alignment, tiles, barriers
+  static_assert(bytes <= 232448, "227 KB of shared memory a block");
 };
 
 __device__ __forceinline__ void named_sync(int id, int threads) {
@@ -110,22 +113,34 @@ static __global__ void __launch_bounds__(WsShape<D, G>::kThreads, 1)
       auto piece_row = [&](int key) {
         return static_cast<int>(layout.at(tile.table, tile.kvh, key <= last_pos ? key : 0) / D);
       };
+      constexpr int kPieces = kKeys / kPiece;
+      // the pool rows of tile j's pieces, read from the block table once for K and V, all 8 loads
+      // in flight together (a TMA's "memory" clobber would otherwise serialise a load per piece)
+      auto piece_rows = [&](int j, int (&rows)[kPieces]) {
+#pragma unroll
+        for (int p = 0; p < kPieces; ++p) rows[p] = piece_row(j * kKeys + p * kPiece);
+      };
       // tile j of K or V into `dst`, landing on `bar`: 8 pieces of 16 rows, D / 64 boxes each
-      auto load = [&](int j, unsigned char* dst, const CUtensorMap* map, uint64_t* bar) {
+      auto load = [&](const int (&rows)[kPieces], unsigned char* dst, const CUtensorMap* map, uint64_t* bar) {
         mbar_arrive_expect_tx(bar, T::kKV);
-        for (int p = 0; p < kKeys / kPiece; ++p) {
-          const int row = piece_row(j * kKeys + p * kPiece);
+#pragma unroll
+        for (int p = 0; p < kPieces; ++p)
 #pragma unroll
           for (int c = 0; c < D / 64; ++c)
-            tma_load_2d(dst + c * kKeys * 128 + p * kPiece * 128, map, c * 64, row, bar, policy);
-        }
+            tma_load_2d(dst + c * kKeys * 128 + p * kPiece * 128, map, c * 64, rows[p], bar, policy);
       };
+      int next[kPieces];
+      piece_rows(0, next);
       for (int j = 0; j < kv_tiles; ++j) {
         const int s = j % S;
+        int rows[kPieces];
+#pragma unroll
+        for (int p = 0; p < kPieces; ++p) rows[p] = next[p];
+        if (j + 1 < kv_tiles) piece_rows(j + 1, next);  // the next tile's rows load while this one waits
         if (j >= S) mbar_wait(k_empty + s, ((j / S) & 1) ^ 1);  // use j / S - 1 of the stage is done
-        load(j, k_tile(s), &kmap, k_full + s);
+        load(rows, k_tile(s), &kmap, k_full + s);
         if (j >= S) mbar_wait(v_empty + s, ((j / S) & 1) ^ 1);
-        load(j, v_tile(s), &vmap, v_full + s);
+        load(rows, v_tile(s), &vmap, v_full + s);
       }
     }
     return;
@@ -155,12 +170,15 @@ static __global__ void __launch_bounds__(WsShape<D, G>::kThreads, 1)
   const unsigned char* q_wg = q_tile + wg * 64 * 128;
   uint32_t p[8][4];  // P of the last tile, as the A operand of 8 key steps of 16
 
+  // O += P V of the tile in stage s: per 16 keys, all D columns in one instruction (V's column
+  // blocks of 64 lie kKeys * 128 bytes apart, 8-key groups 1024)
   auto issue_pv = [&](int s) {
 #pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk)
-#pragma unroll
-      for (int c = 0; c < D / 64; ++c)
-        prefill::wgmma_64x64_rs(o[c], p[kk], smem_desc(v_tile(s) + c * kKeys * 128 + kk * 16 * 128, 1024, 1024));
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+      const uint64_t v = smem_desc(v_tile(s) + kk * 16 * 128, kKeys * 128, 1024);
+      if constexpr (D == 128) prefill::wgmma_64x128_rs(o[0], o[1], p[kk], v);
+      else prefill::wgmma_64x64_rs(o[0], p[kk], v);
+    }
   };
 
   // S = Q K^T of the tile in stage s: per 16 of D, the 32-byte step inside a 128-byte row of
@@ -189,23 +207,40 @@ static __global__ void __launch_bounds__(WsShape<D, G>::kThreads, 1)
   // Every warpgroup runs every tile of the block: one past its rows is masked out whole (its P is
   // zeros), which costs a tile at most and keeps every MMA out of divergent code (ptxas serialises
   // MMAs it cannot prove uniform).
+  {  // tile 0 alone: no P V before it, so no MMA issued in divergent code (ptxas would fence it)
+    mbar_wait(k_full, 0);
+    named_sync(kTurnBarrier + wg, kTurnThreads);  // the other warpgroup has issued its MMAs
+    float sc[16][4];
+    wgmma_fence();
+    issue_s(sc, 0);
+    wgmma_commit();
+    named_arrive(next_turn, kTurnThreads);  // its turn
+    wgmma_wait_all();
+    fence_registers(sc);
+    // K of a tile goes back as soon as S is read: its stage refills a whole tile ahead of its next
+    // use (tied to V's release, a 2-stage ring would leave the load only one softmax to land in)
+    mbar_arrive_if(k_empty, leader);
+    float alpha_lo, alpha_hi;  // (O is still zero: nothing to rescale)
+    softmax.step(sc, 0, t, kKeys - 1 > wg_first, pos_lo, pos_hi, scale_log2, p, alpha_lo, alpha_hi);
+  }
   if constexpr (!Overlap) {
-    for (int j = 0; j < kv_tiles; ++j) {
-      const int s = j % S, ps = (j + S - 1) % S;
+    for (int j = 1; j < kv_tiles; ++j) {  // P V of tile j - 1 and S of tile j as one group
+      const int s = j % S, ps = (j - 1) % S;
       mbar_wait(k_full + s, (j / S) & 1);
-      if (j > 0) mbar_wait(v_full + ps, ((j - 1) / S) & 1);
-      named_sync(kTurnBarrier + wg, kTurnThreads);  // the other warpgroup has issued its MMAs
+      mbar_wait(v_full + ps, ((j - 1) / S) & 1);
+      named_sync(kTurnBarrier + wg, kTurnThreads);
       float sc[16][4];
       wgmma_fence();
-      if (j > 0) issue_pv(ps);
+      issue_pv(ps);
       issue_s(sc, s);
       wgmma_commit();
-      named_arrive(next_turn, kTurnThreads);  // its turn
+      named_arrive(next_turn, kTurnThreads);
       wgmma_wait_all();
 #pragma unroll
       for (int c = 0; c < D / 64; ++c) fence_registers(o[c]);
       fence_registers(sc);
-      if (j > 0 && leader) mbar_arrive(k_empty + ps), mbar_arrive(v_empty + ps);  // tile j - 1 is read
+      mbar_arrive_if(k_empty + s, leader);
+      mbar_arrive_if(v_empty + ps, leader);
 
       float alpha_lo, alpha_hi;
       const int k0 = j * kKeys;
@@ -213,20 +248,6 @@ static __global__ void __launch_bounds__(WsShape<D, G>::kThreads, 1)
       rescale(alpha_lo, alpha_hi);
     }
   } else {
-    {  // tile 0 alone: no P V before it
-      mbar_wait(k_full, 0);
-      named_sync(kTurnBarrier + wg, kTurnThreads);
-      float sc[16][4];
-      wgmma_fence();
-      issue_s(sc, 0);
-      wgmma_commit();
-      named_arrive(next_turn, kTurnThreads);
-      wgmma_wait_all();
-      fence_registers(sc);
-      mbar_arrive_if(k_empty, leader);
-      float alpha_lo, alpha_hi;  // (O is still zero: nothing to rescale)
-      softmax.step(sc, 0, t, kKeys - 1 > wg_first, pos_lo, pos_hi, scale_log2, p, alpha_lo, alpha_hi);
-    }
     // Tile j >= 1: S of j and P V of j - 1 in flight together, the softmax of j under P V. Nothing
     // branches while MMAs are in flight (ptxas would serialise them): the mask is a compile-time
     // choice of the loop, the barrier arrivals are predicated.
