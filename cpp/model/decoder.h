@@ -51,6 +51,12 @@ struct StepContext {
   // launch shape, never a result. 0 when unknown (a step captured in a CUDA graph).
   int max_keys = 0;
   int64_t total_keys = 0;
+  // A step that holds prompt chunks after sequences of one new token each (decodes first, as the
+  // scheduler orders a mixed step): how many such leading sequences, and their keys as above.
+  // Their rows are rows 0..leading_decodes - 1. 0 in a decode step and in a step of prompts alone.
+  int leading_decodes = 0;
+  int leading_max_keys = 0;
+  int64_t leading_total_keys = 0;
   bool sample = false;             // sample every logits row
   bool replay = false;             // a decode step of exactly the size of a captured graph
   float* logits_out = nullptr;     // host [R][vocab], or null: logits stay where they are

@@ -247,6 +247,7 @@ void Runner::launch_locked(const StepBatch& b, float* logits, float* hidden_stat
   step.replay = padded > 0;
   step.logits_out = logits;
   step.hidden_out = hidden_states;
+  bool leading = true;  // still in the run of one-token sequences the step starts with
   for (int q = 0; q < b.num_seqs; ++q) {
     const int n = b.query_starts[q + 1] - b.query_starts[q];
     step.max_query_len = std::max(step.max_query_len, n);
@@ -254,7 +255,14 @@ void Runner::launch_locked(const StepBatch& b, float* logits, float* hidden_stat
       step.max_keys = std::max(step.max_keys, b.cached_lengths[q] + n);
       step.total_keys += b.cached_lengths[q] + n;
     }
+    leading = leading && n == 1;
+    if (leading) {
+      step.leading_decodes = q + 1;
+      step.leading_max_keys = std::max(step.leading_max_keys, b.cached_lengths[q] + 1);
+      step.leading_total_keys += b.cached_lengths[q] + 1;
+    }
   }
+  if (b.decode()) step.leading_decodes = step.leading_max_keys = 0, step.leading_total_keys = 0;
   backend_->run(step, [this](const StepContext& s) { run_decoder(*backend_, config_, views_, s); });
   const int rows = step.sample ? b.num_logit_rows : 0;
   backend_->finish(rows, ticket);

@@ -168,6 +168,39 @@ def test_decode_is_batch_invariant_bit_for_bit(model_dirs):
         assert np.array_equal(batch[:, B // 2], alone), f"batch {B}: max diff {np.abs(batch[:, B // 2] - alone).max()}"
 
 
+def test_a_mixed_step_attends_like_a_decode_step_and_a_prompt_step(model_dirs):
+    """batch_invariant=False, a step of three one-token sequences and then a prompt chunk (a mixed
+    step as the scheduler builds it, decodes first; their attention takes the decode kernel, the
+    chunk's the prefill kernel): the one-token rows' logits stay within fp16 rounding of the same
+    rows in a decode step, the chunk's last row within rounding of the chunk prefilled alone. GQA
+    and MHA at head_dim 128."""
+    from step_helpers import greedy_args
+
+    i32 = lambda *v: np.array(v, np.int32)  # noqa: E731
+    for name in ("llama_gqa3", "llama_mha_d128"):
+        llm = load(model_dirs[name], "cuda:0", batch_invariant=False, max_step_tokens=64)
+        r, V = llm.runner, llm.config.vocab_size
+        prompts = [prompt(n, 900 + n) for n in (20, 45, 70)]
+        last = [int(r.step(np.asarray(p, np.int32), i32(0, len(p)), i32(0), i32(s), i32(len(p) - 1), greedy_args(1))[0])
+                for s, p in enumerate(prompts)]
+        cached = i32(*[len(p) for p in prompts])
+        decode = np.empty((3, V), np.float32)
+        r.step(np.array(last, np.int32), i32(0, 1, 2, 3), cached, i32(0, 1, 2), i32(0, 1, 2), greedy_args(3),
+               logits=decode)
+        chunk = prompt(30, 950)
+        mixed = np.empty((4, V), np.float32)  # the decode rows again (same tokens and positions), then the chunk
+        r.step(np.array(last + chunk, np.int32), i32(0, 1, 2, 3, 33), np.append(cached, 0).astype(np.int32),
+               i32(0, 1, 2, 3), i32(0, 1, 2, 32), greedy_args(4), logits=mixed)
+        alone = np.empty((1, V), np.float32)
+        r.step(np.array(chunk, np.int32), i32(0, 30), i32(0), i32(4), i32(29), greedy_args(1), logits=alone)
+        assert np.isfinite(mixed).all() and np.isfinite(decode).all() and np.isfinite(alone).all()
+        for got, want in ((mixed[:3], decode), (mixed[3:], alone)):
+            rel = np.abs(got - want).max() / np.abs(want).max()
+            assert rel < 1e-2, f"{name}: {rel}"
+            assert (got.argmax(1) == want.argmax(1)).all()
+        llm.close()
+
+
 def test_without_batch_invariance_batches_stay_close(model_dirs):
     """batch_invariant=False: steps of 16 sequences and more take cuBLAS (replayed from graphs
     too). Their logits must stay within fp16 rounding of the batch-invariant ones, and a greedy

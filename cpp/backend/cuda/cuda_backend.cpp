@@ -209,16 +209,23 @@ class CudaBackend final : public Backend {
   void attention(int layer, const StepContext& s) override {
     const float scale = 1.0f / std::sqrt(static_cast<float>(c_.head_dim));
     const half_t* qkv = buffer(Buffer::qkv);
-    if (s.decode())
+    const auto decode = [&](int seqs, cuda::DecodeLengths lengths) {
       cuda::attention_decode(qkv, c_.qkv_dim(), cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(),
-                             s.arrays.block_tables, s.arrays.positions, s.num_seqs, c_.num_heads, c_.num_kv_heads,
+                             s.arrays.block_tables, s.arrays.positions, seqs, c_.num_heads, c_.num_kv_heads,
                              c_.head_dim, scale, view<float>(act_.decode), buffer(Buffer::attn), c_.q_dim(),
-                             stream_, splits_, cuda::DecodeLengths{s.max_keys, s.total_keys});
-    else
-      cuda::attention_prefill(qkv, c_.qkv_dim(), cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(),
-                              s.arrays.block_tables, s.arrays.query_starts, s.arrays.positions, s.num_seqs,
-                              s.max_query_len, c_.num_heads, c_.num_kv_heads, c_.head_dim, scale,
-                              buffer(Buffer::attn), c_.q_dim(), stream_);
+                             stream_, splits_, lengths);
+    };
+    if (s.decode()) return decode(s.num_seqs, cuda::DecodeLengths{s.max_keys, s.total_keys});
+    // A mixed step (no batch invariance to keep): its leading one-token sequences through the decode
+    // kernel, which shares each KV head's reads among its query heads and splits long contexts over
+    // the SMs; the prefill kernel would give each of them a query tile per head for one row.
+    const int d = batch_invariant_ ? 0 : s.leading_decodes;
+    if (d > 0) decode(d, cuda::DecodeLengths{s.leading_max_keys, s.leading_total_keys});
+    const int64_t table_offset = int64_t(d) * cache_.layout().table_stride;  // the prompts' table rows
+    cuda::attention_prefill(qkv, c_.qkv_dim(), cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(),
+                            s.arrays.block_tables + table_offset, s.arrays.query_starts + d, s.arrays.positions,
+                            s.num_seqs - d, s.max_query_len, c_.num_heads, c_.num_kv_heads, c_.head_dim, scale,
+                            buffer(Buffer::attn), c_.q_dim(), stream_);
   }
 
   void attention_output(const Linear& w, const StepContext& s) override {
