@@ -51,9 +51,9 @@ struct StepContext {
   // launch shape, never a result. 0 when unknown (a step captured in a CUDA graph).
   int max_keys = 0;
   int64_t total_keys = 0;
-  // A step that holds prompt chunks after sequences of one new token each (decodes first, as the
-  // scheduler orders a mixed step): how many such leading sequences, and their keys as above.
-  // Their rows are rows 0..leading_decodes - 1. 0 in a decode step and in a step of prompts alone.
+  // A step that is not a decode step but starts with sequences of one new token each (a mixed
+  // step's decodes, which the scheduler puts first; or one-token prompt chunks): how many, and
+  // their keys as above. Their rows are rows 0..leading_decodes - 1. 0 in a decode step.
   int leading_decodes = 0;
   int leading_max_keys = 0;
   int64_t leading_total_keys = 0;

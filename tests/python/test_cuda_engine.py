@@ -169,35 +169,48 @@ def test_decode_is_batch_invariant_bit_for_bit(model_dirs):
 
 
 def test_a_mixed_step_attends_like_a_decode_step_and_a_prompt_step(model_dirs):
-    """batch_invariant=False, a step of three one-token sequences and then a prompt chunk (a mixed
-    step as the scheduler builds it, decodes first; their attention takes the decode kernel, the
-    chunk's the prefill kernel): the one-token rows' logits stay within fp16 rounding of the same
-    rows in a decode step, the chunk's last row within rounding of the chunk prefilled alone. GQA
-    and MHA at head_dim 128."""
+    """batch_invariant=False, steps of three one-token sequences and then prompt chunks (a mixed
+    step as the scheduler builds it, decodes first). The one-token rows take the decode kernel: in a
+    step of under 16 rows (the per-row skinny GEMMs of a decode step) their logits are the decode
+    step's bits, which the prefill kernel would not give. The chunks (one continuing a cached
+    prompt, one new) stay within fp16 rounding of the same chunk alone, in small and in cuBLAS-sized
+    steps. Head_dim 64 with GQA, head_dim 128 with MHA."""
     from step_helpers import greedy_args
 
     i32 = lambda *v: np.array(v, np.int32)  # noqa: E731
+
+    def close(got, want, what):
+        assert np.isfinite(got).all() and got.shape == want.shape, what
+        rel = np.abs(got - want).max() / np.abs(want).max()
+        assert rel < 1e-2, f"{what}: {rel}"
+
     for name in ("llama_gqa3", "llama_mha_d128"):
         llm = load(model_dirs[name], "cuda:0", batch_invariant=False, max_step_tokens=64)
         r, V = llm.runner, llm.config.vocab_size
         prompts = [prompt(n, 900 + n) for n in (20, 45, 70)]
         last = [int(r.step(np.asarray(p, np.int32), i32(0, len(p)), i32(0), i32(s), i32(len(p) - 1), greedy_args(1))[0])
                 for s, p in enumerate(prompts)]
-        cached = i32(*[len(p) for p in prompts])
+        cached = [len(p) for p in prompts]
         decode = np.empty((3, V), np.float32)
-        r.step(np.array(last, np.int32), i32(0, 1, 2, 3), cached, i32(0, 1, 2), i32(0, 1, 2), greedy_args(3),
-               logits=decode)
-        chunk = prompt(30, 950)
-        mixed = np.empty((4, V), np.float32)  # the decode rows again (same tokens and positions), then the chunk
-        r.step(np.array(last + chunk, np.int32), i32(0, 1, 2, 3, 33), np.append(cached, 0).astype(np.int32),
-               i32(0, 1, 2, 3), i32(0, 1, 2, 32), greedy_args(4), logits=mixed)
+        r.step(np.array(last, np.int32), i32(0, 1, 2, 3), np.array(cached, np.int32), i32(0, 1, 2), i32(0, 1, 2),
+               greedy_args(3), logits=decode)
+        head = prompt(10, 960)  # slot 3: 6 tokens cached, then a chunk of 4 beside the decodes (7 rows)
+        r.step(np.array(head[:6], np.int32), i32(0, 6), i32(0), i32(3), i32(5), greedy_args(1))
+        small = np.empty((4, V), np.float32)
+        r.step(np.array(last + head[6:], np.int32), i32(0, 1, 2, 3, 7), np.array(cached + [6], np.int32),
+               i32(0, 1, 2, 3), i32(0, 1, 2, 6), greedy_args(4), logits=small)
+        assert np.array_equal(small[:3], decode), f"{name}: {np.abs(small[:3] - decode).max()}"
         alone = np.empty((1, V), np.float32)
-        r.step(np.array(chunk, np.int32), i32(0, 30), i32(0), i32(4), i32(29), greedy_args(1), logits=alone)
-        assert np.isfinite(mixed).all() and np.isfinite(decode).all() and np.isfinite(alone).all()
-        for got, want in ((mixed[:3], decode), (mixed[3:], alone)):
-            rel = np.abs(got - want).max() / np.abs(want).max()
-            assert rel < 1e-2, f"{name}: {rel}"
-            assert (got.argmax(1) == want.argmax(1)).all()
+        r.step(np.array(head[6:], np.int32), i32(0, 4), i32(6), i32(3), i32(3), greedy_args(1), logits=alone)
+        close(small[3:], alone, f"{name}: a chunk after cached tokens")
+        # 3 + 30 rows (cuBLAS): the decode rows again, then a new 30-token chunk in slot 4
+        chunk = prompt(30, 950)
+        large = np.empty((4, V), np.float32)
+        r.step(np.array(last + chunk, np.int32), i32(0, 1, 2, 3, 33), np.array(cached + [0], np.int32),
+               i32(0, 1, 2, 4), i32(0, 1, 2, 32), greedy_args(4), logits=large)
+        close(large[:3], decode, f"{name}: decode rows in a large mixed step")
+        r.step(np.array(chunk, np.int32), i32(0, 30), i32(0), i32(5), i32(29), greedy_args(1), logits=alone)
+        close(large[3:], alone, f"{name}: a new chunk in a large mixed step")
         llm.close()
 
 
