@@ -185,7 +185,7 @@ def test_a_mixed_step_attends_like_a_decode_step_and_a_prompt_step(model_dirs):
         assert rel < 1e-2, f"{what}: {rel}"
 
     for name in ("llama_gqa3", "llama_mha_d128"):
-        llm = load(model_dirs[name], "cuda:0", batch_invariant=False, max_step_tokens=64)
+        llm = load(model_dirs[name], "cuda:0", batch_invariant=False, max_step_tokens=128)
         r, V = llm.runner, llm.config.vocab_size
         prompts = [prompt(n, 900 + n) for n in (20, 45, 70)]
         last = [int(r.step(np.asarray(p, np.int32), i32(0, len(p)), i32(0), i32(s), i32(len(p) - 1), greedy_args(1))[0])
