@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build with the test suite, run the suites, then the benchmark.
 # Logs go to $OUT (or ./gpu-logs); a short summary is printed last.
-#   STAGES      which of: build ctest pytest sanitize bench serve profile ncu (default: build ctest pytest bench)
+#   STAGES      which of: build ctest pytest sanitize bench serve profile ncu prefill (default: build ctest pytest bench)
 #   CTEST_ARGS  extra ctest arguments (e.g. -R CudaOps)
 #   PYTEST_ARGS extra pytest arguments (e.g. -k cuda)
 #   BENCH_ARGS  arguments of benchmarks/gpu_bench.py (e.g. --skip decode prefill)
@@ -11,7 +11,11 @@
 #               environment (e.g. KVINFER_PDL=0: kernel times without dependent launches overlapping)
 #   SANITIZE_FILTER, SANITIZE_TIMEOUT  gtest filter and seconds per tool of the sanitize stage
 #   NCU_SHAPES  "seq:head_dim:kernel ..." of the ncu stage: a kernel profile (speed of light, warp
-#               stall reasons, pipe use) of the prefill kernel's second call on that shape
+#               stall reasons, pipe use; per instruction by benchmarks/ncu_top.py) of the prefill
+#               kernel's second call on that shape
+#   PREFILL_KERNELS, TTFT_TOKENS  the prefill stage (the prefill gtests, gpu_bench.py's prefill rows,
+#               profile_step.py --prefill): KVINFER_PREFILL values to time the first token under
+#               (default auto) and the prompt's length (default 2048)
 #   SERVE_SHAPES  benchmark shapes of the serve stage (default Llama-3.2-1B): per shape the engine
 #                 loop offline (batch-invariant and not), serve_bench offline with the LLM.generate
 #                 baselines, and at 16 requests/s (batch-invariant and not); needs the serve extra
@@ -64,13 +68,28 @@ for stage in $stages; do
         grep "^| [sL]" "$out/serve-$shape.log"
       done ;;
     ncu)
-      for shape in ${NCU_SHAPES:-16384:128:ws 16384:128:ws_overlap}; do  # seq:head_dim:kernel
+      for shape in ${NCU_SHAPES:-16384:128:ws 16384:64:ws_overlap_192}; do  # seq:head_dim:kernel
         IFS=: read -r seq hd kernel <<<"$shape"
-        run "ncu-$seq-$hd-$kernel" ncu --clock-control none --kernel-name regex:prefill --launch-skip 1 \
+        name="ncu-$seq-$hd-$kernel"
+        run "$name" ncu --clock-control none --kernel-name regex:prefill --launch-skip 1 \
           --launch-count 1 --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
           --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \
+          --section SourceCounters --import-source no -o "/tmp/$name" \
           python3 benchmarks/prefill_one.py --seq "$seq" --head-dim "$hd" --kernel "$kernel" --calls 2
-        grep -E "Duration|Throughput|Stall|Issued|Pipe|Eligible|Active Warps|L2 Hit" "$out/ncu-$seq-$hd-$kernel.log" | head -40
+        ncu --import "/tmp/$name.ncu-rep" --page details >"$out/$name-details.txt" 2>&1
+        ncu --import "/tmp/$name.ncu-rep" --page source --csv --print-source sass >"/tmp/$name.csv" 2>&1
+        python3 benchmarks/ncu_top.py "/tmp/$name.csv" >"$out/$name-top.txt" 2>&1
+        grep -E "Duration|Throughput|Issue Slots|highest-utilized|Eligible Warps" "$out/$name-details.txt" | head -12
+        head -12 "$out/$name-top.txt" | cut -c1-160
+      done ;;
+    prefill)  # the prefill kernels' tests, their benchmark against SDPA, and a prompt's first token
+      run prefill-tests build/gpu/tests/cpp/kvinfer_tests --gtest_filter='*CudaPrefill*:*Rope*:*KVWrite*'
+      run prefill-bench python3 benchmarks/gpu_bench.py --skip gemm decode e2e --out "$out/prefill.md"
+      grep "^| prefill" "$out/prefill.md" | cut -c1-130
+      for kernel in ${PREFILL_KERNELS:-auto}; do  # KVINFER_PREFILL values to time the first token under
+        log="ttft-$kernel"
+        run "$log" bash -c "cd benchmarks && KVINFER_PREFILL=$kernel python3 profile_step.py --prefill ${TTFT_TOKENS:-2048}"
+        grep "^# " "$out/$log.log" | head -3
       done ;;
     profile)
       for mb in ${PROFILE:-Llama-3.2-1B:1 SmolLM2-135M:1}; do  # model:batch[:flags of profile_step.py]
