@@ -89,6 +89,7 @@ def main() -> None:
     for name, (n, t) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:25]:
         print(f"{t / steps:9.1f} us/step {n / steps:6.1f}/step {t / n:8.2f} us each  {name}")
     print_gaps(spans, steps)
+    print_runtime_calls(prof, steps)
 
 
 class TimedRunner:
@@ -125,6 +126,21 @@ def print_host_split(calls: list) -> None:
             spans[f"{a} -> {b}"].append(1e3 * (tb - ta))
     print("# host split of an unprofiled call, median ms: " +
           ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in spans.items()))
+
+
+def print_runtime_calls(prof, steps: int) -> None:
+    """The host side of launching: CUDA runtime and driver calls the profiler saw (CUPTI records
+    them with the kernels), their count and host time per step."""
+    calls = collections.defaultdict(lambda: [0, 0.0])
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CPU and e.name.startswith(("cuda", "cu")):
+            c = calls[e.name]
+            c[0] += 1
+            c[1] += e.cpu_time_total
+    total = sum(t for _, t in calls.values())
+    print(f"# CUDA runtime calls on the host: {total / steps:.1f} us/step; largest:")
+    for name, (n, t) in sorted(calls.items(), key=lambda kv: -kv[1][1])[:8]:
+        print(f"{t / steps:9.1f} us/step {n / steps:6.1f}/step {t / n:8.2f} us each  {name}")
 
 
 def print_gaps(spans: list, steps: int) -> None:
