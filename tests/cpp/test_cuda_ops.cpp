@@ -353,6 +353,21 @@ TEST(CudaPrefillKernel, HopperWhereUnavailableThrows) {
   layout.head_dim = 64, layout.block_shift = 3, layout.num_blocks = 4;  // blocks of 8 positions
   EXPECT_FALSE(cuda::prefill_ws_available(64, layout));
 }
+// A mixed step sends its one-token rows through the decode kernel only where that kernel runs the
+// model's heads; the answer must agree with what attention_decode accepts.
+TEST(CudaDecodeKernel, SupportsExactlyWhatItRuns) {
+  EXPECT_TRUE(cuda::attention_decode_supports(64, 32, 8));
+  EXPECT_TRUE(cuda::attention_decode_supports(128, 16, 1));
+  EXPECT_FALSE(cuda::attention_decode_supports(256, 8, 8));  // Gemma's head_dim: prefill only
+  EXPECT_FALSE(cuda::attention_decode_supports(64, 17, 1));  // a GQA group of 17
+  EXPECT_FALSE(cuda::attention_decode_supports(64, 12, 5));  // not a multiple
+  SKIP_WITHOUT_CUDA();
+  KVLayout layout{};
+  layout.head_dim = 256, layout.block_shift = 4, layout.table_stride = 1, layout.num_blocks = 4;
+  EXPECT_THROW(cuda::attention_decode(nullptr, 256, nullptr, nullptr, layout, nullptr, nullptr, 1, 8, 8, 256, 1.0f,
+                                      nullptr, nullptr, 256, nullptr),
+               std::invalid_argument);
+}
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaPrefill, testing::Values(
     AttnCase{4, 4, 64, {0}, {0}, {1}},                      // one token, no cache
     AttnCase{6, 2, 64, {0}, {0}, {17}},                     // GQA 3, partial tile

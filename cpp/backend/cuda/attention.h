@@ -91,6 +91,9 @@ struct DecodeLaunch {
 };
 DecodeLaunch decode_launch(int batch, int num_heads, int num_kv_heads, int head_dim, int num_sms,
                            DecodeSplits splits, DecodeLengths lengths);
+// Whether attention_decode runs this shape (head_dim 32, 64, 80, 96 or 128; up to 16 query heads a
+// KV head).
+bool attention_decode_supports(int head_dim, int num_heads, int num_kv_heads);
 void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                       const half_t* v_cache, const KVLayout& layout, const int32_t* block_tables,
                       const int32_t* positions, int batch, int num_heads, int num_kv_heads,

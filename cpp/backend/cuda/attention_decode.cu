@@ -439,6 +439,11 @@ static void launch_decode(DecodeArgs a, DecodeLengths lengths, cudaStream_t stre
   KVINFER_CUDA_CHECK_LAUNCH();
 }
 
+bool attention_decode_supports(int head_dim, int num_heads, int num_kv_heads) {
+  return (head_dim == 32 || head_dim == 64 || head_dim == 80 || head_dim == 96 || head_dim == 128) &&
+         num_kv_heads > 0 && num_heads % num_kv_heads == 0 && num_heads / num_kv_heads <= 16;
+}
+
 void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
                       const half_t* v_cache, const KVLayout& layout, const int32_t* block_tables,
                       const int32_t* positions, int batch, int num_heads, int num_kv_heads,

@@ -219,7 +219,9 @@ class CudaBackend final : public Backend {
     // A mixed step (no batch invariance to keep): its leading one-token sequences through the decode
     // kernel, which shares each KV head's reads among its query heads and splits long contexts over
     // the SMs; the prefill kernel would give each of them a query tile per head for one row.
-    const int d = batch_invariant_ ? 0 : s.leading_decodes;
+    // (only where the decode kernel runs this model's heads: the prefill kernel takes every head_dim)
+    const bool split = !batch_invariant_ && cuda::attention_decode_supports(c_.head_dim, c_.num_heads, c_.num_kv_heads);
+    const int d = split ? s.leading_decodes : 0;
     if (d > 0) decode(d, cuda::DecodeLengths{s.leading_max_keys, s.leading_total_keys});
     const int64_t table_offset = int64_t(d) * cache_.layout().table_stride;  // the prompts' table rows
     cuda::attention_prefill(qkv, c_.qkv_dim(), cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(),
