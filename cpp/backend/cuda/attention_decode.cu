@@ -462,8 +462,9 @@ void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
   KVINFER_CHECK_ARG(num_kv_heads > 0 && num_heads % num_kv_heads == 0, "num_heads=", num_heads,
                     " is not a multiple of num_kv_heads=", num_kv_heads);
   const int group = num_heads / num_kv_heads;
-  KVINFER_CHECK_ARG(group <= 16, "attention_decode: GQA group of ", group,
-                    " query heads per KV head is not supported (1..16)");
+  KVINFER_CHECK_ARG(attention_decode_supports(head_dim, num_heads, num_kv_heads), "attention_decode: head_dim=",
+                    head_dim, " with a GQA group of ", group, " query heads per KV head is not supported (head_dim "
+                    "32, 64, 80, 96 or 128; groups of 1..16)");
   KVINFER_CHECK_ARG(q_stride % 8 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0 && out_stride % 2 == 0 &&
                         reinterpret_cast<uintptr_t>(out) % 4 == 0,
                     "attention_decode: q rows must be 16-byte aligned and out rows 4-byte aligned (q_stride=",
