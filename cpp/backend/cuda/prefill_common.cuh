@@ -74,12 +74,15 @@ struct RowSoftmax {
   // ... the running maximum and sums updated, the scores replaced by their probabilities (fp32,
   // not yet divided by the sum) ...
   __device__ __forceinline__ void exps(float (&s)[NT][4], float scale_log2, float& alpha_lo, float& alpha_hi) {
-    float mx_lo = -INFINITY, mx_hi = -INFINITY;
+    // the maxima as trees, log2(NT) dependent steps instead of NT (the same values: max is exact)
+    float lo[NT], hi[NT];
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      mx_lo = fmaxf(mx_lo, fmaxf(s[nt][0], s[nt][1]));
-      mx_hi = fmaxf(mx_hi, fmaxf(s[nt][2], s[nt][3]));
-    }
+    for (int nt = 0; nt < NT; ++nt) lo[nt] = fmaxf(s[nt][0], s[nt][1]), hi[nt] = fmaxf(s[nt][2], s[nt][3]);
+#pragma unroll
+    for (int w = 1; w < NT; w *= 2)
+#pragma unroll
+      for (int i = 0; i + w < NT; i += 2 * w) lo[i] = fmaxf(lo[i], lo[i + w]), hi[i] = fmaxf(hi[i], hi[i + w]);
+    float mx_lo = lo[0], mx_hi = hi[0];
 #pragma unroll
     for (int x = 1; x <= 2; x <<= 1) {
       mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, x));

@@ -172,26 +172,32 @@ static __global__ void __launch_bounds__(WsShape<D, G>::kThreads, 1)
 
   // O += P V of the tile in stage s: per 16 keys, all D columns in one instruction (V's column
   // blocks of 64 lie kKeys * 128 bytes apart, 8-key groups 1024)
+  // (descriptors: one per tile, advanced by constants per MMA; the softmax's warps issue these too)
   auto issue_pv = [&](int s) {
+    const uint64_t v = smem_desc(v_tile(s), kKeys * 128, 1024);
 #pragma unroll
     for (int kk = 0; kk < kKeys / 16; ++kk) {
-      const uint64_t v = smem_desc(v_tile(s) + kk * 16 * 128, kKeys * 128, 1024);
-      if constexpr (D == 128) prefill::wgmma_64x128_rs(o[0], o[1], p[kk], v);
-      else prefill::wgmma_64x64_rs(o[0], p[kk], v);
+      if constexpr (D == 128) prefill::wgmma_64x128_rs(o[0], o[1], p[kk], desc_advance(v, kk * 16 * 128));
+      else prefill::wgmma_64x64_rs(o[0], p[kk], desc_advance(v, kk * 16 * 128));
     }
   };
 
   // S = Q K^T of the tile in stage s: per 16 of D, the 32-byte step inside a 128-byte row of
   // column block kk / 4
+  const uint64_t q_desc = smem_desc(q_wg, 16, 1024);
   auto issue_s = [&](float (&sc)[16][4], int s) {
+    const uint64_t k = smem_desc(k_tile(s), 16, 1024);
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const int col = kk / 4, step = (kk % 4) * 32;
-      prefill::wgmma_64x128_ss(sc, smem_desc(q_wg + col * kRows * 128 + step, 16, 1024),
-                               smem_desc(k_tile(s) + col * kKeys * 128 + step, 16, 1024), kk > 0);
+      prefill::wgmma_64x128_ss(sc, desc_advance(q_desc, col * kRows * 128 + step),
+                               desc_advance(k, col * kKeys * 128 + step), kk > 0);
     }
   };
+  // O *= the rows' factors, skipped where no row of the warp has a new maximum (every factor is then
+  // exp2(0) = 1 exactly: the same bits), as at most tiles of a long sequence
   auto rescale = [&](float alpha_lo, float alpha_hi) {
+    if (!__any_sync(0xffffffffu, alpha_lo != 1.0f || alpha_hi != 1.0f)) return;
 #pragma unroll
     for (int c = 0; c < D / 64; ++c)
 #pragma unroll

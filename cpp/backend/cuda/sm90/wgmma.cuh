@@ -18,6 +18,10 @@ __device__ __forceinline__ uint64_t smem_desc(const void* p, uint32_t leading, u
          uint64_t((stride & 0x3FFFF) >> 4) << 32 | uint64_t{1} << 62;
 }
 
+// desc moved `bytes` (a multiple of 16) further: the start address field is the low 14 bits of
+// address / 16, and shared memory (< 256 KB) keeps the sum inside them, so a plain add does it.
+__device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 // Waits until at most `pending` committed groups of this warpgroup's MMAs are in flight.
