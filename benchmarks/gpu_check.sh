@@ -12,7 +12,7 @@
 #   SANITIZE_FILTER, SANITIZE_TIMEOUT  gtest filter and seconds per tool of the sanitize stage
 #   NCU_SHAPES  "seq:head_dim:kernel ..." of the ncu stage: a kernel profile (speed of light, warp
 #               stall reasons, pipe use; per instruction by benchmarks/ncu_top.py) of the prefill
-#               kernel's second call on that shape
+#               kernel's second call on that shape (kernel sdpa: torch SDPA's kernel, the peer)
 #   PREFILL_KERNELS, TTFT_TOKENS  the prefill stage (the prefill gtests, gpu_bench.py's prefill rows,
 #               profile_step.py --prefill): KVINFER_PREFILL values to time the first token under
 #               (default auto) and the prompt's length (default 2048)
@@ -71,7 +71,9 @@ for stage in $stages; do
       for shape in ${NCU_SHAPES:-16384:128:ws 16384:64:ws_overlap_192}; do  # seq:head_dim:kernel
         IFS=: read -r seq hd kernel <<<"$shape"
         name="ncu-$seq-$hd-$kernel"
-        run "$name" ncu --clock-control none --kernel-name regex:prefill --launch-skip 1 \
+        pattern=prefill  # our kernels; SDPA's: the flash / fused attention kernel torch picks
+        [ "$kernel" = sdpa ] && pattern='flash|fmha|attention'
+        run "$name" ncu --clock-control none --kernel-name "regex:$pattern" --launch-skip 1 \
           --launch-count 1 --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
           --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \
           --section SourceCounters --import-source no -o "/tmp/$name" \
