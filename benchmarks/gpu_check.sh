@@ -72,7 +72,7 @@ for stage in $stages; do
         IFS=: read -r seq hd kernel <<<"$shape"
         name="ncu-$seq-$hd-$kernel"
         pattern=prefill  # our kernels; SDPA's: the flash / fused attention kernel torch picks
-        [ "$kernel" = sdpa ] && pattern='flash|fmha|attention'
+        [ "$kernel" = sdpa ] && pattern='flash|fmha|attention|sdpa'
         run "$name" ncu --clock-control none --kernel-name "regex:$pattern" --launch-skip 1 \
           --launch-count 1 --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
           --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \
