@@ -297,7 +297,8 @@ def bench_e2e(name: str, new_tokens: int, compiled_batches: tuple[int, ...], bat
     tag += "".join(f" ({k}={os.environ[k]})" for k in ("KVINFER_SKINNY", "KVINFER_PREFILL") if k in os.environ)
     llm = LLM(folder, **kw)
     eager_llm = LLM(folder, cuda_graphs=False, **kw) if peers else None
-    say(f"# {name}: graphs for batch {llm.graphs['batch_sizes']} captured in {llm.graphs['capture_seconds']:.2f} s, "
+    say(f"# {name}: graphs for batch {llm.graphs['batch_sizes']} and prompts of {llm.graphs['prompt_tokens']} tokens "
+        f"captured in {llm.graphs['capture_seconds']:.2f} s, "
         f"{llm.graphs['device_bytes']:,} B of device memory")
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float16).cuda().eval() if peers else None
     for B in batches:

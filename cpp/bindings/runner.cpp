@@ -71,6 +71,7 @@ struct PyStep {
 py::dict graph_dict(const GraphStats& s) {
   py::dict d;
   d["batch_sizes"] = s.batch_sizes;
+  d["prompt_tokens"] = s.prompt_tokens;
   d["capture_seconds"] = s.capture_seconds;
   d["device_bytes"] = s.device_bytes;
   return d;
@@ -136,7 +137,7 @@ void bind_runner(py::module_& m) {
                s = r.capture_graphs();
              }
              return graph_dict(s);
-           }, "Capture the decode step as CUDA graphs (a no-op on the CPU or with cuda_graphs=False).")
+           }, "Capture decode steps and prompt steps as CUDA graphs (a no-op on the CPU or with cuda_graphs=False).")
       .def("release", &Runner::release, py::call_guard<py::gil_scoped_release>(),
            "Free weights, KV cache and activations now (waits for the steps in flight).")
       .def("launch", [](Runner& r, Ints tokens, Ints query_starts, Ints cached_lengths, Ints kv_slots,

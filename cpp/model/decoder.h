@@ -58,7 +58,7 @@ struct StepContext {
   int leading_max_keys = 0;
   int64_t leading_total_keys = 0;
   bool sample = false;             // sample every logits row
-  bool replay = false;             // a decode step of exactly the size of a captured graph
+  bool replay = false;             // a step of exactly the shape of a captured graph (decode or prompt)
   float* logits_out = nullptr;     // host [R][vocab], or null: logits stay where they are
   float* hidden_out = nullptr;     // host [num_layers + 1][T][hidden], or null (tests)
   bool decode() const { return num_tokens == num_seqs; }

@@ -23,9 +23,10 @@ struct RunnerOptions {
   bool batch_invariant = true;
 };
 
-// What capturing the decode graphs did.
+// What capturing the graphs did.
 struct GraphStats {
-  std::vector<int> batch_sizes;  // one graph per size
+  std::vector<int> batch_sizes;    // decode: one graph per size
+  std::vector<int> prompt_tokens;  // prompt steps: graphs per token count (one sampled row, and max_batch)
   double capture_seconds = 0;
   size_t device_bytes = 0;  // device memory the graphs took (cudaMemGetInfo before and after)
 };
@@ -46,9 +47,20 @@ class Backend : public DecoderOps {
   // The batch size a decode step of `num_seqs` sequences runs at: the smallest captured graph
   // that holds it (the runner pads the batch), or 0 when it runs op by op.
   virtual int graph_batch(int num_seqs) const { return 0; }
-  // Runs the step: the graph captured for its size when graph_batch() chose one, else recipe(step).
+  // The token count and sampled rows a prompt step (not a decode step) of this many tokens, rows
+  // and leading one-token sequences runs at, padded (staging.h), and whether a captured graph of
+  // that shape runs it; {0, 0, false}: as it is, op by op. Padded whether graphs are on or off, so
+  // that both give the same bits.
+  struct PromptShape {
+    int tokens = 0, rows = 0;
+    bool graph = false;
+  };
+  virtual PromptShape prompt_shape(int num_tokens, int num_rows, int leading_decodes) const { return {}; }
+  // Runs the step: the graph captured for its shape when graph_batch() or prompt_shape() chose one
+  // (step.replay), else recipe(step).
   virtual void run(const StepContext& step, const Recipe& recipe) { recipe(step); }
-  // Captures the decode step for a ladder of batch sizes up to max_batch (CUDA).
+  // Captures the decode step for a ladder of batch sizes up to max_batch, and prompt steps for a
+  // ladder of token counts up to max_step_tokens (CUDA).
   virtual GraphStats capture_graphs(const Recipe& recipe) { return {}; }
   // After run(): the first `num_rows` sampled ids go to the host buffer of `ticket`
   // (asynchronously on CUDA).

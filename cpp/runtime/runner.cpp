@@ -225,33 +225,23 @@ void Runner::launch_locked(const StepBatch& b, float* logits, float* hidden_stat
                     "logits are copied out");
   KVINFER_CHECK_ARG(static_cast<int>(in_flight_.size()) < Backend::kTickets, Backend::kTickets,
                     " steps are in flight: collect() one before launching another");
-  // A decode step that samples every sequence may replay a graph. Its logits can be copied out
-  // only after the sampling, which leaves them as they were where a row is greedy without a
-  // repetition penalty (tests compare a replay's logits with an op-by-op step that way).
+  // A step whose sampling leaves its logits as they were (greedy rows without penalties or
+  // biases) may copy them out after a graph replay (tests compare replays with op-by-op steps).
   bool untouched = true;
   for (int r = 0; b.sampling && r < b.num_logit_rows; ++r)
     untouched = untouched && b.sampling[r].temperature == 0 && b.sampling[r].repetition_penalty == 1.0f &&
                 b.sampling[r].bias_count == 0 && !b.sampling[r].penalises_output();
-  const bool plain_decode = b.decode() && b.sampling && b.num_logit_rows == b.num_seqs && !hidden_states &&
-                            (!logits || untouched);
-  const int padded = plain_decode ? backend_->graph_batch(b.num_seqs) : 0;
-  const int ticket = next_ticket_;
-  const StepLayout layout = stage_step(b, cache_.layout(), padded, backend_->staging(ticket));
+  const bool graphable = !hidden_states && (!logits || untouched) && b.num_logit_rows <= shape_.max_batch;
+  // A decode step that samples every sequence replays the graph of its (padded) batch size.
+  const bool plain_decode = b.decode() && b.sampling && b.num_logit_rows == b.num_seqs && graphable;
+  StepPadding pad;
+  pad.seqs = plain_decode ? backend_->graph_batch(b.num_seqs) : 0;
   StepContext step;
-  step.arrays = backend_->upload(layout, ticket);
-  step.num_tokens = padded > 0 ? padded : b.num_tokens;
-  step.num_seqs = padded > 0 ? padded : b.num_seqs;
-  step.num_logit_rows = padded > 0 ? padded : b.num_logit_rows;
-  step.caller_rows = b.num_logit_rows;
-  step.sample = b.sampling != nullptr;
-  step.replay = padded > 0;
-  step.logits_out = logits;
-  step.hidden_out = hidden_states;
   bool leading = true;  // still in the run of one-token sequences the step starts with
   for (int q = 0; q < b.num_seqs; ++q) {
     const int n = b.query_starts[q + 1] - b.query_starts[q];
     step.max_query_len = std::max(step.max_query_len, n);
-    if (padded == 0) {  // a graph is captured without the lengths hint
+    if (pad.seqs == 0) {  // a decode graph is captured without the lengths hint
       step.max_keys = std::max(step.max_keys, b.cached_lengths[q] + n);
       step.total_keys += b.cached_lengths[q] + n;
     }
@@ -263,6 +253,23 @@ void Runner::launch_locked(const StepBatch& b, float* logits, float* hidden_stat
     }
   }
   if (b.decode()) step.leading_decodes = step.leading_max_keys = 0, step.leading_total_keys = 0;
+  // A prompt step that samples (or samples nothing) is padded to the backend's token and row counts,
+  // and replays that shape's graph where one was captured.
+  Backend::PromptShape prompt;
+  if (!b.decode() && graphable && (b.sampling || b.num_logit_rows == 0))
+    prompt = backend_->prompt_shape(b.num_tokens, b.num_logit_rows, step.leading_decodes);
+  pad.tokens = prompt.tokens, pad.rows = prompt.rows;
+  const int ticket = next_ticket_;
+  const StepLayout layout = stage_step(b, cache_.layout(), pad, backend_->staging(ticket));
+  step.arrays = backend_->upload(layout, ticket);
+  step.num_tokens = std::max({b.num_tokens, pad.seqs, pad.tokens});
+  step.num_seqs = std::max(b.num_seqs, pad.seqs);
+  step.num_logit_rows = std::max({b.num_logit_rows, pad.seqs, pad.rows});
+  step.caller_rows = b.num_logit_rows;
+  step.sample = b.sampling != nullptr || pad.rows > 0;
+  step.replay = pad.seqs > 0 || prompt.graph;
+  step.logits_out = logits;
+  step.hidden_out = hidden_states;
   backend_->run(step, [this](const StepContext& s) { run_decoder(*backend_, config_, views_, s); });
   const int rows = step.sample ? b.num_logit_rows : 0;
   backend_->finish(rows, ticket);

@@ -1,5 +1,6 @@
 #include "types/step_batch.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "runtime/staging.h"
@@ -39,9 +40,10 @@ StepArrays StepLayout::at(void* base) const {
                     reinterpret_cast<SamplingArgs*>(p + sampling), reinterpret_cast<LogitBias*>(p + logit_bias)};
 }
 
-StepLayout stage_step(const StepBatch& b, const KVLayout& kv, int padded, void* region) {
-  const int T = padded > 0 ? padded : b.num_tokens, B = padded > 0 ? padded : b.num_seqs;
-  const int R = padded > 0 ? padded : b.num_logit_rows;
+StepLayout stage_step(const StepBatch& b, const KVLayout& kv, const StepPadding& pad, void* region) {
+  const int B = std::max(b.num_seqs, pad.seqs);
+  const int T = std::max({b.num_tokens, pad.seqs, pad.tokens});
+  const int R = std::max({b.num_logit_rows, pad.seqs, pad.rows});
   const int W = kv.table_stride;
   const StepLayout layout = step_layout(T, B, R, W, b.num_logit_bias);
   const StepArrays s = layout.at(region);
@@ -67,7 +69,7 @@ StepLayout stage_step(const StepBatch& b, const KVLayout& kv, int padded, void* 
   std::memcpy(s.logit_rows, b.logit_rows, 4 * size_t(b.num_logit_rows));
   if (b.sampling) std::memcpy(s.sampling, b.sampling, sizeof(SamplingArgs) * b.num_logit_rows);
   if (b.num_logit_bias > 0) std::memcpy(s.logit_bias, b.logit_bias, sizeof(LogitBias) * b.num_logit_bias);
-  for (int p = b.num_seqs; p < B; ++p) {  // padding (decode: one token, one row per sequence)
+  for (int p = b.num_seqs; p < B; ++p) {  // decode padding: one token, one row per sequence
     const int last = b.num_seqs - 1;
     s.tokens[p] = s.tokens[last];
     s.prev_sample_row[p] = s.prev_sample_row[last];
@@ -80,6 +82,17 @@ StepLayout stage_step(const StepBatch& b, const KVLayout& kv, int padded, void* 
                 4 * size_t(W));
     s.logit_rows[p] = p;
     s.sampling[p] = s.sampling[last];
+  }
+  for (int t = std::max(b.num_tokens, pad.seqs); t < T; ++t) {  // prompt padding: tokens of no sequence
+    s.tokens[t] = 0;
+    s.prev_sample_row[t] = -1;
+    s.positions[t] = -1;
+    s.token_seq[t] = 0;
+  }
+  for (int r = std::max(b.num_logit_rows, pad.seqs); r < R; ++r) {
+    const bool any = b.num_logit_rows > 0;
+    s.logit_rows[r] = any ? s.logit_rows[b.num_logit_rows - 1] : b.num_tokens - 1;
+    s.sampling[r] = any && b.sampling ? s.sampling[b.num_logit_rows - 1] : SamplingArgs{};
   }
   return layout;
 }

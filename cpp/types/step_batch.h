@@ -46,14 +46,14 @@ struct StepBatch {
 struct StepArrays {
   int32_t* tokens;           // [T] (resolved on the device from prev_sample_row)
   int32_t* prev_sample_row;  // [T]
-  int32_t* positions;        // [T] absolute position of each token in its sequence
+  int32_t* positions;        // [T] absolute position of each token in its sequence (-1: padding, staging.h)
   int32_t* token_seq;        // [T] the sequence each token belongs to
   int32_t* query_starts;     // [B + 1]
   int32_t* cached_lengths;   // [B]
   int32_t* kv_slots;         // [B]
   int32_t* block_tables;     // [B][KVLayout::table_stride] (entries past a sequence's end: stale)
   int32_t* logit_rows;       // [R]
-  SamplingArgs* sampling;    // [R] (R <= B when sampling)
+  SamplingArgs* sampling;    // [R] (R <= max_batch when sampling)
   LogitBias* logit_bias;     // [num_logit_bias]
 };
 

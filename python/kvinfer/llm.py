@@ -204,8 +204,9 @@ class LLM:
             load_weights(runner, self.config, self.folder, progress=progress)
             self.graphs = runner.capture_graphs()
             if self.graphs["batch_sizes"]:
-                log.info("captured decode graphs for batch sizes %s in %.2f s (%d B of device memory)",
-                         self.graphs["batch_sizes"], self.graphs["capture_seconds"], self.graphs["device_bytes"])
+                log.info("captured CUDA graphs for decode batch sizes %s and prompt steps of %s tokens in %.2f s "
+                         "(%d B of device memory)", self.graphs["batch_sizes"], self.graphs["prompt_tokens"],
+                         self.graphs["capture_seconds"], self.graphs["device_bytes"])
         except BaseException:
             runner.release()  # the traceback keeps `runner` alive; its memory must not stay held
             raise

@@ -139,7 +139,7 @@ struct TestStep {
     region.assign(step_layout(batch.num_tokens, batch.num_seqs, batch.num_logit_rows, kv.table_stride,
                               batch.num_logit_bias).bytes / 8 + 1,
                   0);
-    layout = stage_step(batch, kv, 0, region.data());
+    layout = stage_step(batch, kv, StepPadding{}, region.data());
     host = layout.at(region.data());
   }
   int num_tokens() const { return static_cast<int>(tokens.size()); }

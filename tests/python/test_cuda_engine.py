@@ -156,6 +156,95 @@ def test_graph_replay_equals_op_by_op_bit_for_bit(model_dirs):
             assert np.array_equal(a, b), f"round {round_} batch {B}: max diff {np.abs(a - b).max()}"
 
 
+def run_prompt_steps(llm, steps, snapshots=None) -> list[np.ndarray]:
+    """Runs prompt steps (tokens, query_starts, cached lengths, slots, logit rows; greedy where rows
+    are sampled, else nothing sampled) on the runner; their logits. With `snapshots`, each step's
+    K/V cache before and after it ([layer][slot] K and V of every position) is appended."""
+    from step_helpers import greedy_args
+
+    r, V = llm.runner, llm.config.vocab_size
+    out = []
+    for tokens, starts, cached, slots, rows in steps:
+        before = cache_snapshot(llm) if snapshots is not None else None
+        i32 = lambda v: np.asarray(v, np.int32)  # noqa: E731
+        if rows:
+            logits = np.empty((len(rows), V), np.float32)
+            r.step(i32(tokens), i32(starts), i32(cached), i32(slots), i32(rows), greedy_args(len(rows)), logits=logits)
+            assert np.isfinite(logits).all()
+            out.append(logits)
+        else:
+            r.step(i32(tokens), i32(starts), i32(cached), i32(slots), i32([]))
+        if snapshots is not None:
+            snapshots.append((before, cache_snapshot(llm)))
+    return out
+
+
+def cache_snapshot(llm) -> np.ndarray:
+    c = llm.runner.cache
+    L, S, P = llm.config.num_layers, llm.max_batch, llm.max_context
+    return np.stack([np.stack([np.stack([c.read(layer, slot, P, keys) for keys in (True, False)])
+                               for slot in range(S)]) for layer in range(L)])  # [L][S][2][P][kv][d]
+
+
+@pytest.mark.parametrize("name", ["llama_gqa3", "llama_mha_d128", "gpt2"])
+def test_prompt_graphs_replay_op_by_op_bits_and_keep_nothing_of_padding(name, model_dirs):
+    """Prompt steps of more than 64 tokens run padded to a ladder of token counts (here 128 and
+    256) and replay the graph captured for their shape, its attention launches resized to the
+    step's sequences. Their logits equal the same steps op by op (graphs off, padded alike) bit for
+    bit and the fp32 CPU reference within fp16 rounding; a step changes the K/V cache only at its
+    own tokens' positions (padding tokens, position -1, write nothing), and a decode step after
+    them agrees too. One prompt of 200 tokens, two in one step (2 sampled rows: the max_batch
+    graph), a chunk that samples nothing, then a chunk after its 100 cached tokens. RoPE with GQA
+    at head_dim 64, head_dim 128, and GPT-2's learned positions."""
+    from step_helpers import greedy_args
+
+    kw = dict(max_batch=4, max_step_tokens=256)
+    g, e, cpu = (load(model_dirs[name], "cuda:0", **kw), load(model_dirs[name], "cuda:0", cuda_graphs=False, **kw),
+                 load(model_dirs[name], "cpu", **kw))
+    assert g.graphs["prompt_tokens"] == [128, 256] and e.graphs["prompt_tokens"] == []
+    a, b, c, d = prompt(200, 31), prompt(70, 32), prompt(50, 33), prompt(190, 34)
+    steps = [(a, [0, 200], [0], [0], [199]),
+             (b + c, [0, 70, 120], [0, 0], [1, 2], [69, 119]),
+             (d[:100], [0, 100], [0], [3], []),
+             (d[100:], [0, 90], [100], [3], [89])]
+    snapshots = []
+    got = run_prompt_steps(g, steps, snapshots)
+    want, ref = run_prompt_steps(e, steps), run_prompt_steps(cpu, steps)
+    for i, (x, y, z) in enumerate(zip(got, want, ref)):
+        assert x.shape == y.shape == z.shape
+        assert np.array_equal(x, y), f"{name} step {i}: max diff {np.abs(x - y).max()}"
+        rel = np.abs(x - z).max() / np.abs(z).max()
+        assert rel < 2e-2, f"{name} step {i}: {rel} from the CPU reference"
+    for (before, after), (tokens, starts, cached, slots, _) in zip(snapshots, steps):
+        changed = np.zeros(before.shape[:4], bool)  # [L][S][2][P]
+        for q, slot in enumerate(slots):
+            changed[:, slot, :, cached[q]:cached[q] + starts[q + 1] - starts[q]] = True
+        assert np.array_equal(before[~changed], after[~changed]), f"{name}: a step wrote K/V outside its tokens"
+        assert not np.array_equal(before[changed], after[changed])
+    decode = [(np.asarray([5, 6, 7, 8], np.int32), np.arange(5, dtype=np.int32),
+               np.asarray([200, 70, 50, 190], np.int32), np.arange(4, dtype=np.int32), np.arange(4, dtype=np.int32))]
+    rows = []
+    for llm in (g, e, cpu):
+        out = np.empty((4, llm.config.vocab_size), np.float32)
+        llm.runner.step(*decode[0], greedy_args(4), logits=out)
+        rows.append(out)
+    assert np.array_equal(rows[0], rows[1]), f"{name}: decode after prompt graphs {np.abs(rows[0] - rows[1]).max()}"
+    assert np.abs(rows[0] - rows[2]).max() / np.abs(rows[2]).max() < 2e-2
+
+
+def test_prompt_graph_of_2048_tokens_takes_the_192_row_kernel_with_the_same_bits(model_dirs):
+    """At head_dim 64 the graph of 2048 tokens captures the 192-row attention kernel (chosen for the
+    longest sequence the step may hold) and resizes it to the step's sequences; op by op, the
+    step's 1048-token sequence takes the 128-row kernel. The two give the same bits."""
+    kw = dict(max_batch=2, max_context=2048, max_step_tokens=2048)
+    g, e = load(model_dirs["llama_gqa3"], "cuda:0", **kw), load(model_dirs["llama_gqa3"], "cuda:0", cuda_graphs=False, **kw)
+    assert g.graphs["prompt_tokens"][-4:] == [1280, 1536, 1792, 2048]
+    a, b = prompt(1000, 41), prompt(1048, 42)
+    steps = [(a + b, [0, 1000, 2048], [0, 0], [0, 1], [999, 2047]), (prompt(1300, 43), [0, 1300], [0], [0], [1299])]
+    for i, (x, y) in enumerate(zip(run_prompt_steps(g, steps), run_prompt_steps(e, steps))):
+        assert x.shape == y.shape and np.array_equal(x, y), f"step {i}: max diff {np.abs(x - y).max()}"
+
+
 def test_decode_is_batch_invariant_bit_for_bit(model_dirs):
     """A sequence's decode logits are the same bits alone and among 2, 15 and 63 others of mixed
     lengths (the reduction order of every GEMM and of attention does not depend on the batch)."""

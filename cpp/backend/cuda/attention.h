@@ -38,6 +38,12 @@ enum class PrefillKernel { automatic, mma, ws, ws_overlap, ws_overlap_192 };
 // Built for sm_90a, this device (compute capability 9.0) and head_dim (64 or 128) run the Hopper
 // kernel, and it reads this cache layout (blocks of >= 16 positions, pool size known).
 bool prefill_ws_available(int head_dim, const KVLayout& layout);
+// The kernel `automatic` runs for sequences of up to max_seq_rows rows (KVINFER_PREFILL forces one
+// where it runs), and the launch grid of a resolved kernel for `batch` sequences of up to
+// max_seq_rows rows: a block per head and query tile of each sequence (a CUDA graph resizes its
+// captured launch to a step's sequences with it; blocks past a sequence's rows return at once).
+PrefillKernel prefill_kernel_for(int head_dim, const KVLayout& layout, int max_seq_rows);
+dim3 prefill_grid(PrefillKernel kernel, int num_heads, int max_seq_rows, int batch);
 void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
                        const half_t* v_cache, const KVLayout& layout, const int32_t* block_tables,
                        const int32_t* seq_starts, const int32_t* positions, int batch,

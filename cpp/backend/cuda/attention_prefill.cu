@@ -171,7 +171,7 @@ static void launch_prefill(const half_t* q, int64_t q_stride, const half_t* k_ca
   // More than 48 KB of shared memory needs this opt-in, per device: cheap enough to repeat.
   KVINFER_CUDA_CHECK(cudaFuncSetAttribute(prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(bytes)));
-  const dim3 grid(num_heads, (max_seq_rows + kRows - 1) / kRows, batch);
+  const dim3 grid = prefill_grid(PrefillKernel::mma, num_heads, max_seq_rows, batch);
   prefill_kernel<D><<<grid, kThreads, bytes, stream>>>(
       reinterpret_cast<const __half*>(q), q_stride, reinterpret_cast<const __half*>(k_cache),
       reinterpret_cast<const __half*>(v_cache), layout, block_tables, seq_starts, positions, num_heads,
@@ -206,6 +206,26 @@ bool prefill_ws_available(int head_dim, const KVLayout& layout) {
 #endif
 }
 
+PrefillKernel prefill_kernel_for(int head_dim, const KVLayout& layout, int max_seq_rows) {
+  const PrefillKernel forced = forced_kernel();
+  // At head_dim 64, 192-row tiles (three consumer warpgroups) once a sequence has enough rows to
+  // fill the SMs with them; the same bits as 128-row tiles (docs/dev/prefill-attention-notes.md)
+  const PrefillKernel hopper = head_dim == 64 && max_seq_rows >= kWideTileMinRows ? PrefillKernel::ws_overlap_192
+                                                                                  : PrefillKernel::ws;
+  return forced == PrefillKernel::mma || !prefill_ws_available(head_dim, layout) ? PrefillKernel::mma
+         : forced == PrefillKernel::automatic                                    ? hopper
+         : forced == PrefillKernel::ws_overlap_192 && head_dim != 64              ? PrefillKernel::ws
+                                                                                  : forced;
+}
+
+dim3 prefill_grid(PrefillKernel kernel, int num_heads, int max_seq_rows, int batch) {
+  int rows = kRows;  // mma.sync
+#if KVINFER_WITH_SM90A
+  if (kernel != PrefillKernel::mma && kernel != PrefillKernel::automatic) rows = prefill_ws_tile_rows(kernel);
+#endif
+  return dim3(num_heads, (max_seq_rows + rows - 1) / rows, batch);
+}
+
 void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
                        const half_t* v_cache, const KVLayout& layout, const int32_t* block_tables,
                        const int32_t* seq_starts, const int32_t* positions, int batch,
@@ -220,17 +240,7 @@ void attention_prefill(const half_t* q, int64_t q_stride, const half_t* k_cache,
   KVINFER_CHECK_ARG(batch <= 65535 && num_heads <= 65535 && max_seq_rows <= int64_t{65535} * kRows,
                     "attention_prefill: batch=", batch, " num_heads=", num_heads, " max_seq_rows=", max_seq_rows,
                     " exceed the launch grid");
-  if (kernel == PrefillKernel::automatic) {
-    const PrefillKernel forced = forced_kernel();
-    // At head_dim 64, 192-row tiles (three consumer warpgroups) once a sequence has enough rows to
-    // fill the SMs with them; the same bits as 128-row tiles (docs/dev/prefill-attention-notes.md)
-    const PrefillKernel hopper = head_dim == 64 && max_seq_rows >= kWideTileMinRows ? PrefillKernel::ws_overlap_192
-                                                                                    : PrefillKernel::ws;
-    kernel = forced == PrefillKernel::mma || !prefill_ws_available(head_dim, layout) ? PrefillKernel::mma
-             : forced == PrefillKernel::automatic                                    ? hopper
-             : forced == PrefillKernel::ws_overlap_192 && head_dim != 64              ? PrefillKernel::ws
-                                                                                    : forced;
-  }
+  if (kernel == PrefillKernel::automatic) kernel = prefill_kernel_for(head_dim, layout, max_seq_rows);
   if (kernel != PrefillKernel::mma) {
     KVINFER_CHECK_ARG(prefill_ws_available(head_dim, layout), "attention_prefill: the warp-specialised kernel does "
                       "not run head_dim=", head_dim, " block_shift=", layout.block_shift, " here (it needs a build for "

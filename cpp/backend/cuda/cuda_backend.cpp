@@ -9,6 +9,7 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -48,6 +49,16 @@ std::vector<int> graph_ladder(int max_batch) {
   return out;
 }
 
+// Token counts that prompt steps are padded to, a graph each: the step's GEMMs run at that many rows,
+// so the rungs bound the padding (under 1/8 of a step from 1024 tokens on).
+std::vector<int> prompt_ladder(int max_step_tokens) {
+  std::vector<int> out;
+  for (int t = 128; t < max_step_tokens; t += t < 1024 ? 128 : t < 2048 ? 256 : t < 4096 ? 512 : 1024)
+    out.push_back(t);
+  if (max_step_tokens > cuda::kSkinnyMaxRows) out.push_back(max_step_tokens);
+  return out;
+}
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const BackendInit& init)
@@ -61,6 +72,7 @@ class CudaBackend final : public Backend {
         stage_bytes_(step_layout(init.shape.max_step_tokens, init.shape.max_batch, init.shape.max_step_tokens,
                                 init.shape.blocks_per_seq(), init.shape.max_batch * kMaxLogitBiasPerRow).bytes) {
     DeviceGuard guard(device_);
+    prompt_ladder_ = prompt_ladder(shape_.max_step_tokens);
     try {
       KVINFER_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
       const auto& blas = cublas::api();
@@ -98,23 +110,46 @@ class CudaBackend final : public Backend {
   }
 
   int graph_batch(int num_seqs) const override {
-    for (const Graph& g : graphs_)
-      if (g.batch >= num_seqs) return g.batch;
+    for (const Graph& g : graphs_)  // decode graphs, smallest first
+      if (g.tokens == 0 && g.batch >= num_seqs) return g.batch;
     return 0;
+  }
+
+  PromptShape prompt_shape(int num_tokens, int num_rows, int leading_decodes) const override {
+    // steps of the skinny GEMMs, and mixed steps whose decodes the decode kernel takes (sized on the
+    // host), run as they are
+    if (num_tokens <= cuda::kSkinnyMaxRows || skinny(num_tokens) || (leading_decodes > 0 && split_decodes()))
+      return {};
+    for (int t : prompt_ladder_)
+      if (t >= num_tokens) {
+        const int rows = num_rows <= 1 ? 1 : shape_.max_batch;
+        return {t, rows, find_graph(0, t, rows) >= 0};
+      }
+    return {};
   }
 
   void run(const StepContext& step, const Recipe& recipe) override {
     DeviceGuard guard(device_);
-    if (step.replay)
-      for (const Graph& g : graphs_)
-        if (g.batch == step.num_seqs) {
-          KVINFER_CUDA_CHECK(cudaGraphLaunch(g.exec, stream_));
-          if (step.logits_out)  // after the sampling: the runner asks only where it left them as they were
-            KVINFER_CUDA_CHECK(cudaMemcpyAsync(step.logits_out, view<float>(act_.logits),
-                                               sizeof(float) * step.caller_rows * c_.vocab_size,
-                                               cudaMemcpyDeviceToHost, stream_));
-          return;
-        }
+    if (step.replay) {
+      const int i = step.decode() ? find_graph(step.num_seqs, 0, 0) : find_graph(0, step.num_tokens, step.num_logit_rows);
+      Graph* g = i >= 0 ? &graphs_[i] : nullptr;
+      KVINFER_CHECK_ARG(g, "no graph was captured for a step of ", step.num_tokens, " tokens, ", step.num_seqs,
+                        " sequences and ", step.num_logit_rows, " sampled rows");
+      // A prompt graph's attention launches take this step's sequences: the grid of the kernel
+      // captured (the rest of each launch reads the step's fields, at fixed addresses)
+      for (AttentionLaunch& a : g->attention) {
+        const dim3 grid = cuda::prefill_grid(a.kernel, c_.num_heads, step.max_query_len, step.num_seqs);
+        if (grid.x == a.params.gridDim.x && grid.y == a.params.gridDim.y && grid.z == a.params.gridDim.z) continue;
+        a.params.gridDim = grid;
+        KVINFER_CUDA_CHECK(cudaGraphExecKernelNodeSetParams(g->exec, a.node, &a.params));
+      }
+      KVINFER_CUDA_CHECK(cudaGraphLaunch(g->exec, stream_));
+      if (step.logits_out)  // after the sampling: the runner asks only where it left them as they were
+        KVINFER_CUDA_CHECK(cudaMemcpyAsync(step.logits_out, view<float>(act_.logits),
+                                           sizeof(float) * step.caller_rows * c_.vocab_size,
+                                           cudaMemcpyDeviceToHost, stream_));
+      return;
+    }
     recipe(step);
   }
 
@@ -127,26 +162,22 @@ class CudaBackend final : public Backend {
     KVINFER_CUDA_CHECK(cudaMemGetInfo(&free0, &total));
     const auto t0 = std::chrono::steady_clock::now();
     for (int b : graph_ladder(shape_.max_batch)) {
-      const StepContext step = dummy_decode(b);
-      recipe(step);  // once eagerly: every kernel's one-time set-up happens outside the capture
-      KVINFER_CUDA_CHECK(cudaStreamSynchronize(stream_));
-      cudaGraph_t graph = nullptr;
-      KVINFER_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-      try {
-        recipe(step);
-      } catch (...) {
-        cudaStreamEndCapture(stream_, &graph);
-        if (graph) cudaGraphDestroy(graph);
-        throw;
-      }
-      KVINFER_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
-      cudaGraphExec_t exec = nullptr;
-      const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
-      cudaGraphDestroy(graph);
-      KVINFER_CUDA_CHECK(err);
-      graphs_.push_back({b, exec});
-      KVINFER_CUDA_CHECK(cudaGraphUpload(exec, stream_));
+      Graph g = capture(recipe, dummy_decode(b), 0);
+      g.batch = b;
+      graphs_.push_back(std::move(g));
       stats.batch_sizes.push_back(b);
+    }
+    // KVINFER_PROMPT_GRAPHS=0: prompt steps run op by op, padded alike (to measure what the graphs give)
+    const char* prompt_graphs = std::getenv("KVINFER_PROMPT_GRAPHS");
+    const bool prompts = !(prompt_graphs && std::strcmp(prompt_graphs, "0") == 0);
+    for (int t : prompts ? prompt_ladder_ : std::vector<int>{}) {
+      for (int rows : {1, shape_.max_batch}) {
+        if (rows == 1 && shape_.max_batch == 1 && find_graph(0, t, 1) >= 0) continue;
+        Graph g = capture(recipe, dummy_prompt(t, rows), t);
+        g.tokens = t, g.rows = rows;
+        graphs_.push_back(std::move(g));
+      }
+      stats.prompt_tokens.push_back(t);
     }
     KVINFER_CUDA_CHECK(cudaStreamSynchronize(stream_));
     stats.capture_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -220,14 +251,17 @@ class CudaBackend final : public Backend {
     // kernel, which shares each KV head's reads among its query heads and splits long contexts over
     // the SMs; the prefill kernel would give each of them a query tile per head for one row.
     // (only where the decode kernel runs this model's heads: the prefill kernel takes every head_dim)
-    const bool split = !batch_invariant_ && cuda::attention_decode_supports(c_.head_dim, c_.num_heads, c_.num_kv_heads);
-    const int d = split ? s.leading_decodes : 0;
+    const int d = split_decodes() ? s.leading_decodes : 0;
     if (d > 0) decode(d, cuda::DecodeLengths{s.leading_max_keys, s.leading_total_keys});
     const int64_t table_offset = int64_t(d) * cache_.layout().table_stride;  // the prompts' table rows
+    // A graph's kernel is chosen for the longest sequence its steps may hold (same bits either way)
+    const cuda::PrefillKernel kernel = cuda::prefill_kernel_for(
+        c_.head_dim, cache_.layout(), graph_tokens_ > 0 ? graph_tokens_ : s.max_query_len);
     cuda::attention_prefill(qkv, c_.qkv_dim(), cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(),
                             s.arrays.block_tables + table_offset, s.arrays.query_starts + d, s.arrays.positions,
                             s.num_seqs - d, s.max_query_len, c_.num_heads, c_.num_kv_heads, c_.head_dim, scale,
-                            buffer(Buffer::attn), c_.q_dim(), stream_);
+                            buffer(Buffer::attn), c_.q_dim(), stream_, kernel);
+    if (recording_) record_attention(kernel);
   }
 
   void attention_output(const Linear& w, const StepContext& s) override {
@@ -280,16 +314,18 @@ class CudaBackend final : public Backend {
     if (argmax_ready_) {
       cuda::SkinnyOutput o{cuda::SkinnyOut::logits, logits, V, nullptr, nullptr, argmax()};
       skinny_gemm(w, R, normed_input(norm, s.arrays.logit_rows, R), o);
-      if (s.logits_out)
-        KVINFER_CUDA_CHECK(cudaMemcpyAsync(s.logits_out, logits, sizeof(float) * R * V, cudaMemcpyDeviceToHost, stream_));
+      if (s.logits_out)  // the caller's rows (a padded step has more)
+        KVINFER_CUDA_CHECK(cudaMemcpyAsync(s.logits_out, logits, sizeof(float) * s.caller_rows * V,
+                                           cudaMemcpyDeviceToHost, stream_));
       return;
     }
     norm_rows(s.arrays.logit_rows, norm, R);
     for (int r0 = 0; r0 < R; r0 += shape_.max_batch) {  // more rows than max_batch: logits only, in groups
       const int rows = std::min(shape_.max_batch, R - r0);
       cuda::gemm(blas_, h() + int64_t(r0) * H, H, w.weight, logits, true, V, rows, V, H, 0.0f);
-      if (s.logits_out)
-        KVINFER_CUDA_CHECK(cudaMemcpyAsync(s.logits_out + int64_t(r0) * V, logits, sizeof(float) * rows * V,
+      const int wanted = std::min(rows, s.caller_rows - r0);  // the caller's rows (a padded step has more)
+      if (s.logits_out && wanted > 0)
+        KVINFER_CUDA_CHECK(cudaMemcpyAsync(s.logits_out + int64_t(r0) * V, logits, sizeof(float) * wanted * V,
                                            cudaMemcpyDeviceToHost, stream_));
     }
   }
@@ -308,10 +344,93 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  struct Graph {
-    int batch;
-    cudaGraphExec_t exec;
+  // A prompt graph's attention launch: the node to resize per step, and its parameters as the
+  // executable graph holds them (captured, then with the grid last set).
+  struct AttentionLaunch {
+    cudaGraphNode_t node = nullptr;
+    cudaKernelNodeParams params{};
+    cuda::PrefillKernel kernel = cuda::PrefillKernel::mma;
   };
+  struct Graph {
+    int batch = 0;             // a decode graph's sequences
+    int tokens = 0, rows = 0;  // a prompt graph's tokens and sampled rows
+    cudaGraph_t graph = nullptr;  // kept while exec lives: its nodes name the launches to resize
+    cudaGraphExec_t exec = nullptr;
+    std::vector<AttentionLaunch> attention;
+  };
+
+  // The index of the decode graph of `batch` sequences (tokens 0) or of the prompt graph of
+  // `tokens` and `rows` (batch 0); -1: none.
+  int find_graph(int batch, int tokens, int rows) const {
+    for (size_t i = 0; i < graphs_.size(); ++i)
+      if (graphs_[i].batch == batch && graphs_[i].tokens == tokens && graphs_[i].rows == rows) return static_cast<int>(i);
+    return -1;
+  }
+
+  // Runs `step` once (every kernel's one-time set-up happens outside the capture), then captures
+  // it. tokens > 0: a prompt graph of that many tokens, whose attention launches are recorded.
+  Graph capture(const Recipe& recipe, const StepContext& step, int tokens) {
+    struct Reset {  // whatever happens
+      CudaBackend& b;
+      ~Reset() { b.graph_tokens_ = 0, b.recording_ = false; }
+    } reset{*this};
+    graph_tokens_ = tokens;
+    recipe(step);
+    KVINFER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    Graph g;
+    captured_.clear();
+    recording_ = tokens > 0;
+    KVINFER_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    try {
+      recipe(step);
+    } catch (...) {
+      cudaStreamEndCapture(stream_, &g.graph);
+      if (g.graph) cudaGraphDestroy(g.graph);
+      throw;
+    }
+    recording_ = false;
+    KVINFER_CUDA_CHECK(cudaStreamEndCapture(stream_, &g.graph));
+    g.attention = std::move(captured_);
+    captured_.clear();
+    for (AttentionLaunch& a : g.attention) {
+      const cudaError_t err = cudaGraphKernelNodeGetParams(a.node, &a.params);
+      if (err != cudaSuccess) cudaGraphDestroy(g.graph);
+      KVINFER_CUDA_CHECK(err);
+    }
+    const cudaError_t err = cudaGraphInstantiate(&g.exec, g.graph, 0);
+    if (err != cudaSuccess) cudaGraphDestroy(g.graph);
+    KVINFER_CUDA_CHECK(err);
+    if (g.attention.empty()) {  // nothing to resize: the graph itself is not needed
+      cudaGraphDestroy(g.graph);
+      g.graph = nullptr;
+    }
+    KVINFER_CUDA_CHECK(cudaGraphUpload(g.exec, stream_));
+    return g;
+  }
+
+  // While a prompt graph is captured: the attention kernel just launched is the capture's last node.
+  void record_attention(cuda::PrefillKernel kernel) {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    const cudaGraphNode_t* last = nullptr;
+    size_t count = 0;
+#if CUDART_VERSION >= 13000
+    KVINFER_CUDA_CHECK(cudaStreamGetCaptureInfo(stream_, &status, nullptr, nullptr, &last, nullptr, &count));
+#else
+    KVINFER_CUDA_CHECK(cudaStreamGetCaptureInfo_v2(stream_, &status, nullptr, nullptr, &last, &count));
+#endif
+    cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
+    if (status == cudaStreamCaptureStatusActive && count == 1) KVINFER_CUDA_CHECK(cudaGraphNodeGetType(last[0], &type));
+    if (type != cudaGraphNodeTypeKernel)
+      throw CudaError(str("capturing a prompt graph: the attention launch is not the capture's one last node (",
+                          count, " nodes)"));
+    AttentionLaunch a;
+    a.node = last[0], a.kernel = kernel;
+    captured_.push_back(a);
+  }
+
+  bool split_decodes() const {
+    return !batch_invariant_ && cuda::attention_decode_supports(c_.head_dim, c_.num_heads, c_.num_kv_heads);
+  }
 
   template <class T>
   T* view(size_t offset) const { return reinterpret_cast<T*>(memory_.as<char>() + offset); }
@@ -415,8 +534,32 @@ class CudaBackend final : public Backend {
     return step;
   }
 
+  // A prompt step of `tokens` (padding but for token 0 at position 0 of slot 0, KV block 0, as in
+  // dummy_decode) that samples `rows` rows (greedy, all of token 0), uploaded.
+  StepContext dummy_prompt(int tokens, int rows) {
+    const int W = cache_.layout().table_stride;
+    const StepLayout layout = step_layout(tokens, 1, rows, W);
+    StepArrays host = layout.at(staging_[0]);
+    for (int t = 0; t < tokens; ++t)
+      host.tokens[t] = 0, host.prev_sample_row[t] = -1, host.positions[t] = t == 0 ? 0 : -1, host.token_seq[t] = 0;
+    host.query_starts[0] = 0, host.query_starts[1] = 1, host.cached_lengths[0] = 0, host.kv_slots[0] = 0;
+    host.block_tables[0] = 0;
+    for (int r = 0; r < rows; ++r) host.logit_rows[r] = 0, host.sampling[r] = SamplingArgs{};
+    StepContext step;
+    step.arrays = upload(layout, 0);
+    step.num_tokens = tokens;
+    step.num_seqs = 1;
+    step.num_logit_rows = rows;
+    step.max_query_len = 1;
+    step.sample = true;
+    return step;
+  }
+
   void destroy_graphs() noexcept {
-    for (const Graph& g : graphs_) cudaGraphExecDestroy(g.exec);
+    for (const Graph& g : graphs_) {
+      if (g.exec) cudaGraphExecDestroy(g.exec);
+      if (g.graph) cudaGraphDestroy(g.graph);
+    }
     graphs_.clear();
   }
 
@@ -452,6 +595,10 @@ class CudaBackend final : public Backend {
   std::array<int32_t*, kTickets> out_{};
   std::array<cudaEvent_t, kTickets> done_{};
   std::vector<Graph> graphs_;
+  std::vector<int> prompt_ladder_;  // token counts prompt steps are padded to (prompt_ladder())
+  int graph_tokens_ = 0;    // > 0 while a prompt graph of that many tokens is captured (or warmed up)
+  bool recording_ = false;  // capturing it: attention launches go to captured_
+  std::vector<AttentionLaunch> captured_;
   bool argmax_ready_ = false;  // the last logits() left per-tile maxima for sample()
 };
 

@@ -21,9 +21,9 @@ static __global__ void embedding_kernel(StepArrays step, const int32_t* __restri
   const int t = blockIdx.x;
   const int from = step.prev_sample_row[t];
   const int token = from >= 0 ? sampled[from] : step.tokens[t];
-  const int pos = step.positions[t];
+  const int pos = step.positions[t];  // -1: a token that pads the step (staging.h), of no sequence
   const int64_t row = static_cast<int64_t>(token) * H;
-  const int64_t prow = pos_table ? static_cast<int64_t>(pos) * H : 0;
+  const int64_t prow = pos_table ? static_cast<int64_t>(max(pos, 0)) * H : 0;
   for (int i = threadIdx.x; i < H; i += blockDim.x) {
     float v = __half2float(table[row + i]);
     if (pos_table) v += __half2float(pos_table[prow + i]);
@@ -31,7 +31,7 @@ static __global__ void embedding_kernel(StepArrays step, const int32_t* __restri
   }
   if (threadIdx.x == 0) {
     step.tokens[t] = token;
-    if (history) history[step.kv_slots[step.token_seq[t]] * history_stride + pos] = token;
+    if (history && pos >= 0) history[step.kv_slots[step.token_seq[t]] * history_stride + pos] = token;
   }
   if (ss) {  // each thread sums the squares of its own 16 columns, in order
     __syncthreads();

@@ -22,6 +22,11 @@ static __global__ void rope_kv_write_kernel(__half* __restrict__ qkv, int64_t st
   const int t = blockIdx.x, half = head_dim / 2;
   // the step's fields are in place before its first kernel: read them while the projection drains
   const int pos = step.positions[t];
+  if (pos < 0) {  // a token that pads the step (staging.h): nothing of it is kept
+    pdl_allow_next();
+    pdl_wait();  // still ordered after the kernel before: the kernel after relies on it transitively
+    return;
+  }
   const int64_t cache_row = layout.at(step.block_tables + int64_t(step.token_seq[t]) * layout.table_stride, 0, pos);
   if (inv_freq) {
     for (int i = threadIdx.x; i < half; i += blockDim.x) angles[i] = rope_angle(pos, inv_freq[i]);

@@ -355,6 +355,10 @@ bool prefill_ws_runs(int head_dim) {
   return major == 9 && minor == 0;  // sm_90a code runs on compute capability 9.0 only
 }
 
+int prefill_ws_tile_rows(PrefillKernel kernel) {
+  return kernel == PrefillKernel::ws_overlap_192 ? WsShape<64, 3>::kRows : WsShape<64, 2>::kRows;
+}
+
 bool prefill_ws_supports(int head_dim, const KVLayout& layout) {
   return (head_dim == 64 || head_dim == 128) && layout.head_dim == head_dim && layout.block_shift >= 4 &&
          layout.num_blocks > 0 && layout.block_stride % head_dim == 0 && layout.head_stride % head_dim == 0 &&
