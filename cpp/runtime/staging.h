@@ -19,6 +19,9 @@ struct StepPadding {
   // arguments; without one, a greedy row of the last token): their ids are never returned.
   int tokens = 0;
   int rows = 0;
+  // The sequences the layout leaves room for (at least the step's): a graph's kernels read each
+  // field at the offset it had at capture, and the offsets depend on it (step_layout).
+  int seq_room = 0;
 };
 
 // Writes the fields of `batch` into `region` (step_layout(...).bytes, 16-byte aligned), padded as

@@ -45,7 +45,7 @@ StepLayout stage_step(const StepBatch& b, const KVLayout& kv, const StepPadding&
   const int T = std::max({b.num_tokens, pad.seqs, pad.tokens});
   const int R = std::max({b.num_logit_rows, pad.seqs, pad.rows});
   const int W = kv.table_stride;
-  const StepLayout layout = step_layout(T, B, R, W, b.num_logit_bias);
+  const StepLayout layout = step_layout(T, std::max(B, pad.seq_room), R, W, b.num_logit_bias);
   const StepArrays s = layout.at(region);
   for (int q = 0; q < b.num_seqs; ++q)
     for (int t = b.query_starts[q]; t < b.query_starts[q + 1]; ++t) {

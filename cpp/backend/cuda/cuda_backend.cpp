@@ -538,7 +538,7 @@ class CudaBackend final : public Backend {
   // dummy_decode) that samples `rows` rows (greedy, all of token 0), uploaded.
   StepContext dummy_prompt(int tokens, int rows) {
     const int W = cache_.layout().table_stride;
-    const StepLayout layout = step_layout(tokens, 1, rows, W);
+    const StepLayout layout = step_layout(tokens, shape_.max_batch, rows, W);  // as the runner pads (seq_room)
     StepArrays host = layout.at(staging_[0]);
     for (int t = 0; t < tokens; ++t)
       host.tokens[t] = 0, host.prev_sample_row[t] = -1, host.positions[t] = t == 0 ? 0 : -1, host.token_seq[t] = 0;
