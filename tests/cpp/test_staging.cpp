@@ -71,6 +71,24 @@ TEST(Staging, PromptPaddingKeepsNothingAndRepeatsTheLastSampledRow) {
   }
 }
 
+TEST(Staging, PromptPaddingLaysFieldsOutAsTheGraphWasCaptured) {
+  // A graph captured with room for 8 sequences reads each field at the offset it had then: a step
+  // of 2 sequences padded with the same room has the capture's layout (the first GPU run of the
+  // prompt graphs read block tables at a one-sequence layout's offsets).
+  TwoPrompts p;
+  auto region = region_for(128, 8, 16);
+  const StepLayout layout = stage_step(p.batch(), kKV, StepPadding{0, 128, 16, 8}, region.data());
+  const StepLayout captured = step_layout(128, 8, 16, kTableStride);
+  EXPECT_EQ(layout.block_tables, captured.block_tables);
+  EXPECT_EQ(layout.logit_rows, captured.logit_rows);
+  EXPECT_EQ(layout.sampling, captured.sampling);
+  EXPECT_NE(step_layout(128, 2, 16, kTableStride).block_tables, captured.block_tables) << "the test must matter";
+  const StepArrays s = layout.at(region.data());
+  EXPECT_EQ(s.block_tables[0], 7);
+  EXPECT_EQ(s.block_tables[kTableStride], 1);
+  EXPECT_EQ(s.logit_rows[15], 11);
+}
+
 TEST(Staging, PromptStepThatSamplesNothingGetsGreedyRowsOfItsLastToken) {
   TwoPrompts p;
   StepBatch b = p.batch();
