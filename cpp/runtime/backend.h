@@ -26,7 +26,7 @@ struct RunnerOptions {
 // What capturing the graphs did.
 struct GraphStats {
   std::vector<int> batch_sizes;    // decode: one graph per size
-  std::vector<int> prompt_tokens;  // prompt steps: graphs per token count (one sampled row, and max_batch)
+  std::vector<int> prompt_tokens;  // prompt steps: graphs per token count (for 1, 4, 16 and max_batch sampled rows)
   double capture_seconds = 0;
   size_t device_bytes = 0;  // device memory the graphs took (cudaMemGetInfo before and after)
 };
@@ -49,10 +49,11 @@ class Backend : public DecoderOps {
   virtual int graph_batch(int num_seqs) const { return 0; }
   // The token count and sampled rows a prompt step (not a decode step) of this many tokens, rows
   // and leading one-token sequences runs at, padded (staging.h), and whether a captured graph of
-  // that shape runs it; {0, 0, false}: as it is, op by op. Padded whether graphs are on or off, so
+  // that shape runs it; all 0: as it is, op by op. Padded whether graphs are on or off, so
   // that both give the same bits.
   struct PromptShape {
     int tokens = 0, rows = 0;
+    int seq_room = 0;  // StepPadding::seq_room: the layout a graph of this shape reads
     bool graph = false;
   };
   virtual PromptShape prompt_shape(int num_tokens, int num_rows, int leading_decodes) const { return {}; }

@@ -258,8 +258,7 @@ void Runner::launch_locked(const StepBatch& b, float* logits, float* hidden_stat
   Backend::PromptShape prompt;
   if (!b.decode() && graphable && (b.sampling || b.num_logit_rows == 0))
     prompt = backend_->prompt_shape(b.num_tokens, b.num_logit_rows, step.leading_decodes);
-  pad.tokens = prompt.tokens, pad.rows = prompt.rows;
-  pad.seq_room = prompt.tokens > 0 ? shape_.max_batch : 0;  // the layout the prompt graphs were captured with
+  pad.tokens = prompt.tokens, pad.rows = prompt.rows, pad.seq_room = prompt.seq_room;
   const int ticket = next_ticket_;
   const StepLayout layout = stage_step(b, cache_.layout(), pad, backend_->staging(ticket));
   step.arrays = backend_->upload(layout, ticket);

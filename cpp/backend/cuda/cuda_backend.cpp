@@ -121,10 +121,9 @@ class CudaBackend final : public Backend {
     if (num_tokens <= cuda::kSkinnyMaxRows || skinny(num_tokens) || (leading_decodes > 0 && split_decodes()))
       return {};
     for (int t : prompt_ladder_)
-      if (t >= num_tokens) {
-        const int rows = num_rows <= 1 ? 1 : shape_.max_batch;
-        return {t, rows, find_graph(0, t, rows) >= 0};
-      }
+      if (t >= num_tokens)
+        for (int rows : prompt_rows())
+          if (rows >= num_rows) return {t, rows, prompt_seq_room(), find_graph(0, t, rows) >= 0};
     return {};
   }
 
@@ -140,8 +139,10 @@ class CudaBackend final : public Backend {
       for (AttentionLaunch& a : g->attention) {
         const dim3 grid = cuda::prefill_grid(a.kernel, c_.num_heads, step.max_query_len, step.num_seqs);
         if (grid.x == a.params.gridDim.x && grid.y == a.params.gridDim.y && grid.z == a.params.gridDim.z) continue;
-        a.params.gridDim = grid;
-        KVINFER_CUDA_CHECK(cudaGraphExecKernelNodeSetParams(g->exec, a.node, &a.params));
+        cudaKernelNodeParams p = a.params;
+        p.gridDim = grid;
+        KVINFER_CUDA_CHECK(cudaGraphExecKernelNodeSetParams(g->exec, a.node, &p));
+        a.params = p;  // only once the graph holds it
       }
       KVINFER_CUDA_CHECK(cudaGraphLaunch(g->exec, stream_));
       if (step.logits_out)  // after the sampling: the runner asks only where it left them as they were
@@ -171,8 +172,7 @@ class CudaBackend final : public Backend {
     const char* prompt_graphs = std::getenv("KVINFER_PROMPT_GRAPHS");
     const bool prompts = !(prompt_graphs && std::strcmp(prompt_graphs, "0") == 0);
     for (int t : prompts ? prompt_ladder_ : std::vector<int>{}) {
-      for (int rows : {1, shape_.max_batch}) {
-        if (rows == 1 && shape_.max_batch == 1 && find_graph(0, t, 1) >= 0) continue;
+      for (int rows : prompt_rows()) {
         Graph g = capture(recipe, dummy_prompt(t, rows), t);
         g.tokens = t, g.rows = rows;
         graphs_.push_back(std::move(g));
@@ -404,7 +404,12 @@ class CudaBackend final : public Backend {
       cudaGraphDestroy(g.graph);
       g.graph = nullptr;
     }
-    KVINFER_CUDA_CHECK(cudaGraphUpload(g.exec, stream_));
+    const cudaError_t uploaded = cudaGraphUpload(g.exec, stream_);
+    if (uploaded != cudaSuccess) {
+      cudaGraphExecDestroy(g.exec);
+      if (g.graph) cudaGraphDestroy(g.graph);
+    }
+    KVINFER_CUDA_CHECK(uploaded);
     return g;
   }
 
@@ -534,11 +539,25 @@ class CudaBackend final : public Backend {
     return step;
   }
 
+  // Sampled rows a prompt step is padded to (the smallest that holds its rows): the LM head and
+  // the sampler run every one of them.
+  std::vector<int> prompt_rows() const {
+    std::vector<int> out;
+    for (int r : {1, 4, 16})
+      if (r < shape_.max_batch) out.push_back(r);
+    out.push_back(shape_.max_batch);
+    return out;
+  }
+  // Sequences a padded prompt step's layout leaves room for: the fields' offsets depend on it, and
+  // a graph's kernels read them where they were at capture (StepPadding::seq_room).
+  int prompt_seq_room() const { return shape_.max_batch; }
+
   // A prompt step of `tokens` (padding but for token 0 at position 0 of slot 0, KV block 0, as in
-  // dummy_decode) that samples `rows` rows (greedy, all of token 0), uploaded.
+  // dummy_decode) that samples `rows` rows (greedy, all of token 0), uploaded, in the layout of
+  // the steps that will replay it.
   StepContext dummy_prompt(int tokens, int rows) {
     const int W = cache_.layout().table_stride;
-    const StepLayout layout = step_layout(tokens, shape_.max_batch, rows, W);  // as the runner pads (seq_room)
+    const StepLayout layout = step_layout(tokens, prompt_seq_room(), rows, W);
     StepArrays host = layout.at(staging_[0]);
     for (int t = 0; t < tokens; ++t)
       host.tokens[t] = 0, host.prev_sample_row[t] = -1, host.positions[t] = t == 0 ? 0 : -1, host.token_seq[t] = 0;
