@@ -4,7 +4,7 @@
 // projection as a skinny GEMM with the norm, the MLP activation, the residual add and the LM
 // head's argmax fused in (skinny_gemm.h); larger steps use cuBLAS and separate kernels. A step's fields go up in one asynchronous copy from pinned
 // staging, its sampled ids come down into pinned memory, and an event per ticket says when they
-// are there. Decode steps replay CUDA graphs captured for a ladder of batch sizes.
+// are there. Decode steps and padded prompt steps replay CUDA graphs captured at load (step_graphs.h).
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -19,6 +19,7 @@
 #include "backend/cuda/kv_write.h"
 #include "backend/cuda/sampling.h"
 #include "backend/cuda/skinny_gemm.h"
+#include "backend/cuda/step_graphs.h"
 #include "backend/cpu/cpu_ops.h"
 #include "core/cublas_loader.h"
 #include "core/cuda_check.h"
@@ -39,26 +40,6 @@ constexpr int kFusedActivationMaxOut = 1024;
 // (H100, Llama-3.2-1B tok/s fused / unfused: B=1 802 / 717, B=16 10.3k / 9.6k, B=64 28.6k / 32.7k).
 constexpr int kSkinnyFuseMaxRows = 16;
 
-// Batch sizes that get a decode graph: every size up to max_batch runs in the smallest that holds it.
-std::vector<int> graph_ladder(int max_batch) {
-  std::vector<int> out;
-  for (int b : {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256})
-    if (b < max_batch) out.push_back(b);
-  for (int b = 320; b < max_batch; b += 64) out.push_back(b);
-  out.push_back(max_batch);
-  return out;
-}
-
-// Token counts that prompt steps are padded to, a graph each: the step's GEMMs run at that many rows,
-// so the rungs bound the padding (under 1/8 of a step from 1024 tokens on).
-std::vector<int> prompt_ladder(int max_step_tokens) {
-  std::vector<int> out;
-  for (int t = 128; t < max_step_tokens; t += t < 1024 ? 128 : t < 2048 ? 256 : t < 4096 ? 512 : 1024)
-    out.push_back(t);
-  if (max_step_tokens > cuda::kSkinnyMaxRows) out.push_back(max_step_tokens);
-  return out;
-}
-
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const BackendInit& init)
@@ -72,7 +53,8 @@ class CudaBackend final : public Backend {
         stage_bytes_(step_layout(init.shape.max_step_tokens, init.shape.max_batch, init.shape.max_step_tokens,
                                 init.shape.blocks_per_seq(), init.shape.max_batch * kMaxLogitBiasPerRow).bytes) {
     DeviceGuard guard(device_);
-    prompt_ladder_ = prompt_ladder(shape_.max_step_tokens);
+    prompt_ladder_ = cuda::prompt_token_ladder(shape_.max_step_tokens);
+    prompt_rows_ = cuda::prompt_row_ladder(shape_.max_batch);
     try {
       KVINFER_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
       const auto& blas = cublas::api();
@@ -109,11 +91,7 @@ class CudaBackend final : public Backend {
     return layout.at(view<char>(act_.step));
   }
 
-  int graph_batch(int num_seqs) const override {
-    for (const Graph& g : graphs_)  // decode graphs, smallest first
-      if (g.tokens == 0 && g.batch >= num_seqs) return g.batch;
-    return 0;
-  }
+  int graph_batch(int num_seqs) const override { return graphs_.decode_batch(num_seqs); }
 
   PromptShape prompt_shape(int num_tokens, int num_rows, int leading_decodes) const override {
     // steps of the skinny GEMMs, and mixed steps whose decodes the decode kernel takes (sized on the
@@ -122,29 +100,17 @@ class CudaBackend final : public Backend {
       return {};
     for (int t : prompt_ladder_)
       if (t >= num_tokens)
-        for (int rows : prompt_rows())
-          if (rows >= num_rows) return {t, rows, prompt_seq_room(), find_graph(0, t, rows) >= 0};
+        for (int rows : prompt_rows_)
+          if (rows >= num_rows) return {t, rows, prompt_seq_room(), graphs_.has(cuda::GraphKey{0, t, rows})};
     return {};
   }
 
   void run(const StepContext& step, const Recipe& recipe) override {
     DeviceGuard guard(device_);
     if (step.replay) {
-      const int i = step.decode() ? find_graph(step.num_seqs, 0, 0) : find_graph(0, step.num_tokens, step.num_logit_rows);
-      Graph* g = i >= 0 ? &graphs_[i] : nullptr;
-      KVINFER_CHECK_ARG(g, "no graph was captured for a step of ", step.num_tokens, " tokens, ", step.num_seqs,
-                        " sequences and ", step.num_logit_rows, " sampled rows");
-      // A prompt graph's attention launches take this step's sequences: the grid of the kernel
-      // captured (the rest of each launch reads the step's fields, at fixed addresses)
-      for (AttentionLaunch& a : g->attention) {
-        const dim3 grid = cuda::prefill_grid(a.kernel, c_.num_heads, step.max_query_len, step.num_seqs);
-        if (grid.x == a.params.gridDim.x && grid.y == a.params.gridDim.y && grid.z == a.params.gridDim.z) continue;
-        cudaKernelNodeParams p = a.params;
-        p.gridDim = grid;
-        KVINFER_CUDA_CHECK(cudaGraphExecKernelNodeSetParams(g->exec, a.node, &p));
-        a.params = p;  // only once the graph holds it
-      }
-      KVINFER_CUDA_CHECK(cudaGraphLaunch(g->exec, stream_));
+      const cuda::GraphKey key = step.decode() ? cuda::GraphKey{step.num_seqs, 0, 0}
+                                               : cuda::GraphKey{0, step.num_tokens, step.num_logit_rows};
+      graphs_.launch(key, stream_, cuda::AttentionGridArgs{c_.num_heads, step.max_query_len, step.num_seqs});
       if (step.logits_out)  // after the sampling: the runner asks only where it left them as they were
         KVINFER_CUDA_CHECK(cudaMemcpyAsync(step.logits_out, view<float>(act_.logits),
                                            sizeof(float) * step.caller_rows * c_.vocab_size,
@@ -157,25 +123,23 @@ class CudaBackend final : public Backend {
   GraphStats capture_graphs(const Recipe& recipe) override {
     DeviceGuard guard(device_);
     GraphStats stats;
-    destroy_graphs();
+    graphs_.clear();
     KVINFER_CUDA_CHECK(cudaStreamSynchronize(stream_));
     size_t free0 = 0, free1 = 0, total = 0;
     KVINFER_CUDA_CHECK(cudaMemGetInfo(&free0, &total));
     const auto t0 = std::chrono::steady_clock::now();
-    for (int b : graph_ladder(shape_.max_batch)) {
-      Graph g = capture(recipe, dummy_decode(b), 0);
-      g.batch = b;
-      graphs_.push_back(std::move(g));
+    for (int b : cuda::decode_graph_ladder(shape_.max_batch)) {
+      const StepContext step = dummy_decode(b);
+      graphs_.capture(cuda::GraphKey{b, 0, 0}, stream_, [&] { recipe(step); });
       stats.batch_sizes.push_back(b);
     }
     // KVINFER_PROMPT_GRAPHS=0: prompt steps run op by op, padded alike (to measure what the graphs give)
     const char* prompt_graphs = std::getenv("KVINFER_PROMPT_GRAPHS");
     const bool prompts = !(prompt_graphs && std::strcmp(prompt_graphs, "0") == 0);
     for (int t : prompts ? prompt_ladder_ : std::vector<int>{}) {
-      for (int rows : prompt_rows()) {
-        Graph g = capture(recipe, dummy_prompt(t, rows), t);
-        g.tokens = t, g.rows = rows;
-        graphs_.push_back(std::move(g));
+      for (int rows : prompt_rows_) {
+        const StepContext step = dummy_prompt(t, rows);
+        graphs_.capture(cuda::GraphKey{0, t, rows}, stream_, [&] { recipe(step); });
       }
       stats.prompt_tokens.push_back(t);
     }
@@ -256,12 +220,12 @@ class CudaBackend final : public Backend {
     const int64_t table_offset = int64_t(d) * cache_.layout().table_stride;  // the prompts' table rows
     // A graph's kernel is chosen for the longest sequence its steps may hold (same bits either way)
     const cuda::PrefillKernel kernel = cuda::prefill_kernel_for(
-        c_.head_dim, cache_.layout(), graph_tokens_ > 0 ? graph_tokens_ : s.max_query_len);
+        c_.head_dim, cache_.layout(), graphs_.capturing_tokens() > 0 ? graphs_.capturing_tokens() : s.max_query_len);
     cuda::attention_prefill(qkv, c_.qkv_dim(), cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(),
                             s.arrays.block_tables + table_offset, s.arrays.query_starts + d, s.arrays.positions,
                             s.num_seqs - d, s.max_query_len, c_.num_heads, c_.num_kv_heads, c_.head_dim, scale,
                             buffer(Buffer::attn), c_.q_dim(), stream_, kernel);
-    if (recording_) record_attention(kernel);
+    graphs_.attention_launched(stream_, kernel);
   }
 
   void attention_output(const Linear& w, const StepContext& s) override {
@@ -344,95 +308,6 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  // A prompt graph's attention launch: the node to resize per step, and its parameters as the
-  // executable graph holds them (captured, then with the grid last set).
-  struct AttentionLaunch {
-    cudaGraphNode_t node = nullptr;
-    cudaKernelNodeParams params{};
-    cuda::PrefillKernel kernel = cuda::PrefillKernel::mma;
-  };
-  struct Graph {
-    int batch = 0;             // a decode graph's sequences
-    int tokens = 0, rows = 0;  // a prompt graph's tokens and sampled rows
-    cudaGraph_t graph = nullptr;  // kept while exec lives: its nodes name the launches to resize
-    cudaGraphExec_t exec = nullptr;
-    std::vector<AttentionLaunch> attention;
-  };
-
-  // The index of the decode graph of `batch` sequences (tokens 0) or of the prompt graph of
-  // `tokens` and `rows` (batch 0); -1: none.
-  int find_graph(int batch, int tokens, int rows) const {
-    for (size_t i = 0; i < graphs_.size(); ++i)
-      if (graphs_[i].batch == batch && graphs_[i].tokens == tokens && graphs_[i].rows == rows) return static_cast<int>(i);
-    return -1;
-  }
-
-  // Runs `step` once (every kernel's one-time set-up happens outside the capture), then captures
-  // it. tokens > 0: a prompt graph of that many tokens, whose attention launches are recorded.
-  Graph capture(const Recipe& recipe, const StepContext& step, int tokens) {
-    struct Reset {  // whatever happens
-      CudaBackend& b;
-      ~Reset() { b.graph_tokens_ = 0, b.recording_ = false; }
-    } reset{*this};
-    graph_tokens_ = tokens;
-    recipe(step);
-    KVINFER_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    Graph g;
-    captured_.clear();
-    recording_ = tokens > 0;
-    KVINFER_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-    try {
-      recipe(step);
-    } catch (...) {
-      cudaStreamEndCapture(stream_, &g.graph);
-      if (g.graph) cudaGraphDestroy(g.graph);
-      throw;
-    }
-    recording_ = false;
-    KVINFER_CUDA_CHECK(cudaStreamEndCapture(stream_, &g.graph));
-    g.attention = std::move(captured_);
-    captured_.clear();
-    for (AttentionLaunch& a : g.attention) {
-      const cudaError_t err = cudaGraphKernelNodeGetParams(a.node, &a.params);
-      if (err != cudaSuccess) cudaGraphDestroy(g.graph);
-      KVINFER_CUDA_CHECK(err);
-    }
-    const cudaError_t err = cudaGraphInstantiate(&g.exec, g.graph, 0);
-    if (err != cudaSuccess) cudaGraphDestroy(g.graph);
-    KVINFER_CUDA_CHECK(err);
-    if (g.attention.empty()) {  // nothing to resize: the graph itself is not needed
-      cudaGraphDestroy(g.graph);
-      g.graph = nullptr;
-    }
-    const cudaError_t uploaded = cudaGraphUpload(g.exec, stream_);
-    if (uploaded != cudaSuccess) {
-      cudaGraphExecDestroy(g.exec);
-      if (g.graph) cudaGraphDestroy(g.graph);
-    }
-    KVINFER_CUDA_CHECK(uploaded);
-    return g;
-  }
-
-  // While a prompt graph is captured: the attention kernel just launched is the capture's last node.
-  void record_attention(cuda::PrefillKernel kernel) {
-    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-    const cudaGraphNode_t* last = nullptr;
-    size_t count = 0;
-#if CUDART_VERSION >= 13000
-    KVINFER_CUDA_CHECK(cudaStreamGetCaptureInfo(stream_, &status, nullptr, nullptr, &last, nullptr, &count));
-#else
-    KVINFER_CUDA_CHECK(cudaStreamGetCaptureInfo_v2(stream_, &status, nullptr, nullptr, &last, &count));
-#endif
-    cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
-    if (status == cudaStreamCaptureStatusActive && count == 1) KVINFER_CUDA_CHECK(cudaGraphNodeGetType(last[0], &type));
-    if (type != cudaGraphNodeTypeKernel)
-      throw CudaError(str("capturing a prompt graph: the attention launch is not the capture's one last node (",
-                          count, " nodes)"));
-    AttentionLaunch a;
-    a.node = last[0], a.kernel = kernel;
-    captured_.push_back(a);
-  }
-
   bool split_decodes() const {
     return !batch_invariant_ && cuda::attention_decode_supports(c_.head_dim, c_.num_heads, c_.num_kv_heads);
   }
@@ -539,15 +414,6 @@ class CudaBackend final : public Backend {
     return step;
   }
 
-  // Sampled rows a prompt step is padded to (the smallest that holds its rows): the LM head and
-  // the sampler run every one of them.
-  std::vector<int> prompt_rows() const {
-    std::vector<int> out;
-    for (int r : {1, 4, 16})
-      if (r < shape_.max_batch) out.push_back(r);
-    out.push_back(shape_.max_batch);
-    return out;
-  }
   // Sequences a padded prompt step's layout leaves room for: the fields' offsets depend on it, and
   // a graph's kernels read them where they were at capture (StepPadding::seq_room).
   int prompt_seq_room() const { return shape_.max_batch; }
@@ -574,18 +440,10 @@ class CudaBackend final : public Backend {
     return step;
   }
 
-  void destroy_graphs() noexcept {
-    for (const Graph& g : graphs_) {
-      if (g.exec) cudaGraphExecDestroy(g.exec);
-      if (g.graph) cudaGraphDestroy(g.graph);
-    }
-    graphs_.clear();
-  }
-
   void destroy() noexcept {
     DeviceGuard guard(device_);
     if (stream_) cudaStreamSynchronize(stream_);
-    destroy_graphs();
+    graphs_.clear();
     for (int i = 0; i < kTickets; ++i) {
       if (staging_[i]) cudaFreeHost(staging_[i]);
       if (out_[i]) cudaFreeHost(out_[i]);
@@ -613,11 +471,9 @@ class CudaBackend final : public Backend {
   std::array<void*, kTickets> staging_{};
   std::array<int32_t*, kTickets> out_{};
   std::array<cudaEvent_t, kTickets> done_{};
-  std::vector<Graph> graphs_;
-  std::vector<int> prompt_ladder_;  // token counts prompt steps are padded to (prompt_ladder())
-  int graph_tokens_ = 0;    // > 0 while a prompt graph of that many tokens is captured (or warmed up)
-  bool recording_ = false;  // capturing it: attention launches go to captured_
-  std::vector<AttentionLaunch> captured_;
+  cuda::StepGraphs graphs_;
+  std::vector<int> prompt_ladder_;  // token counts prompt steps are padded to
+  std::vector<int> prompt_rows_;    // sampled rows they are padded to
   bool argmax_ready_ = false;  // the last logits() left per-tile maxima for sample()
 };
 
