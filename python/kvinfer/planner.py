@@ -19,7 +19,7 @@ from kvinfer.config import architecture_of, attention_window, model_config, read
 from kvinfer.model_zoo import builtin_config
 
 CUDA_CONTEXT_ESTIMATE = 600 << 20  # CUDA context + cuBLAS module load on an H100 (measured ~0.5 GiB)
-CUDA_GRAPHS_ESTIMATE = 64 << 20    # the decode and prompt graphs (see docs/memory.md; not yet re-measured with prompt graphs)
+CUDA_GRAPHS_ESTIMATE = 64 << 20    # the decode and prompt graphs: measured 0-32 MiB (docs/memory.md)
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
