@@ -66,8 +66,9 @@ StepLayout stage_step(const StepBatch& b, const KVLayout& kv, const StepPadding&
     else
       for (int i = 0; i < used; ++i) row[i] = b.kv_slots[q] * W + i;
   }
-  std::memcpy(s.logit_rows, b.logit_rows, 4 * size_t(b.num_logit_rows));
-  if (b.sampling) std::memcpy(s.sampling, b.sampling, sizeof(SamplingArgs) * b.num_logit_rows);
+  if (b.num_logit_rows > 0)  // (a chunk that samples nothing may pass no rows: memcpy from null is undefined)
+    std::memcpy(s.logit_rows, b.logit_rows, 4 * size_t(b.num_logit_rows));
+  if (b.sampling && b.num_logit_rows > 0) std::memcpy(s.sampling, b.sampling, sizeof(SamplingArgs) * b.num_logit_rows);
   if (b.num_logit_bias > 0) std::memcpy(s.logit_bias, b.logit_bias, sizeof(LogitBias) * b.num_logit_bias);
   for (int p = b.num_seqs; p < B; ++p) {  // decode padding: one token, one row per sequence
     const int last = b.num_seqs - 1;
