@@ -17,7 +17,7 @@ std::vector<int> decode_graph_ladder(int max_batch) {
 
 std::vector<int> prompt_token_ladder(int max_step_tokens) {
   std::vector<int> out;
-  for (int t = 128; t < max_step_tokens; t += t < 1024 ? 128 : t < 2048 ? 256 : t < 4096 ? 512 : 1024)
+  for (int t = 128; t < max_step_tokens; t += t < 1024 ? 64 : t < 2048 ? 128 : t < 4096 ? 256 : 512)
     out.push_back(t);
   if (max_step_tokens > kSkinnyMaxRows) out.push_back(max_step_tokens);
   return out;

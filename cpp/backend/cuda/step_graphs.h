@@ -18,7 +18,8 @@ namespace kvinfer::cuda {
 std::vector<int> decode_graph_ladder(int max_batch);
 
 // Token counts that prompt steps are padded to, a graph each: the step's GEMMs run at that many
-// rows, so the rungs bound the padding (under 1/8 of a step from 1024 tokens on).
+// rows, so the rungs bound the padding (at most 1/8 of a step from 512 tokens on; a 160-token
+// chunk after a cached prefix runs at 192 rows, not 256).
 std::vector<int> prompt_token_ladder(int max_step_tokens);
 
 // Sampled rows a prompt step is padded to (the smallest that holds its rows): the LM head and the
