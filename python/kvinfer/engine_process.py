@@ -16,7 +16,7 @@ import sys
 import threading
 from dataclasses import dataclass
 
-from kvinfer.llm import encode_prompt
+from kvinfer.prompt_ids import encode_prompt
 from kvinfer.serving import Deliver, Delta, EngineStoppedError
 from kvinfer.tokenizer import Tokenizer
 

@@ -20,13 +20,13 @@ from kvinfer.config import attention_window, model_config, read_config_json
 from kvinfer.engine import Engine, Slot
 from kvinfer.models import resolve_model
 from kvinfer.planner import fit_to_memory, parse_bytes, plan_for_config
+from kvinfer.prompt_ids import Prompt, encode_prompt
 from kvinfer.logprobs import Logprob
 from kvinfer.sampling import SamplingParams
 from kvinfer.serving import Delta, ServingEngine
 from kvinfer.tokenizer import Tokenizer
 from kvinfer.weights import load_weights
 
-Prompt = str | Seq[int]
 log = logging.getLogger("kvinfer")
 
 
@@ -122,23 +122,6 @@ def _count(name: str, value, optional: bool = True):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value < 2**31:
         raise ValueError(f"{name}={value!r} must be an integer in [1, 2^31 - 1]")
     return int(value)
-
-
-def encode_prompt(prompt: Prompt, tokenizer: Tokenizer, vocab_size: int) -> list[int]:
-    """A prompt's token ids: text encoded, or ids checked to be integers in [0, vocab_size)."""
-    if isinstance(prompt, str):
-        ids = tokenizer.encode(prompt)
-    else:  # checked per type and by min/max: a long prompt's ids cost microseconds, not a loop each
-        kinds = set(map(type, prompt))
-        if not all(issubclass(k, (int, np.integer)) and not issubclass(k, bool) for k in kinds):
-            raise ValueError("a prompt of token ids must hold integers")
-        ids = list(prompt) if kinds == {int} else [int(t) for t in prompt]
-    if not ids:
-        raise ValueError("prompt is empty")
-    if not (0 <= min(ids) and max(ids) < vocab_size):
-        bad = next(t for t in ids if not 0 <= t < vocab_size)
-        raise ValueError(f"token id {bad} is out of range [0, {vocab_size})")
-    return ids
 
 
 def _pick_device(device: str) -> str:

@@ -241,6 +241,27 @@ def test_token_ids_must_be_integers(good):
     with pytest.raises(TypeError):  # the runner itself takes int32 arrays only
         llm.runner.step(np.array([1.9]), np.array([0, 1], np.int32), np.array([0], np.int32),
                         np.array([0], np.int32), np.array([0], np.int32))
+    for prompt in (np.array([1.5, 2.0]), np.array([True, False]), np.array([[1, 2]]), [np.float64(3.0), 2]):
+        with pytest.raises(ValueError, match="must hold integers"):
+            llm.generate([prompt])
+
+
+def test_token_ids_of_every_integer_kind_give_the_same_tokens(good):
+    """A list of ints, of numpy integers, and numpy arrays of int32/int64/uint16 are the same
+    prompt; ids 0 and 1 (which bools equal) and ids past the vocabulary are told apart."""
+    from kvinfer.prompt_ids import encode_prompt
+    llm = LLM(good, device="cpu", max_context=64, max_batch=1, tracker=kvinfer.VramTracker())
+    ids = [0, 5, 1, 9, 3]
+    want = llm.generate([ids], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))[0].token_ids
+    for prompt in ([np.int64(t) for t in ids], np.array(ids, np.int32), np.array(ids, np.int64),
+                   np.array(ids, np.uint16)):
+        assert encode_prompt(prompt, llm.tokenizer, llm.config.vocab_size) == ids
+        assert all(type(t) is int for t in encode_prompt(prompt, llm.tokenizer, llm.config.vocab_size))
+        got = llm.generate([prompt], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))[0].token_ids
+        assert got == want
+    for bad in ([2, llm.config.vocab_size], np.array([2, -1]), [2, 2**70]):
+        with pytest.raises(ValueError, match="out of range"):
+            llm.generate([bad])
 
 
 def test_kv_cache_append_refuses_what_it_would_store_wrongly():

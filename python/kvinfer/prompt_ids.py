@@ -1,0 +1,52 @@
+"""A prompt's token ids: text through the tokenizer, or ids the caller gives, checked."""
+
+from __future__ import annotations
+
+import array
+from typing import Sequence as Seq
+
+import numpy as np
+
+from kvinfer.tokenizer import Tokenizer
+
+Prompt = str | Seq[int]
+
+
+def encode_prompt(prompt: Prompt, tokenizer: Tokenizer, vocab_size: int) -> list[int]:
+    """A prompt's token ids: text encoded, or ids checked to be integers in [0, vocab_size)."""
+    packed = None
+    if isinstance(prompt, str):
+        ids = tokenizer.encode(prompt)
+    else:
+        ids, packed = _token_ids(prompt)
+    if not ids:
+        raise ValueError("prompt is empty")
+    low, high = (min(ids), max(ids)) if packed is None else (packed.min(), packed.max())
+    if not (0 <= low and high < vocab_size):
+        bad = next(t for t in ids if not 0 <= t < vocab_size)
+        raise ValueError(f"token id {bad} is out of range [0, {vocab_size})")
+    return ids
+
+
+def _token_ids(prompt) -> tuple[list[int], np.ndarray | None]:
+    """A prompt of token ids as Python ints, and as an int64 array where they all fit one;
+    ValueError unless every id is an integer (bool is not). This sits before a long prompt's first
+    token, so the common case is one pass in C (array.array takes integers only); the per-type pass
+    that tells True and False from 1 and 0 runs only where some id is 0 or 1 (or below)."""
+    if isinstance(prompt, np.ndarray):  # checked by its dtype, not per element
+        if prompt.ndim != 1 or prompt.dtype.kind not in "iu":
+            raise ValueError(f"a prompt of token ids must hold integers (got a {prompt.ndim}-D {prompt.dtype} array)")
+        return prompt.tolist(), prompt
+    try:
+        packed = np.frombuffer(array.array("q", prompt), np.int64)
+    except OverflowError:  # an integer past 64 bits: out of range, which the caller says
+        packed = None
+    except TypeError:
+        raise ValueError("a prompt of token ids must hold integers") from None
+    if packed is None or (packed <= 1).any():
+        kinds = set(map(type, prompt))
+        if not all(issubclass(k, (int, np.integer)) and not issubclass(k, bool) for k in kinds):
+            raise ValueError("a prompt of token ids must hold integers")
+    if packed is None:
+        return [int(t) for t in prompt], None
+    return packed.tolist(), packed
