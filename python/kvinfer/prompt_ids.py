@@ -29,14 +29,17 @@ def encode_prompt(prompt: Prompt, tokenizer: Tokenizer, vocab_size: int) -> list
 
 
 def _token_ids(prompt) -> tuple[list[int], np.ndarray | None]:
-    """A prompt of token ids as Python ints, and as an int64 array where they all fit one;
-    ValueError unless every id is an integer (bool is not). This sits before a long prompt's first
-    token, so the common case is one pass in C (array.array takes integers only); the per-type pass
-    that tells True and False from 1 and 0 runs only where some id is 0 or 1 (or below)."""
+    """A prompt of token ids as Python ints, and as an integer array where they all fit 64 bits;
+    ValueError unless every id is an integer (a bool is not). This sits before a long prompt's first
+    token, so the common case is one pass in C: array.array takes exactly the objects that are
+    integers (int, numpy integers, anything with __index__); only where some id is 0 or 1 are the
+    types looked at, to refuse True and False, so what is accepted never depends on the values."""
     if isinstance(prompt, np.ndarray):  # checked by its dtype, not per element
         if prompt.ndim != 1 or prompt.dtype.kind not in "iu":
             raise ValueError(f"a prompt of token ids must hold integers (got a {prompt.ndim}-D {prompt.dtype} array)")
         return prompt.tolist(), prompt
+    if not isinstance(prompt, (list, tuple)):  # iterators once only; bytes would be read as raw memory
+        prompt = list(prompt)
     try:
         packed = np.frombuffer(array.array("q", prompt), np.int64)
     except OverflowError:  # an integer past 64 bits: out of range, which the caller says
@@ -45,7 +48,8 @@ def _token_ids(prompt) -> tuple[list[int], np.ndarray | None]:
         raise ValueError("a prompt of token ids must hold integers") from None
     if packed is None or (packed <= 1).any():
         kinds = set(map(type, prompt))
-        if not all(issubclass(k, (int, np.integer)) and not issubclass(k, bool) for k in kinds):
+        if any(issubclass(k, bool) for k in kinds) or (packed is None and not all(
+                issubclass(k, (int, np.integer)) or hasattr(k, "__index__") for k in kinds)):
             raise ValueError("a prompt of token ids must hold integers")
     if packed is None:
         return [int(t) for t in prompt], None

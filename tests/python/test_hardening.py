@@ -241,7 +241,8 @@ def test_token_ids_must_be_integers(good):
     with pytest.raises(TypeError):  # the runner itself takes int32 arrays only
         llm.runner.step(np.array([1.9]), np.array([0, 1], np.int32), np.array([0], np.int32),
                         np.array([0], np.int32), np.array([0], np.int32))
-    for prompt in (np.array([1.5, 2.0]), np.array([True, False]), np.array([[1, 2]]), [np.float64(3.0), 2]):
+    for prompt in (np.array([1.5, 2.0]), np.array([True, False]), np.array([[1, 2]]), [np.float64(3.0), 2],
+                   iter([True, 2])):
         with pytest.raises(ValueError, match="must hold integers"):
             llm.generate([prompt])
 
@@ -259,6 +260,7 @@ def test_token_ids_of_every_integer_kind_give_the_same_tokens(good):
         assert all(type(t) is int for t in encode_prompt(prompt, llm.tokenizer, llm.config.vocab_size))
         got = llm.generate([prompt], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))[0].token_ids
         assert got == want
+    assert encode_prompt((t for t in ids), llm.tokenizer, llm.config.vocab_size) == ids  # an iterator, once
     for bad in ([2, llm.config.vocab_size], np.array([2, -1]), [2, 2**70]):
         with pytest.raises(ValueError, match="out of range"):
             llm.generate([bad])
