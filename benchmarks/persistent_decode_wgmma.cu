@@ -263,7 +263,9 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step(const __grid_cons
   __shared__ int last;
   const int G = gridDim.x;
   if (threadIdx.x == 0) {
-    for (int i = 0; i < kStages; ++i) mbar_init(&full[i], 1), mbar_init(&empty[i], 1);
+    // a stage goes back once every consumer thread's MMAs have read it (a warp's wgmma wait covers
+    // its own share of the warpgroup's MMAs only)
+    for (int i = 0; i < kStages; ++i) mbar_init(&full[i], 1), mbar_init(&empty[i], kConsumers);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   for (int i = threadIdx.x; i < (kMaxRange / kBoxCols) * 8 * kBoxCols / 8; i += blockDim.x)  // B's rows 1-7
@@ -303,7 +305,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step(const __grid_cons
       for (int item = blockIdx.x; item < op.items(); item += G)
         for (int c = 0; c < op.chunks(); ++c) {
           mbar_wait(&full[slot], phase);
-          if (threadIdx.x == 0) mbar_arrive(&empty[slot]);
+          mbar_arrive(&empty[slot]);
           if (++slot == kStages) slot = 0, phase ^= 1;
         }
       continue;
@@ -338,12 +340,12 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step(const __grid_cons
             mma_m64n8k16(acc, smem_desc(stage + box * 8192 + kk * 32), smem_desc(b + box * 1024 + kk * 32));
         wgmma_commit();
         wgmma_wait<1>();  // the previous chunk's MMAs are done: its stage may be refilled
-        mbar_arrive_if(&empty[prev < 0 ? 0 : prev], prev >= 0 && threadIdx.x == 0);
+        mbar_arrive_if(&empty[prev < 0 ? 0 : prev], prev >= 0);
         prev = slot;
         if (++slot == kStages) slot = 0, phase ^= 1;
       }
       wgmma_wait<0>();
-      if (threadIdx.x == 0) mbar_arrive(&empty[prev]);
+      mbar_arrive(&empty[prev]);
       for (int i = 0; i < 4; ++i) asm volatile("" : "+f"(acc[i])::"memory");
       // column 0: rows 16 warp + lane / 4 (acc[0]) and + 8 (acc[2]) in the lanes with lane % 4 == 0
       if (lane % 4 == 0) sums[16 * warp + lane / 4] = acc[0], sums[16 * warp + lane / 4 + 8] = acc[2];

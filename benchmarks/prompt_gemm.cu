@@ -99,7 +99,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint64_t* const empty = full + kStages;
   const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN, steps = K / BK;
   if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) mbar_init(full + s, 1), mbar_init(empty + s, 2);
+    // a stage goes back once every consumer thread's MMAs have read it (a warp's wgmma wait covers
+    // its own share of the warpgroup's MMAs only)
+    for (int s = 0; s < kStages; ++s) mbar_init(full + s, 1), mbar_init(empty + s, 256);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
@@ -117,7 +119,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   registers_up<232>();
   const int wg = threadIdx.x / 128;
-  const bool leader = threadIdx.x % 128 == 0;
   float acc[32][4];
 #pragma unroll
   for (int j = 0; j < 32; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
@@ -130,7 +131,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       mma_64x256(acc, smem_desc(a_tile(s) + wg * 64 * 128 + kk * 32), smem_desc(w_tile(s) + kk * 32), 1);
     wgmma_commit();
     wgmma_wait<1>();  // step i - 1's MMAs are done: its stage may be refilled
-    mbar_arrive_if(empty + (i + kStages - 1) % kStages, leader && i > 0);
+    mbar_arrive_if(empty + (i + kStages - 1) % kStages, i > 0);
   }
   wgmma_wait<0>();
 #pragma unroll
