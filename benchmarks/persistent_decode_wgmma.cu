@@ -17,7 +17,7 @@
 // kernel boundaries instead of the counters, the same bits); no waits (wrong numbers: what the
 // consumers allow); copies only (the producer's ceiling). Checked against a CPU reference of the
 // step (relative error and the argmax) and bit for bit between the first two.
-//   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Xcompiler -fopenmp -o persistent_decode_wgmma \
+//   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Xcompiler -fopenmp -Icpp -o persistent_decode_wgmma \
 //     benchmarks/persistent_decode_wgmma.cu && ./persistent_decode_wgmma
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -27,6 +27,8 @@
 #include <cstdio>
 #include <cstring>
 #include <vector>
+
+#include "backend/cuda/sm90/wgmma.cuh"
 
 #define CK(x)                                                                        \
   do {                                                                               \
@@ -77,37 +79,13 @@ struct Step {
   int waits, copy_only;
 };
 
-// ---- PTX ------------------------------------------------------------------------------------------
-__device__ __forceinline__ uint32_t su32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ void mbar_init(uint64_t* b, int n) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(su32(b)), "r"(n) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred p;\nW_%=:\nmbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n@!p bra W_%=;\n}\n" ::"r"(
-          su32(b)),
-      "r"(parity)
-      : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t* b) {
-  asm volatile("{\n.reg .b64 s;\nmbarrier.arrive.shared::cta.b64 s, [%0];\n}\n" ::"r"(su32(b)) : "memory");
-}
-// Arrives where `pred` holds, without a branch (a branch while MMAs are in flight serialises them).
-__device__ __forceinline__ void mbar_arrive_if(uint64_t* b, bool pred) {
-  asm volatile("{\n.reg .pred p;\n.reg .b64 s;\nsetp.ne.b32 p, %1, 0;\n@p mbarrier.arrive.shared::cta.b64 s, [%0];\n}\n" ::"r"(
-                   su32(b)),
-               "r"((int)pred)
-               : "memory");
-}
-__device__ __forceinline__ void mbar_expect(uint64_t* b, uint32_t bytes) {
-  asm volatile("{\n.reg .b64 s;\nmbarrier.arrive.expect_tx.shared::cta.b64 s, [%0], %1;\n}\n" ::"r"(su32(b)),
-               "r"(bytes)
-               : "memory");
-}
+// ---- PTX: the engine's wrappers (cpp/backend/cuda/sm90/wgmma.cuh), and what they lack ------------
+using namespace kvinfer::cuda;
+// A 1-D bulk copy of `bytes` (a multiple of 16) into shared memory, completing on `bar`.
 __device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
   asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(su32(dst)),
-      "l"(src), "r"(bytes), "r"(su32(bar))
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(smem_addr(dst)),
+      "l"(src), "r"(bytes), "r"(smem_addr(bar))
       : "memory");
 }
 __device__ __forceinline__ void sync_consumers() { asm volatile("bar.sync 1, %0;\n" ::"n"(kConsumers) : "memory"); }
@@ -116,22 +94,6 @@ __device__ __forceinline__ int load_acquire(const int* p) {
   asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
   return v;
 }
-__device__ __forceinline__ uint64_t smem_desc(const void* p) {  // 128-byte swizzle, leading 16, stride 1024
-  const uint32_t a = su32(p);
-  return uint64_t((a & 0x3FFFF) >> 4) | uint64_t(16 >> 4) << 16 | uint64_t(1024 >> 4) << 32 | uint64_t{1} << 62;
-}
-__device__ __forceinline__ void mma_m64n8k16(float (&d)[4], uint64_t a, uint64_t b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %6, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0, %1, %2, %3}, %4, %5, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "l"(a), "l"(b), "r"(1));
-}
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 // ---- the step's pieces (consumer threads) ---------------------------------------------------------
 struct Smem {
@@ -253,7 +215,7 @@ __device__ void attention_head(const Step& s, const Op& op, int head, float* sm)
 
 __global__ void __launch_bounds__(kThreads, 1) persistent_step(const __grid_constant__ Step s) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem = smem_raw + ((1024 - (su32(smem_raw) & 1023)) & 1023);  // swizzled boxes: 1024-aligned
+  unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);  // swizzled boxes: 1024-aligned
   Smem m;
   m.ring = reinterpret_cast<__half*>(smem);
   m.b = reinterpret_cast<__half*>(smem + kStages * kChunkBytes);
@@ -266,7 +228,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step(const __grid_cons
     // a stage goes back once every consumer thread's MMAs have read it (a warp's wgmma wait covers
     // its own share of the warpgroup's MMAs only)
     for (int i = 0; i < kStages; ++i) mbar_init(&full[i], 1), mbar_init(&empty[i], kConsumers);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    mbar_fence_init();
   }
   for (int i = threadIdx.x; i < (kMaxRange / kBoxCols) * 8 * kBoxCols / 8; i += blockDim.x)  // B's rows 1-7
     reinterpret_cast<uint4*>(m.b)[i] = make_uint4(0, 0, 0, 0);
@@ -282,7 +244,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step(const __grid_cons
         for (int item = blockIdx.x; item < op.items(); item += G)
           for (int c = 0; c < op.chunks(); ++c) {
             mbar_wait(&empty[slot], phase ^ 1);
-            mbar_expect(&full[slot], kChunkBytes);
+            mbar_arrive_expect_tx(&full[slot], kChunkBytes);
             bulk_load(reinterpret_cast<unsigned char*>(m.ring) + slot * kChunkBytes,
                       reinterpret_cast<const unsigned char*>(op.w) + ((size_t)item * op.chunks() + c) * kChunkBytes,
                       kChunkBytes, &full[slot]);
@@ -326,7 +288,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step(const __grid_cons
     for (int item = blockIdx.x; item < op.items(); item += G) {
       const int tile = item / op.ranges, range = item % op.ranges, cols = op.range_cols();
       stage_b(m, range * cols, cols);
-      float acc[4] = {0.f, 0.f, 0.f, 0.f};
+      float acc[1][4] = {};
       int prev = -1;
       for (int c = 0; c < op.chunks(); ++c) {
         mbar_wait(&full[slot], phase);
@@ -337,7 +299,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step(const __grid_cons
         for (int box = 0; box < kChunkCols / kBoxCols; ++box)
 #pragma unroll
           for (int kk = 0; kk < kBoxCols / 16; ++kk)
-            mma_m64n8k16(acc, smem_desc(stage + box * 8192 + kk * 32), smem_desc(b + box * 1024 + kk * 32));
+            wgmma_ss<8>(acc, smem_desc(stage + box * 8192 + kk * 32, 16, 1024), smem_desc(b + box * 1024 + kk * 32, 16, 1024));
         wgmma_commit();
         wgmma_wait<1>();  // the previous chunk's MMAs are done: its stage may be refilled
         mbar_arrive_if(&empty[prev < 0 ? 0 : prev], prev >= 0);
@@ -346,9 +308,9 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step(const __grid_cons
       }
       wgmma_wait<0>();
       mbar_arrive(&empty[prev]);
-      for (int i = 0; i < 4; ++i) asm volatile("" : "+f"(acc[i])::"memory");
+      fence_registers(acc);
       // column 0: rows 16 warp + lane / 4 (acc[0]) and + 8 (acc[2]) in the lanes with lane % 4 == 0
-      if (lane % 4 == 0) sums[16 * warp + lane / 4] = acc[0], sums[16 * warp + lane / 4 + 8] = acc[2];
+      if (lane % 4 == 0) sums[16 * warp + lane / 4] = acc[0][0], sums[16 * warp + lane / 4 + 8] = acc[0][2];
       sync_consumers();
       if (op.ranges > 1) {  // the last range of the tile to finish sums them all, in range order
         if (threadIdx.x < kTileRows) op.partial[(size_t)range * op.n + tile * kTileRows + threadIdx.x] = sums[threadIdx.x];

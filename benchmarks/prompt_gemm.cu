@@ -8,7 +8,7 @@
 // a thread. Epilogues: fp16 out, or silu(gate) * up where W's rows are interleaved in blocks of 128
 // (a tile's columns 0-127 are gate rows, 128-255 the matching up rows: a thread holds both of each
 // pair, so the product needs no exchange). Against cuBLAS (GemmEx, fp32 compute) in the same run.
-//   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -o prompt_gemm benchmarks/prompt_gemm.cu \
+//   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icpp -o prompt_gemm benchmarks/prompt_gemm.cu \
 //     -lcublas -lcuda && ./prompt_gemm
 #include <cublas_v2.h>
 #include <cuda.h>
@@ -21,6 +21,8 @@
 #include <cstdio>
 #include <random>
 #include <vector>
+
+#include "backend/cuda/sm90/wgmma.cuh"
 
 #define CK(x)                                                                        \
   do {                                                                               \
@@ -37,42 +39,8 @@ constexpr int kThreads = 384;
 constexpr size_t kSmem = 1024 + size_t{kStages} * kStageBytes + 2 * kStages * 8;
 enum Epilogue { kStore = 0, kSiluMul = 1 };
 
-__device__ __forceinline__ uint32_t su32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ uint64_t smem_desc(const void* p) {  // 128-byte swizzle, leading 16, stride 1024
-  return uint64_t((su32(p) & 0x3FFFF) >> 4) | uint64_t(1) << 16 | uint64_t(64) << 32 | uint64_t{1} << 62;
-}
-__device__ __forceinline__ void mbar_init(uint64_t* b, int n) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(su32(b)), "r"(n) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred p;\nW_%=:\nmbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n@!p bra W_%=;\n}\n" ::"r"(
-          su32(b)),
-      "r"(parity)
-      : "memory");
-}
-__device__ __forceinline__ void mbar_arrive_if(uint64_t* b, bool pred) {
-  asm volatile("{\n.reg .pred p;\n.reg .b64 s;\nsetp.ne.b32 p, %1, 0;\n@p mbarrier.arrive.shared::cta.b64 s, [%0];\n}\n" ::"r"(
-                   su32(b)),
-               "r"((int)pred)
-               : "memory");
-}
-__device__ __forceinline__ void mbar_expect(uint64_t* b, uint32_t bytes) {
-  asm volatile("{\n.reg .b64 s;\nmbarrier.arrive.expect_tx.shared::cta.b64 s, [%0], %1;\n}\n" ::"r"(su32(b)),
-               "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, int c, int r, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
-          su32(dst)),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c), "r"(r), "r"(su32(bar))
-      : "memory");
-}
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+using namespace kvinfer::cuda;  // the engine's PTX wrappers (cpp/backend/cuda/sm90/wgmma.cuh)
+
 template <int N>
 __device__ __forceinline__ void registers_up() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
 template <int N>
@@ -92,7 +60,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     gemm_kernel(const __grid_constant__ CUtensorMap amap, const __grid_constant__ CUtensorMap wmap, __half* c,
                 int ldc, int K, int epilogue) {
   extern __shared__ unsigned char smem_raw[];
-  unsigned char* const base = smem_raw + ((1024 - (su32(smem_raw) & 1023)) & 1023);
+  unsigned char* const base = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   auto a_tile = [&](int s) { return base + s * kStageBytes; };
   auto w_tile = [&](int s) { return base + s * kStageBytes + kABytes; };
   uint64_t* const full = reinterpret_cast<uint64_t*>(base + kStages * kStageBytes);
@@ -102,18 +70,19 @@ __global__ void __launch_bounds__(kThreads, 1)
     // a stage goes back once every consumer thread's MMAs have read it (a warp's wgmma wait covers
     // its own share of the warpgroup's MMAs only)
     for (int s = 0; s < kStages; ++s) mbar_init(full + s, 1), mbar_init(empty + s, 256);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    mbar_fence_init();
   }
   __syncthreads();
   if (threadIdx.x >= 256) {  // producer
     registers_down<40>();
+    const uint64_t policy = l2_policy_evict_last();  // A and W tiles are read by other blocks too
     if (threadIdx.x == 256)
       for (int i = 0; i < steps; ++i) {
         const int s = i % kStages;
         if (i >= kStages) mbar_wait(empty + s, ((i / kStages) & 1) ^ 1);
-        mbar_expect(full + s, kStageBytes);
-        tma_load(a_tile(s), &amap, i * BK, m0, full + s);
-        tma_load(w_tile(s), &wmap, i * BK, n0, full + s);
+        mbar_arrive_expect_tx(full + s, kStageBytes);
+        tma_load_2d(a_tile(s), &amap, i * BK, m0, full + s, policy);
+        tma_load_2d(w_tile(s), &wmap, i * BK, n0, full + s, policy);
       }
     return;
   }
@@ -128,16 +97,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BK / 16; ++kk)
-      mma_64x256(acc, smem_desc(a_tile(s) + wg * 64 * 128 + kk * 32), smem_desc(w_tile(s) + kk * 32), 1);
+      mma_64x256(acc, smem_desc(a_tile(s) + wg * 64 * 128 + kk * 32, 16, 1024), smem_desc(w_tile(s) + kk * 32, 16, 1024), 1);
     wgmma_commit();
     wgmma_wait<1>();  // step i - 1's MMAs are done: its stage may be refilled
     mbar_arrive_if(empty + (i + kStages - 1) % kStages, i > 0);
   }
   wgmma_wait<0>();
-#pragma unroll
-  for (int j = 0; j < 32; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(acc[j][e])::"memory");
+  fence_registers(acc);
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int row = m0 + wg * 64 + warp * 16 + g;
   if (epilogue == kStore) {
