@@ -157,14 +157,17 @@ class BlockManager:
         if need > len(self._free):
             raise OutOfBlocks(f"the KV cache has {len(self._free)} free blocks of {self.num_blocks}; "
                                f"{need} more are needed for {tokens} tokens")
-        for _ in range(max(0, need)):
-            b, _ = self._free.popitem(last=False)  # the least recently freed
-            block = self._blocks[b]
+        if need <= 0:
+            return
+        free, blocks, by_hash = self._free, self._blocks, self._by_hash
+        taken = [free.popitem(last=False)[0] for _ in range(need)]  # the least recently freed
+        for b in taken:
+            block = blocks[b]
             if block.hash is not None:  # evicted from the prefix cache
-                del self._by_hash[block.hash]
+                del by_hash[block.hash]
                 block.hash, block.tokens = None, ()
             block.refs = 1
-            table.blocks.append(b)
+        table.blocks.extend(taken)
 
     def _release(self, table: BlockTable) -> None:
         for b in reversed(table.blocks):  # the prefix's head is freed last: evicted last

@@ -20,7 +20,7 @@ from kvinfer.config import attention_window, model_config, read_config_json
 from kvinfer.engine import Engine, Slot
 from kvinfer.models import resolve_model
 from kvinfer.planner import fit_to_memory, parse_bytes, plan_for_config
-from kvinfer.prompt_ids import Prompt, encode_prompt
+from kvinfer.prompt_ids import Prompt, encode_prompt, encode_prompt_array
 from kvinfer.logprobs import Logprob
 from kvinfer.sampling import SamplingParams
 from kvinfer.serving import Delta, ServingEngine
@@ -242,7 +242,8 @@ class LLM:
         every = [params or SamplingParams()] * len(items) if not isinstance(params, (list, tuple)) else list(params)
         if len(every) != len(items):
             raise ValueError(f"{len(every)} SamplingParams for {len(items)} prompts")
-        encoded = [self._encode(p) for p in items]
+        packed = [encode_prompt_array(p, self.tokenizer, self.config.vocab_size) for p in items]
+        encoded = [ids for ids, _ in packed]
         for ids, p in zip(encoded, every):
             self._check_fits(ids, p)
         outputs = [RequestOutput(p if isinstance(p, str) else None, ids, "", [], None) for p, ids in zip(items, encoded)]
@@ -256,7 +257,7 @@ class LLM:
         serving, ids, unfinished = self._serving_engine(), [], set(range(len(encoded)))
         try:
             for i, prompt_ids in enumerate(encoded):
-                ids.append(serving.submit(prompt_ids, every[i], lambda d, i=i: take(d, i)))
+                ids.append(serving.submit(prompt_ids, every[i], lambda d, i=i: take(d, i), prompt_array=packed[i][1]))
             while unfinished:
                 i, d = finished.get()
                 _raise_for(d)

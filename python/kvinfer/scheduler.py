@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from kvinfer import ContextOverflowError
 from kvinfer.block_manager import OutOfBlocks
 from kvinfer.engine import accept_token
@@ -26,6 +28,7 @@ class Request:
     params: SamplingParams
     seed: int                      # the sampler's stream: a function of (seed, token index) only
     stop_ids: frozenset[int]       # end-of-sequence ids (unless ignore_eos) and params.stop_token_ids
+    prompt_array: np.ndarray | None = None  # [prompt_len] int32, the same ids: prompt chunks are slices of it
     prompt_len: int = field(init=False)
     hold: int = field(init=False)  # characters of new text held back: they could still start a stop string
 
@@ -35,6 +38,11 @@ class Request:
         if not 0 <= self.seed < 2**64:
             raise ValueError(f"request {self.request_id!r} seed={self.seed} must be in [0, 2^64)")
         self.prompt_len = len(self.prompt_ids)
+        if self.prompt_array is None:
+            self.prompt_array = np.fromiter(self.prompt_ids, np.int32, count=self.prompt_len)
+        elif self.prompt_array.shape != (self.prompt_len,) or self.prompt_array.dtype != np.int32:
+            raise ValueError(f"request {self.request_id!r}: prompt_array {self.prompt_array.dtype}"
+                             f"{list(self.prompt_array.shape)} must be int32[{self.prompt_len}]")
         self.hold = max((len(s) for s in self.params.stop), default=1) - 1
 
 
@@ -58,6 +66,12 @@ class Running:
         generated so far but the last (the next decode step's input)."""
         return self.request.prompt_ids + self.token_ids[:-1]
 
+    def prefill_array(self) -> np.ndarray:
+        """prefill_ids() as int32 (a step's input): the request's array itself unless preempted."""
+        if len(self.token_ids) < 2:
+            return self.request.prompt_array
+        return np.concatenate([self.request.prompt_array, np.array(self.token_ids[:-1], np.int32)])
+
     @property
     def prefilling(self) -> bool:
         n = len(self.token_ids)
@@ -76,7 +90,7 @@ class Running:
 @dataclass
 class Chunk:
     seq: Running
-    tokens: list[int] | None       # prompt tokens; None: one decode token, the sequence's latest
+    tokens: np.ndarray | None      # prompt tokens (int32); None: one decode token, the sequence's latest
     samples: bool                  # whether this chunk's last row is sampled
 
     @property
@@ -211,7 +225,7 @@ class Scheduler:
     def _prompt_chunk(seq: Running, budget: int) -> Chunk:
         """The next piece of the prompt; its last row is sampled where the prompt ends (a preempted
         sequence's next token is known: it is not sampled again)."""
-        prompt = seq.prefill_ids()
+        prompt = seq.prefill_array()
         n = min(len(prompt) - seq.cached, budget)
         return Chunk(seq, prompt[seq.cached:seq.cached + n], seq.cached + n == len(prompt) and not seq.token_ids)
 

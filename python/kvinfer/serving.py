@@ -99,14 +99,16 @@ class ServingEngine:
 
     # ---- any thread --------------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams, deliver: Deliver,
-               request_id: str | None = None) -> str:
-        """Queues a request; `deliver` is called from the engine thread with each Delta."""
+               request_id: str | None = None, prompt_array=None) -> str:
+        """Queues a request; `deliver` is called from the engine thread with each Delta.
+        `prompt_array`: the same ids as int32, where the caller has them (else made here, on the
+        caller's thread, not the engine's)."""
         request_id = request_id or f"req-{next(self._ids)}"
         stop_ids = (frozenset() if params.ignore_eos else frozenset(self.llm.tokenizer.eos_token_ids)) \
             | frozenset(params.stop_token_ids)
         seed = params.seed if params.seed is not None else random.SystemRandom().getrandbits(63)
         params.check_vocab(self.llm.config.vocab_size)  # a bad id must fail this request, not the step
-        request = Request(request_id, list(prompt_ids), params, seed, stop_ids)
+        request = Request(request_id, list(prompt_ids), params, seed, stop_ids, prompt_array)
         self.scheduler.check_fits(request)  # here, so that the caller gets the error
         with self._cv:
             if self._stopping:

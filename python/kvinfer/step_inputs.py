@@ -5,7 +5,6 @@ sequence whose latest token is still being sampled by the step in flight names t
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,17 +79,23 @@ def step_inputs(chunks, prev_sampled: list | None, engine) -> StepInputs:
     after a step in flight that samples `prev_sampled` (None: nothing in flight). `engine`
     (engine.Engine) holds each slot's block table and sampling arguments."""
     prev_row = {id(s): r for r, s in enumerate(prev_sampled)} if prev_sampled else {}
-    pieces, from_prev, row = [], [], 0  # from_prev: (row, the row of the step in flight it takes its token from)
+    # pieces: prompt chunks (int32 arrays) and runs of decode tokens (lists), in chunk order
+    pieces, lengths, from_prev, row = [], [], [], 0  # from_prev: (row, the row of the step in flight it takes its token from)
     for c in chunks:
         if c.tokens is not None:
             pieces.append(c.tokens)
-        elif len(c.seq.token_ids) < c.seq.launched:  # its latest token is the step in flight's sample
-            pieces.append((0,))
+            lengths.append(len(c.tokens))
+            row += len(c.tokens)
+            continue
+        if not pieces or not isinstance(pieces[-1], list):
+            pieces.append([])
+        if len(c.seq.token_ids) < c.seq.launched:  # its latest token is the step in flight's sample
+            pieces[-1].append(0)
             from_prev.append((row, prev_row[id(c.seq)]))
         else:
-            pieces.append((c.seq.token_ids[-1],))
-        row += len(pieces[-1])
-    lengths = [len(p) for p in pieces]
+            pieces[-1].append(c.seq.token_ids[-1])
+        lengths.append(1)
+        row += 1
     starts = np.cumsum([0] + lengths).astype(np.int32)
     sampled_chunks = [i for i, c in enumerate(chunks) if c.samples]
     sampled = [chunks[i].seq for i in sampled_chunks]
@@ -102,7 +107,8 @@ def step_inputs(chunks, prev_sampled: list | None, engine) -> StepInputs:
         flat_prev[list(rows)] = prev_rows
     seqs = [c.seq for c in chunks]
     return StepInputs(
-        tokens=np.fromiter(itertools.chain.from_iterable(pieces), np.int32, count=row),
+        tokens=pieces[0] if len(pieces) == 1 and not isinstance(pieces[0], list) else
+        np.concatenate([np.array(p, np.int32) for p in pieces]) if pieces else np.zeros(0, np.int32),
         query_starts=starts,
         cached_lengths=np.array([s.cached for s in seqs], np.int32),
         kv_slots=np.array([s.slot for s in seqs], np.int32),

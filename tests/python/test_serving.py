@@ -293,3 +293,24 @@ def test_prompt_steps_are_smaller_while_sequences_decode(llm):
     assert [c.seq.request.request_id for s in steps for c in s.chunks] == ["r0", "r1", "r0", "r1"]
     with pytest.raises(ValueError, match="max_prefill_while_decoding"):
         Scheduler(256, 1024, lambda: None, free.append, llm.tokenizer, max_prefill_while_decoding=0)
+
+
+def test_prompt_chunks_are_int32_slices_of_the_request_and_a_preempted_sequence_appends_its_tokens(llm):
+    from kvinfer.scheduler import Request, Running, Scheduler
+    from kvinfer.tokenizer import StreamDecoder
+
+    ids = prompt(40, 500)
+    r = Request("r0", ids, GREEDY, 0, frozenset())
+    assert r.prompt_array.dtype == np.int32 and r.prompt_array.tolist() == ids
+    with pytest.raises(ValueError, match="prompt_array"):  # the array must be the ids' int32 twin
+        Request("r1", ids, GREEDY, 0, frozenset(), np.array(ids[:-1], np.int32))
+    with pytest.raises(ValueError, match="prompt_array"):
+        Request("r1", ids, GREEDY, 0, frozenset(), np.array(ids, np.int64))
+    free = list(range(2))
+    sched = Scheduler(16, 256, lambda: free.pop(0) if free else None, free.append, llm.tokenizer)
+    sched.add(r)
+    chunk = sched.schedule().chunks[0]
+    assert chunk.tokens.dtype == np.int32 and chunk.tokens.tolist() == ids[:16] and not chunk.samples
+    seq = Running(r, 0, StreamDecoder(llm.tokenizer))
+    seq.token_ids = [7, 8, 9]  # preempted after three tokens: the prompt and all but the last are prefilled
+    assert seq.prefill_array().tolist() == seq.prefill_ids() == ids + [7, 8]
