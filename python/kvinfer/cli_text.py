@@ -62,7 +62,8 @@ def _add_model_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda:N")
     p.add_argument("--max-context", type=positive, default=None, help="tokens per sequence (default: the model's, at most 2048)")
     p.add_argument("--max-memory", default=None, help="memory budget with a unit, e.g. 4GiB: sizes the context to fit, or fails before loading (default: no budget)")
-    p.add_argument("--no-cuda-graphs", action="store_true", help="run decode steps op by op (debugging)")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="launch every step's kernels one by one instead of replaying CUDA graphs (debugging)")
     p.add_argument("--max-tokens", type=positive, default=max_tokens, help="tokens to generate at most")
     p.add_argument("--temperature", type=float, default=CLI_TEMPERATURE,
                    help="0 is greedy; the Python API's SamplingParams keeps the model's distribution (1.0)")
@@ -95,9 +96,12 @@ def _load(args: argparse.Namespace):
     from kvinfer.llm import LLM
 
     # Progress bars redraw a line: only for a person watching, not for a log or a pipe.
-    return LLM(args.model, device=args.device, max_context=args.max_context, max_batch=1,
-               progress=not getattr(args, "quiet", False) and sys.stderr.isatty(),
-               max_memory=args.max_memory, cuda_graphs=not args.no_cuda_graphs)
+    llm = LLM(args.model, device=args.device, max_context=args.max_context, max_batch=1,
+              progress=not getattr(args, "quiet", False) and sys.stderr.isatty(),
+              max_memory=args.max_memory, cuda_graphs=not args.no_cuda_graphs)
+    if not getattr(args, "quiet", False) and llm.graphs_summary():
+        print(f"kvinfer: {llm.graphs_summary()}", file=sys.stderr)
+    return llm
 
 
 def summary(stream) -> str:

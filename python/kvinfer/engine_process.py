@@ -32,12 +32,13 @@ class ModelInfo:
     kv_blocks: int
     kv_tokens: int
     memory: dict[str, int]  # the memory plan: bytes by purpose
+    graphs: str | None = None  # LLM.graphs_summary(): the CUDA graphs captured at load
 
     @staticmethod
     def of(llm) -> ModelInfo:
         plan = llm.plan
         return ModelInfo(llm.folder, llm.device, llm.config.vocab_size, llm.max_context, llm.max_batch,
-                         plan.kv_blocks, plan.kv_tokens, dict(plan.by_purpose()))
+                         plan.kv_blocks, plan.kv_tokens, dict(plan.by_purpose()), llm.graphs_summary())
 
 
 class ModelView:

@@ -187,9 +187,7 @@ class LLM:
             load_weights(runner, self.config, self.folder, progress=progress)
             self.graphs = runner.capture_graphs()
             if self.graphs["batch_sizes"]:
-                log.info("captured CUDA graphs for decode batch sizes %s and prompt steps of %s tokens in %.2f s "
-                         "(%d B of device memory)", self.graphs["batch_sizes"], self.graphs["prompt_tokens"],
-                         self.graphs["capture_seconds"], self.graphs["device_bytes"])
+                log.info("%s", self.graphs_summary())
         except BaseException:
             runner.release()  # the traceback keeps `runner` alive; its memory must not stay held
             raise
@@ -225,6 +223,16 @@ class LLM:
                 # a weak reference: dropping the LLM frees its memory at once (no cycle to collect)
                 self._serving = ServingEngine(weakref.proxy(self), max_waiting=None)
             return self._serving
+
+    def graphs_summary(self) -> str | None:
+        """One line on the CUDA graphs captured at load (what, how long, device memory); None when
+        steps run op by op (CPU, or cuda_graphs=False)."""
+        g = self.graphs
+        if not g["batch_sizes"]:
+            return None
+        return (f"CUDA graphs for {len(g['batch_sizes'])} decode batch sizes (up to {max(g['batch_sizes'])}) and "
+                f"{len(g['prompt_tokens'])} prompt sizes (up to {max(g['prompt_tokens'], default=0)} tokens) "
+                f"captured in {g['capture_seconds']:.2f} s, {g['device_bytes'] / 2**20:,.1f} MiB of device memory")
 
     def _check_open(self) -> None:
         if self.runner.released:

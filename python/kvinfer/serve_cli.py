@@ -36,6 +36,8 @@ def add_parser(sub) -> None:
     p.add_argument("--no-prefix-caching", action="store_true",
                    help="compute every prompt in full (by default a prompt reuses the KV blocks of a cached prefix)")
     p.add_argument("--max-memory", default=None, help="memory budget with a unit, e.g. 8GiB (default: no budget)")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="launch every step's kernels one by one instead of replaying CUDA graphs (debugging)")
     p.add_argument("--no-batch-invariant", action="store_true",
                    help="faster decode steps of 16+ sequences (CUDA) and decodes sharing steps with prompt "
                         "chunks; outputs may then differ in the last bits with what shares their step (by default "
@@ -63,7 +65,8 @@ def serve(args: argparse.Namespace) -> int:
         raise ValueError(f"kvinfer serve needs {e.name}: pip install 'kvinfer[serve]'") from None
     llm_kwargs = dict(model=args.model, device=args.device, max_context=args.max_context, max_batch=args.max_batch,
                       max_step_tokens=args.max_step_tokens, max_memory=args.max_memory, progress=sys.stderr.isatty(),
-                      prefix_caching=not args.no_prefix_caching, batch_invariant=not args.no_batch_invariant)
+                      prefix_caching=not args.no_prefix_caching, batch_invariant=not args.no_batch_invariant,
+                      cuda_graphs=not args.no_cuda_graphs)
     engine_kwargs = dict(max_waiting=args.max_waiting, max_prefill_while_decoding=args.max_prefill_while_decoding)
     from kvinfer.engine_process import EngineProcess, ModelInfo
 
@@ -81,6 +84,8 @@ def serve(args: argparse.Namespace) -> int:
     print(f"kvinfer serve: {name} on {info.device}; {info.max_batch} sequences of up to {info.max_context} tokens; "
           f"{info.kv_blocks:,} KV blocks ({info.kv_tokens:,} tokens); "
           + ", ".join(f"{k} {v / 2**20:,.1f} MiB" for k, v in info.memory.items()), file=sys.stderr)
+    if info.graphs:
+        print(f"kvinfer serve: {info.graphs}", file=sys.stderr)
     print(f"kvinfer serve: http://{args.host}:{args.port}/v1 (Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
         uvicorn.run(create_app(engine, name, args.api_key), host=args.host, port=args.port, log_level="warning")

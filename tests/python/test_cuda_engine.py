@@ -147,12 +147,30 @@ def test_graph_replay_equals_op_by_op_bit_for_bit(model_dirs):
     g = load(model_dirs["llama_gqa3"], "cuda:0", max_batch=16, max_step_tokens=128)
     e = load(model_dirs["llama_gqa3"], "cuda:0", max_batch=16, max_step_tokens=128, cuda_graphs=False)
     assert g.graphs["batch_sizes"] == [1, 2, 4, 8, 16] and e.graphs["batch_sizes"] == []
+    assert "5 decode batch sizes (up to 16)" in g.graphs_summary() and e.graphs_summary() is None
     for round_ in range(2):
         for B in (1, 2, 3, 5, 16):
             prompts = [prompt(5 + (37 * i + 11 * round_) % 90, 300 + 10 * round_ + i) for i in range(B)]
             slots = [(7 * i + round_) % 16 for i in range(B)]
             a, b = decode_logits(g, prompts, slots, 6), decode_logits(e, prompts, slots, 6)
             assert a.shape == b.shape == (6, B, VOCAB)
+            assert np.array_equal(a, b), f"round {round_} batch {B}: max diff {np.abs(a - b).max()}"
+
+
+@pytest.mark.parametrize("batch_invariant", [True, False])
+def test_graph_replay_equals_op_by_op_past_sixteen_rows(model_dirs, batch_invariant):
+    """The graphs of 24-64 rows (past the 16 rows where the Hopper kernel's fusions stop, and with
+    batch invariance given up) replay the op-by-op step's logits bit for bit, after refills too."""
+    kw = dict(max_batch=64, max_step_tokens=128, batch_invariant=batch_invariant)
+    g = load(model_dirs["llama_gqa3"], "cuda:0", **kw)
+    e = load(model_dirs["llama_gqa3"], "cuda:0", cuda_graphs=False, **kw)
+    assert g.graphs["batch_sizes"][-4:] == [24, 32, 48, 64]
+    for round_ in range(2):
+        for B in (17, 24, 30, 48, 64):
+            prompts = [prompt(3 + (29 * i + 13 * round_) % 70, 600 + 10 * round_ + i) for i in range(B)]
+            slots = [(11 * i + 5 * round_) % 64 for i in range(B)]
+            a, b = decode_logits(g, prompts, slots, 3), decode_logits(e, prompts, slots, 3)
+            assert a.shape == b.shape == (3, B, VOCAB)
             assert np.array_equal(a, b), f"round {round_} batch {B}: max diff {np.abs(a - b).max()}"
 
 

@@ -37,7 +37,7 @@ constexpr int kFusedActivationMaxOut = 1024;
 // Most rows of a step whose skinny GEMMs fuse RMSNorm, SiLU*mul and RoPE + K/V write (the same
 // bits either way). Fused, every block of 64 weight rows builds its normed input tile from fp32
 // rows (twice the bytes of fp16 ones): cheap at a few rows, slower than the kernels it saves at 64
-// (H100, Llama-3.2-1B tok/s fused / unfused: B=1 802 / 717, B=16 10.3k / 9.6k, B=64 28.6k / 32.7k).
+// (measured: docs/dev/step-runtime-notes.md, run 20).
 constexpr int kSkinnyFuseMaxRows = 16;
 
 class CudaBackend final : public Backend {
@@ -258,8 +258,8 @@ class CudaBackend final : public Backend {
     skinny_gemm(in, T, normed_input(norm, nullptr, T), cuda::SkinnyOutput{cuda::SkinnyOut::half, mlp, ld, in.bias});
     // Fused into the GEMM, the activation is recomputed by each of its N / 16 weight tiles for
     // the whole input row: cheap for a narrow output (SmolLM2's down projection, 36 tiles),
-    // slower than a pass of its own for a wide one (Llama-3.2-1B's, 128 tiles: 67.7 us fused
-    // against 17.2 us unfused at one token on an H200). Not where the paired epilogue runs
+    // slower than a pass of its own for a wide one (Llama-3.2-1B's, 128 tiles; measured in
+    // docs/dev/step-runtime-notes.md, runs 13-14). Not where the paired epilogue runs
     // smaller steps: an activated input takes another kernel than fp16 rows (another order over
     // K), and a row's bits must not depend on how many rows share its step.
     const bool fuse = !paired && down.out <= kFusedActivationMaxOut;

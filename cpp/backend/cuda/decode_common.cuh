@@ -75,8 +75,8 @@ __host__ __device__ inline void split_plan(int n, DecodeSplits plan, int& splits
   unsigned sp = (un + plan.min_chunk - 1) / static_cast<unsigned>(plan.min_chunk);
   sp = sp > static_cast<unsigned>(plan.max_splits) ? plan.max_splits : sp < 1 ? 1 : sp;
   if (plan.growth_keys > 0) {  // chunk length and count grow together: sp <= ceil(sqrt(n / growth_keys))
-    // the largest r < 64 with r^2 growth_keys < n, by bits (integers: a float square root was 0.3 us
-    // of a small batch's cold start); r + 1 is the bound, or 64 >= max_splits when it is larger
+    // the largest r < 64 with r^2 growth_keys < n, by bits (integers: a float square root costs a
+    // small batch's cold start more); r + 1 is the bound, or 64 >= max_splits when it is larger
     const unsigned g = static_cast<unsigned>(plan.growth_keys);
     unsigned r = 0;
 #pragma unroll

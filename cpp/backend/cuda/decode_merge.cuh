@@ -28,7 +28,7 @@ __device__ __forceinline__ void store_out4(const DecodeArgs& a, int b, int qh, i
 // Row (b, g) is complete in the workspace: fold its chunk states in chunk order, starting from the
 // prefix state in slot first - 1 (the fold of register-held chunks 0..first-1 gives the same bits),
 // and write the output. The states come from other blocks, through L2; a thread takes 4 dims and
-// issues the loads of kBatch chunks before it folds them, a round trip of about 0.8 us per batch.
+// issues the loads of kBatch chunks before it folds them: one round trip through L2 per batch.
 // Inside the tile loop, where the loop's state is live, the batch is small: 8 chunks, 4 at head_dim
 // 64, which keeps that kernel within 128 registers. After the loop, rows of up to 8 chunks come here
 // too (one round trip, no barrier); longer ones go through finish_row_staged.

@@ -14,6 +14,29 @@
 
 namespace kvinfer::cuda {
 
+// V consecutive halves at p (V = 8: one 16-byte access; the caller checked the alignment).
+template <int V>
+__device__ __forceinline__ void load_halves(__half (&d)[V], const __half* p) {
+  if constexpr (V == 8) {
+    *reinterpret_cast<uint4*>(d) = *reinterpret_cast<const uint4*>(p);
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) d[j] = p[j];
+  }
+}
+template <int V>
+__device__ __forceinline__ void store_halves(__half* p, const __half (&d)[V]) {
+  if constexpr (V == 8) {
+    *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(d);
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) p[j] = d[j];
+  }
+}
+
+// V: pairs (and k / v elements) a thread takes at once: 8 where every row and cache offset is
+// 16-byte aligned, else 1. The arithmetic of each pair is the same either way.
+template <int V>
 static __global__ void rope_kv_write_kernel(__half* __restrict__ qkv, int64_t stride, int num_heads,
                                             int num_kv_heads, int head_dim, const float* __restrict__ inv_freq,
                                             __half* __restrict__ k_cache, __half* __restrict__ v_cache,
@@ -38,26 +61,36 @@ static __global__ void rope_kv_write_kernel(__half* __restrict__ qkv, int64_t st
   __half* k = row + static_cast<int64_t>(num_heads) * head_dim;
   const __half* v = k + static_cast<int64_t>(num_kv_heads) * head_dim;
   const int heads = num_heads + num_kv_heads;
+  alignas(16) __half a[V], b[V];
   if (inv_freq) {
-    for (int p = threadIdx.x; p < heads * half; p += blockDim.x) {
-      const int head = p / half, i = p % half;
+    const int groups = half / V;
+    for (int p = threadIdx.x; p < heads * groups; p += blockDim.x) {
+      const int head = p / groups, i = (p % groups) * V;
       __half* x = row + static_cast<int64_t>(head) * head_dim;
-      const __half2 r = rope_rotate(__half2float(x[i]), __half2float(x[i + half]), angles[i]);
-      const __half ra = __low2half(r), rb = __high2half(r);
-      if (head < num_heads) {
-        x[i] = ra, x[i + half] = rb;
-      } else {
-        __half* dst = k_cache + cache_row + (head - num_heads) * layout.head_stride;
-        dst[i] = ra, dst[i + half] = rb;
+      load_halves<V>(a, x + i);
+      load_halves<V>(b, x + i + half);
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const __half2 r = rope_rotate(__half2float(a[j]), __half2float(b[j]), angles[i + j]);
+        a[j] = __low2half(r), b[j] = __high2half(r);
       }
+      __half* dst = head < num_heads ? x : k_cache + cache_row + (head - num_heads) * layout.head_stride;
+      store_halves<V>(dst + i, a);
+      store_halves<V>(dst + i + half, b);
     }
   } else {
-    for (int e = threadIdx.x; e < num_kv_heads * head_dim; e += blockDim.x)
-      k_cache[cache_row + (e / head_dim) * layout.head_stride + e % head_dim] = k[e];
+    for (int e = threadIdx.x * V; e < num_kv_heads * head_dim; e += blockDim.x * V) {
+      load_halves<V>(a, k + e);
+      store_halves<V>(k_cache + cache_row + (e / head_dim) * layout.head_stride + e % head_dim, a);
+    }
   }
-  for (int e = threadIdx.x; e < num_kv_heads * head_dim; e += blockDim.x)
-    v_cache[cache_row + (e / head_dim) * layout.head_stride + e % head_dim] = v[e];
+  for (int e = threadIdx.x * V; e < num_kv_heads * head_dim; e += blockDim.x * V) {
+    load_halves<V>(a, v + e);
+    store_halves<V>(v_cache + cache_row + (e / head_dim) * layout.head_stride + e % head_dim, a);
+  }
 }
+
+static bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 void rope_kv_write(half_t* qkv, int64_t stride, int num_heads, int num_kv_heads, int head_dim,
                    const float* inv_freq, half_t* k_cache, half_t* v_cache, const KVLayout& layout,
@@ -66,8 +99,12 @@ void rope_kv_write(half_t* qkv, int64_t stride, int num_heads, int num_kv_heads,
                     " (T >= 0, head_dim even)");
   if (T == 0) return;
   const size_t angles = inv_freq ? sizeof(float2) * static_cast<size_t>(head_dim / 2) : 0;
-  launch_dependent(rope_kv_write_kernel, dim3(T), dim3(128), angles, stream, reinterpret_cast<__half*>(qkv), stride,
-                   num_heads, num_kv_heads, head_dim, inv_freq, reinterpret_cast<__half*>(k_cache),
+  // 16-byte accesses where every row, head and pair group starts on 16 bytes (8 halves)
+  const bool wide = head_dim % 16 == 0 && stride % 8 == 0 && layout.head_stride % 8 == 0 &&
+                    layout.block_stride % 8 == 0 && aligned16(qkv) && aligned16(k_cache) && aligned16(v_cache);
+  auto* kernel = wide ? rope_kv_write_kernel<8> : rope_kv_write_kernel<1>;
+  launch_dependent(kernel, dim3(T), dim3(128), angles, stream, reinterpret_cast<__half*>(qkv), stride, num_heads,
+                   num_kv_heads, head_dim, inv_freq, reinterpret_cast<__half*>(k_cache),
                    reinterpret_cast<__half*>(v_cache), layout, step);
 }
 
