@@ -7,7 +7,8 @@
 // warpgroups (64 rows each) run m64n256k16 warpgroup MMAs from shared memory, 128 fp32 accumulators
 // a thread. Epilogues: fp16 out, or silu(gate) * up where W's rows are interleaved in blocks of 128
 // (a tile's columns 0-127 are gate rows, 128-255 the matching up rows: a thread holds both of each
-// pair, so the product needs no exchange). Against cuBLAS (GemmEx, fp32 compute) in the same run.
+// pair, so the product needs no exchange). Blocks take one tile each, or persist (one an SM) and walk
+// tiles, the producer running ahead into the next tile. Against cuBLAS (GemmEx, fp32 compute) in the same run.
 //   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icpp -o prompt_gemm benchmarks/prompt_gemm.cu \
 //     -lcublas -lcuda && ./prompt_gemm
 #include <cublas_v2.h>
@@ -19,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -47,28 +49,24 @@ __device__ __forceinline__ void registers_up() { asm volatile("setmaxnreg.inc.sy
 template <int N>
 __device__ __forceinline__ void registers_down() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
 
-// D (64 x 256, fp32) += A (64 x 16) B^T (B: 256 x 16), both K-major in shared memory (128-byte
-// swizzle); d[j][e]: rows g (e < 2) and g + 8, columns 8 j + 2 t + (e & 1), as wgmma.cuh's wgmma_ss.
-__device__ __forceinline__ void mma_64x256(float (&d)[32][4], uint64_t a, uint64_t b, int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3]), "+f"(d[16][0]), "+f"(d[16][1]), "+f"(d[16][2]), "+f"(d[16][3]), "+f"(d[17][0]), "+f"(d[17][1]), "+f"(d[17][2]), "+f"(d[17][3]), "+f"(d[18][0]), "+f"(d[18][1]), "+f"(d[18][2]), "+f"(d[18][3]), "+f"(d[19][0]), "+f"(d[19][1]), "+f"(d[19][2]), "+f"(d[19][3]), "+f"(d[20][0]), "+f"(d[20][1]), "+f"(d[20][2]), "+f"(d[20][3]), "+f"(d[21][0]), "+f"(d[21][1]), "+f"(d[21][2]), "+f"(d[21][3]), "+f"(d[22][0]), "+f"(d[22][1]), "+f"(d[22][2]), "+f"(d[22][3]), "+f"(d[23][0]), "+f"(d[23][1]), "+f"(d[23][2]), "+f"(d[23][3]), "+f"(d[24][0]), "+f"(d[24][1]), "+f"(d[24][2]), "+f"(d[24][3]), "+f"(d[25][0]), "+f"(d[25][1]), "+f"(d[25][2]), "+f"(d[25][3]), "+f"(d[26][0]), "+f"(d[26][1]), "+f"(d[26][2]), "+f"(d[26][3]), "+f"(d[27][0]), "+f"(d[27][1]), "+f"(d[27][2]), "+f"(d[27][3]), "+f"(d[28][0]), "+f"(d[28][1]), "+f"(d[28][2]), "+f"(d[28][3]), "+f"(d[29][0]), "+f"(d[29][1]), "+f"(d[29][2]), "+f"(d[29][3]), "+f"(d[30][0]), "+f"(d[30][1]), "+f"(d[30][2]), "+f"(d[30][3]), "+f"(d[31][0]), "+f"(d[31][1]), "+f"(d[31][2]), "+f"(d[31][3])
-      : "l"(a), "l"(b), "r"(accumulate));
-}
-
+// Tiles t = blockIdx.x, + gridDim.x, ...: one a block (grid = tiles), or persistent (grid = SMs),
+// where the producer runs on into the next tile's stages while the consumers finish a tile. Order:
+// m_fast takes the M tiles of one W tile in turn (a wave of blocks reads a few W tiles from DRAM,
+// each once), else the N tiles of one A tile.
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_kernel(const __grid_constant__ CUtensorMap amap, const __grid_constant__ CUtensorMap wmap, __half* c,
-                int ldc, int K, int epilogue, int m_fast) {
+                int ldc, int K, int epilogue, int m_tiles, int n_tiles, int m_fast) {
   extern __shared__ unsigned char smem_raw[];
   unsigned char* const base = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   auto a_tile = [&](int s) { return base + s * kStageBytes; };
   auto w_tile = [&](int s) { return base + s * kStageBytes + kABytes; };
   uint64_t* const full = reinterpret_cast<uint64_t*>(base + kStages * kStageBytes);
   uint64_t* const empty = full + kStages;
-  // m_fast: consecutive blocks take the M tiles of one W tile, so a wave of blocks reads a few W
-  // tiles from DRAM (each once, the rest from L2) instead of most of W
-  const int m0 = (m_fast ? blockIdx.x : blockIdx.y) * BM, n0 = (m_fast ? blockIdx.y : blockIdx.x) * BN, steps = K / BK;
+  const int steps = K / BK, tiles = m_tiles * n_tiles;
+  auto origin = [&](int t, int& m0, int& n0) {
+    m0 = (m_fast ? t % m_tiles : t / n_tiles) * BM;
+    n0 = (m_fast ? t / m_tiles : t % n_tiles) * BN;
+  };
   if (threadIdx.x == 0) {
     // a stage goes back once every consumer thread's MMAs have read it (a warp's wgmma wait covers
     // its own share of the warpgroup's MMAs only)
@@ -76,58 +74,70 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbar_fence_init();
   }
   __syncthreads();
-  if (threadIdx.x >= 256) {  // producer
+  if (threadIdx.x >= 256) {  // producer: k-steps counted over the block's whole walk (g)
     registers_down<40>();
     const uint64_t policy = l2_policy_evict_last();  // A and W tiles are read by other blocks too
-    if (threadIdx.x == 256)
-      for (int i = 0; i < steps; ++i) {
-        const int s = i % kStages;
-        if (i >= kStages) mbar_wait(empty + s, ((i / kStages) & 1) ^ 1);
-        mbar_arrive_expect_tx(full + s, kStageBytes);
-        tma_load_2d(a_tile(s), &amap, i * BK, m0, full + s, policy);
-        tma_load_2d(w_tile(s), &wmap, i * BK, n0, full + s, policy);
+    if (threadIdx.x == 256) {
+      int g = 0;
+      for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+        int m0, n0;
+        origin(t, m0, n0);
+        for (int i = 0; i < steps; ++i, ++g) {
+          const int s = g % kStages;
+          if (g >= kStages) mbar_wait(empty + s, ((g / kStages) & 1) ^ 1);
+          mbar_arrive_expect_tx(full + s, kStageBytes);
+          tma_load_2d(a_tile(s), &amap, i * BK, m0, full + s, policy);
+          tma_load_2d(w_tile(s), &wmap, i * BK, n0, full + s, policy);
+        }
       }
+    }
     return;
   }
   registers_up<232>();
   const int wg = threadIdx.x / 128;
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g8 = lane / 4, t4 = lane % 4;
   float acc[32][4];
+  int g = 0;
+  for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+    int m0, n0;
+    origin(t, m0, n0);
 #pragma unroll
-  for (int j = 0; j < 32; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-  for (int i = 0; i < steps; ++i) {
-    const int s = i % kStages;
-    mbar_wait(full + s, (i / kStages) & 1);
-    wgmma_fence();
+    for (int j = 0; j < 32; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    for (int i = 0; i < steps; ++i, ++g) {
+      const int s = g % kStages;
+      mbar_wait(full + s, (g / kStages) & 1);
+      wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < BK / 16; ++kk)
-      mma_64x256(acc, smem_desc(a_tile(s) + wg * 64 * 128 + kk * 32, 16, 1024), smem_desc(w_tile(s) + kk * 32, 16, 1024), 1);
-    wgmma_commit();
-    wgmma_wait<1>();  // step i - 1's MMAs are done: its stage may be refilled
-    mbar_arrive_if(empty + (i + kStages - 1) % kStages, i > 0);
-  }
-  wgmma_wait<0>();
-  fence_registers(acc);
-  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int row = m0 + wg * 64 + warp * 16 + g;
-  if (epilogue == kStore) {
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      const int col = n0 + 8 * j + 2 * t;
-      *reinterpret_cast<__half2*>(c + (size_t)row * ldc + col) = __floats2half2_rn(acc[j][0], acc[j][1]);
-      *reinterpret_cast<__half2*>(c + (size_t)(row + 8) * ldc + col) = __floats2half2_rn(acc[j][2], acc[j][3]);
+      for (int kk = 0; kk < BK / 16; ++kk)
+        wgmma_ss<256>(acc, smem_desc(a_tile(s) + wg * 64 * 128 + kk * 32, 16, 1024), smem_desc(w_tile(s) + kk * 32, 16, 1024));
+      wgmma_commit();
+      wgmma_wait<1>();  // step g - 1's MMAs are done: its stage may be refilled
+      mbar_arrive_if(empty + (g + kStages - 1) % kStages, i > 0);
     }
-  } else {  // columns 8 j + .. (j < 16) are gate rows, 8 (j + 16) + .. their up rows
-    auto act = [](float gate, float up) {
-      const float gv = __half2float(__float2half(gate)), uv = __half2float(__float2half(up));
-      return gv / (1.f + __expf(-gv)) * uv;
-    };
+    wgmma_wait<0>();
+    mbar_arrive(empty + (g + kStages - 1) % kStages);  // the tile's last stage
+    fence_registers(acc);
+    const int row = m0 + wg * 64 + warp * 16 + g8;
+    if (epilogue == kStore) {
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      const int col = n0 / 2 + 8 * j + 2 * t;
-      *reinterpret_cast<__half2*>(c + (size_t)row * ldc + col) =
-          __floats2half2_rn(act(acc[j][0], acc[j + 16][0]), act(acc[j][1], acc[j + 16][1]));
-      *reinterpret_cast<__half2*>(c + (size_t)(row + 8) * ldc + col) =
-          __floats2half2_rn(act(acc[j][2], acc[j + 16][2]), act(acc[j][3], acc[j + 16][3]));
+      for (int j = 0; j < 32; ++j) {
+        const int col = n0 + 8 * j + 2 * t4;
+        *reinterpret_cast<__half2*>(c + (size_t)row * ldc + col) = __floats2half2_rn(acc[j][0], acc[j][1]);
+        *reinterpret_cast<__half2*>(c + (size_t)(row + 8) * ldc + col) = __floats2half2_rn(acc[j][2], acc[j][3]);
+      }
+    } else {  // columns 8 j + .. (j < 16) are gate rows, 8 (j + 16) + .. their up rows
+      auto act = [](float gate, float up) {
+        const float gv = __half2float(__float2half(gate)), uv = __half2float(__float2half(up));
+        return gv / (1.f + __expf(-gv)) * uv;
+      };
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int col = n0 / 2 + 8 * j + 2 * t4;
+        *reinterpret_cast<__half2*>(c + (size_t)row * ldc + col) =
+            __floats2half2_rn(act(acc[j][0], acc[j + 16][0]), act(acc[j][1], acc[j + 16][1]));
+        *reinterpret_cast<__half2*>(c + (size_t)(row + 8) * ldc + col) =
+            __floats2half2_rn(act(acc[j][2], acc[j + 16][2]), act(acc[j][3], acc[j + 16][3]));
+      }
     }
   }
 }
@@ -183,10 +193,11 @@ int main() {
     CK(cudaMemcpy(wd, w.data(), w.size() * 2, cudaMemcpyHostToDevice));
     const CUtensorMap amap = map_2d(ad, M, K, BM), wmap = map_2d(wd, N, K, BN);
     const int ldc = sh.epilogue == kSiluMul ? N / 2 : N;
-    int m_fast = 0;
+    int variant = 0;  // 0: one tile a block, N fast; 1: one tile a block, M fast; 2: persistent, M fast
+    const int m_tiles = M / BM, n_tiles = N / BN, tiles = m_tiles * n_tiles;
     auto ours = [&] {
-      const dim3 grid = m_fast ? dim3(M / BM, N / BN) : dim3(N / BN, M / BM);
-      gemm_kernel<<<grid, kThreads, kSmem>>>(amap, wmap, cd, ldc, K, sh.epilogue, m_fast);
+      const int grid = variant == 2 ? std::min(tiles, prop.multiProcessorCount) : tiles;
+      gemm_kernel<<<grid, kThreads, kSmem>>>(amap, wmap, cd, ldc, K, sh.epilogue, m_tiles, n_tiles, variant > 0);
     };
     const float one = 1.f, zero = 0.f;
     auto theirs = [&] {  // row-major C = A W^T as column-major C^T = W A^T
@@ -223,18 +234,24 @@ int main() {
       cudaEventElapsedTime(&ms, e0, e1);
       return 1e3 * ms / 50;
     };
-    const double us_n_fast = time(ours), us_blas = time(theirs), flops = 2.0 * M * N * K;
-    m_fast = 1;
-    ours();
-    CK(cudaDeviceSynchronize());
-    std::vector<__half> c2(c.size());
-    CK(cudaMemcpy(c2.data(), cd, c2.size() * 2, cudaMemcpyDeviceToHost));
-    const bool same = std::memcmp(c.data(), c2.data(), c.size() * 2) == 0;
-    const double us_m_fast = time(ours);
-    std::printf("%-16s N=%5d K=%4d  ours (n fast / m fast) %7.1f / %7.1f us %6.1f / %6.1f TFLOP/s  cuBLAS %7.1f us "
-                "%6.1f TFLOP/s  ratio %.2f / %.2f  max err %.1e of %.1e, orders equal: %s\n",
-                sh.name, N, K, us_n_fast, us_m_fast, flops / us_n_fast / 1e6, flops / us_m_fast / 1e6, us_blas,
-                flops / us_blas / 1e6, us_blas / us_n_fast, us_blas / us_m_fast, err, mag, same ? "yes" : "NO");
+    const double us_blas = time(theirs), flops = 2.0 * M * N * K;
+    double us[3];
+    bool same = true;
+    for (variant = 0; variant < 3; ++variant) {
+      CK(cudaMemset(cd, 0, c.size() * 2));
+      ours();
+      CK(cudaDeviceSynchronize());
+      std::vector<__half> c2(c.size());
+      CK(cudaMemcpy(c2.data(), cd, c2.size() * 2, cudaMemcpyDeviceToHost));
+      same = same && std::memcmp(c.data(), c2.data(), c.size() * 2) == 0;
+      us[variant] = time(ours);
+    }
+    std::printf("%-16s N=%5d K=%4d  ours (one a block N fast / M fast / persistent) %6.1f / %6.1f / %6.1f us = "
+                "%5.1f / %5.1f / %5.1f TFLOP/s  cuBLAS %6.1f us %5.1f TFLOP/s  ratio %.2f / %.2f / %.2f  max err "
+                "%.1e of %.1e, variants equal: %s\n",
+                sh.name, N, K, us[0], us[1], us[2], flops / us[0] / 1e6, flops / us[1] / 1e6, flops / us[2] / 1e6,
+                us_blas, flops / us_blas / 1e6, us_blas / us[0], us_blas / us[1], us_blas / us[2], err, mag,
+                same ? "yes" : "NO");
     cudaFree(ad), cudaFree(wd), cudaFree(cd), cudaFree(rd);
   }
   return 0;

@@ -17,6 +17,7 @@
 #include "backend/cuda/elementwise.h"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/kv_write.h"
+#include "backend/cuda/prompt_mlp.h"
 #include "backend/cuda/sampling.h"
 #include "backend/cuda/skinny_gemm.h"
 #include "backend/cuda/step_graphs.h"
@@ -33,6 +34,11 @@ namespace {
 
 // Widest projection output (N) whose skinny GEMM applies its input's activation itself.
 constexpr int kFusedActivationMaxOut = 1024;
+
+// Fewest rows of a step whose gate/up projection writes silu(gate) * up itself (prompt_mlp.h): its
+// tiles of 128 rows leave most SMs idle at a few hundred rows (measured at 2048 rows only:
+// docs/dev/prefill-attention-notes.md, run 12).
+constexpr int kPromptMlpMinRows = 512;
 
 // Most rows of a step whose skinny GEMMs fuse RMSNorm, SiLU*mul and RoPE + K/V write (the same
 // bits either way). Fused, every block of 64 weight rows builds its normed input tile from fp32
@@ -243,6 +249,12 @@ class CudaBackend final : public Backend {
     half_t* mlp = buffer(Buffer::mlp);
     const int64_t ld = stride(Buffer::mlp);
     if (!skinny(T)) {
+      if (act == Activation::silu_mul && !in.bias && T >= kPromptMlpMinRows &&
+          cuda::prompt_mlp_gate_up_supported(down.in, in.in)) {  // silu(gate) * up in the GEMM's epilogue
+        norm_rows(nullptr, norm, T);
+        cuda::prompt_mlp_gate_up(h(), c_.hidden_size, in.weight, down.in, in.in, T, mlp, ld, stream_);
+        return residual_gemm(mlp, ld, down, T);
+      }
       norm_gemm(norm, in, mlp, ld, T);
       activate(act, mlp, ld, T, down.in);
       return residual_gemm(mlp, ld, down, T);
