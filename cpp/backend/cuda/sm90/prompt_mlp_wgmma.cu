@@ -17,6 +17,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/sm90/tensor_map.h"
@@ -128,20 +129,23 @@ bool prompt_mlp_wgmma_runs() {
 
 void prompt_mlp_gate_up_wgmma(const half_t* x, int64_t ldx, const half_t* w, int I, int K, int M, half_t* out,
                               int64_t ldo, cudaStream_t stream) {
-  static const bool sized = [] {
-    KVINFER_CUDA_CHECK(
-        cudaFuncSetAttribute(gate_up_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)));
-    return true;
-  }();
-  (void)sized;
   int device = 0, sms = 0;
   KVINFER_CUDA_CHECK(cudaGetDevice(&device));
+  // more than 48 KB of shared memory needs an opt-in per kernel and device (done outside graph
+  // capture: the engine runs a step before it captures one)
+  static std::atomic<uint64_t> sized{0};
+  const uint64_t bit = uint64_t{1} << (device & 63);
+  if (!(sized.load(std::memory_order_acquire) & bit)) {
+    KVINFER_CUDA_CHECK(
+        cudaFuncSetAttribute(gate_up_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)));
+    sized.fetch_or(bit, std::memory_order_release);
+  }
   KVINFER_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   const int m_tiles = (M + BM - 1) / BM, tiles = m_tiles * (I / BO);
   const CUtensorMap xmap = tma_map_2d(x, M, K, ldx, BM, BK), wmap = tma_map_2d(w, 2 * int64_t(I), K, K, BO, BK);
   gate_up_kernel<<<std::min(tiles, sms), kThreads, kSmem, stream>>>(xmap, wmap, reinterpret_cast<__half*>(out), ldo,
                                                                     K, M, I, m_tiles, tiles);
-  KVINFER_CUDA_CHECK(cudaGetLastError());
+  KVINFER_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace kvinfer::cuda
