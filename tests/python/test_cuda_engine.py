@@ -97,8 +97,9 @@ def test_logits_and_decode_steps_match_cpu(model_dirs):
 
 
 def test_a_long_prompt_step_matches_cpu_and_short_chunks(model_dirs):
-    """A 700-token prompt in one step (on Hopper its gate/up projection writes silu(gate) * up
-    itself, prompt_mlp.h) against the CPU and against the same prompt in steps of 64 tokens."""
+    """A 700-token prompt in one step (on Hopper with KVINFER_PROMPT_MLP=1 its gate/up projection
+    writes silu(gate) * up itself, prompt_mlp.h) against the CPU and against the same prompt in
+    steps of 64 tokens."""
     name = "llama_gqa3"
     long_ = load(model_dirs[name], "cuda:0", max_context=1024, max_step_tokens=1024)
     short = load(model_dirs[name], "cuda:0", max_context=1024, max_step_tokens=64)

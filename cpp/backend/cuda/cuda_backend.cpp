@@ -249,7 +249,7 @@ class CudaBackend final : public Backend {
     half_t* mlp = buffer(Buffer::mlp);
     const int64_t ld = stride(Buffer::mlp);
     if (!skinny(T)) {
-      if (act == Activation::silu_mul && !in.bias && T >= kPromptMlpMinRows &&
+      if (act == Activation::silu_mul && !in.bias && T >= kPromptMlpMinRows && cuda::prompt_mlp_enabled() &&
           cuda::prompt_mlp_gate_up_supported(down.in, in.in)) {  // silu(gate) * up in the GEMM's epilogue
         norm_rows(nullptr, norm, T);
         cuda::prompt_mlp_gate_up(h(), c_.hidden_size, in.weight, down.in, in.in, T, mlp, ld, stream_);

@@ -12,14 +12,18 @@
 
 namespace kvinfer::cuda {
 
+bool prompt_mlp_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("KVINFER_PROMPT_MLP");
+    return v && std::strcmp(v, "1") == 0;
+  }();
+  return on;
+}
+
 bool prompt_mlp_gate_up_supported(int I, int K) {
 #if KVINFER_WITH_SM90A
-  static const bool on = [] {
-    const char* v = std::getenv("KVINFER_PROMPT_MLP");  // =0: cuBLAS + silu_mul (a measurement)
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
   // the current device's compute capability, asked each time (a process may drive several GPUs)
-  return on && I > 0 && I % 128 == 0 && K > 0 && K % 64 == 0 && prompt_mlp_wgmma_runs();
+  return I > 0 && I % 128 == 0 && K > 0 && K % 64 == 0 && prompt_mlp_wgmma_runs();
 #else
   (void)I, (void)K;
   return false;

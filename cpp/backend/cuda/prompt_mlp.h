@@ -11,9 +11,12 @@
 
 namespace kvinfer::cuda {
 
-// Whether this build and device run prompt_mlp_gate_up() for I outputs over K inputs (I a multiple
-// of 128, K of 64, 16-byte aligned rows). KVINFER_PROMPT_MLP=0 turns it off (a measurement).
+// Whether this build and the current device run prompt_mlp_gate_up() for I outputs over K inputs
+// (I a multiple of 128, K of 64; rows 16-byte aligned).
 bool prompt_mlp_gate_up_supported(int I, int K);
+// Whether the engine's prompt steps use it: KVINFER_PROMPT_MLP=1 (off by default until its speed
+// against cuBLAS + silu_mul is measured in the engine).
+bool prompt_mlp_enabled();
 
 // out[m][i] = silu(g) * u for m < M, i < I, where g and u are (x[m] W[i]^T, x[m] W[I + i]^T)
 // rounded to fp16 (as the GEMM's output that silu_mul reads), W = [2I][K] gate rows then up rows,
