@@ -1,6 +1,13 @@
 // Causal attention over the fp16 KV cache for any mix of prefill and decode rows: each query row
 // streams its sequence's keys (through its block table) once with an online softmax (running max m,
-// running sum l), so no score buffer is needed: o = sum_j exp(s_j - m) v_j / l with s_j = q . k_j * scale.
+// running sum l), so no score buffer beyond one block of keys is needed:
+// o = sum_j exp(s_j - m) v_j / l with s_j = q . k_j * scale.
+//
+// Keys go in blocks of kKeyBlock positions (fixed by position, never by the step: a row's result
+// does not depend on what else is in its step): the block's scores, one rescale of o and l where
+// the block raises the maximum, then its exponentials and their V rows added in key order with o
+// held in registers (simd::axpy_rows_f16).
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -8,6 +15,10 @@
 #include "backend/cpu/simd.h"
 
 namespace kvinfer::cpu {
+
+namespace {
+constexpr int kKeyBlock = 32;
+}  // namespace
 
 void attention(const float* q, int64_t q_stride, const half_t* k_cache, const half_t* v_cache,
                const KVLayout& layout, const StepArrays& step, int T, int num_heads,
@@ -23,19 +34,26 @@ void attention(const float* q, int64_t q_stride, const half_t* k_cache, const ha
       for (int d = 0; d < head_dim; ++d) o[d] = 0.0f;
       float m = -std::numeric_limits<float>::infinity(), l = 0.0f;
       const int n = step.positions[t] + 1;
-      for (int j = 0; j < n; ++j) {
-        const int64_t at = layout.at(table, kvh, j);
-        const float s = simd::dot_f16_f32(k_cache + at, qh, head_dim) * scale;
-        if (s > m) {
-          const float correction = std::exp(m - s);  // 0 on the first key (m = -inf)
-          l = l * correction + 1.0f;
-          simd::scale_axpy_f16(correction, 1.0f, v_cache + at, o, head_dim);
-          m = s;
-        } else {
-          const float p = std::exp(s - m);
-          l += p;
-          simd::scale_axpy_f16(1.0f, p, v_cache + at, o, head_dim);
+      const half_t* keys[kKeyBlock];
+      const half_t* values[kKeyBlock];
+      float s[kKeyBlock];
+      for (int j0 = 0; j0 < n; j0 += kKeyBlock) {
+        const int count = std::min(kKeyBlock, n - j0);
+        for (int i = 0; i < count; ++i) {
+          const int64_t at = layout.at(table, kvh, j0 + i);
+          keys[i] = k_cache + at, values[i] = v_cache + at;
         }
+        simd::dot_rows_f16_f32(keys, count, qh, head_dim, s);
+        float block_max = -std::numeric_limits<float>::infinity();
+        for (int i = 0; i < count; ++i) block_max = std::max(block_max, s[i] *= scale);
+        if (block_max > m) {
+          const float correction = std::exp(m - block_max);  // 0 on the first block (m = -inf)
+          l *= correction;
+          for (int d = 0; d < head_dim; ++d) o[d] *= correction;
+          m = block_max;
+        }
+        for (int i = 0; i < count; ++i) l += (s[i] = std::exp(s[i] - m));
+        simd::axpy_rows_f16(s, values, count, o, head_dim);
       }
       const float inv = 1.0f / l;
       for (int d = 0; d < head_dim; ++d) o[d] *= inv;

@@ -1,5 +1,7 @@
 #include "backend/cpu/simd.h"
 
+#include <cmath>
+
 #if defined(__x86_64__) || defined(_M_X64)
 #define KVINFER_X86 1
 #include <immintrin.h>
@@ -104,6 +106,31 @@ KVINFER_AVX2 static void scale_axpy_f16_avx2(float scale, float p, const half_t*
   for (; i < n; ++i) y[i] = y[i] * scale + p * half_to_float(v[i]);
 }
 
+KVINFER_AVX2 static void dot_rows_avx2(const half_t* const* rows, int count, const float* x, int64_t n, float* out) {
+  for (int r = 0; r < count; ++r) out[r] = dot_avx2(rows[r], x, n);
+}
+
+// y stays in registers over all rows, 64 columns (8 vectors) at a time.
+KVINFER_AVX2 static void axpy_rows_avx2(const float* p, const half_t* const* rows, int count, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    __m256 acc[8];
+    for (int u = 0; u < 8; ++u) acc[u] = _mm256_loadu_ps(y + i + 8 * u);
+    for (int r = 0; r < count; ++r) {
+      const __m256 pr = _mm256_set1_ps(p[r]);
+      for (int u = 0; u < 8; ++u) acc[u] = _mm256_fmadd_ps(pr, load_f16(rows[r] + i + 8 * u), acc[u]);
+    }
+    for (int u = 0; u < 8; ++u) _mm256_storeu_ps(y + i + 8 * u, acc[u]);
+  }
+  for (; i + 8 <= n; i += 8) {
+    __m256 acc = _mm256_loadu_ps(y + i);
+    for (int r = 0; r < count; ++r) acc = _mm256_fmadd_ps(_mm256_set1_ps(p[r]), load_f16(rows[r] + i), acc);
+    _mm256_storeu_ps(y + i, acc);
+  }
+  for (; i < n; ++i)
+    for (int r = 0; r < count; ++r) y[i] = std::fma(p[r], half_to_float(rows[r][i]), y[i]);
+}
+
 KVINFER_AVX2 static void f16_to_f32_avx2(const half_t* src, float* dst, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_f16(src + i));
@@ -149,6 +176,21 @@ void scale_axpy_f16(float scale, float p, const half_t* v, float* y, int64_t n) 
   if (has_avx2()) return scale_axpy_f16_avx2(scale, p, v, y, n);
 #endif
   for (int64_t i = 0; i < n; ++i) y[i] = y[i] * scale + p * half_to_float(v[i]);
+}
+
+void dot_rows_f16_f32(const half_t* const* rows, int count, const float* x, int64_t n, float* out) {
+#if KVINFER_X86
+  if (has_avx2()) return dot_rows_avx2(rows, count, x, n, out);
+#endif
+  for (int r = 0; r < count; ++r) out[r] = dot(rows[r], x, n);
+}
+
+void axpy_rows_f16(const float* p, const half_t* const* rows, int count, float* y, int64_t n) {
+#if KVINFER_X86
+  if (has_avx2()) return axpy_rows_avx2(p, rows, count, y, n);
+#endif
+  for (int64_t i = 0; i < n; ++i)
+    for (int r = 0; r < count; ++r) y[i] = std::fma(p[r], half_to_float(rows[r][i]), y[i]);
 }
 
 void f16_to_f32(const half_t* src, float* dst, int64_t n) {

@@ -20,6 +20,11 @@ void dot_block_f32(const float* a, int64_t a_stride, int rows, const float* b, i
                    int64_t n, float* out, int64_t out_stride);
 // y[i] = y[i] * scale + p * v[i]
 void scale_axpy_f16(float scale, float p, const half_t* v, float* y, int64_t n);
+// out[r] = dot_f16_f32(rows[r], x, n) for r < count, bit for bit (rows anywhere: a KV cache's
+// positions through a block table)
+void dot_rows_f16_f32(const half_t* const* rows, int count, const float* x, int64_t n, float* out);
+// y[i] += p[r] * rows[r][i] for r = 0, 1, ..., count - 1 in that order (one FMA each)
+void axpy_rows_f16(const float* p, const half_t* const* rows, int count, float* y, int64_t n);
 void f16_to_f32(const half_t* src, float* dst, int64_t n);
 void f32_to_f16(const float* src, half_t* dst, int64_t n);
 
