@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build with the test suite, run the suites, then the benchmark.
 # Logs go to $OUT (or ./gpu-logs); a short summary is printed last.
-#   STAGES      which of: build ctest pytest sanitize bench serve profile ncu prefill (default: build ctest pytest bench)
+#   STAGES      which of: build ctest pytest sanitize bench serve profile ncu prefill ttft (default: build ctest pytest bench)
 #   CTEST_ARGS  extra ctest arguments (e.g. -R CudaOps)
 #   PYTEST_ARGS extra pytest arguments (e.g. -k cuda)
 #   BENCH_ARGS  arguments of benchmarks/gpu_bench.py (e.g. --skip decode prefill)
@@ -16,6 +16,9 @@
 #   PREFILL_KERNELS, TTFT_TOKENS  the prefill stage (the prefill gtests, gpu_bench.py's prefill rows,
 #               profile_step.py --prefill): KVINFER_PREFILL values to time the first token under
 #               (default auto) and the prompt's length (default 2048)
+#   TTFT_ENVS  the ttft stage: profile_step.py --prefill ${TTFT_TOKENS:-2048} once per setting (e.g.
+#              "KVINFER_PROMPT_MLP=1 KVINFER_PROMPT_MLP=0"), each run twice, alternating: an A/B of the
+#              first token's time and split in one machine session
 #   SERVE_SHAPES  benchmark shapes of the serve stage (default Llama-3.2-1B): per shape the engine
 #                 loop offline (batch-invariant and not), serve_bench offline with the LLM.generate
 #                 baselines, and at 16 requests/s (batch-invariant and not); needs the serve extra
@@ -92,6 +95,14 @@ for stage in $stages; do
         log="ttft-$kernel"
         run "$log" bash -c "cd benchmarks && KVINFER_PREFILL=$kernel python3 profile_step.py --prefill ${TTFT_TOKENS:-2048}"
         grep "^# " "$out/$log.log" | head -3
+      done ;;
+    ttft)
+      for round in 1 2; do
+        for e in ${TTFT_ENVS:-KVINFER_PROMPT_GRAPHS=1}; do
+          log="ttft-${e//=/-}-$round"
+          run "$log" bash -c "cd benchmarks && env $e python3 profile_step.py --prefill ${TTFT_TOKENS:-2048}"
+          echo "$e (round $round):"; grep "^# " "$out/$log.log" | head -3
+        done
       done ;;
     profile)
       for mb in ${PROFILE:-Llama-3.2-1B:1 SmolLM2-135M:1}; do  # model:batch[:flags of profile_step.py]
