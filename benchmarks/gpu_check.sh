@@ -18,7 +18,8 @@
 #               (default auto) and the prompt's length (default 2048)
 #   TTFT_ENVS  the ttft stage: profile_step.py --prefill ${TTFT_TOKENS:-2048} once per setting (e.g.
 #              "KVINFER_PROMPT_MLP=1 KVINFER_PROMPT_MLP=0"), each run twice, alternating: an A/B of the
-#              first token's time and split in one machine session
+#              first token's time and split in one machine session (default: KVINFER_PROMPT_GRAPHS=1,
+#              the defaults alone)
 #   SERVE_SHAPES  benchmark shapes of the serve stage (default Llama-3.2-1B): per shape the engine
 #                 loop offline (batch-invariant and not), serve_bench offline with the LLM.generate
 #                 baselines, and at 16 requests/s (batch-invariant and not); needs the serve extra

@@ -198,9 +198,11 @@ class EngineProcess:
         self._receiver.start()
 
     # ---- ServingEngine's interface -------------------------------------------------------------------
-    def submit(self, prompt_ids: list[int], params, deliver: Deliver, request_id: str | None = None) -> str:
+    def submit(self, prompt_ids: list[int], params, deliver: Deliver, request_id: str | None = None,
+               prompt_array=None) -> str:
         """Queues a request; `deliver` is called from this process's pipe thread with each Delta. The
-        engine's errors (a bad request, a full queue) raise here."""
+        engine's errors (a bad request, a full queue) raise here. `prompt_array` (ServingEngine's) is
+        not sent: the engine process makes its own from the ids."""
         request_id = request_id or f"req-{next(self._ids)}"
         with self._lock:
             if self._closed:

@@ -230,9 +230,11 @@ class LLM:
         g = self.graphs
         if not g["batch_sizes"]:
             return None
-        return (f"CUDA graphs for {len(g['batch_sizes'])} decode batch sizes (up to {max(g['batch_sizes'])}) and "
-                f"{len(g['prompt_tokens'])} prompt sizes (up to {max(g['prompt_tokens'], default=0)} tokens) "
-                f"captured in {g['capture_seconds']:.2f} s, {g['device_bytes'] / 2**20:,.1f} MiB of device memory")
+        prompts = (f" and {len(g['prompt_tokens'])} prompt sizes (up to {max(g['prompt_tokens'])} tokens)"
+                   if g["prompt_tokens"] else "")
+        return (f"CUDA graphs for {len(g['batch_sizes'])} decode batch sizes (up to {max(g['batch_sizes'])})"
+                f"{prompts} captured in {g['capture_seconds']:.2f} s, {g['device_bytes'] / 2**20:,.1f} MiB of "
+                f"device memory")
 
     def _check_open(self) -> None:
         if self.runner.released:

@@ -14,13 +14,18 @@ Prompt = str | Seq[int]
 
 def encode_prompt(prompt: Prompt, tokenizer: Tokenizer, vocab_size: int) -> list[int]:
     """A prompt's token ids: text encoded, or ids checked to be integers in [0, vocab_size)."""
-    return encode_prompt_array(prompt, tokenizer, vocab_size)[0]
+    return _checked(prompt, tokenizer, vocab_size)[0]
 
 
 def encode_prompt_array(prompt: Prompt, tokenizer: Tokenizer, vocab_size: int) -> tuple[list[int], np.ndarray | None]:
     """encode_prompt, and the ids as an int32 array where the check made one on the way (ids given
     as integers; None for text): a long prompt's steps take their inputs from it without another
     pass over the list."""
+    ids, packed = _checked(prompt, tokenizer, vocab_size)
+    return ids, None if packed is None else packed.astype(np.int32)
+
+
+def _checked(prompt: Prompt, tokenizer: Tokenizer, vocab_size: int) -> tuple[list[int], np.ndarray | None]:
     packed = None
     if isinstance(prompt, str):
         ids = tokenizer.encode(prompt)
@@ -32,7 +37,7 @@ def encode_prompt_array(prompt: Prompt, tokenizer: Tokenizer, vocab_size: int) -
     if not (0 <= low and high < vocab_size):
         bad = next(t for t in ids if not 0 <= t < vocab_size)
         raise ValueError(f"token id {bad} is out of range [0, {vocab_size})")
-    return ids, None if packed is None else packed.astype(np.int32)
+    return ids, packed
 
 
 def _token_ids(prompt) -> tuple[list[int], np.ndarray | None]:

@@ -28,7 +28,8 @@ class Request:
     params: SamplingParams
     seed: int                      # the sampler's stream: a function of (seed, token index) only
     stop_ids: frozenset[int]       # end-of-sequence ids (unless ignore_eos) and params.stop_token_ids
-    prompt_array: np.ndarray | None = None  # [prompt_len] int32, the same ids: prompt chunks are slices of it
+    # [prompt_len] int32, the same ids (read-only): prompt chunks are slices of it
+    prompt_array: np.ndarray | None = field(default=None, compare=False, repr=False)
     prompt_len: int = field(init=False)
     hold: int = field(init=False)  # characters of new text held back: they could still start a stop string
 
@@ -43,6 +44,7 @@ class Request:
         elif self.prompt_array.shape != (self.prompt_len,) or self.prompt_array.dtype != np.int32:
             raise ValueError(f"request {self.request_id!r}: prompt_array {self.prompt_array.dtype}"
                              f"{list(self.prompt_array.shape)} must be int32[{self.prompt_len}]")
+        self.prompt_array.setflags(write=False)  # steps read it; the prefix cache hashes prompt_ids
         self.hold = max((len(s) for s in self.params.stop), default=1) - 1
 
 

@@ -101,8 +101,9 @@ class ServingEngine:
     def submit(self, prompt_ids: list[int], params: SamplingParams, deliver: Deliver,
                request_id: str | None = None, prompt_array=None) -> str:
         """Queues a request; `deliver` is called from the engine thread with each Delta.
-        `prompt_array`: the same ids as int32, where the caller has them (else made here, on the
-        caller's thread, not the engine's)."""
+        `prompt_array`: the same ids as int32 where the caller has them (else made here, on the
+        caller's thread, not the engine's); the request takes it over (it becomes read-only) and
+        its values must be prompt_ids' (the prefix cache hashes those)."""
         request_id = request_id or f"req-{next(self._ids)}"
         stop_ids = (frozenset() if params.ignore_eos else frozenset(self.llm.tokenizer.eos_token_ids)) \
             | frozenset(params.stop_token_ids)

@@ -126,8 +126,8 @@ std::vector<WriteCase> cases() {
   out.push_back({1, 4097, 3, 3, 80, {0}, {4097}, {0}, "none"});                         // whole context
   out.push_back({2, 20, 2, 1, 4, {1, 0}, {4, 19}, {1, 16}, "default"});                 // tiny heads, full
   out.push_back({2, 40, 4, 2, 32, {0, 1}, {3, 20}, {10, 2}, "none"});
-  // head_dim 24: pair groups not a multiple of 8, so the one-pair-a-thread path (the others take
-  // 16-byte accesses)
+  // head_dim 24 (like 4 above): pair groups not a multiple of 8, so the one-pair-a-thread path
+  // (head_dim 32, 64, 80 and 128 take 16-byte accesses)
   out.push_back({2, 30, 4, 2, 24, {1, 0}, {5, 9}, {3, 0}, "default"});
   return out;
 }

@@ -96,10 +96,12 @@ def test_logits_and_decode_steps_match_cpu(model_dirs):
     assert (steps.argmax(-1) == g[49:].argmax(-1)).mean() > 0.95
 
 
-def test_a_long_prompt_step_matches_cpu_and_short_chunks(model_dirs):
-    """A 700-token prompt in one step (on Hopper with KVINFER_PROMPT_MLP=1 its gate/up projection
-    writes silu(gate) * up itself, prompt_mlp.h) against the CPU and against the same prompt in
-    steps of 64 tokens."""
+@pytest.mark.parametrize("prompt_mlp", ["0", "1"])
+def test_a_long_prompt_step_matches_cpu_and_short_chunks(model_dirs, monkeypatch, prompt_mlp):
+    """A 700-token prompt in one step (with KVINFER_PROMPT_MLP=1, on Hopper, its gate/up projection
+    writes silu(gate) * up itself: prompt_mlp.h) against the CPU and against the same prompt in
+    steps of 64 tokens (cuBLAS + silu_mul either way)."""
+    monkeypatch.setenv("KVINFER_PROMPT_MLP", prompt_mlp)
     name = "llama_gqa3"
     long_ = load(model_dirs[name], "cuda:0", max_context=1024, max_step_tokens=1024)
     short = load(model_dirs[name], "cuda:0", max_context=1024, max_step_tokens=64)
@@ -279,10 +281,13 @@ def test_prompt_graphs_replay_op_by_op_bits_and_keep_nothing_of_padding(name, mo
     assert sampled[0] == sampled[1], f"{name}: seeded, penalised sampling differs between graph and op by op"
 
 
-def test_prompt_graph_of_2048_tokens_takes_the_192_row_kernel_with_the_same_bits(model_dirs):
+@pytest.mark.parametrize("prompt_mlp", ["0", "1"])
+def test_prompt_graph_of_2048_tokens_takes_the_192_row_kernel_with_the_same_bits(model_dirs, monkeypatch, prompt_mlp):
     """At head_dim 64 the graph of 2048 tokens captures the 192-row attention kernel (chosen for the
     longest sequence the step may hold) and resizes it to the step's sequences; op by op, the
-    step's 1048-token sequence takes the 128-row kernel. The two give the same bits."""
+    step's 1048-token sequence takes the 128-row kernel. The two give the same bits, also with the
+    fused gate/up projection (KVINFER_PROMPT_MLP=1), captured for the padded step's rows."""
+    monkeypatch.setenv("KVINFER_PROMPT_MLP", prompt_mlp)
     try:
         from kvinfer import _bench_ops
         hopper = _bench_ops.prefill_ws_available(64)

@@ -302,6 +302,8 @@ def test_prompt_chunks_are_int32_slices_of_the_request_and_a_preempted_sequence_
     ids = prompt(40, 500)
     r = Request("r0", ids, GREEDY, 0, frozenset())
     assert r.prompt_array.dtype == np.int32 and r.prompt_array.tolist() == ids
+    assert not r.prompt_array.flags.writeable  # steps read it; the prefix cache hashes the ids
+    assert r == Request("r0", ids, GREEDY, 0, frozenset())  # the array takes no part in equality
     with pytest.raises(ValueError, match="prompt_array"):  # the array must be the ids' int32 twin
         Request("r1", ids, GREEDY, 0, frozenset(), np.array(ids[:-1], np.int32))
     with pytest.raises(ValueError, match="prompt_array"):

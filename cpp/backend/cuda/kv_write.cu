@@ -100,7 +100,7 @@ void rope_kv_write(half_t* qkv, int64_t stride, int num_heads, int num_kv_heads,
   if (T == 0) return;
   const size_t angles = inv_freq ? sizeof(float2) * static_cast<size_t>(head_dim / 2) : 0;
   // 16-byte accesses where every row, head and pair group starts on 16 bytes (8 halves)
-  const bool wide = head_dim % 16 == 0 && stride % 8 == 0 && layout.head_stride % 8 == 0 &&
+  const bool wide = head_dim % 16 == 0 && layout.head_dim == head_dim && stride % 8 == 0 && layout.head_stride % 8 == 0 &&
                     layout.block_stride % 8 == 0 && aligned16(qkv) && aligned16(k_cache) && aligned16(v_cache);
   auto* kernel = wide ? rope_kv_write_kernel<8> : rope_kv_write_kernel<1>;
   launch_dependent(kernel, dim3(T), dim3(128), angles, stream, reinterpret_cast<__half*>(qkv), stride, num_heads,

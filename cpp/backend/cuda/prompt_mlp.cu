@@ -13,11 +13,9 @@
 namespace kvinfer::cuda {
 
 bool prompt_mlp_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("KVINFER_PROMPT_MLP");
-    return v && std::strcmp(v, "1") == 0;
-  }();
-  return on;
+  // read at each prompt step's MLP (not cached: a process may set it between loads, as the tests do)
+  const char* v = std::getenv("KVINFER_PROMPT_MLP");
+  return v && std::strcmp(v, "1") == 0;
 }
 
 bool prompt_mlp_gate_up_supported(int I, int K) {
