@@ -44,10 +44,6 @@ enum Epilogue { kStore = 0, kSiluMul = 1 };
 
 using namespace kvinfer::cuda;  // the engine's PTX wrappers (cpp/backend/cuda/sm90/wgmma.cuh)
 
-template <int N>
-__device__ __forceinline__ void registers_up() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
-template <int N>
-__device__ __forceinline__ void registers_down() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
 
 // Tiles t = blockIdx.x, + gridDim.x, ...: one a block (grid = tiles), or persistent (grid = SMs),
 // where the producer runs on into the next tile's stages while the consumers finish a tile. Order:

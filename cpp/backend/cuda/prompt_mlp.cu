@@ -8,6 +8,7 @@
 
 #if KVINFER_WITH_SM90A
 #include "backend/cuda/sm90/prompt_mlp_wgmma.h"
+#include "backend/cuda/sm90/skinny_wgmma.h"
 #endif
 
 namespace kvinfer::cuda {
@@ -20,8 +21,9 @@ bool prompt_mlp_enabled() {
 
 bool prompt_mlp_gate_up_supported(int I, int K) {
 #if KVINFER_WITH_SM90A
-  // the current device's compute capability, asked each time (a process may drive several GPUs)
-  return I > 0 && I % 128 == 0 && K > 0 && K % 64 == 0 && prompt_mlp_wgmma_runs();
+  // sm_90a code runs on compute capability 9.0: the current device's, asked each time (a process
+  // may drive several GPUs)
+  return I > 0 && I % 128 == 0 && K > 0 && K % 64 == 0 && skinny_wgmma_runs();
 #else
   (void)I, (void)K;
   return false;

@@ -36,10 +36,6 @@ constexpr int kABytes = BM * BK * 2, kWBytes = 2 * BO * BK * 2, kStageBytes = kA
 constexpr int kConsumers = 256, kThreads = kConsumers + 128;
 constexpr size_t kSmem = 1024 + size_t{kStages} * kStageBytes + 2 * kStages * sizeof(uint64_t);
 
-template <int N>
-__device__ __forceinline__ void registers_up() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
-template <int N>
-__device__ __forceinline__ void registers_down() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
 
 __global__ void __launch_bounds__(kThreads, 1)
     gate_up_kernel(const __grid_constant__ CUtensorMap xmap, const __grid_constant__ CUtensorMap wmap, __half* out,
@@ -118,14 +114,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 }  // namespace
-
-bool prompt_mlp_wgmma_runs() {
-  int device = 0, major = 0, minor = 0;
-  KVINFER_CUDA_CHECK(cudaGetDevice(&device));
-  KVINFER_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  KVINFER_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  return major == 9 && minor == 0;  // sm_90a code runs on compute capability 9.0 only
-}
 
 void prompt_mlp_gate_up_wgmma(const half_t* x, int64_t ldx, const half_t* w, int I, int K, int M, half_t* out,
                               int64_t ldo, cudaStream_t stream) {

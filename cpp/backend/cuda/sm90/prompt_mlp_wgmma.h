@@ -10,8 +10,6 @@
 
 namespace kvinfer::cuda {
 
-// Whether this device (compute capability 9.0) runs the kernel.
-bool prompt_mlp_wgmma_runs();
 void prompt_mlp_gate_up_wgmma(const half_t* x, int64_t ldx, const half_t* w, int I, int K, int M, half_t* out,
                               int64_t ldo, cudaStream_t stream);
 

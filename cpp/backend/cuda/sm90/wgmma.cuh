@@ -101,6 +101,13 @@ __device__ __forceinline__ void wgmma_ss<256>(float (&d)[32][4], uint64_t a, uin
       : "l"(a), "l"(b), "r"(1));
 }
 
+// Warp specialisation: a warpgroup raises (consumers) or lowers (producers) its per-thread register
+// count to N; every warp of the warpgroup must execute it.
+template <int N>
+__device__ __forceinline__ void registers_up() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
+template <int N>
+__device__ __forceinline__ void registers_down() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
+
 // mbarriers in shared memory (64-bit words)
 // Shared memory written by ordinary stores, made visible to what reads it through the async
 // proxy (wgmma operands, TMA stores).
