@@ -82,7 +82,12 @@ KVINFER_AVX2 static void dot_block_avx2(const float* a, int64_t a_stride, const 
       for (int c = 0; c < C; ++c) acc[h][r][c] = _mm256_setzero_ps();
   auto group = [&](__m256 (&into)[R][C], int64_t i) KVINFER_AVX2 {
     __m256 av[R];
-    for (int r = 0; r < R; ++r) av[r] = _mm256_loadu_ps(a + r * a_stride + i);
+    for (int r = 0; r < R; ++r) {
+      av[r] = _mm256_loadu_ps(a + r * a_stride + i);
+      // in a register: folded into each FMA as a memory operand, a row would be loaded once per
+      // column of b instead of once (R + C loads a group instead of R * C + C)
+      asm("" : "+x"(av[r]));
+    }
     for (int c = 0; c < C; ++c) {
       const __m256 bv = _mm256_loadu_ps(b + c * b_stride + i);
       for (int r = 0; r < R; ++r) into[r][c] = _mm256_fmadd_ps(av[r], bv, into[r][c]);
