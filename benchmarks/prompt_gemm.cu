@@ -9,8 +9,11 @@
 // (a tile's columns 0-127 are gate rows, 128-255 the matching up rows: a thread holds both of each
 // pair, so the product needs no exchange). Blocks take one tile each, or persist (one an SM) and walk
 // tiles, the producer running ahead into the next tile. Against cuBLAS (GemmEx, fp32 compute) in the same run.
-//   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icpp -o prompt_gemm benchmarks/prompt_gemm.cu \
-//     -lcublas -lcuda && ./prompt_gemm
+// And the engine's kernel for the fused case (the same tiles: the same bits expected).
+//   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -DKVINFER_WITH_CUDA=1 -Icpp -o prompt_gemm \
+//     benchmarks/prompt_gemm.cu cpp/backend/cuda/sm90/prompt_mlp_wgmma.cu cpp/backend/cuda/sm90/tensor_map.cu \
+//     cpp/core/errors.cpp \
+//     -lcublas && ./prompt_gemm
 #include <cublas_v2.h>
 #include <cuda.h>
 #include <cuda_fp16.h>
@@ -25,6 +28,8 @@
 #include <random>
 #include <vector>
 
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/sm90/prompt_mlp_wgmma.h"
 #include "backend/cuda/sm90/wgmma.cuh"
 
 #define CK(x)                                                                        \
@@ -122,9 +127,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         *reinterpret_cast<__half2*>(c + (size_t)(row + 8) * ldc + col) = __floats2half2_rn(acc[j][2], acc[j][3]);
       }
     } else {  // columns 8 j + .. (j < 16) are gate rows, 8 (j + 16) + .. their up rows
-      auto act = [](float gate, float up) {
-        const float gv = __half2float(__float2half(gate)), uv = __half2float(__float2half(up));
-        return gv / (1.f + __expf(-gv)) * uv;
+      auto act = [](float gate, float up) {  // as the engine's silu_mul (common.cuh)
+        return silu_times(__half2float(__float2half_rn(gate)), __half2float(__float2half_rn(up)));
       };
 #pragma unroll
       for (int j = 0; j < 16; ++j) {
@@ -241,6 +245,33 @@ int main() {
       CK(cudaMemcpy(c2.data(), cd, c2.size() * 2, cudaMemcpyDeviceToHost));
       same = same && std::memcmp(c.data(), c2.data(), c.size() * 2) == 0;
       us[variant] = time(ours);
+    }
+    if (sh.epilogue == kSiluMul) {  // the engine's kernel (sm90/prompt_mlp_wgmma.cu): W as gate rows, then up rows
+      std::vector<__half> wp(w.size());
+      const int I = N / 2;
+      for (int i = 0; i < I; ++i)
+        for (int k = 0; k < K; ++k) {
+          const size_t g = (size_t)(256 * (i / 128) + i % 128);
+          wp[(size_t)i * K + k] = w[g * K + k], wp[(size_t)(I + i) * K + k] = w[(g + 128) * K + k];
+        }
+      __half* wpd;
+      CK(cudaMalloc(&wpd, wp.size() * 2));
+      CK(cudaMemcpy(wpd, wp.data(), wp.size() * 2, cudaMemcpyHostToDevice));
+      auto engine = [&] {
+        kvinfer::cuda::prompt_mlp_gate_up_wgmma(reinterpret_cast<const kvinfer::half_t*>(ad), K,
+                                                reinterpret_cast<const kvinfer::half_t*>(wpd), I, K, M,
+                                                reinterpret_cast<kvinfer::half_t*>(cd), I, nullptr);
+      };
+      CK(cudaMemset(cd, 0, c.size() * 2));
+      engine();
+      CK(cudaDeviceSynchronize());
+      std::vector<__half> c3(c.size());
+      CK(cudaMemcpy(c3.data(), cd, c3.size() * 2, cudaMemcpyDeviceToHost));
+      const double us_engine = time(engine);
+      std::printf("%-16s the engine's kernel %6.1f us = %5.1f TFLOP/s, ratio %.2f, the same bits: %s\n", sh.name,
+                  us_engine, flops / us_engine / 1e6, us_blas / us_engine,
+                  std::memcmp(c.data(), c3.data(), c.size() * 2) == 0 ? "yes" : "NO");
+      cudaFree(wpd);
     }
     std::printf("%-16s N=%5d K=%4d  ours (one a block N fast / M fast / persistent) %6.1f / %6.1f / %6.1f us = "
                 "%5.1f / %5.1f / %5.1f TFLOP/s  cuBLAS %6.1f us %5.1f TFLOP/s  ratio %.2f / %.2f / %.2f  max err "
