@@ -78,7 +78,7 @@ def main() -> None:
         split = collections.Counter()
         for name, (_, t) in kernels.items():
             kind = ("attention" if "prefill_" in name else
-                    "GEMM" if any(w in name.lower() for w in ("gemm", "xmma", "cutlass", "nvjet", "skinny")) else "rest")
+                    "GEMM" if any(w in name.lower() for w in ("gemm", "xmma", "cutlass", "nvjet", "skinny", "gate_up")) else "rest")
             split[kind] += t
         print(f"# {args.model}: first token of a {prompt_len}-token prompt, {total / 1e3:.2f} ms of GPU time: " +
               ", ".join(f"{k} {v / 1e3:.2f} ms ({100 * v / total:.0f}%)" for k, v in split.most_common()) +

@@ -16,7 +16,7 @@ namespace kvinfer::cuda {
 bool prompt_mlp_enabled() {
   // read at each prompt step's MLP (not cached: a process may set it between loads, as the tests do)
   const char* v = std::getenv("KVINFER_PROMPT_MLP");
-  return v && std::strcmp(v, "1") == 0;
+  return !(v && std::strcmp(v, "0") == 0);
 }
 
 bool prompt_mlp_gate_up_supported(int I, int K) {

@@ -14,8 +14,8 @@ namespace kvinfer::cuda {
 // Whether this build and the current device run prompt_mlp_gate_up() for I outputs over K inputs
 // (I a multiple of 128, K of 64; rows 16-byte aligned).
 bool prompt_mlp_gate_up_supported(int I, int K);
-// Whether the engine's prompt steps use it: KVINFER_PROMPT_MLP=1 (off by default until its speed
-// against cuBLAS + silu_mul is measured in the engine).
+// Whether the engine's prompt steps use it where supported: yes unless KVINFER_PROMPT_MLP=0 (cuBLAS
+// + silu_mul, for A/Bs and as a way out).
 bool prompt_mlp_enabled();
 
 // out[m][i] = silu(g) * u for m < M, i < I, where g and u are (x[m] W[i]^T, x[m] W[I + i]^T)
