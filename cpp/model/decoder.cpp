@@ -46,16 +46,25 @@ void run_decoder(DecoderOps& ops, const ModelConfig& c, const ModelWeights& w,
   const Activation act = c.mlp == MlpKind::SwiGLU ? Activation::silu_mul : Activation::gelu_new;
   ops.embed(w.embed, w.pos_embed, step);
   ops.capture_hidden(0, step);
+  // After the last layer's K/V are written, each row's remaining work reads that row alone, and
+  // only the rows whose logits are wanted matter: a prompt step finishes the layer on those rows
+  // (none at all for a chunk that samples nothing). Not where every row's state is wanted.
+  const bool narrow = !step.decode() && !step.hidden_out && step.num_logit_rows < step.num_tokens;
+  StepContext kept = step;
+  kept.num_tokens = step.num_logit_rows, kept.rows_kept = true;
+  const StepContext* s = &step;
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = w.layers[l];
-    ops.attention_inputs(l, lw.attn_norm, lw.qkv, step);
-    ops.attention(l, step);
-    ops.attention_output(lw.o, step);
-    ops.mlp(lw.mlp_norm, lw.mlp_in, act, lw.down, step);
-    ops.capture_hidden(l + 1, step);
+    ops.attention_inputs(l, lw.attn_norm, lw.qkv, *s);
+    if (l == c.num_layers - 1 && narrow && step.num_logit_rows == 0) return;  // K/V written: all that is used
+    ops.attention(l, *s);
+    if (l == c.num_layers - 1 && narrow && ops.keep_logit_rows(step)) s = &kept;
+    ops.attention_output(lw.o, *s);
+    ops.mlp(lw.mlp_norm, lw.mlp_in, act, lw.down, *s);
+    ops.capture_hidden(l + 1, *s);
   }
-  ops.logits(w.final_norm, w.lm_head, step);
-  if (step.sample) ops.sample(step);
+  ops.logits(w.final_norm, w.lm_head, *s);
+  if (step.sample) ops.sample(*s);
 }
 
 }  // namespace kvinfer

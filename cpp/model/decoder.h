@@ -58,10 +58,13 @@ struct StepContext {
   int leading_max_keys = 0;
   int64_t leading_total_keys = 0;
   bool sample = false;             // sample every logits row
+  // The residual stream holds the logits rows alone, in order (rows 0..num_logit_rows - 1): the
+  // last layer ran on them after its K/V were written (run_decoder). num_tokens is then their count.
+  bool rows_kept = false;
   bool replay = false;             // a step of exactly the shape of a captured graph (decode or prompt)
   float* logits_out = nullptr;     // host [R][vocab], or null: logits stay where they are
   float* hidden_out = nullptr;     // host [num_layers + 1][T][hidden], or null (tests)
-  bool decode() const { return num_tokens == num_seqs; }
+  bool decode() const { return !rows_kept && num_tokens == num_seqs; }
 };
 
 enum class Buffer { qkv, attn, mlp };
@@ -78,12 +81,17 @@ class DecoderOps {
   virtual void attention_inputs(int layer, const Norm& norm, const Linear& qkv, const StepContext& step) = 0;
   // attn = causal softmax(q K^T / sqrt(d)) V over each sequence's cached positions.
   virtual void attention(int layer, const StepContext& step) = 0;
+  // Rows 0..R-1 of the residual stream and of attn = its logits rows (R = num_logit_rows, their
+  // order): what the rest of the last layer and the logits need, once its K/V are written. False
+  // where the backend does not (the step then goes on with every row).
+  virtual bool keep_logit_rows(const StepContext& step) = 0;
   // x += attn W^T + bias
   virtual void attention_output(const Linear& o, const StepContext& step) = 0;
   // x += act(norm(x) W_in^T + bias) W_down^T + bias (silu_mul: silu of the first half of the
   // projection's columns times the second half)
   virtual void mlp(const Norm& norm, const Linear& in, Activation act, const Linear& down, const StepContext& step) = 0;
-  // logits[r] = norm(x[logit_rows[r]]) W^T, copied to step.logits_out when it is given.
+  // logits[r] = norm(x[logit_rows[r]]) W^T (x[r] where step.rows_kept), copied to step.logits_out
+  // when it is given.
   virtual void logits(const Norm& norm, const Linear& w, const StepContext& step) = 0;
   // One token id per logits row, into the step's sampled-token buffer.
   virtual void sample(const StepContext& step) = 0;

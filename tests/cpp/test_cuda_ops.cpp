@@ -165,6 +165,32 @@ TEST(CudaOps, ActivationsAndBias) {
   }
 }
 
+// The rows a prompt step keeps for its last layer (DecoderOps::keep_logit_rows): exact copies, in
+// the order asked, a row asked twice given twice (a padded graph's rows), nothing written past R.
+TEST(CudaOps, GatherRows) {
+  SKIP_WITHOUT_CUDA();
+  const int T = 37, H = 200, A = 136;
+  const std::vector<int32_t> rows = {3, 17, 36, 36, 0};
+  const int R = static_cast<int>(rows.size());
+  const auto x = random_floats(size_t(T) * H, 11);
+  const auto attn = to_half(random_floats(size_t(T) * A, 12));
+  Guarded<float> d_x(x.size(), &x), d_x_out(size_t(R) * H);
+  Guarded<half_t> d_attn(attn.size(), &attn), d_attn_out(size_t(R) * A);
+  Guarded<int32_t> d_rows(rows.size(), &rows);
+  cuda::gather_rows(d_x.get(), d_attn.get(), A, d_rows.get(), R, H, d_x_out.get(), d_attn_out.get(), nullptr);
+  sync();
+  const auto x_out = d_x_out.read();
+  const auto attn_out = d_attn_out.read();
+  for (int r = 0; r < R; ++r) {
+    SCOPED_TRACE("row " + std::to_string(r));
+    EXPECT_TRUE(std::equal(x_out.begin() + size_t(r) * H, x_out.begin() + size_t(r + 1) * H,
+                           x.begin() + size_t(rows[r]) * H));
+    EXPECT_TRUE(test::rows_equal(std::vector<half_t>(attn_out.begin() + size_t(r) * A, attn_out.begin() + size_t(r + 1) * A),
+                                 std::vector<half_t>(attn.begin() + size_t(rows[r]) * A, attn.begin() + size_t(rows[r] + 1) * A)));
+  }
+  EXPECT_TRUE(d_x_out.guards_intact() && d_attn_out.guards_intact() && d_x.guards_intact() && d_attn.guards_intact());
+}
+
 TEST(CudaOps, Gemm) {
   SKIP_WITHOUT_CUDA();
   cublasHandle_t handle;

@@ -72,6 +72,19 @@ class CpuBackend final : public Backend {
                    scale, buffer(Buffer::attn), c_.q_dim());
   }
 
+  bool keep_logit_rows(const StepContext& s) override {
+    const int R = s.num_logit_rows, H = c_.hidden_size, A = c_.q_dim();
+    for (int r = 0; r < R; ++r)  // ascending rows (Runner checks): row r is moved before it is overwritten
+      if (s.arrays.logit_rows[r] < r || (r > 0 && s.arrays.logit_rows[r] <= s.arrays.logit_rows[r - 1])) return false;
+    for (int r = 0; r < R; ++r) {
+      const int64_t from = s.arrays.logit_rows[r];
+      if (from == r) continue;
+      std::memcpy(x() + int64_t(r) * H, x() + from * H, sizeof(float) * size_t(H));
+      std::memcpy(buffer(Buffer::attn) + int64_t(r) * A, buffer(Buffer::attn) + from * A, sizeof(float) * size_t(A));
+    }
+    return true;
+  }
+
   void attention_output(const Linear& w, const StepContext& s) override {
     cpu::matmul(buffer(Buffer::attn), c_.q_dim(), w.weight, w.bias, x(), c_.hidden_size, s.num_tokens, w.out, w.in,
                 /*accumulate=*/true);
@@ -92,7 +105,7 @@ class CpuBackend final : public Backend {
     const int R = s.num_logit_rows, H = c_.hidden_size, V = c_.vocab_size;
     if (R == 0) return;  // a prompt chunk that samples nothing
     for (int r = 0; r < R; ++r)
-      norm_rows(x() + int64_t(s.arrays.logit_rows[r]) * H, norm, h() + int64_t(r) * H, 1);
+      norm_rows(x() + int64_t(s.rows_kept ? r : s.arrays.logit_rows[r]) * H, norm, h() + int64_t(r) * H, 1);
     // straight into the caller's rows when it asked for them (there may be more than max_batch)
     float* out = s.logits_out && !s.sample ? s.logits_out : view<float>(act_.logits);
     cpu::matmul(h(), H, w.weight, w.bias, out, V, R, V, H, false);

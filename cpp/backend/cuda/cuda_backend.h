@@ -61,6 +61,7 @@ class CudaBackend final : public Backend {
 
   void mlp(const Norm& norm, const Linear& in, Activation act, const Linear& down, const StepContext& s) override;
 
+  bool keep_logit_rows(const StepContext& s) override;
   void logits(const Norm& norm, const Linear& w, const StepContext& s) override;
 
   void sample(const StepContext& s) override;

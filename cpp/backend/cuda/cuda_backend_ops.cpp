@@ -83,6 +83,21 @@ void CudaBackend::attention(int layer, const StepContext& s) {
   graphs_.attention_launched(stream_, kernel);
 }
 
+bool CudaBackend::keep_logit_rows(const StepContext& s) {
+  // by way of the logits buffer (free until the logits): padding rows repeat a row, so the rows
+  // are not always ascending, and a copy in place could overwrite a row before it is read
+  const int R = s.num_logit_rows, H = c_.hidden_size, A = c_.q_dim();
+  const size_t x_bytes = sizeof(float) * size_t(R) * H, attn_bytes = sizeof(half_t) * size_t(R) * A;
+  if (R > shape_.max_batch || x_bytes + attn_bytes > sizeof(float) * size_t(shape_.max_batch) * c_.vocab_size)
+    return false;
+  float* const x_rows = view<float>(act_.logits);
+  half_t* const attn_rows = reinterpret_cast<half_t*>(x_rows + int64_t(R) * H);
+  cuda::gather_rows(x(), buffer(Buffer::attn), A, s.arrays.logit_rows, R, H, x_rows, attn_rows, stream_);
+  KVINFER_CUDA_CHECK(cudaMemcpyAsync(x(), x_rows, x_bytes, cudaMemcpyDeviceToDevice, stream_));
+  KVINFER_CUDA_CHECK(cudaMemcpyAsync(buffer(Buffer::attn), attn_rows, attn_bytes, cudaMemcpyDeviceToDevice, stream_));
+  return true;
+}
+
 void CudaBackend::attention_output(const Linear& w, const StepContext& s) {
   const int T = s.num_tokens;
   if (skinny(T)) {
@@ -135,16 +150,17 @@ void CudaBackend::logits(const Norm& norm, const Linear& w, const StepContext& s
   const int R = s.num_logit_rows, H = c_.hidden_size, V = c_.vocab_size;
   float* logits = view<float>(act_.logits);
   if (R == 0) return;  // a prompt chunk that samples nothing
+  const int32_t* rows = s.rows_kept ? nullptr : s.arrays.logit_rows;  // x's rows of the logits
   argmax_ready_ = skinny(s.num_tokens) && R <= shape_.max_batch;
   if (argmax_ready_) {
     cuda::SkinnyOutput o{cuda::SkinnyOut::logits, logits, V, nullptr, nullptr, argmax()};
-    skinny_gemm(w, R, normed_input(norm, s.arrays.logit_rows, R), o);
+    skinny_gemm(w, R, normed_input(norm, rows, R), o);
     if (s.logits_out)  // the caller's rows (a padded step has more)
       KVINFER_CUDA_CHECK(cudaMemcpyAsync(s.logits_out, logits, sizeof(float) * s.caller_rows * V,
                                          cudaMemcpyDeviceToHost, stream_));
     return;
   }
-  norm_rows(s.arrays.logit_rows, norm, R);
+  norm_rows(rows, norm, R);
   for (int r0 = 0; r0 < R; r0 += shape_.max_batch) {  // more rows than max_batch: logits only, in groups
     const int rows = std::min(shape_.max_batch, R - r0);
     cuda::gemm(blas_, h() + int64_t(r0) * H, H, w.weight, logits, true, V, rows, V, H, 0.0f);

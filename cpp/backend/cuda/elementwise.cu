@@ -1,4 +1,4 @@
-// Embedding, RMSNorm/LayerNorm, SiLU*mul, gelu_new and bias adds on the GPU. Norms: one
+// Embedding, RMSNorm/LayerNorm, the gather of kept rows, SiLU*mul, gelu_new and bias adds on the GPU. Norms: one
 // block per row, statistics in fp32 block reductions. Everything else: one thread per element or
 // per 16 bytes; all memory-bound.
 #include "backend/cuda/elementwise.h"
@@ -128,6 +128,24 @@ void layer_norm(const float* x, const int32_t* rows, const half_t* weight, const
                 half_t* y, int n_rows, int H, float eps, cudaStream_t stream) {
   if (n_rows == 0) return;
   launch_norm<true>(x, rows, weight, bias, y, n_rows, H, eps, stream);
+}
+
+// One block a kept row (a step keeps a few: its sampled rows).
+static __global__ void gather_rows_kernel(const float* __restrict__ x, const __half* __restrict__ attn, int A,
+                                          const int32_t* __restrict__ rows, int H, float* __restrict__ x_out,
+                                          __half* __restrict__ attn_out) {
+  const int64_t r = blockIdx.x, from = rows[r];
+  for (int i = threadIdx.x; i < H; i += blockDim.x) x_out[r * H + i] = x[from * H + i];
+  for (int i = threadIdx.x; i < A; i += blockDim.x) attn_out[r * A + i] = attn[from * A + i];
+}
+
+void gather_rows(const float* x, const half_t* attn, int A, const int32_t* rows, int R, int H, float* x_out,
+                 half_t* attn_out, cudaStream_t stream) {
+  KVINFER_CHECK_ARG(R >= 0 && H > 0 && A > 0, "gather_rows: R=", R, " H=", H, " A=", A);
+  if (R == 0) return;
+  gather_rows_kernel<<<R, 256, 0, stream>>>(x, reinterpret_cast<const __half*>(attn), A, rows, H, x_out,
+                                            reinterpret_cast<__half*>(attn_out));
+  KVINFER_CUDA_CHECK_LAUNCH();
 }
 
 // One thread per V columns of a row: V = 8 (16-byte loads and stores) where the widths, strides

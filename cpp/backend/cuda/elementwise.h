@@ -27,6 +27,11 @@ void rms_norm(const float* x, const int32_t* rows, const half_t* weight, half_t*
 void layer_norm(const float* x, const int32_t* rows, const half_t* weight, const half_t* bias,
                 half_t* y, int n_rows, int H, float eps, cudaStream_t stream);
 
+// x_out[r] = x[rows[r]] ([R][H] fp32 rows) and attn_out[r] = attn[rows[r]] ([R][A] fp16 rows,
+// contiguous), r < R: the rows a step keeps (DecoderOps::keep_logit_rows), into other buffers.
+void gather_rows(const float* x, const half_t* attn, int A, const int32_t* rows, int R, int H, float* x_out,
+                 half_t* attn_out, cudaStream_t stream);
+
 // out[t][i] = silu(gate_up[t][i]) * gate_up[t][I + i]
 void silu_mul(const half_t* gate_up, int64_t stride, half_t* out, int64_t out_stride, int T, int I,
               cudaStream_t stream);
