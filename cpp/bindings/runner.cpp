@@ -93,6 +93,29 @@ void bind_runner(py::module_& m) {
   m.def("logit_bias_dtype", []() { return py::dtype::of<LogitBias>(); },
         "numpy dtype of one logit bias (token, bias)");
   m.attr("MAX_LOGIT_BIAS_PER_ROW") = kMaxLogitBiasPerRow;
+  // One pass in C over a prompt of ids before its first step (a Python pass costs ~0.1 ms per
+  // 2048 ids): the common case only, a list or tuple of exact ints in range; anything else gives
+  // None and the caller's general check (which also words the errors).
+  m.def(
+      "pack_token_ids",
+      [](py::handle ids, int64_t vocab_size) -> py::object {
+        PyObject* const o = ids.ptr();
+        if (!PyList_CheckExact(o) && !PyTuple_CheckExact(o)) return py::none();
+        const Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
+        py::array_t<int32_t> out(static_cast<py::ssize_t>(n));
+        int32_t* const dst = out.mutable_data();
+        PyObject** const items = PySequence_Fast_ITEMS(o);  // the GIL is held: nothing changes the list
+        for (Py_ssize_t i = 0; i < n; ++i) {
+          if (!PyLong_CheckExact(items[i])) return py::none();  // bool, numpy integers, ...: the general path
+          int overflow = 0;
+          const long long id = PyLong_AsLongLongAndOverflow(items[i], &overflow);
+          if (overflow || id < 0 || id >= vocab_size) return py::none();
+          dst[i] = static_cast<int32_t>(id);
+        }
+        return std::move(out);
+      },
+      py::arg("ids"), py::arg("vocab_size"),
+      "int32 array of a list or tuple of exact ints in [0, vocab_size), else None.");
 
   py::class_<Runner>(m, "Runner", "Weights, KV cache and activation buffers of one model; runs steps.")
       .def(py::init([](const ModelConfig& c, const std::string& device, int max_batch, int max_context,

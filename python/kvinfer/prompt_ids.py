@@ -7,6 +7,7 @@ from typing import Sequence as Seq
 
 import numpy as np
 
+from kvinfer import _core
 from kvinfer.tokenizer import Tokenizer
 
 Prompt = str | Seq[int]
@@ -22,13 +23,15 @@ def encode_prompt_array(prompt: Prompt, tokenizer: Tokenizer, vocab_size: int) -
     as integers; None for text): a long prompt's steps take their inputs from it without another
     pass over the list."""
     ids, packed = _checked(prompt, tokenizer, vocab_size)
-    return ids, None if packed is None else packed.astype(np.int32)
+    return ids, None if packed is None else packed.astype(np.int32, copy=False)
 
 
 def _checked(prompt: Prompt, tokenizer: Tokenizer, vocab_size: int) -> tuple[list[int], np.ndarray | None]:
     packed = None
     if isinstance(prompt, str):
         ids = tokenizer.encode(prompt)
+    elif (fast := _core.pack_token_ids(prompt, vocab_size)) is not None and len(fast):
+        return list(prompt), fast  # exact ints, all in range (the common case, in one pass in C)
     else:
         ids, packed = _token_ids(prompt)
     if not ids:

@@ -254,8 +254,9 @@ def test_token_ids_of_every_integer_kind_give_the_same_tokens(good):
     llm = LLM(good, device="cpu", max_context=64, max_batch=1, tracker=kvinfer.VramTracker())
     ids = [0, 5, 1, 9, 3]
     want = llm.generate([ids], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))[0].token_ids
+    assert encode_prompt(ids, llm.tokenizer, llm.config.vocab_size) is not ids  # a copy: the caller may reuse it
     for prompt in ([np.int64(t) for t in ids], np.array(ids, np.int32), np.array(ids, np.int64),
-                   np.array(ids, np.uint16)):
+                   np.array(ids, np.uint16), tuple(ids), [ids[0], np.int64(ids[1]), *ids[2:]]):
         assert encode_prompt(prompt, llm.tokenizer, llm.config.vocab_size) == ids
         assert all(type(t) is int for t in encode_prompt(prompt, llm.tokenizer, llm.config.vocab_size))
         got = llm.generate([prompt], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))[0].token_ids
