@@ -5,8 +5,10 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "core/device.h"
+#include "model/decoder.h"
 #include "model/model_config.h"
 
 namespace kvinfer {
@@ -43,6 +45,14 @@ struct ActivationLayout {
   size_t total;
 };
 ActivationLayout activation_layout(const ModelConfig& config, const RunnerShape& shape, DeviceKind device);
+
+// Where a buffer of the layer recipe (model/decoder.h) lies, and its row stride in elements.
+inline size_t buffer_offset(const ActivationLayout& a, Buffer b) {
+  return b == Buffer::qkv ? a.qkv : b == Buffer::attn ? a.attn : a.mlp;
+}
+inline int64_t buffer_stride(const ModelConfig& c, Buffer b) {
+  return b == Buffer::qkv ? c.qkv_dim() : b == Buffer::attn ? c.q_dim() : c.mlp_in_dim();
+}
 
 // cuBLAS workspace given to the handle (purpose "workspace"); 0 on the CPU.
 size_t gemm_workspace_bytes(DeviceKind device);

@@ -128,22 +128,8 @@ class CpuBackend final : public Backend {
   T* view(size_t offset) const { return reinterpret_cast<T*>(memory_.as<char>() + offset); }
   float* x() const { return view<float>(act_.x); }
   float* h() const { return view<float>(act_.h); }
-  float* buffer(Buffer b) const {
-    switch (b) {
-      case Buffer::qkv: return view<float>(act_.qkv);
-      case Buffer::attn: return view<float>(act_.attn);
-      case Buffer::mlp: return view<float>(act_.mlp);
-    }
-    return nullptr;
-  }
-  int64_t stride(Buffer b) const {
-    switch (b) {
-      case Buffer::qkv: return c_.qkv_dim();
-      case Buffer::attn: return c_.q_dim();
-      case Buffer::mlp: return c_.mlp_in_dim();
-    }
-    return 0;
-  }
+  float* buffer(Buffer b) const { return view<float>(buffer_offset(act_, b)); }
+  int64_t stride(Buffer b) const { return buffer_stride(c_, b); }
   void norm_rows(const float* in, const Norm& n, float* out, int rows) const {
     if (c_.norm == NormKind::RMSNorm) cpu::rms_norm(in, n.weight, out, rows, c_.hidden_size, c_.norm_eps);
     else cpu::layer_norm(in, n.weight, n.bias, out, rows, c_.hidden_size, c_.norm_eps);

@@ -77,22 +77,8 @@ class CudaBackend final : public Backend {
   T* view(size_t offset) const { return reinterpret_cast<T*>(memory_.as<char>() + offset); }
   float* x() const { return view<float>(act_.x); }
   half_t* h() const { return view<half_t>(act_.h); }
-  half_t* buffer(Buffer b) const {
-    switch (b) {
-      case Buffer::qkv: return view<half_t>(act_.qkv);
-      case Buffer::attn: return view<half_t>(act_.attn);
-      case Buffer::mlp: return view<half_t>(act_.mlp);
-    }
-    return nullptr;
-  }
-  int64_t stride(Buffer b) const {
-    switch (b) {
-      case Buffer::qkv: return c_.qkv_dim();
-      case Buffer::attn: return c_.q_dim();
-      case Buffer::mlp: return c_.mlp_in_dim();
-    }
-    return 0;
-  }
+  half_t* buffer(Buffer b) const { return view<half_t>(buffer_offset(act_, b)); }
+  int64_t stride(Buffer b) const { return buffer_stride(c_, b); }
   // out = norm(x) W^T + bias by cuBLAS (steps of many rows)
   void norm_gemm(const Norm& norm, const Linear& w, half_t* out, int64_t ld, int T);
 
