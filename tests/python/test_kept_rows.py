@@ -51,7 +51,7 @@ def relative(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_kept_rows_give_what_every_row_gives(folder, device, monkeypatch):
-    monkeypatch.setenv("KVINFER_KEEP_ROWS", "1")  # (CUDA: opt-in until measured on a GPU)
+    monkeypatch.delenv("KVINFER_KEEP_ROWS", raising=False)  # (CUDA: =0 turns it off)
     r = runner(folder, device)
     rng = np.random.default_rng(5)
     a, b = rng.integers(1, VOCAB, size=40), rng.integers(1, VOCAB, size=23)
