@@ -34,6 +34,7 @@ void bind_model(py::module_& m) {
       .def_readwrite("o_bias", &ModelConfig::o_bias)
       .def_readwrite("mlp_bias", &ModelConfig::mlp_bias)
       .def_readwrite("norm_bias", &ModelConfig::norm_bias)
+      .def_readwrite("qk_norm", &ModelConfig::qk_norm)
       .def_property("norm",
           [](const ModelConfig& c) { return c.norm == NormKind::RMSNorm ? "rms" : "layer"; },
           [](ModelConfig& c, const std::string& v) {

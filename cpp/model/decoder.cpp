@@ -27,6 +27,8 @@ ModelWeights model_weights(const ModelConfig& c, const std::vector<TensorSpec>& 
       case WeightRole::attn_norm_bias: lw->attn_norm.bias = p; break;
       case WeightRole::qkv: lw->qkv.weight = p; break;
       case WeightRole::qkv_bias: lw->qkv.bias = p; break;
+      case WeightRole::q_norm: lw->head_norms.q.weight = p; break;
+      case WeightRole::k_norm: lw->head_norms.k.weight = p; break;
       case WeightRole::o: lw->o.weight = p; break;
       case WeightRole::o_bias: lw->o.bias = p; break;
       case WeightRole::mlp_norm: lw->mlp_norm.weight = p; break;
@@ -55,7 +57,7 @@ void run_decoder(DecoderOps& ops, const ModelConfig& c, const ModelWeights& w,
   const StepContext* s = &step;
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = w.layers[l];
-    ops.attention_inputs(l, lw.attn_norm, lw.qkv, *s);
+    ops.attention_inputs(l, lw.attn_norm, lw.qkv, lw.head_norms, *s);
     if (l == c.num_layers - 1 && narrow && step.num_logit_rows == 0) return;  // K/V written: all that is used
     ops.attention(l, *s);
     if (l == c.num_layers - 1 && narrow && ops.keep_logit_rows(step)) s = &kept;

@@ -22,9 +22,16 @@ struct Norm {
   const half_t* weight = nullptr;
   const half_t* bias = nullptr;  // LayerNorm only
 };
+// RMSNorm of each q head and each k head over head_dim, before RoPE (ModelConfig::qk_norm);
+// weights null where the model has none.
+struct HeadNorms {
+  Norm q, k;
+  bool present() const { return q.weight != nullptr && k.weight != nullptr; }
+};
 struct LayerWeights {
   Norm attn_norm;
   Linear qkv;  // rows: q heads, then k heads, then v heads
+  HeadNorms head_norms;
   Linear o;
   Norm mlp_norm;
   Linear mlp_in;  // gate rows then up rows (SwiGLU), or fc (GeluNew)
@@ -75,10 +82,12 @@ class DecoderOps {
   virtual ~DecoderOps() = default;
   // x = table[token] (+ pos_table[position]); each token id is recorded in its slot's history.
   virtual void embed(const half_t* table, const half_t* pos_table, const StepContext& step) = 0;
-  // Attention's inputs for the step's tokens: qkv = norm(x) W^T + bias; with RoPE the q and k heads
-  // rotated at each token's position; q left in Buffer::qkv for attention, k and v written into
-  // the layer's cache at each token's position.
-  virtual void attention_inputs(int layer, const Norm& norm, const Linear& qkv, const StepContext& step) = 0;
+  // Attention's inputs for the step's tokens: qkv = norm(x) W^T + bias; each q and k head normed
+  // by head_norms where present; with RoPE the q and k heads rotated at each token's position; q
+  // left in Buffer::qkv for attention, k and v written into the layer's cache at each token's
+  // position.
+  virtual void attention_inputs(int layer, const Norm& norm, const Linear& qkv, const HeadNorms& head_norms,
+                                const StepContext& step) = 0;
   // attn = causal softmax(q K^T / sqrt(d)) V over each sequence's cached positions.
   virtual void attention(int layer, const StepContext& step) = 0;
   // Rows 0..R-1 of the residual stream and of attn = its logits rows (R = num_logit_rows, their

@@ -66,6 +66,8 @@ std::vector<TensorSpec> weight_layout(const ModelConfig& c) {
     if (c.norm_bias) add(R::attn_norm_bias, i, "attn_norm.bias", {H});
     add(R::qkv, i, "qkv.weight", {c.qkv_dim(), H});
     if (c.qkv_bias) add(R::qkv_bias, i, "qkv.bias", {c.qkv_dim()});
+    if (c.qk_norm) add(R::q_norm, i, "q_norm.weight", {c.head_dim});
+    if (c.qk_norm) add(R::k_norm, i, "k_norm.weight", {c.head_dim});
     add(R::o, i, "o.weight", {H, c.q_dim()});
     if (c.o_bias) add(R::o_bias, i, "o.bias", {H});
     add(R::mlp_norm, i, "mlp_norm.weight", {H});

@@ -7,6 +7,7 @@
 // after it for the loader:
 //   embed [vocab][hidden], pos_embed [max_positions][hidden] (learned positions only)
 //   layers.{i}.attn_norm.{weight,bias}, layers.{i}.qkv.{weight,bias} [(H + 2*KV)*head_dim][hidden]
+//   q/k-norm only: layers.{i}.q_norm.weight, layers.{i}.k_norm.weight [head_dim]
 //   layers.{i}.o.{weight,bias} [hidden][H*head_dim], layers.{i}.mlp_norm.{weight,bias}
 //   gated MLP: layers.{i}.gate_up.{weight,bias} [2*inter][hidden] (gate rows, then up rows)
 //   plain MLP: layers.{i}.fc.{weight,bias} [inter][hidden]
@@ -56,6 +57,9 @@ struct ModelConfig {
   bool o_bias = false;
   bool mlp_bias = false;
   bool norm_bias = false;  // LayerNorm has a bias, RMSNorm none
+  // RMSNorm of every q and k head over head_dim (one weight vector each, shared by the heads),
+  // after the QKV projection and before RoPE (Qwen3)
+  bool qk_norm = false;
 
   // Throws std::invalid_argument naming the field and value; also when a derived size (a row of
   // Q/K/V, a weight matrix) does not fit the 32-bit sizes the ops take.
@@ -69,7 +73,7 @@ struct ModelConfig {
 // What a weight tensor is for. Per-layer roles come with a layer index; the others have layer -1.
 enum class WeightRole {
   embed, pos_embed, final_norm, final_norm_bias, lm_head,
-  attn_norm, attn_norm_bias, qkv, qkv_bias, o, o_bias,
+  attn_norm, attn_norm_bias, qkv, qkv_bias, q_norm, k_norm, o, o_bias,
   mlp_norm, mlp_norm_bias, mlp_in, mlp_in_bias, down, down_bias,
 };
 

@@ -4,7 +4,8 @@ the engine does differently per family is in those ModelConfig fields; the layer
 written once (cpp/model/decoder.cpp). Adding a family is one Family here plus tests.
 
 kvinfer's weight names (cpp/model/model_config.h): embed, pos_embed, layers.{i}.attn_norm.weight,
-layers.{i}.qkv.weight (Q, K and V rows in one matrix), layers.{i}.o.weight, layers.{i}.mlp_norm.weight,
+layers.{i}.qkv.weight (Q, K and V rows in one matrix), layers.{i}.q_norm.weight and
+layers.{i}.k_norm.weight (q/k-norm), layers.{i}.o.weight, layers.{i}.mlp_norm.weight,
 layers.{i}.gate_up.weight (gate rows, then up rows) or layers.{i}.fc.weight, layers.{i}.down.weight,
 the biases beside them, final_norm.weight, lm_head.
 """
@@ -87,7 +88,7 @@ def _rope(cfg: dict[str, Any], c: _core.ModelConfig) -> None:
     c.rope_scaling = scaling
 
 
-# ---- Llama, Mistral, Qwen2: RMSNorm, RoPE, GQA, SwiGLU ---------------------------------------------
+# ---- Llama, Mistral, Qwen2, Qwen3: RMSNorm, RoPE, GQA, SwiGLU --------------------------------------
 def _describe_llama(cfg: dict[str, Any], c: _core.ModelConfig, qkv_bias: bool = False) -> None:
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
@@ -124,6 +125,8 @@ def _llama_weights(c: _core.ModelConfig, names: set[str]) -> list[Source]:
             Source(t + "gate_up.weight", tuple(m + ".weight" for m in mlp), ((inter, H), (inter, H))),
             Source(t + "down.weight", (p + "mlp.down_proj.weight",), ((H, inter),)),
         ]
+        if c.qk_norm:  # Qwen3
+            out += [Source(t + f"{x}_norm.weight", (p + f"self_attn.{x}_norm.weight",), ((d,),)) for x in "qk"]
         if c.qkv_bias:
             out.append(Source(t + "qkv.bias", tuple(a + ".bias" for a in attn), ((q,), (kv,), (kv,))))
         if c.o_bias:
@@ -135,6 +138,25 @@ def _llama_weights(c: _core.ModelConfig, names: set[str]) -> list[Source]:
     if not c.tie_word_embeddings:
         out.append(Source("lm_head", ("lm_head.weight",), ((c.vocab_size, H),)))
     return out
+
+
+def _describe_qwen3(cfg: dict[str, Any], c: _core.ModelConfig) -> None:
+    # (transformers' Qwen3Config defaults, where Llama's derive them)
+    _describe_llama({"head_dim": 128, "num_key_value_heads": 32, **cfg}, c)
+    c.qk_norm = True
+
+
+def _qwen_window(cfg: dict[str, Any]) -> int | None:
+    """Qwen2/3 window the layers named so in layer_types, else those from max_window_layers (default
+    28) on, and only with use_sliding_window."""
+    if not cfg.get("use_sliding_window"):
+        return None
+    types, first, layers = cfg.get("layer_types"), cfg.get("max_window_layers", 28), cfg.get("num_hidden_layers")
+    if isinstance(types, list):
+        windowed = "sliding_attention" in types
+    else:
+        windowed = not (isinstance(first, int) and isinstance(layers, int) and first >= layers)
+    return cfg.get("sliding_window") if windowed else None
 
 
 # ---- GPT-2: LayerNorm, learned positions, gelu_new, Conv1D weights ---------------------------------
@@ -192,7 +214,9 @@ FAMILIES = (
     Family(("MistralForCausalLM",), ("mistral",), _describe_llama, _llama_weights,
            window=lambda cfg: cfg.get("sliding_window")),
     Family(("Qwen2ForCausalLM",), ("qwen2",), lambda cfg, c: _describe_llama(cfg, c, qkv_bias=True),
-           _llama_weights, window=lambda cfg: cfg.get("sliding_window") if cfg.get("use_sliding_window") else None),
+           _llama_weights, window=_qwen_window),
+    # Qwen3: Qwen2's layer without the q/k/v biases, with an RMSNorm of each q and k head before RoPE
+    Family(("Qwen3ForCausalLM",), ("qwen3",), _describe_qwen3, _llama_weights, window=_qwen_window),
     Family(("GPT2LMHeadModel",), ("gpt2",), _describe_gpt2, _gpt2_weights),
 )
 SUPPORTED_ARCHITECTURES = tuple(a for f in FAMILIES for a in f.architectures)

@@ -17,6 +17,11 @@ def _llama(hidden, inter, layers, heads, kv, vocab, positions, theta, tied, head
     return cfg
 
 
+def _qwen3(hidden, inter, layers, heads, tied):
+    return dict(_llama(hidden, inter, layers, heads, 8, 151936, 40960, 1000000.0, tied, 128, rms_norm_eps=1e-6),
+                architectures=["Qwen3ForCausalLM"])
+
+
 def _gpt2(embd, layers, heads):
     return {"architectures": ["GPT2LMHeadModel"], "n_embd": embd, "n_layer": layers, "n_head": heads,
             "n_positions": 1024, "vocab_size": 50257, "layer_norm_epsilon": 1e-5,
@@ -42,6 +47,10 @@ MODELS: dict[str, dict] = {
                          architectures=["Qwen2ForCausalLM"]),
     "qwen2.5-7b": dict(_llama(3584, 18944, 28, 28, 4, 152064, 32768, 1000000.0, False, rms_norm_eps=1e-6),
                        architectures=["Qwen2ForCausalLM"]),
+    "qwen3-0.6b": _qwen3(1024, 3072, 28, 16, True),
+    "qwen3-1.7b": _qwen3(2048, 6144, 28, 16, True),
+    "qwen3-4b": _qwen3(2560, 9728, 36, 32, True),
+    "qwen3-8b": _qwen3(4096, 12288, 36, 32, False),
     "mistral-7b": dict(_llama(4096, 14336, 32, 32, 8, 32000, 32768, 10000.0, False, sliding_window=4096),
                        architectures=["MistralForCausalLM"]),
     "smollm2-135m": _llama(576, 1536, 30, 9, 3, 49152, 8192, 100000.0, True),

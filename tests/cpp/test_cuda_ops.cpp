@@ -165,6 +165,44 @@ TEST(CudaOps, ActivationsAndBias) {
   }
 }
 
+// q/k-norm (Qwen3) in place on fp16 rows: each q and k head normed with its weight, the v heads
+// and the padding after them untouched; a q/k weight mix-up must fail the comparison.
+TEST(CudaOps, HeadNorms) {
+  SKIP_WITHOUT_CUDA();
+  const int q_heads = 4, k_heads = 2, v_heads = 2;
+  for (int T : {1, 5, 33}) {
+    for (int d : {64, 80, 96, 128, 256}) {
+      SCOPED_TRACE("T=" + std::to_string(T) + " head_dim=" + std::to_string(d));
+      const int qk = (q_heads + k_heads) * d;
+      const int64_t stride = int64_t(q_heads + k_heads + v_heads) * d + 8;
+      const auto rows = to_half(random_floats(size_t(T) * stride, 21, -4.0f, 4.0f));
+      const auto qw = to_half(random_floats(d, 22, 0.5f, 1.5f)), kw = to_half(random_floats(d, 23, 0.5f, 1.5f));
+      auto ref = to_float(rows), swapped = ref;
+      cpu::head_rms_norm(ref.data(), stride, T, q_heads, d, qw.data(), 1e-6f);
+      cpu::head_rms_norm(ref.data() + int64_t(q_heads) * d, stride, T, k_heads, d, kw.data(), 1e-6f);
+      cpu::head_rms_norm(swapped.data(), stride, T, q_heads, d, kw.data(), 1e-6f);
+      cpu::head_rms_norm(swapped.data() + int64_t(q_heads) * d, stride, T, k_heads, d, qw.data(), 1e-6f);
+      Guarded<half_t> d_rows(rows.size(), &rows), d_qw(d, &qw), d_kw(d, &kw);
+      cuda::head_rms_norm(d_rows.get(), stride, T, q_heads, k_heads, d, d_qw.get(), d_kw.get(), 1e-6f, nullptr);
+      sync();
+      const auto got = d_rows.read();
+      std::vector<float> got_qk, ref_qk, swapped_qk;
+      for (int t = 0; t < T; ++t) {
+        const size_t at = size_t(t) * stride;
+        got_qk.insert(got_qk.end(), got.begin() + at, got.begin() + at + qk);
+        ref_qk.insert(ref_qk.end(), ref.begin() + at, ref.begin() + at + qk);
+        swapped_qk.insert(swapped_qk.end(), swapped.begin() + at, swapped.begin() + at + qk);
+        EXPECT_TRUE(test::rows_equal(std::vector<half_t>(got.begin() + at + qk, got.begin() + at + stride),
+                                     std::vector<half_t>(rows.begin() + at + qk, rows.begin() + at + stride)))
+            << "the v heads of row " << t << " changed";
+      }
+      EXPECT_TRUE(nmse_below(got_qk, ref_qk, kHalfNmse));
+      EXPECT_FALSE(nmse_below(got_qk, swapped_qk, kHalfNmse)) << "q and k weights swapped pass";
+      EXPECT_TRUE(d_rows.guards_intact());
+    }
+  }
+}
+
 // The rows a prompt step keeps for its last layer (DecoderOps::keep_logit_rows): exact copies, in
 // the order asked, a row asked twice given twice (a padded graph's rows), nothing written past R.
 TEST(CudaOps, GatherRows) {

@@ -43,9 +43,36 @@ ModelConfig smollm2_135m() {
   return c;
 }
 
+ModelConfig qwen3_0_6b() {  // q/k-norm, and q heads wider than the model (16 x 128 > 1024)
+  ModelConfig c;
+  c.architecture = "Qwen3ForCausalLM";
+  c.vocab_size = 151936;
+  c.hidden_size = 1024;
+  c.num_layers = 28;
+  c.num_heads = 16;
+  c.num_kv_heads = 8;
+  c.head_dim = 128;
+  c.intermediate_size = 3072;
+  c.max_positions = 40960;
+  c.tie_word_embeddings = c.qk_norm = true;
+  return c;
+}
+
 TEST(ModelConfig, PublishedParameterCounts) {
   EXPECT_EQ(parameter_count(gpt2()), 124439808);
   EXPECT_EQ(parameter_count(smollm2_135m()), 134515008);
+  EXPECT_EQ(parameter_count(qwen3_0_6b()), 596049920);
+}
+
+TEST(ModelConfig, QkNormAddsOneWeightOfHeadDimForQAndForK) {
+  const auto specs = weight_layout(qwen3_0_6b());
+  ASSERT_EQ(specs[3].name, "layers.0.q_norm.weight");
+  EXPECT_EQ(specs[3].role, WeightRole::q_norm);
+  EXPECT_EQ(specs[3].shape, (std::vector<int64_t>{128}));
+  ASSERT_EQ(specs[4].name, "layers.0.k_norm.weight");
+  EXPECT_EQ(specs[4].role, WeightRole::k_norm);
+  EXPECT_EQ(specs[5].name, "layers.0.o.weight");
+  EXPECT_EQ(specs[5].shape, (std::vector<int64_t>{1024, 16 * 128}));
 }
 
 TEST(ModelConfig, LayoutIsAlignedAndDisjoint) {

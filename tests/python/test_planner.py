@@ -27,12 +27,28 @@ def test_kv_reference_figures(cfg, expected):
 
 
 @pytest.mark.parametrize("name, params", [("gpt2", 124_439_808), ("smollm2-135m", 134_515_008),
-                                          ("llama-3-8b", 8_030_261_248), ("qwen2.5-0.5b", 494_032_768)])
+                                          ("llama-3-8b", 8_030_261_248), ("qwen2.5-0.5b", 494_032_768),
+                                          ("qwen3-0.6b", 596_049_920), ("qwen3-8b", 8_190_735_360)])
 def test_parameter_counts_and_fp16_weights(name, params):
     plan = planner.plan_memory(name, context=128)
     assert plan.parameters == params
     assert params * 2 <= plan.weights_bytes < params * 2 + 256 * 2000  # fp16 plus 256-byte alignment
     assert planner.plan_memory(name, context=128, dtype="fp32").weights_bytes >= params * 4
+
+
+def test_qwen_families_take_their_own_defaults_and_windows():
+    from kvinfer.config import attention_window, model_config
+
+    base = {"architectures": ["Qwen3ForCausalLM"], "vocab_size": 1000, "hidden_size": 4096, "intermediate_size": 8192,
+            "num_hidden_layers": 36, "num_attention_heads": 32, "max_position_embeddings": 4096}
+    c = model_config(base)  # transformers' Qwen3Config defaults: head_dim 128, 32 KV heads
+    assert (c.head_dim, c.num_kv_heads, c.qk_norm, c.qkv_bias) == (128, 32, True, False)
+    windowed = {**base, "use_sliding_window": True, "sliding_window": 1024}
+    assert attention_window(base) is None
+    assert attention_window(windowed) == 1024  # layers 28.. of 36 are windowed (max_window_layers 28)
+    assert attention_window({**windowed, "max_window_layers": 36}) is None  # no layer is
+    assert attention_window({**windowed, "layer_types": ["full_attention"] * 36}) is None
+    assert attention_window({**windowed, "architectures": ["Qwen2ForCausalLM"], "max_window_layers": 40}) is None
 
 
 def test_every_builtin_name_plans():
@@ -52,10 +68,10 @@ def test_kv_bytes_per_token_formula():
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("plan")
-    return {name: make_model(name, str(root / name)) for name in ("llama_gqa3", "gpt2", "qwen2")}
+    return {name: make_model(name, str(root / name)) for name in ("llama_gqa3", "gpt2", "qwen2", "qwen3")}
 
 
-@pytest.mark.parametrize("name", ["llama_gqa3", "gpt2", "qwen2"])
+@pytest.mark.parametrize("name", ["llama_gqa3", "gpt2", "qwen2", "qwen3"])
 @pytest.mark.parametrize("batch, context, step", [(1, 64, 512), (3, 200, 16)])
 def test_plan_equals_allocation_cpu(name, batch, context, step, tiny_dirs):
     tracker = kvinfer.VramTracker()

@@ -9,7 +9,7 @@ import os
 VOCAB = 384
 
 # name -> (config class name, kwargs). Covers GQA ratios 1/3/4, head_dim 64/128, untied and tied
-# embeddings, QKV bias (Qwen2), llama3 rope scaling, GPT-2.
+# embeddings, QKV bias (Qwen2), q/k-norm (Qwen3), llama3 rope scaling, GPT-2.
 ARCHS = {
     "llama_gqa3": ("LlamaConfig", dict(hidden_size=192, intermediate_size=256, num_hidden_layers=2,
                                        num_attention_heads=6, num_key_value_heads=2, head_dim=64,
@@ -24,6 +24,10 @@ ARCHS = {
                                                           high_freq_factor=4.0, original_max_position_embeddings=64))),
     "qwen2": ("Qwen2Config", dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                                   num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True)),
+    # q/k-norm, and heads wider than the model (q_dim 256 > hidden 128)
+    "qwen3": ("Qwen3Config", dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                                  tie_word_embeddings=False)),
     "mistral": ("MistralConfig", dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, head_dim=64,
                                       sliding_window=None)),
@@ -66,6 +70,10 @@ def make_model(name: str, folder: str, seed: int = 0) -> str:
     # A wider init than the default 0.02 makes the logits peaked, so greedy choices are not near-ties.
     cfg.initializer_range = 0.1
     model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():  # q/k-norm weights start at 1: random ones show a q/k mix-up
+        for n, p in model.named_parameters():
+            if n.endswith(("q_norm.weight", "k_norm.weight")):
+                p.uniform_(0.5, 1.5)
     os.makedirs(folder, exist_ok=True)
     model.to(torch.float16).save_pretrained(folder, safe_serialization=True)
     make_tokenizer(folder)

@@ -48,11 +48,16 @@ class CpuBackend final : public Backend {
                    shape_.max_context, x(), c_.hidden_size);
   }
 
-  void attention_inputs(int layer, const Norm& norm, const Linear& w, const StepContext& s) override {
+  void attention_inputs(int layer, const Norm& norm, const Linear& w, const HeadNorms& head_norms,
+                        const StepContext& s) override {
     const int T = s.num_tokens, q_dim = c_.q_dim(), kv_dim = c_.kv_dim(), qkv_dim = c_.qkv_dim();
     float* qkv = buffer(Buffer::qkv);
     norm_rows(x(), norm, h(), T);
     cpu::matmul(h(), c_.hidden_size, w.weight, w.bias, qkv, qkv_dim, T, w.out, w.in, false);
+    if (head_norms.present()) {
+      cpu::head_rms_norm(qkv, qkv_dim, T, c_.num_heads, c_.head_dim, head_norms.q.weight, c_.norm_eps);
+      cpu::head_rms_norm(qkv + q_dim, qkv_dim, T, c_.num_kv_heads, c_.head_dim, head_norms.k.weight, c_.norm_eps);
+    }
     if (c_.positions == PositionKind::Rope)
       cpu::rope(qkv, qkv + q_dim, qkv_dim, s.arrays.positions, T, c_.num_heads, c_.num_kv_heads,
                 c_.head_dim, view<float>(act_.inv_freq));

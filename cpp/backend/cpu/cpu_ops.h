@@ -22,6 +22,9 @@ void embedding(const StepArrays& step, int T, const half_t* table, const half_t*
 
 // y = x / sqrt(mean(x^2) + eps) * weight                       (LlamaRMSNorm)
 void rms_norm(const float* x, const half_t* weight, float* y, int T, int H, float eps);
+// In place, RMSNorm of each of `heads` heads of head_dim values in rows x[t * stride ..] (q/k-norm):
+// the heads start at the row's start, one after another; weight [head_dim] is shared by them.
+void head_rms_norm(float* x, int64_t stride, int T, int heads, int head_dim, const half_t* weight, float eps);
 // y = (x - mean) / sqrt(var + eps) * weight + bias             (nn.LayerNorm)
 void layer_norm(const float* x, const half_t* weight, const half_t* bias, float* y, int T, int H,
                 float eps);

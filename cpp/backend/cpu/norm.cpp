@@ -17,6 +17,15 @@ void rms_norm(const float* x, const half_t* weight, float* y, int T, int H, floa
   }
 }
 
+void head_rms_norm(float* x, int64_t stride, int T, int heads, int head_dim, const half_t* weight, float eps) {
+#pragma omp parallel for schedule(static) if (T > 4)
+  for (int t = 0; t < T; ++t)
+    for (int h = 0; h < heads; ++h) {
+      float* v = x + t * stride + static_cast<int64_t>(h) * head_dim;
+      rms_norm(v, weight, v, 1, head_dim, eps);  // (in place: each element is read before it is written)
+    }
+}
+
 void layer_norm(const float* x, const half_t* weight, const half_t* bias, float* y, int T, int H,
                 float eps) {
 #pragma omp parallel for schedule(static) if (T > 4)

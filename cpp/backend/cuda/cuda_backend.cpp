@@ -24,6 +24,12 @@ CudaBackend::CudaBackend(const BackendInit& init)
       splits_(cuda::decode_splits(init.config.num_kv_heads)),
       stage_bytes_(step_layout(init.shape.max_step_tokens, init.shape.max_batch, init.shape.max_step_tokens,
                               init.shape.blocks_per_seq(), init.shape.max_batch * kMaxLogitBiasPerRow).bytes) {
+  // q/k-norm on CUDA is opt-in until its GPU tests have run (the CPU backend's is checked against HF)
+  const char* qk_norm_cuda = std::getenv("KVINFER_QK_NORM_CUDA");
+  KVINFER_CHECK_ARG(!c_.qk_norm || (qk_norm_cuda && std::strcmp(qk_norm_cuda, "1") == 0), c_.architecture,
+                    " (q/k-norm) is not yet verified on CUDA: load it with device=\"cpu\", or set",
+                    " KVINFER_QK_NORM_CUDA=1 to run the CUDA path anyway");
+  KVINFER_CHECK_ARG(!c_.qk_norm || c_.head_dim <= 256, "q/k-norm on CUDA takes head_dim <= 256, not ", c_.head_dim);
   DeviceGuard guard(device_);
   prompt_ladder_ = cuda::prompt_token_ladder(shape_.max_step_tokens);
   prompt_rows_ = cuda::prompt_row_ladder(shape_.max_batch);

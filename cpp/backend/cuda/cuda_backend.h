@@ -53,7 +53,8 @@ class CudaBackend final : public Backend {
   // ---- the recipe's ops (cuda_backend_ops.cpp) -----------------------------------------------
   void embed(const half_t* table, const half_t* pos_table, const StepContext& s) override;
 
-  void attention_inputs(int layer, const Norm& norm, const Linear& w, const StepContext& s) override;
+  void attention_inputs(int layer, const Norm& norm, const Linear& w, const HeadNorms& head_norms,
+                        const StepContext& s) override;
 
   void attention(int layer, const StepContext& s) override;
 

@@ -40,20 +40,26 @@ void CudaBackend::embed(const half_t* table, const half_t* pos_table, const Step
                   skinny(s.num_tokens) ? x_ss() : nullptr, stream_);
 }
 
-void CudaBackend::attention_inputs(int layer, const Norm& norm, const Linear& w, const StepContext& s) {
+void CudaBackend::attention_inputs(int layer, const Norm& norm, const Linear& w, const HeadNorms& head_norms,
+                                   const StepContext& s) {
   const int T = s.num_tokens;
   const float* inv_freq = c_.positions == PositionKind::Rope ? view<float>(act_.inv_freq) : nullptr;
   half_t* qkv = buffer(Buffer::qkv);
   if (skinny(T)) {
-    // RoPE and the K/V write in the projection's epilogue where the Hopper kernel runs it
+    // RoPE and the K/V write in the projection's epilogue where the Hopper kernel runs it (not after
+    // q/k-norm, which needs a whole head)
     cuda::SkinnyOutput o{cuda::SkinnyOut::rope_kv, qkv, c_.qkv_dim(), w.bias};
     o.rope = cuda::SkinnyRopeKV{c_.num_heads, c_.num_kv_heads, c_.head_dim, inv_freq, cache_.k_layer(layer),
                                 cache_.v_layer(layer), cache_.layout(), s.arrays};
-    if (T <= kSkinnyFuseMaxRows && cuda::skinny_paired_supported(w.out, o)) return skinny_gemm(w, T, normed_input(norm, nullptr, T), o);
+    if (!head_norms.present() && T <= kSkinnyFuseMaxRows && cuda::skinny_paired_supported(w.out, o))
+      return skinny_gemm(w, T, normed_input(norm, nullptr, T), o);
     skinny_gemm(w, T, normed_input(norm, nullptr, T), cuda::SkinnyOutput{cuda::SkinnyOut::half, qkv, c_.qkv_dim(), w.bias});
   } else {
     norm_gemm(norm, w, qkv, c_.qkv_dim(), T);
   }
+  if (head_norms.present())
+    cuda::head_rms_norm(qkv, c_.qkv_dim(), T, c_.num_heads, c_.num_kv_heads, c_.head_dim, head_norms.q.weight,
+                        head_norms.k.weight, c_.norm_eps, stream_);
   cuda::rope_kv_write(qkv, c_.qkv_dim(), c_.num_heads, c_.num_kv_heads, c_.head_dim, inv_freq,
                       cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(), s.arrays, T, stream_);
 }

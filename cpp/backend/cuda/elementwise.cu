@@ -1,5 +1,5 @@
-// Embedding, RMSNorm/LayerNorm, the gather of kept rows, SiLU*mul, gelu_new and bias adds on the GPU. Norms: one
-// block per row, statistics in fp32 block reductions. Everything else: one thread per element or
+// Embedding, RMSNorm/LayerNorm, q/k-norm, the gather of kept rows, SiLU*mul, gelu_new and bias adds on the GPU. Norms: one
+// block per row (q/k-norm: one warp per head), statistics in fp32 block reductions. Everything else: one thread per element or
 // per 16 bytes; all memory-bound.
 #include "backend/cuda/elementwise.h"
 
@@ -128,6 +128,52 @@ void layer_norm(const float* x, const int32_t* rows, const half_t* weight, const
                 half_t* y, int n_rows, int H, float eps, cudaStream_t stream) {
   if (n_rows == 0) return;
   launch_norm<true>(x, rows, weight, bias, y, n_rows, H, eps, stream);
+}
+
+// One warp a (token, head); a lane takes head_dim / 32 values (at most kHeadNormMaxPerLane).
+constexpr int kHeadNormMaxPerLane = 8;
+static __global__ void head_rms_norm_kernel(__half* qkv, int64_t stride, int T, int q_heads, int k_heads,
+                                            int head_dim, const __half* __restrict__ q_weight,
+                                            const __half* __restrict__ k_weight, float eps) {
+  pdl_allow_next();
+  pdl_wait();  // qkv comes from the projection before
+  const int heads = q_heads + k_heads, lane = threadIdx.x % 32;
+  const int64_t item = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;  // t * heads + head
+  if (item >= int64_t(T) * heads) return;
+  const int t = static_cast<int>(item / heads), head = static_cast<int>(item % heads);
+  __half* x = qkv + t * stride + int64_t(head) * head_dim;
+  const __half* w = head < q_heads ? q_weight : k_weight;
+  float v[kHeadNormMaxPerLane];
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kHeadNormMaxPerLane; ++j) {
+    const int i = lane + 32 * j;
+    v[j] = i < head_dim ? __half2float(x[i]) : 0.0f;
+    ss += v[j] * v[j];
+  }
+  for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  const float inv = rsqrtf(ss / head_dim + eps);
+#pragma unroll
+  for (int j = 0; j < kHeadNormMaxPerLane; ++j) {
+    const int i = lane + 32 * j;
+    if (i < head_dim) x[i] = __float2half_rn(v[j] * inv * __half2float(w[i]));
+  }
+}
+
+void head_rms_norm(half_t* qkv, int64_t stride, int T, int q_heads, int k_heads, int head_dim,
+                   const half_t* q_weight, const half_t* k_weight, float eps, cudaStream_t stream) {
+  KVINFER_CHECK_ARG(T >= 0 && q_heads >= 0 && k_heads >= 0 && head_dim >= 1 && head_dim <= 32 * kHeadNormMaxPerLane &&
+                        stride >= int64_t(q_heads + k_heads) * head_dim && q_weight && k_weight,
+                    "head_rms_norm: T=", T, " q_heads=", q_heads, " k_heads=", k_heads, " head_dim=", head_dim,
+                    " stride=", stride, " (head_dim in [1, ", 32 * kHeadNormMaxPerLane,
+                    "], the heads within the row, both weights given)");
+  const int64_t items = int64_t(T) * (q_heads + k_heads);
+  if (items == 0) return;
+  constexpr int kWarps = 4;
+  KVINFER_CHECK_ARG((items + kWarps - 1) / kWarps <= 0x7fffffff, "head_rms_norm: ", items, " heads is too many");
+  launch_dependent(head_rms_norm_kernel, dim3(static_cast<unsigned>((items + kWarps - 1) / kWarps)), dim3(32 * kWarps), 0,
+                   stream, reinterpret_cast<__half*>(qkv), stride, T, q_heads, k_heads, head_dim,
+                   reinterpret_cast<const __half*>(q_weight), reinterpret_cast<const __half*>(k_weight), eps);
 }
 
 // One block a kept row (a step keeps a few: its sampled rows).

@@ -27,6 +27,12 @@ void rms_norm(const float* x, const int32_t* rows, const half_t* weight, half_t*
 void layer_norm(const float* x, const int32_t* rows, const half_t* weight, const half_t* bias,
                 half_t* y, int n_rows, int H, float eps, cudaStream_t stream);
 
+// In place, q/k-norm: each of the q_heads heads at the start of row qkv[t * stride ..] and each of
+// the k_heads after them, head_dim fp16 values, = RMSNorm over the head (fp32 statistics) times
+// q_weight / k_weight ([head_dim], shared by the heads): cpu::head_rms_norm on fp16 rows.
+void head_rms_norm(half_t* qkv, int64_t stride, int T, int q_heads, int k_heads, int head_dim,
+                   const half_t* q_weight, const half_t* k_weight, float eps, cudaStream_t stream);
+
 // x_out[r] = x[rows[r]] ([R][H] fp32 rows) and attn_out[r] = attn[rows[r]] ([R][A] fp16 rows,
 // contiguous), r < R: the rows a step keeps (DecoderOps::keep_logit_rows), into other buffers.
 void gather_rows(const float* x, const half_t* attn, int A, const int32_t* rows, int R, int H, float* x_out,
