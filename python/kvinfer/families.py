@@ -159,6 +159,27 @@ def _qwen_window(cfg: dict[str, Any]) -> int | None:
     return cfg.get("sliding_window") if windowed else None
 
 
+def _describe_phi3(cfg: dict[str, Any], c: _core.ModelConfig) -> None:
+    params = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), dict) else {}
+    partial = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    if partial not in (1, 1.0, None):
+        raise ValueError(f"partial_rotary_factor={partial!r} is not supported (RoPE over the whole head only)")
+    _describe_llama(cfg, c)
+
+
+def _phi3_weights(c: _core.ModelConfig, names: set[str]) -> list[Source]:
+    """Llama's map with Phi-3's fused tensors: qkv_proj (Q, K, V rows) and gate_up_proj (gate, then
+    up rows) are already kvinfer's layout."""
+    H, qkv = c.hidden_size, (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+    fused = {}
+    for i in range(c.num_layers):
+        p, t = f"model.layers.{i}.", f"layers.{i}."
+        fused[t + "qkv.weight"] = Source(t + "qkv.weight", (p + "self_attn.qkv_proj.weight",), ((qkv, H),))
+        fused[t + "gate_up.weight"] = Source(t + "gate_up.weight", (p + "mlp.gate_up_proj.weight",),
+                                             ((2 * c.intermediate_size, H),))
+    return [fused.get(s.target, s) for s in _llama_weights(c, names)]
+
+
 # ---- GPT-2: LayerNorm, learned positions, gelu_new, Conv1D weights ---------------------------------
 def _describe_gpt2(cfg: dict[str, Any], c: _core.ModelConfig) -> None:
     act = cfg.get("activation_function", "gelu_new")
@@ -217,6 +238,8 @@ FAMILIES = (
            _llama_weights, window=_qwen_window),
     # Qwen3: Qwen2's layer without the q/k/v biases, with an RMSNorm of each q and k head before RoPE
     Family(("Qwen3ForCausalLM",), ("qwen3",), _describe_qwen3, _llama_weights, window=_qwen_window),
+    # Phi-3, Phi-4: Llama's layer with fused QKV and gate/up tensors; windowed whenever sliding_window is set
+    Family(("Phi3ForCausalLM",), ("phi3",), _describe_phi3, _phi3_weights, window=lambda cfg: cfg.get("sliding_window")),
     Family(("GPT2LMHeadModel",), ("gpt2",), _describe_gpt2, _gpt2_weights),
 )
 SUPPORTED_ARCHITECTURES = tuple(a for f in FAMILIES for a in f.architectures)

@@ -83,7 +83,8 @@ def test_config_parsing(changes):
 
 
 @FUZZ
-@given(arch=st.sampled_from(["GPT2LMHeadModel", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"]),
+@given(arch=st.sampled_from(["GPT2LMHeadModel", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM",
+                             "MistralForCausalLM"]),
        changes=st.dictionaries(st.sampled_from(["n_embd", "n_layer", "n_head", "n_positions", "sliding_window",
                                                 "use_sliding_window", "layer_norm_epsilon", "n_inner"]),
                                json_values, max_size=4))

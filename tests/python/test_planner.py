@@ -28,7 +28,8 @@ def test_kv_reference_figures(cfg, expected):
 
 @pytest.mark.parametrize("name, params", [("gpt2", 124_439_808), ("smollm2-135m", 134_515_008),
                                           ("llama-3-8b", 8_030_261_248), ("qwen2.5-0.5b", 494_032_768),
-                                          ("qwen3-0.6b", 596_049_920), ("qwen3-8b", 8_190_735_360)])
+                                          ("qwen3-0.6b", 596_049_920), ("qwen3-8b", 8_190_735_360),
+                                          ("phi-3-mini-4k", 3_821_079_552), ("phi-4", 14_659_507_200)])
 def test_parameter_counts_and_fp16_weights(name, params):
     plan = planner.plan_memory(name, context=128)
     assert plan.parameters == params
@@ -49,6 +50,18 @@ def test_qwen_families_take_their_own_defaults_and_windows():
     assert attention_window({**windowed, "max_window_layers": 36}) is None  # no layer is
     assert attention_window({**windowed, "layer_types": ["full_attention"] * 36}) is None
     assert attention_window({**windowed, "architectures": ["Qwen2ForCausalLM"], "max_window_layers": 40}) is None
+
+
+def test_phi3_rejects_what_it_does_not_compute():
+    from kvinfer.config import model_config
+    from kvinfer.model_zoo import builtin_config
+
+    phi = builtin_config("phi-3-mini-4k")
+    assert model_config(phi).num_kv_heads == 32
+    with pytest.raises(ValueError, match="partial_rotary_factor"):  # Phi-4-mini rotates 3/4 of each head
+        model_config({**phi, "partial_rotary_factor": 0.75})
+    with pytest.raises(ValueError, match="longrope"):  # the 128k variants
+        model_config({**phi, "rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}})
 
 
 def test_every_builtin_name_plans():

@@ -9,7 +9,7 @@ import os
 VOCAB = 384
 
 # name -> (config class name, kwargs). Covers GQA ratios 1/3/4, head_dim 64/128, untied and tied
-# embeddings, QKV bias (Qwen2), q/k-norm (Qwen3), llama3 rope scaling, GPT-2.
+# embeddings, QKV bias (Qwen2), q/k-norm (Qwen3), fused tensors (Phi-3), llama3 rope scaling, GPT-2.
 ARCHS = {
     "llama_gqa3": ("LlamaConfig", dict(hidden_size=192, intermediate_size=256, num_hidden_layers=2,
                                        num_attention_heads=6, num_key_value_heads=2, head_dim=64,
@@ -28,6 +28,10 @@ ARCHS = {
     "qwen3": ("Qwen3Config", dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                                   num_attention_heads=4, num_key_value_heads=2, head_dim=64,
                                   tie_word_embeddings=False)),
+    # fused qkv_proj and gate_up_proj tensors
+    "phi3": ("Phi3Config", dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
+                                tie_word_embeddings=False)),
     "mistral": ("MistralConfig", dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, head_dim=64,
                                       sliding_window=None)),
