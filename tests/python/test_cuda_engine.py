@@ -225,8 +225,8 @@ def cache_snapshot(llm) -> np.ndarray:
                                for slot in range(S)]) for layer in range(L)])  # [L][S][2][P][kv][d]
 
 
-@pytest.mark.parametrize("name", ["llama_gqa3", "llama_mha_d128", "gpt2"])
-def test_prompt_graphs_replay_op_by_op_bits_and_keep_nothing_of_padding(name, model_dirs):
+@pytest.mark.parametrize("name", ["llama_gqa3", "llama_mha_d128", "gpt2", "qwen3"])
+def test_prompt_graphs_replay_op_by_op_bits_and_keep_nothing_of_padding(name, model_dirs, monkeypatch):
     """Prompt steps of more than 64 tokens run padded to a ladder of token counts (here 128, 192 and
     256) and replay the graph captured for their shape, its attention launches resized to the
     step's sequences. Their logits equal the same steps op by op (graphs off, padded alike) bit for
@@ -234,8 +234,10 @@ def test_prompt_graphs_replay_op_by_op_bits_and_keep_nothing_of_padding(name, mo
     own tokens' positions (padding tokens, position -1, write nothing), and a decode step after
     them agrees too. One prompt of 200 tokens, two in one step (2 sampled rows: the max_batch
     graph), a chunk that samples nothing, then a chunk after its 100 cached tokens. RoPE with GQA
-    at head_dim 64, head_dim 128, and GPT-2's learned positions."""
+    at head_dim 64, head_dim 128, GPT-2's learned positions and Qwen3's q/k-norm."""
     from step_helpers import greedy_args
+
+    monkeypatch.setenv("KVINFER_QK_NORM_CUDA", "1")
 
     kw = dict(max_batch=4, max_step_tokens=256)
     g, e, cpu = (load(model_dirs[name], "cuda:0", **kw), load(model_dirs[name], "cuda:0", cuda_graphs=False, **kw),
