@@ -1,6 +1,6 @@
-// Embedding, RMSNorm/LayerNorm, q/k-norm, the gather of kept rows, SiLU*mul, gelu_new and bias adds on the GPU. Norms: one
-// block per row (q/k-norm: one warp per head), statistics in fp32 block reductions. Everything else: one thread per element or
-// per 16 bytes; all memory-bound.
+// Embedding, RMSNorm/LayerNorm, q/k-norm, the gather of kept rows, SiLU*mul, gelu_new and bias adds
+// on the GPU. Norms: one block per row (q/k-norm: one warp per head), statistics in fp32 reductions.
+// Everything else: one thread per element or per 16 bytes; all memory-bound.
 #include "backend/cuda/elementwise.h"
 
 #include <cuda_fp16.h>
