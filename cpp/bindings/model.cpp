@@ -35,6 +35,11 @@ void bind_model(py::module_& m) {
       .def_readwrite("mlp_bias", &ModelConfig::mlp_bias)
       .def_readwrite("norm_bias", &ModelConfig::norm_bias)
       .def_readwrite("qk_norm", &ModelConfig::qk_norm)
+      .def_readwrite("post_norms", &ModelConfig::post_norms)
+      .def_readwrite("embed_scale", &ModelConfig::embed_scale)
+      .def_readwrite("attn_scale", &ModelConfig::attn_scale)
+      .def_readwrite("attn_softcap", &ModelConfig::attn_softcap)
+      .def_readwrite("logit_softcap", &ModelConfig::logit_softcap)
       .def_property("norm",
           [](const ModelConfig& c) { return c.norm == NormKind::RMSNorm ? "rms" : "layer"; },
           [](ModelConfig& c, const std::string& v) {
@@ -42,10 +47,13 @@ void bind_model(py::module_& m) {
             c.norm = v == "rms" ? NormKind::RMSNorm : NormKind::LayerNorm;
           })
       .def_property("mlp",
-          [](const ModelConfig& c) { return c.mlp == MlpKind::SwiGLU ? "swiglu" : "gelu_new"; },
+          [](const ModelConfig& c) {
+            return c.mlp == MlpKind::SwiGLU ? "swiglu" : c.mlp == MlpKind::GeGLU ? "geglu" : "gelu_new";
+          },
           [](ModelConfig& c, const std::string& v) {
-            KVINFER_CHECK_ARG(v == "swiglu" || v == "gelu_new", "mlp='", v, "' is not 'swiglu' or 'gelu_new'");
-            c.mlp = v == "swiglu" ? MlpKind::SwiGLU : MlpKind::GeluNew;
+            KVINFER_CHECK_ARG(v == "swiglu" || v == "geglu" || v == "gelu_new", "mlp='", v,
+                              "' is not 'swiglu', 'geglu' or 'gelu_new'");
+            c.mlp = v == "swiglu" ? MlpKind::SwiGLU : v == "geglu" ? MlpKind::GeGLU : MlpKind::GeluNew;
           })
       .def_property("positions",
           [](const ModelConfig& c) { return c.positions == PositionKind::Rope ? "rope" : "learned"; },

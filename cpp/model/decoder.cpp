@@ -31,12 +31,14 @@ ModelWeights model_weights(const ModelConfig& c, const std::vector<TensorSpec>& 
       case WeightRole::k_norm: lw->head_norms.k.weight = p; break;
       case WeightRole::o: lw->o.weight = p; break;
       case WeightRole::o_bias: lw->o.bias = p; break;
+      case WeightRole::post_attn_norm: lw->post_attn_norm.weight = p; break;
       case WeightRole::mlp_norm: lw->mlp_norm.weight = p; break;
       case WeightRole::mlp_norm_bias: lw->mlp_norm.bias = p; break;
       case WeightRole::mlp_in: lw->mlp_in.weight = p; break;
       case WeightRole::mlp_in_bias: lw->mlp_in.bias = p; break;
       case WeightRole::down: lw->down.weight = p; break;
       case WeightRole::down_bias: lw->down.bias = p; break;
+      case WeightRole::post_mlp_norm: lw->post_mlp_norm.weight = p; break;
     }
   }
   if (c.tie_word_embeddings) w.lm_head.weight = w.embed;
@@ -45,7 +47,9 @@ ModelWeights model_weights(const ModelConfig& c, const std::vector<TensorSpec>& 
 
 void run_decoder(DecoderOps& ops, const ModelConfig& c, const ModelWeights& w,
                  const StepContext& step) {
-  const Activation act = c.mlp == MlpKind::SwiGLU ? Activation::silu_mul : Activation::gelu_new;
+  const Activation act = c.mlp == MlpKind::SwiGLU  ? Activation::silu_mul
+                         : c.mlp == MlpKind::GeGLU ? Activation::gelu_mul
+                                                   : Activation::gelu_new;
   ops.embed(w.embed, w.pos_embed, step);
   ops.capture_hidden(0, step);
   // After the last layer's K/V are written, each row's remaining work reads that row alone, and
@@ -61,8 +65,8 @@ void run_decoder(DecoderOps& ops, const ModelConfig& c, const ModelWeights& w,
     if (l == c.num_layers - 1 && narrow && step.num_logit_rows == 0) return;  // K/V written: all that is used
     ops.attention(l, *s);
     if (l == c.num_layers - 1 && narrow && ops.keep_logit_rows(step)) s = &kept;
-    ops.attention_output(lw.o, *s);
-    ops.mlp(lw.mlp_norm, lw.mlp_in, act, lw.down, *s);
+    ops.attention_output(lw.o, lw.post_attn_norm, *s);
+    ops.mlp(lw.mlp_norm, lw.mlp_in, act, lw.down, lw.post_mlp_norm, *s);
     ops.capture_hidden(l + 1, *s);
   }
   ops.logits(w.final_norm, w.lm_head, *s);

@@ -33,9 +33,11 @@ struct LayerWeights {
   Linear qkv;  // rows: q heads, then k heads, then v heads
   HeadNorms head_norms;
   Linear o;
+  Norm post_attn_norm;  // of the attention output, before the residual add (null where none)
   Norm mlp_norm;
-  Linear mlp_in;  // gate rows then up rows (SwiGLU), or fc (GeluNew)
+  Linear mlp_in;  // gate rows then up rows (SwiGLU, GeGLU), or fc (GeluNew)
   Linear down;
+  Norm post_mlp_norm;  // of the MLP output, before the residual add (null where none)
 };
 struct ModelWeights {
   const half_t* embed = nullptr;
@@ -75,12 +77,13 @@ struct StepContext {
 };
 
 enum class Buffer { qkv, attn, mlp };
-enum class Activation { none, silu_mul, gelu_new };  // applied to a projection's input
+enum class Activation { none, silu_mul, gelu_mul, gelu_new };  // applied to a projection's input
 
 class DecoderOps {
  public:
   virtual ~DecoderOps() = default;
-  // x = table[token] (+ pos_table[position]); each token id is recorded in its slot's history.
+  // x = table[token] * embed_scale (+ pos_table[position]); each token id is recorded in its slot's
+  // history.
   virtual void embed(const half_t* table, const half_t* pos_table, const StepContext& step) = 0;
   // Attention's inputs for the step's tokens: qkv = norm(x) W^T + bias; each q and k head normed
   // by head_norms where present; with RoPE the q and k heads rotated at each token's position; q
@@ -88,19 +91,21 @@ class DecoderOps {
   // position.
   virtual void attention_inputs(int layer, const Norm& norm, const Linear& qkv, const HeadNorms& head_norms,
                                 const StepContext& step) = 0;
-  // attn = causal softmax(q K^T / sqrt(d)) V over each sequence's cached positions.
+  // attn = causal softmax(softcap(q K^T * attention_scale())) V over each sequence's cached
+  // positions (ModelConfig: the scale, and the soft-cap where attn_softcap is set).
   virtual void attention(int layer, const StepContext& step) = 0;
   // Rows 0..R-1 of the residual stream and of attn = its logits rows (R = num_logit_rows, their
   // order): what the rest of the last layer and the logits need, once its K/V are written. False
   // where the backend does not (the step then goes on with every row).
   virtual bool keep_logit_rows(const StepContext& step) = 0;
-  // x += attn W^T + bias
-  virtual void attention_output(const Linear& o, const StepContext& step) = 0;
-  // x += act(norm(x) W_in^T + bias) W_down^T + bias (silu_mul: silu of the first half of the
-  // projection's columns times the second half)
-  virtual void mlp(const Norm& norm, const Linear& in, Activation act, const Linear& down, const StepContext& step) = 0;
-  // logits[r] = norm(x[logit_rows[r]]) W^T (x[r] where step.rows_kept), copied to step.logits_out
-  // when it is given.
+  // x += post(attn W^T + bias), post the RMSNorm `post` where its weight is given, else nothing
+  virtual void attention_output(const Linear& o, const Norm& post, const StepContext& step) = 0;
+  // x += post(act(norm(x) W_in^T + bias) W_down^T + bias) (silu_mul / gelu_mul: silu / gelu_tanh of
+  // the first half of the projection's columns times the second half; post as above)
+  virtual void mlp(const Norm& norm, const Linear& in, Activation act, const Linear& down, const Norm& post,
+                   const StepContext& step) = 0;
+  // logits[r] = softcap(norm(x[logit_rows[r]]) W^T) (x[r] where step.rows_kept; the soft-cap where
+  // logit_softcap is set), copied to step.logits_out when it is given.
   virtual void logits(const Norm& norm, const Linear& w, const StepContext& step) = 0;
   // One token id per logits row, into the step's sampled-token buffer.
   virtual void sample(const StepContext& step) = 0;

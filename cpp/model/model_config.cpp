@@ -1,6 +1,7 @@
 #include "model/model_config.h"
 
 #include <climits>
+#include <cmath>
 
 #include "core/errors.h"
 
@@ -31,6 +32,15 @@ void ModelConfig::validate() const {
                     "' is not supported (supported: none, linear, llama3)");
   KVINFER_CHECK_ARG(rope_scaling.type == "none" || rope_scaling.factor > 0, "rope_scaling factor=",
                     rope_scaling.factor, " must be > 0");
+  KVINFER_CHECK_ARG(!post_norms || norm == NormKind::RMSNorm, "config post_norms need RMSNorm");
+  auto finite_at_least = [](const char* name, float value, float low, bool strict) {
+    KVINFER_CHECK_ARG(std::isfinite(value) && (strict ? value > low : value >= low), "config ", name, "=",
+                      value, " must be a finite number ", strict ? "> " : ">= ", low);
+  };
+  finite_at_least("embed_scale", embed_scale, 0.0f, true);
+  finite_at_least("attn_scale", attn_scale, 0.0f, false);
+  finite_at_least("attn_softcap", attn_softcap, 0.0f, false);
+  finite_at_least("logit_softcap", logit_softcap, 0.0f, false);
   // Derived sizes in 64 bits: each must fit the int the ops take.
   auto fits = [](const char* what, long long value) {
     KVINFER_CHECK_ARG(value <= INT_MAX, "config: ", what, "=", value, " exceeds 2^31 - 1");
@@ -38,6 +48,10 @@ void ModelConfig::validate() const {
   fits("(num_attention_heads + 2 * num_key_value_heads) * head_dim",
        (static_cast<long long>(num_heads) + 2LL * num_kv_heads) * head_dim);
   fits("2 * intermediate_size", 2LL * intermediate_size);
+}
+
+float ModelConfig::attention_scale() const {
+  return attn_scale > 0 ? attn_scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
 }
 
 int64_t TensorSpec::numel() const {
@@ -58,7 +72,7 @@ std::vector<TensorSpec> weight_layout(const ModelConfig& c) {
   };
   using R = WeightRole;
   const int64_t H = c.hidden_size;
-  const bool gated = c.mlp == MlpKind::SwiGLU;
+  const bool gated = c.gated_mlp();
   add(R::embed, -1, "embed", {c.vocab_size, H});
   if (c.positions == PositionKind::Learned) add(R::pos_embed, -1, "pos_embed", {c.max_positions, H});
   for (int i = 0; i < c.num_layers; ++i) {
@@ -70,12 +84,14 @@ std::vector<TensorSpec> weight_layout(const ModelConfig& c) {
     if (c.qk_norm) add(R::k_norm, i, "k_norm.weight", {c.head_dim});
     add(R::o, i, "o.weight", {H, c.q_dim()});
     if (c.o_bias) add(R::o_bias, i, "o.bias", {H});
+    if (c.post_norms) add(R::post_attn_norm, i, "post_attn_norm.weight", {H});
     add(R::mlp_norm, i, "mlp_norm.weight", {H});
     if (c.norm_bias) add(R::mlp_norm_bias, i, "mlp_norm.bias", {H});
     add(R::mlp_in, i, gated ? "gate_up.weight" : "fc.weight", {c.mlp_in_dim(), H});
     if (c.mlp_bias) add(R::mlp_in_bias, i, gated ? "gate_up.bias" : "fc.bias", {c.mlp_in_dim()});
     add(R::down, i, "down.weight", {H, c.intermediate_size});
     if (c.mlp_bias) add(R::down_bias, i, "down.bias", {H});
+    if (c.post_norms) add(R::post_mlp_norm, i, "post_mlp_norm.weight", {H});
   }
   add(R::final_norm, -1, "final_norm.weight", {H});
   if (c.norm_bias) add(R::final_norm_bias, -1, "final_norm.bias", {H});

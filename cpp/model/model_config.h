@@ -9,6 +9,7 @@
 //   layers.{i}.attn_norm.{weight,bias}, layers.{i}.qkv.{weight,bias} [(H + 2*KV)*head_dim][hidden]
 //   q/k-norm only: layers.{i}.q_norm.weight, layers.{i}.k_norm.weight [head_dim]
 //   layers.{i}.o.{weight,bias} [hidden][H*head_dim], layers.{i}.mlp_norm.{weight,bias}
+//   post-norms only: layers.{i}.post_attn_norm.weight, layers.{i}.post_mlp_norm.weight [hidden]
 //   gated MLP: layers.{i}.gate_up.{weight,bias} [2*inter][hidden] (gate rows, then up rows)
 //   plain MLP: layers.{i}.fc.{weight,bias} [inter][hidden]
 //   layers.{i}.down.{weight,bias} [hidden][inter], final_norm.{weight,bias}, lm_head [vocab][hidden]
@@ -24,7 +25,8 @@
 namespace kvinfer {
 
 enum class NormKind { RMSNorm, LayerNorm };
-enum class MlpKind { SwiGLU, GeluNew };        // silu(gate) * up  |  gelu_tanh(fc)
+// silu(gate) * up  |  gelu_tanh(gate) * up  |  gelu_tanh(fc)
+enum class MlpKind { SwiGLU, GeGLU, GeluNew };
 enum class PositionKind { Rope, Learned };
 
 struct RopeScaling {
@@ -60,6 +62,18 @@ struct ModelConfig {
   // RMSNorm of every q and k head over head_dim (one weight vector each, shared by the heads),
   // after the QKV projection and before RoPE (Qwen3)
   bool qk_norm = false;
+  // An RMSNorm of the attention output and of the MLP output before each is added to the residual
+  // stream (Gemma 2's pre- and post-norms around both blocks)
+  bool post_norms = false;
+  // The embedding rows times this (Gemma: sqrt(hidden_size))
+  float embed_scale = 1.0f;
+  // Attention scores are q . k * attention_scale(): attn_scale where set (Gemma 2:
+  // query_pre_attn_scalar^-0.5), else 1/sqrt(head_dim)
+  float attn_scale = 0.0f;
+  // Soft-capping, cap * tanh(value / cap), of attention scores before the softmax and of the final
+  // logits (Gemma 2); 0 = none
+  float attn_softcap = 0.0f;
+  float logit_softcap = 0.0f;
 
   // Throws std::invalid_argument naming the field and value; also when a derived size (a row of
   // Q/K/V, a weight matrix) does not fit the 32-bit sizes the ops take.
@@ -67,14 +81,16 @@ struct ModelConfig {
   int qkv_dim() const { return (num_heads + 2 * num_kv_heads) * head_dim; }
   int q_dim() const { return num_heads * head_dim; }
   int kv_dim() const { return num_kv_heads * head_dim; }
-  int mlp_in_dim() const { return mlp == MlpKind::SwiGLU ? 2 * intermediate_size : intermediate_size; }
+  bool gated_mlp() const { return mlp != MlpKind::GeluNew; }
+  int mlp_in_dim() const { return gated_mlp() ? 2 * intermediate_size : intermediate_size; }
+  float attention_scale() const;
 };
 
 // What a weight tensor is for. Per-layer roles come with a layer index; the others have layer -1.
 enum class WeightRole {
   embed, pos_embed, final_norm, final_norm_bias, lm_head,
-  attn_norm, attn_norm_bias, qkv, qkv_bias, q_norm, k_norm, o, o_bias,
-  mlp_norm, mlp_norm_bias, mlp_in, mlp_in_bias, down, down_bias,
+  attn_norm, attn_norm_bias, qkv, qkv_bias, q_norm, k_norm, o, o_bias, post_attn_norm,
+  mlp_norm, mlp_norm_bias, mlp_in, mlp_in_bias, down, down_bias, post_mlp_norm,
 };
 
 struct TensorSpec {

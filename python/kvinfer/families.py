@@ -5,9 +5,10 @@ written once (cpp/model/decoder.cpp). Adding a family is one Family here plus te
 
 kvinfer's weight names (cpp/model/model_config.h): embed, pos_embed, layers.{i}.attn_norm.weight,
 layers.{i}.qkv.weight (Q, K and V rows in one matrix), layers.{i}.q_norm.weight and
-layers.{i}.k_norm.weight (q/k-norm), layers.{i}.o.weight, layers.{i}.mlp_norm.weight,
-layers.{i}.gate_up.weight (gate rows, then up rows) or layers.{i}.fc.weight, layers.{i}.down.weight,
-the biases beside them, final_norm.weight, lm_head.
+layers.{i}.k_norm.weight (q/k-norm), layers.{i}.o.weight, layers.{i}.post_attn_norm.weight (post-norms),
+layers.{i}.mlp_norm.weight, layers.{i}.gate_up.weight (gate rows, then up rows) or
+layers.{i}.fc.weight, layers.{i}.down.weight, layers.{i}.post_mlp_norm.weight (post-norms), the
+biases beside them, final_norm.weight, lm_head.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Source:
     parts: tuple[str, ...]               # checkpoint tensor names, concatenated along rows in this order
     shapes: tuple[tuple[int, ...], ...]  # expected checkpoint shape of each part
     transpose: bool = False              # stored [in, out] (GPT-2's Conv1D) -> [out, in]
+    plus: float = 0.0                    # added to every value (Gemma's RMSNorm weights: offsets from 1)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,10 @@ def _describe_llama(cfg: dict[str, Any], c: _core.ModelConfig, qkv_bias: bool = 
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
         raise ValueError(f"hidden_act {act!r} is not supported (supported: silu)")
+    _llama_shape(cfg, c, qkv_bias)
+
+
+def _llama_shape(cfg: dict[str, Any], c: _core.ModelConfig, qkv_bias: bool = False) -> None:
     c.hidden_size = _int(cfg, "hidden_size")
     c.num_layers = _int(cfg, "num_hidden_layers")
     c.num_heads = _int(cfg, "num_attention_heads")
@@ -180,6 +186,56 @@ def _phi3_weights(c: _core.ModelConfig, names: set[str]) -> list[Source]:
     return [fused.get(s.target, s) for s in _llama_weights(c, names)]
 
 
+# ---- Gemma, Gemma 2: Llama's layer with GeGLU, the embedding times sqrt(hidden), RMSNorm weights ----
+# stored as offsets from 1; Gemma 2 adds norms after attention and the MLP, a query scale of its
+# own, soft-capped attention scores and logits, and a sliding window on every other layer.
+def _describe_gemma(cfg: dict[str, Any], c: _core.ModelConfig) -> None:
+    # transformers reads Gemma's "gelu" as the tanh approximation; Gemma 2 takes hidden_activation as named
+    act = cfg.get("hidden_act") or cfg.get("hidden_activation") or "gelu_pytorch_tanh"
+    if act not in ("gelu", "gelu_pytorch_tanh"):
+        raise ValueError(f"Gemma hidden_act {act!r} is not supported (supported: gelu_pytorch_tanh)")
+    _llama_shape({"head_dim": 256, "rms_norm_eps": 1e-6, "tie_word_embeddings": True, **cfg}, c)
+    c.mlp = "geglu"
+    c.embed_scale = math.sqrt(c.hidden_size)
+
+
+def _describe_gemma2(cfg: dict[str, Any], c: _core.ModelConfig) -> None:
+    act = cfg.get("hidden_activation", "gelu_pytorch_tanh")
+    if act not in ("gelu_pytorch_tanh", "gelu_new"):
+        raise ValueError(f"Gemma 2 hidden_activation {act!r} is not supported (supported: gelu_pytorch_tanh)")
+    _describe_gemma({**cfg, "hidden_act": "gelu_pytorch_tanh"}, c)
+    c.post_norms = True
+    c.attn_scale = _float(cfg, "query_pre_attn_scalar", 256) ** -0.5
+    for key, field in (("attn_logit_softcapping", "attn_softcap"), ("final_logit_softcapping", "logit_softcap")):
+        cap = cfg.get(key, 50.0 if field == "attn_softcap" else 30.0)  # (transformers' defaults)
+        setattr(c, field, 0.0 if cap is None else _float(cfg, key))
+
+
+def _gemma2_window(cfg: dict[str, Any]) -> int | None:
+    """Gemma 2 windows the layers named so in layer_types (by default every other one, from the first)."""
+    types = cfg.get("layer_types")
+    windowed = "sliding_attention" in types if isinstance(types, list) else True
+    return cfg.get("sliding_window", 4096) if windowed else None
+
+
+def _gemma_weights(c: _core.ModelConfig, names: set[str]) -> list[Source]:
+    """Llama's map with every RMSNorm weight plus 1; with post-norms, Gemma 2's four norms a layer:
+    its post_attention_layernorm norms the attention output, pre_feedforward_layernorm the MLP input."""
+    out = []
+    for s in _llama_weights(c, names):
+        if s.target.endswith("norm.weight"):
+            part = s.parts[0]
+            if c.post_norms and s.target.endswith("mlp_norm.weight"):
+                part = part.replace("post_attention_layernorm", "pre_feedforward_layernorm")
+            s = Source(s.target, (part,), s.shapes, plus=1.0)
+        out.append(s)
+    for i in range(c.num_layers if c.post_norms else 0):
+        p, t, H = f"model.layers.{i}.", f"layers.{i}.", (c.hidden_size,)
+        out += [Source(t + "post_attn_norm.weight", (p + "post_attention_layernorm.weight",), (H,), plus=1.0),
+                Source(t + "post_mlp_norm.weight", (p + "post_feedforward_layernorm.weight",), (H,), plus=1.0)]
+    return out
+
+
 # ---- GPT-2: LayerNorm, learned positions, gelu_new, Conv1D weights ---------------------------------
 def _describe_gpt2(cfg: dict[str, Any], c: _core.ModelConfig) -> None:
     act = cfg.get("activation_function", "gelu_new")
@@ -240,6 +296,9 @@ FAMILIES = (
     Family(("Qwen3ForCausalLM",), ("qwen3",), _describe_qwen3, _llama_weights, window=_qwen_window),
     # Phi-3, Phi-4: Llama's layer with fused QKV and gate/up tensors; windowed whenever sliding_window is set
     Family(("Phi3ForCausalLM",), ("phi3",), _describe_phi3, _phi3_weights, window=lambda cfg: cfg.get("sliding_window")),
+    Family(("GemmaForCausalLM",), ("gemma",), _describe_gemma, _gemma_weights),
+    # Gemma 2: windowed layers compute full attention, which equals the window within it (as Mistral)
+    Family(("Gemma2ForCausalLM",), ("gemma2",), _describe_gemma2, _gemma_weights, window=_gemma2_window),
     Family(("GPT2LMHeadModel",), ("gpt2",), _describe_gpt2, _gpt2_weights),
 )
 SUPPORTED_ARCHITECTURES = tuple(a for f in FAMILIES for a in f.architectures)

@@ -22,6 +22,20 @@ def _qwen3(hidden, inter, layers, heads, tied):
                 architectures=["Qwen3ForCausalLM"])
 
 
+def _gemma(hidden, inter, layers, heads, kv, head_dim, gemma2=True, **extra):
+    cfg = {"architectures": ["Gemma2ForCausalLM" if gemma2 else "GemmaForCausalLM"], "hidden_size": hidden,
+           "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": heads,
+           "num_key_value_heads": kv, "head_dim": head_dim, "vocab_size": 256000, "max_position_embeddings": 8192,
+           "rope_theta": 10000.0, "tie_word_embeddings": True, "rms_norm_eps": 1e-6}
+    if gemma2:
+        cfg.update(hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=256, sliding_window=4096,
+                   attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
+    else:
+        cfg["hidden_act"] = "gelu_pytorch_tanh"
+    cfg.update(extra)
+    return cfg
+
+
 def _gpt2(embd, layers, heads):
     return {"architectures": ["GPT2LMHeadModel"], "n_embd": embd, "n_layer": layers, "n_head": heads,
             "n_positions": 1024, "vocab_size": 50257, "layer_norm_epsilon": 1e-5,
@@ -32,6 +46,11 @@ _LLAMA3_ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "
                 "original_max_position_embeddings": 8192}
 
 MODELS: dict[str, dict] = {
+    "gemma-2b": _gemma(2048, 16384, 18, 8, 1, 256, gemma2=False),
+    "gemma-7b": _gemma(3072, 24576, 28, 16, 16, 256, gemma2=False),
+    "gemma-2-2b": _gemma(2304, 9216, 26, 8, 4, 256),
+    "gemma-2-9b": _gemma(3584, 14336, 42, 16, 8, 256),
+    "gemma-2-27b": _gemma(4608, 36864, 46, 32, 16, 128, query_pre_attn_scalar=144),
     "gpt2": _gpt2(768, 12, 12),
     "gpt2-medium": _gpt2(1024, 24, 16),
     "gpt2-large": _gpt2(1280, 36, 20),

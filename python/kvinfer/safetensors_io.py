@@ -116,25 +116,28 @@ class SafetensorsFolder:
             raise ValueError(f"tensor {name!r} is missing from the weights in {self.folder}")
         return self.tensors[name]
 
-    def read_float16(self, name: str) -> np.ndarray:
-        """The tensor as float16 (bf16 and fp32 are rounded to nearest)."""
+    def read_float16(self, name: str, plus: float = 0.0) -> np.ndarray:
+        """The tensor as float16 (bf16 and fp32 are rounded to nearest); with `plus`, the tensor plus
+        that constant, added in float32 before the rounding (Gemma's RMSNorm weights are offsets
+        from 1)."""
         info = self.info(name)
         if info.dtype not in _DTYPES:
             raise ValueError(f"tensor {name!r} has dtype {info.dtype}; supported: {', '.join(_DTYPES)}")
         if info.dtype == "BF16":
             raw = np.memmap(info.file, dtype=np.uint16, mode="r", offset=info.begin, shape=info.shape)
-            wide = (raw.astype(np.uint32) << 16).view(np.float32)
-            with np.errstate(over="ignore", invalid="ignore"):
-                return _checked(name, info.file, wide, wide.astype(np.float16))
-        from safetensors import SafetensorError, safe_open
+            array = (raw.astype(np.uint32) << 16).view(np.float32)
+        else:
+            from safetensors import SafetensorError, safe_open
 
-        try:
-            handle = self._handles.get(info.file)
-            if handle is None:
-                handle = self._handles[info.file] = safe_open(info.file, framework="numpy")
-            array = handle.get_tensor(name)
-        except SafetensorError as e:
-            raise ValueError(f"{info.file}: cannot read tensor {name!r}: {e}") from None
+            try:
+                handle = self._handles.get(info.file)
+                if handle is None:
+                    handle = self._handles[info.file] = safe_open(info.file, framework="numpy")
+                array = handle.get_tensor(name)
+            except SafetensorError as e:
+                raise ValueError(f"{info.file}: cannot read tensor {name!r}: {e}") from None
+        if plus:
+            array = array.astype(np.float32) + np.float32(plus)
         with np.errstate(over="ignore", invalid="ignore"):
             half = array.astype(np.float16, copy=False)
         return _checked(name, info.file, array, half)

@@ -39,7 +39,7 @@ def load_weights(runner: _core.Runner, config: _core.ModelConfig, folder: str, p
         bar = tqdm(total=len(sources), desc="loading weights", unit="tensor", leave=False)
     try:
         for src in sources:
-            arrays = [files.read_float16(name) for name in src.parts]
+            arrays = [files.read_float16(name, plus=src.plus) for name in src.parts]
             if src.transpose:
                 arrays = [a.T for a in arrays]
             array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)

@@ -2,6 +2,8 @@
 // relies on (a row's matmul result does not depend on the batch it is computed in).
 #include <gtest/gtest.h>
 
+#include <limits>
+#include <string>
 #include <vector>
 
 #include "model/model_config.h"
@@ -58,10 +60,54 @@ ModelConfig qwen3_0_6b() {  // q/k-norm, and q heads wider than the model (16 x 
   return c;
 }
 
+ModelConfig gemma2_2b() {  // GeGLU, post-norms, head_dim 256 over 8 heads (q_dim 2048 < hidden 2304)
+  ModelConfig c;
+  c.architecture = "Gemma2ForCausalLM";
+  c.vocab_size = 256000;
+  c.hidden_size = 2304;
+  c.num_layers = 26;
+  c.num_heads = 8;
+  c.num_kv_heads = 4;
+  c.head_dim = 256;
+  c.intermediate_size = 9216;
+  c.max_positions = 8192;
+  c.mlp = MlpKind::GeGLU;
+  c.tie_word_embeddings = c.post_norms = true;
+  c.embed_scale = 48.0f;
+  c.attn_scale = 0.0625f;
+  c.attn_softcap = 50.0f;
+  c.logit_softcap = 30.0f;
+  return c;
+}
+
 TEST(ModelConfig, PublishedParameterCounts) {
   EXPECT_EQ(parameter_count(gpt2()), 124439808);
   EXPECT_EQ(parameter_count(smollm2_135m()), 134515008);
   EXPECT_EQ(parameter_count(qwen3_0_6b()), 596049920);
+  EXPECT_EQ(parameter_count(gemma2_2b()), 2614341888);
+}
+
+TEST(ModelConfig, PostNormsFollowTheirProjections) {
+  const auto specs = weight_layout(gemma2_2b());
+  std::vector<std::string> names;
+  for (int i = 1; i <= 7; ++i) names.push_back(specs[i].name);
+  EXPECT_EQ(names, (std::vector<std::string>{"layers.0.attn_norm.weight", "layers.0.qkv.weight", "layers.0.o.weight",
+                                             "layers.0.post_attn_norm.weight", "layers.0.mlp_norm.weight",
+                                             "layers.0.gate_up.weight", "layers.0.down.weight"}));
+  EXPECT_EQ(specs[4].role, WeightRole::post_attn_norm);
+  EXPECT_EQ(specs[8].name, "layers.0.post_mlp_norm.weight");
+  EXPECT_EQ(specs[8].role, WeightRole::post_mlp_norm);
+  EXPECT_EQ(specs[8].shape, (std::vector<int64_t>{2304}));
+  EXPECT_EQ(specs[6].shape, (std::vector<int64_t>{2 * 9216, 2304}));  // GeGLU: gate and up rows
+}
+
+TEST(ModelConfig, AttentionScaleIsHeadDimsUnlessSet) {
+  ModelConfig c = gemma2_2b();
+  EXPECT_FLOAT_EQ(c.attention_scale(), 0.0625f);
+  c.attn_scale = 0;
+  EXPECT_FLOAT_EQ(c.attention_scale(), 1.0f / 16.0f);  // 1/sqrt(256)
+  c.head_dim = 64;
+  EXPECT_FLOAT_EQ(c.attention_scale(), 0.125f);
 }
 
 TEST(ModelConfig, QkNormAddsOneWeightOfHeadDimForQAndForK) {
@@ -102,6 +148,20 @@ TEST(ModelConfig, InvalidFieldsAreNamed) {
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("hidden_size=0"), std::string::npos) << e.what();
   }
+  for (float bad : {-1.0f, std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    c = gemma2_2b(), c.attn_softcap = bad;
+    EXPECT_THROW(c.validate(), std::invalid_argument) << bad;
+    c = gemma2_2b(), c.logit_softcap = bad;
+    EXPECT_THROW(c.validate(), std::invalid_argument) << bad;
+    c = gemma2_2b(), c.attn_scale = bad;
+    EXPECT_THROW(c.validate(), std::invalid_argument) << bad;
+    c = gemma2_2b(), c.embed_scale = bad;
+    EXPECT_THROW(c.validate(), std::invalid_argument) << bad;
+  }
+  c = gemma2_2b(), c.embed_scale = 0;
+  EXPECT_THROW(c.validate(), std::invalid_argument);
+  c = gpt2(), c.post_norms = true;  // post-norms are RMSNorms
+  EXPECT_THROW(c.validate(), std::invalid_argument);
 }
 
 TEST(CpuOps, MatmulRowsDoNotDependOnTheBatch) {

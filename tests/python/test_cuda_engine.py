@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.cuda,
 from kvinfer.llm import LLM  # noqa: E402
 from kvinfer.sampling import SamplingParams  # noqa: E402
 from step_helpers import decode_rows  # noqa: E402
-from tiny_models import ARCHS, VOCAB, WIDE, make_model  # noqa: E402
+from tiny_models import ARCHS, CPU_ONLY, VOCAB, WIDE, make_model  # noqa: E402
 
 GREEDY = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
 
@@ -83,6 +83,14 @@ def test_batch_of_eight_equals_eight_singles(name, model_dirs, monkeypatch):
     batched = llm.generate(prompts, GREEDY)
     for p, b in zip(prompts, batched):
         assert b.token_ids == llm.generate(p, GREEDY)[0].token_ids
+
+
+@pytest.mark.parametrize("name", list(CPU_ONLY))
+def test_families_without_cuda_kernels_are_refused_by_name(name, tmp_path):
+    folder = make_model(name, str(tmp_path / name))
+    with pytest.raises(ValueError, match=r"Gemma2?ForCausalLM .*not yet implemented on CUDA.*device=\"cpu\""):
+        load(folder, "cuda:0")
+    assert load(folder, "cpu").generate(prompt(9, 1), GREEDY)[0].token_ids  # the CPU runs it
 
 
 def test_logits_and_decode_steps_match_cpu(model_dirs):

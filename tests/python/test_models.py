@@ -13,7 +13,7 @@ import kvinfer  # noqa: E402
 from kvinfer.llm import LLM  # noqa: E402
 from kvinfer.sampling import SamplingParams  # noqa: E402
 from step_helpers import decode_rows  # noqa: E402
-from tiny_models import ARCHS, VOCAB, hf_model, make_model  # noqa: E402
+from tiny_models import ARCHS, CPU_ONLY, VOCAB, hf_model, make_model  # noqa: E402
 
 # Tolerances, relative to the largest reference magnitude. Our K/V cache is fp16 (HF keeps fp32),
 # which perturbs each attention input by up to 2^-11 relative; summation order differs from torch.
@@ -32,7 +32,7 @@ def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    return {name: make_model(name, str(root / name)) for name in ARCHS}
+    return {name: make_model(name, str(root / name)) for name in {**ARCHS, **CPU_ONLY}}
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +51,7 @@ def load(folder: str, **kw) -> LLM:
     return LLM(folder, device="cpu", tracker=kvinfer.VramTracker(), **kw)
 
 
-@pytest.mark.parametrize("name", list(ARCHS))
+@pytest.mark.parametrize("name", [*ARCHS, *CPU_ONLY])
 def test_hidden_states_and_logits_match_hf(name, model_dirs, hf_models):
     llm = load(model_dirs[name])
     ids = prompt(100, 1)
@@ -68,7 +68,7 @@ def test_hidden_states_and_logits_match_hf(name, model_dirs, hf_models):
     assert err < LOGITS_TOL, f"{name}: logits relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("name", list(ARCHS))
+@pytest.mark.parametrize("name", [*ARCHS, *CPU_ONLY])
 def test_greedy_continuation_matches_hf(name, model_dirs, hf_models):
     llm = load(model_dirs[name])
     for seed in (2, 3):
@@ -145,3 +145,39 @@ def test_planted_bug_is_caught(model_dirs, hf_models, tmp_path):
     with torch.no_grad():
         ref = hf_models["llama_gqa3"](torch.tensor([ids])).logits[0].numpy()
     assert rel_err(ours, ref) > 20 * LOGITS_TOL
+
+
+def _gemma2_planted(cfg, c, bug: str) -> None:
+    from kvinfer import families
+
+    families._describe_gemma2(cfg, c)
+    if bug == "scores not soft-capped":
+        c.attn_softcap = 0.0
+    elif bug == "logits not soft-capped":
+        c.logit_softcap = 0.0
+    elif bug == "query scale 1/sqrt(head_dim)":
+        c.attn_scale = 0.0
+    elif bug == "embedding not scaled":
+        c.embed_scale = 1.0
+
+
+@pytest.mark.parametrize("bug", ["scores not soft-capped", "logits not soft-capped", "query scale 1/sqrt(head_dim)",
+                                 "embedding not scaled", "norm weights not offset by 1"])
+def test_gemma2_planted_bugs_are_caught(bug, model_dirs, hf_models, monkeypatch):
+    """Each of Gemma 2's differences from Llama, left out, moves the logits far beyond the bound."""
+    import dataclasses
+
+    from kvinfer import families
+
+    def weights(c, names):
+        out = families._gemma_weights(c, names)
+        return [dataclasses.replace(s, plus=0.0) for s in out] if bug == "norm weights not offset by 1" else out
+
+    patched = tuple(dataclasses.replace(f, describe=lambda cfg, c: _gemma2_planted(cfg, c, bug), weights=weights)
+                    if "Gemma2ForCausalLM" in f.architectures else f for f in families.FAMILIES)
+    monkeypatch.setattr(families, "FAMILIES", patched)
+    ids = prompt(100, 1)
+    ours = load(model_dirs["gemma2"]).logits(ids)
+    with torch.no_grad():
+        ref = hf_models["gemma2"](torch.tensor([ids])).logits[0].numpy()
+    assert rel_err(ours, ref) > 10 * LOGITS_TOL, bug

@@ -29,7 +29,10 @@ def test_kv_reference_figures(cfg, expected):
 @pytest.mark.parametrize("name, params", [("gpt2", 124_439_808), ("smollm2-135m", 134_515_008),
                                           ("llama-3-8b", 8_030_261_248), ("qwen2.5-0.5b", 494_032_768),
                                           ("qwen3-0.6b", 596_049_920), ("qwen3-8b", 8_190_735_360),
-                                          ("phi-3-mini-4k", 3_821_079_552), ("phi-4", 14_659_507_200)])
+                                          ("phi-3-mini-4k", 3_821_079_552), ("phi-4", 14_659_507_200),
+                                          ("gemma-2b", 2_506_172_416), ("gemma-7b", 8_537_680_896),
+                                          ("gemma-2-2b", 2_614_341_888), ("gemma-2-9b", 9_241_705_984),
+                                          ("gemma-2-27b", 27_227_128_320)])
 def test_parameter_counts_and_fp16_weights(name, params):
     plan = planner.plan_memory(name, context=128)
     assert plan.parameters == params
@@ -62,6 +65,27 @@ def test_phi3_rejects_what_it_does_not_compute():
         model_config({**phi, "partial_rotary_factor": 0.75})
     with pytest.raises(ValueError, match="longrope"):  # the 128k variants
         model_config({**phi, "rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}})
+
+
+def test_gemma_families_read_their_own_fields():
+    from kvinfer.config import attention_window, model_config
+    from kvinfer.model_zoo import builtin_config
+
+    g2 = builtin_config("gemma-2-27b")
+    c = model_config(g2)
+    assert (c.mlp, c.post_norms, c.attn_softcap, c.logit_softcap) == ("geglu", True, 50.0, 30.0)
+    assert c.attn_scale == pytest.approx(144 ** -0.5) and c.embed_scale == pytest.approx(4608 ** 0.5)
+    assert attention_window(g2) == 4096
+    assert attention_window({**g2, "layer_types": ["full_attention"] * 46}) is None
+    uncapped = model_config({**g2, "attn_logit_softcapping": None, "final_logit_softcapping": None})
+    assert (uncapped.attn_softcap, uncapped.logit_softcap) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="hidden_activation 'gelu'"):  # exact GELU is not what the kernels compute
+        model_config({**g2, "hidden_activation": "gelu"})
+    g1 = model_config(builtin_config("gemma-7b"))
+    assert (g1.mlp, g1.post_norms, g1.attn_softcap, g1.attn_scale, g1.head_dim) == ("geglu", False, 0.0, 0.0, 256)
+    assert model_config({**builtin_config("gemma-7b"), "hidden_act": "gelu"}).mlp == "geglu"  # transformers' reading
+    with pytest.raises(ValueError, match="hidden_act 'silu'"):
+        model_config({**builtin_config("gemma-7b"), "hidden_act": "silu"})
 
 
 def test_every_builtin_name_plans():

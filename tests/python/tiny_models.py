@@ -37,6 +37,17 @@ ARCHS = {
                                       sliding_window=None)),
     "gpt2": ("GPT2Config", dict(n_embd=128, n_layer=2, n_head=2, n_positions=512)),
 }
+# Families the CPU backend runs and CUDA refuses by name (its kernels lack their ops so far): Gemma
+# (GeGLU, the embedding scaled, RMSNorm weights stored as offsets from 1) and Gemma 2 (post-norms, a
+# query scale of its own, soft-capped scores and logits; caps small enough here to bend them).
+CPU_ONLY = {
+    "gemma": ("GemmaConfig", dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=1, head_dim=32)),
+    "gemma2": ("Gemma2Config", dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=48,
+                                    query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
+                                    final_logit_softcapping=3.0)),
+}
 # Wider than 1024: the CUDA backend's decode GEMMs then apply the MLP activation in a pass of its
 # own rather than inside the down projection (the GPU tests use these too).
 WIDE = {
@@ -68,7 +79,7 @@ def make_model(name: str, folder: str, seed: int = 0) -> str:
     import torch
     import transformers
 
-    cls_name, kwargs = {**ARCHS, **WIDE}[name]
+    cls_name, kwargs = {**ARCHS, **WIDE, **CPU_ONLY}[name]
     torch.manual_seed(seed)
     cfg = getattr(transformers, cls_name)(vocab_size=VOCAB, eos_token_id=0, bos_token_id=0, **kwargs)
     # A wider init than the default 0.02 makes the logits peaked, so greedy choices are not near-ties.
@@ -78,6 +89,8 @@ def make_model(name: str, folder: str, seed: int = 0) -> str:
         for n, p in model.named_parameters():
             if n.endswith(("q_norm.weight", "k_norm.weight")):
                 p.uniform_(0.5, 1.5)
+            elif cls_name.startswith("Gemma") and n.endswith("norm.weight"):  # (offsets from 1, init 0)
+                p.uniform_(-0.5, 0.5)
     os.makedirs(folder, exist_ok=True)
     model.to(torch.float16).save_pretrained(folder, safe_serialization=True)
     make_tokenizer(folder)

@@ -1,7 +1,7 @@
 // Causal attention over the fp16 KV cache for any mix of prefill and decode rows: each query row
 // streams its sequence's keys (through its block table) once with an online softmax (running max m,
 // running sum l), so no score buffer beyond one block of keys is needed:
-// o = sum_j exp(s_j - m) v_j / l with s_j = q . k_j * scale.
+// o = sum_j exp(s_j - m) v_j / l with s_j = q . k_j * scale (soft-capped where cap > 0).
 //
 // Keys go in blocks of kKeyBlock positions (fixed by position, never by the step: a row's result
 // does not depend on what else is in its step): the block's scores, one rescale of o and l where
@@ -22,7 +22,8 @@ constexpr int kKeyBlock = 32;
 
 void attention(const float* q, int64_t q_stride, const half_t* k_cache, const half_t* v_cache,
                const KVLayout& layout, const StepArrays& step, int T, int num_heads,
-               int num_kv_heads, int head_dim, float scale, float* out, int64_t out_stride) {
+               int num_kv_heads, int head_dim, float scale, float* out, int64_t out_stride,
+               float cap) {
   const int group = num_heads / num_kv_heads;
 #pragma omp parallel for collapse(2) schedule(dynamic, 1)
   for (int t = 0; t < T; ++t) {
@@ -45,7 +46,11 @@ void attention(const float* q, int64_t q_stride, const half_t* k_cache, const ha
         }
         simd::dot_rows_f16_f32(keys, count, qh, head_dim, s);
         float block_max = -std::numeric_limits<float>::infinity();
-        for (int i = 0; i < count; ++i) block_max = std::max(block_max, s[i] *= scale);
+        for (int i = 0; i < count; ++i) {
+          s[i] *= scale;
+          if (cap > 0) s[i] = cap * std::tanh(s[i] / cap);
+          block_max = std::max(block_max, s[i]);
+        }
         if (block_max > m) {
           const float correction = std::exp(m - block_max);  // 0 on the first block (m = -inf)
           l *= correction;

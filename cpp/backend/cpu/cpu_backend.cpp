@@ -46,6 +46,8 @@ class CpuBackend final : public Backend {
       if (s.arrays.prev_sample_row[t] >= 0) s.arrays.tokens[t] = sampled[s.arrays.prev_sample_row[t]];
     cpu::embedding(s.arrays, s.num_tokens, table, pos_table, view<int32_t>(act_.history),
                    shape_.max_context, x(), c_.hidden_size);
+    if (c_.embed_scale != 1.0f)
+      for (int64_t i = 0, n = int64_t(s.num_tokens) * c_.hidden_size; i < n; ++i) x()[i] *= c_.embed_scale;
   }
 
   void attention_inputs(int layer, const Norm& norm, const Linear& w, const HeadNorms& head_norms,
@@ -71,10 +73,9 @@ class CpuBackend final : public Backend {
   }
 
   void attention(int layer, const StepContext& s) override {
-    const float scale = 1.0f / std::sqrt(static_cast<float>(c_.head_dim));
     cpu::attention(buffer(Buffer::qkv), c_.qkv_dim(), cache_.k_layer(layer), cache_.v_layer(layer),
                    cache_.layout(), s.arrays, s.num_tokens, c_.num_heads, c_.num_kv_heads, c_.head_dim,
-                   scale, buffer(Buffer::attn), c_.q_dim());
+                   c_.attention_scale(), buffer(Buffer::attn), c_.q_dim(), c_.attn_softcap);
   }
 
   bool keep_logit_rows(const StepContext& s) override {
@@ -90,20 +91,21 @@ class CpuBackend final : public Backend {
     return true;
   }
 
-  void attention_output(const Linear& w, const StepContext& s) override {
-    cpu::matmul(buffer(Buffer::attn), c_.q_dim(), w.weight, w.bias, x(), c_.hidden_size, s.num_tokens, w.out, w.in,
-                /*accumulate=*/true);
+  void attention_output(const Linear& w, const Norm& post, const StepContext& s) override {
+    project_residual(buffer(Buffer::attn), c_.q_dim(), w, post, s.num_tokens);
   }
 
-  void mlp(const Norm& norm, const Linear& in, Activation act, const Linear& down, const StepContext& s) override {
+  void mlp(const Norm& norm, const Linear& in, Activation act, const Linear& down, const Norm& post,
+           const StepContext& s) override {
     const int T = s.num_tokens;
     float* mlp = buffer(Buffer::mlp);
     const int64_t ld = stride(Buffer::mlp);
     norm_rows(x(), norm, h(), T);
     cpu::matmul(h(), c_.hidden_size, in.weight, in.bias, mlp, ld, T, in.out, in.in, false);
     if (act == Activation::silu_mul) cpu::silu_mul(mlp, ld, mlp, ld, T, down.in);  // in place: row t's first half
+    if (act == Activation::gelu_mul) cpu::gelu_mul(mlp, ld, mlp, ld, T, down.in);
     if (act == Activation::gelu_new) cpu::gelu_new(mlp, int64_t(T) * ld);
-    cpu::matmul(mlp, ld, down.weight, down.bias, x(), c_.hidden_size, T, down.out, down.in, /*accumulate=*/true);
+    project_residual(mlp, ld, down, post, T);
   }
 
   void logits(const Norm& norm, const Linear& w, const StepContext& s) override {
@@ -114,6 +116,7 @@ class CpuBackend final : public Backend {
     // straight into the caller's rows when it asked for them (there may be more than max_batch)
     float* out = s.logits_out && !s.sample ? s.logits_out : view<float>(act_.logits);
     cpu::matmul(h(), H, w.weight, w.bias, out, V, R, V, H, false);
+    if (c_.logit_softcap > 0) cpu::softcap(out, int64_t(R) * V, c_.logit_softcap);
     if (s.logits_out && s.sample) std::memcpy(s.logits_out, out, sizeof(float) * size_t(R) * V);
   }
 
@@ -135,6 +138,15 @@ class CpuBackend final : public Backend {
   float* h() const { return view<float>(act_.h); }
   float* buffer(Buffer b) const { return view<float>(buffer_offset(act_, b)); }
   int64_t stride(Buffer b) const { return buffer_stride(c_, b); }
+  // x += post(in W^T + bias): straight into the residual stream, or through h where a post-norm
+  // comes first
+  void project_residual(const float* in, int64_t ld, const Linear& w, const Norm& post, int T) const {
+    if (!post.weight) return cpu::matmul(in, ld, w.weight, w.bias, x(), c_.hidden_size, T, w.out, w.in, true);
+    const int H = c_.hidden_size;
+    cpu::matmul(in, ld, w.weight, w.bias, h(), H, T, w.out, w.in, false);
+    cpu::rms_norm(h(), post.weight, h(), T, H, c_.norm_eps);  // (in place: each row read before written)
+    for (int64_t i = 0, n = int64_t(T) * H; i < n; ++i) x()[i] += h()[i];
+  }
   void norm_rows(const float* in, const Norm& n, float* out, int rows) const {
     if (c_.norm == NormKind::RMSNorm) cpu::rms_norm(in, n.weight, out, rows, c_.hidden_size, c_.norm_eps);
     else cpu::layer_norm(in, n.weight, n.bias, out, rows, c_.hidden_size, c_.norm_eps);

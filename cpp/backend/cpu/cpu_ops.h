@@ -45,6 +45,10 @@ void rope_inv_freq(float* inv_freq, int head_dim, float theta, const RopeScaling
 void silu_mul(const float* gate_up, int64_t stride, float* out, int64_t out_stride, int T, int I);
 // x = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))           (gelu_new), in place
 void gelu_new(float* x, int64_t n);
+// out[t][i] = gelu_new(gate_up[t][i]) * gate_up[t][I + i]        (GeGLU: Gemma's gelu_pytorch_tanh)
+void gelu_mul(const float* gate_up, int64_t stride, float* out, int64_t out_stride, int T, int I);
+// x = cap * tanh(x / cap), in place                               (Gemma 2's soft-capping)
+void softcap(float* x, int64_t n, float cap);
 
 // K/V of T tokens into one layer's cache: row positions[t] of head h of token t's sequence (its
 // block table row: step.block_tables[token_seq[t]], types/kv_layout.h) = k[t][h][:] (and v), with
@@ -56,9 +60,11 @@ void kv_write(half_t* k_cache, half_t* v_cache, const KVLayout& layout, int num_
 // Causal attention of T query rows against the KV cache. Row t attends to positions
 // [0, positions[t]] of its sequence (through its block table), whose K/V must already be in the cache. GQA: query head h uses
 // kv head h / (num_heads / num_kv_heads).
-// out[t][h*d:(h+1)*d] = softmax(q . K^T * scale) V
+// out[t][h*d:(h+1)*d] = softmax(softcap(q . K^T * scale)) V, softcap(s) = cap * tanh(s / cap)
+// where cap > 0 (Gemma 2), else s.
 void attention(const float* q, int64_t q_stride, const half_t* k_cache, const half_t* v_cache,
                const KVLayout& layout, const StepArrays& step, int T, int num_heads,
-               int num_kv_heads, int head_dim, float scale, float* out, int64_t out_stride);
+               int num_kv_heads, int head_dim, float scale, float* out, int64_t out_stride,
+               float cap = 0.0f);
 
 }  // namespace kvinfer::cpu

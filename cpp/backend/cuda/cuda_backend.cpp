@@ -30,6 +30,11 @@ CudaBackend::CudaBackend(const BackendInit& init)
                     " (q/k-norm) is not yet verified on CUDA: load it with device=\"cpu\", or set",
                     " KVINFER_QK_NORM_CUDA=1 to run the CUDA path anyway");
   KVINFER_CHECK_ARG(!c_.qk_norm || c_.head_dim <= 256, "q/k-norm on CUDA takes head_dim <= 256, not ", c_.head_dim);
+  // Gemma's layer (GeGLU, scaled embedding, post-norms, soft-capping) runs on the CPU backend only
+  KVINFER_CHECK_ARG(c_.mlp != MlpKind::GeGLU && c_.embed_scale == 1.0f && !c_.post_norms && c_.attn_softcap == 0 &&
+                        c_.logit_softcap == 0,
+                    c_.architecture, " (GeGLU, embedding scale, post-norms or soft-capping) is not yet",
+                    " implemented on CUDA: load it with device=\"cpu\"");
   DeviceGuard guard(device_);
   prompt_ladder_ = cuda::prompt_token_ladder(shape_.max_step_tokens);
   prompt_rows_ = cuda::prompt_row_ladder(shape_.max_batch);

@@ -58,9 +58,11 @@ class CudaBackend final : public Backend {
 
   void attention(int layer, const StepContext& s) override;
 
-  void attention_output(const Linear& w, const StepContext& s) override;
+  // (post norms are refused at construction: not on CUDA yet)
+  void attention_output(const Linear& w, const Norm& post, const StepContext& s) override;
 
-  void mlp(const Norm& norm, const Linear& in, Activation act, const Linear& down, const StepContext& s) override;
+  void mlp(const Norm& norm, const Linear& in, Activation act, const Linear& down, const Norm& post,
+           const StepContext& s) override;
 
   bool keep_logit_rows(const StepContext& s) override;
   void logits(const Norm& norm, const Linear& w, const StepContext& s) override;

@@ -65,7 +65,7 @@ void CudaBackend::attention_inputs(int layer, const Norm& norm, const Linear& w,
 }
 
 void CudaBackend::attention(int layer, const StepContext& s) {
-  const float scale = 1.0f / std::sqrt(static_cast<float>(c_.head_dim));
+  const float scale = c_.attention_scale();
   const half_t* qkv = buffer(Buffer::qkv);
   const auto decode = [&](int seqs, cuda::DecodeLengths lengths) {
     cuda::attention_decode(qkv, c_.qkv_dim(), cache_.k_layer(layer), cache_.v_layer(layer), cache_.layout(),
@@ -110,7 +110,7 @@ bool CudaBackend::keep_logit_rows(const StepContext& s) {
   return true;
 }
 
-void CudaBackend::attention_output(const Linear& w, const StepContext& s) {
+void CudaBackend::attention_output(const Linear& w, const Norm&, const StepContext& s) {
   const int T = s.num_tokens;
   if (skinny(T)) {
     cuda::SkinnyInput i{cuda::SkinnyIn::half, buffer(Buffer::attn), c_.q_dim()};
@@ -120,7 +120,8 @@ void CudaBackend::attention_output(const Linear& w, const StepContext& s) {
   residual_gemm(buffer(Buffer::attn), c_.q_dim(), w, T);
 }
 
-void CudaBackend::mlp(const Norm& norm, const Linear& in, Activation act, const Linear& down, const StepContext& s) {
+void CudaBackend::mlp(const Norm& norm, const Linear& in, Activation act, const Linear& down, const Norm&,
+                      const StepContext& s) {
   const int T = s.num_tokens;
   half_t* mlp = buffer(Buffer::mlp);
   const int64_t ld = stride(Buffer::mlp);
