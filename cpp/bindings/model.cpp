@@ -3,6 +3,7 @@
 #include "core/errors.h"
 #include "model/model_config.h"
 #include "runtime/activations.h"
+#include "runtime/backend.h"
 
 namespace kvinfer::bindings {
 
@@ -71,6 +72,8 @@ void bind_model(py::module_& m) {
       .def("weight_bytes", [](const ModelConfig& c) { return weight_bytes(c); })
       .def("parameter_count", [](const ModelConfig& c) { return parameter_count(c); });
 
+  m.def("cuda_unsupported", &cuda_unsupported, py::arg("config"),
+        "Why the CUDA backend cannot run this model, or '' where it can (device='auto' then takes the CPU).");
   m.def("activation_bytes", [](const ModelConfig& c, int max_batch, int max_context, int max_step_tokens,
                                 const std::string& device) {
           return activation_layout(c, RunnerShape{max_batch, max_context, max_step_tokens}, device_kind(device)).total;

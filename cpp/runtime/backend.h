@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/vram_tracker.h"
@@ -84,7 +85,9 @@ struct BackendInit {
   RunnerOptions options;
 };
 std::unique_ptr<Backend> make_cpu_backend(const BackendInit& init);
-// Throws std::invalid_argument in a build without the CUDA backend.
+// Throws std::invalid_argument in a build without the CUDA backend, or for a model it cannot run.
 std::unique_ptr<Backend> make_cuda_backend(const BackendInit& init);
+// Why the CUDA backend cannot run this model ("" where it can): its message when it refuses it.
+std::string cuda_unsupported(const ModelConfig& config);
 
 }  // namespace kvinfer

@@ -192,7 +192,7 @@ def _phi3_weights(c: _core.ModelConfig, names: set[str]) -> list[Source]:
 def _describe_gemma(cfg: dict[str, Any], c: _core.ModelConfig) -> None:
     # transformers reads Gemma's "gelu" as the tanh approximation; Gemma 2 takes hidden_activation as named
     act = cfg.get("hidden_act") or cfg.get("hidden_activation") or "gelu_pytorch_tanh"
-    if act not in ("gelu", "gelu_pytorch_tanh"):
+    if act not in ("gelu", "gelu_pytorch_tanh", "gelu_new"):
         raise ValueError(f"Gemma hidden_act {act!r} is not supported (supported: gelu_pytorch_tanh)")
     _llama_shape({"head_dim": 256, "rms_norm_eps": 1e-6, "tie_word_embeddings": True, **cfg}, c)
     c.mlp = "geglu"
@@ -200,15 +200,17 @@ def _describe_gemma(cfg: dict[str, Any], c: _core.ModelConfig) -> None:
 
 
 def _describe_gemma2(cfg: dict[str, Any], c: _core.ModelConfig) -> None:
-    act = cfg.get("hidden_activation", "gelu_pytorch_tanh")
+    act = cfg.get("hidden_activation") or "gelu_pytorch_tanh"
     if act not in ("gelu_pytorch_tanh", "gelu_new"):
         raise ValueError(f"Gemma 2 hidden_activation {act!r} is not supported (supported: gelu_pytorch_tanh)")
-    _describe_gemma({**cfg, "hidden_act": "gelu_pytorch_tanh"}, c)
+    # (transformers' Gemma2Config defaults where the keys are absent)
+    _describe_gemma({"num_key_value_heads": 4, **cfg, "hidden_act": "gelu_pytorch_tanh"}, c)
     c.post_norms = True
     c.attn_scale = _float(cfg, "query_pre_attn_scalar", 256) ** -0.5
-    for key, field in (("attn_logit_softcapping", "attn_softcap"), ("final_logit_softcapping", "logit_softcap")):
-        cap = cfg.get(key, 50.0 if field == "attn_softcap" else 30.0)  # (transformers' defaults)
-        setattr(c, field, 0.0 if cap is None else _float(cfg, key))
+    for key, field, default in (("attn_logit_softcapping", "attn_softcap", 50.0),
+                                ("final_logit_softcapping", "logit_softcap", 30.0)):
+        cap = cfg.get(key, default)
+        setattr(c, field, 0.0 if cap is None else _float({key: cap}, key))
 
 
 def _gemma2_window(cfg: dict[str, Any]) -> int | None:

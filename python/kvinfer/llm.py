@@ -124,10 +124,12 @@ def _count(name: str, value, optional: bool = True):
     return int(value)
 
 
-def _pick_device(device: str) -> str:
+def _pick_device(device: str, config: _core.ModelConfig) -> str:
+    """'auto': the GPU where this build runs steps there and its backend runs this model, else the CPU."""
     if device != "auto":
         return device
-    return "cuda:0" if kvinfer.cuda_available() and _core.cuda_forward_available() else "cpu"
+    usable = kvinfer.cuda_available() and _core.cuda_forward_available() and not _core.cuda_unsupported(config)
+    return "cuda:0" if usable else "cpu"
 
 
 class LLM:
@@ -161,7 +163,7 @@ class LLM:
         hf = read_config_json(self.folder)
         self.config = model_config(hf)
         self.tokenizer = Tokenizer(self.folder)
-        self.device = _pick_device(device)
+        self.device = _pick_device(device, self.config)
         name = os.path.basename(os.path.normpath(self.folder))
         if max_memory is not None:
             if kv_blocks is not None:

@@ -84,9 +84,11 @@ def test_config_parsing(changes):
 
 @FUZZ
 @given(arch=st.sampled_from(["GPT2LMHeadModel", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM",
-                             "MistralForCausalLM"]),
+                             "MistralForCausalLM", "GemmaForCausalLM", "Gemma2ForCausalLM"]),
        changes=st.dictionaries(st.sampled_from(["n_embd", "n_layer", "n_head", "n_positions", "sliding_window",
-                                                "use_sliding_window", "layer_norm_epsilon", "n_inner"]),
+                                                "use_sliding_window", "layer_norm_epsilon", "n_inner",
+                                                "query_pre_attn_scalar", "attn_logit_softcapping",
+                                                "final_logit_softcapping", "hidden_activation", "layer_types"]),
                                json_values, max_size=4))
 def test_other_families(arch, changes):
     base = {**BASE, "architectures": [arch], "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64}

@@ -83,9 +83,10 @@ def test_greedy_continuation_matches_hf(name, model_dirs, hf_models):
         assert ours.finish_reason == "length"
 
 
-def test_decode_steps_equal_prefill_rows_bit_for_bit(model_dirs):
+@pytest.mark.parametrize("name", ["llama_gqa3", "gemma2"])
+def test_decode_steps_equal_prefill_rows_bit_for_bit(name, model_dirs):
     """The seed lesson: each decode step must reproduce the matching row of one causal prefill."""
-    llm = load(model_dirs["llama_gqa3"])
+    llm = load(model_dirs[name])
     ids = prompt(60, 4)
     full = llm.logits(ids)
     steps = decode_rows(llm, ids, 23)
@@ -103,7 +104,7 @@ def test_cached_generation_equals_uncached_recomputation(model_dirs):
         seq.append(token)
 
 
-@pytest.mark.parametrize("name", ["llama_gqa3", "gpt2"])
+@pytest.mark.parametrize("name", ["llama_gqa3", "gpt2", "gemma2"])
 def test_batch_of_four_equals_four_singles(name, model_dirs):
     llm = load(model_dirs[name])
     prompts = [prompt(n, 10 + n) for n in (5, 31, 64, 100)]
@@ -145,6 +146,19 @@ def test_planted_bug_is_caught(model_dirs, hf_models, tmp_path):
     with torch.no_grad():
         ref = hf_models["llama_gqa3"](torch.tensor([ids])).logits[0].numpy()
     assert rel_err(ours, ref) > 20 * LOGITS_TOL
+
+
+def test_auto_device_takes_the_cpu_for_a_family_cuda_refuses(model_dirs, monkeypatch):
+    from kvinfer import _core, llm as llm_module
+
+    monkeypatch.setattr(llm_module.kvinfer, "cuda_available", lambda: True)  # as on a GPU machine
+    monkeypatch.setattr(llm_module._core, "cuda_forward_available", lambda: True)
+    monkeypatch.setattr(llm_module._core, "cuda_unsupported", lambda c: "" if c.architecture != "Gemma2ForCausalLM"
+                        else "Gemma2ForCausalLM ... is not yet implemented on CUDA")
+    gemma = llm_module.LLM(model_dirs["gemma2"], device="auto", max_context=64, max_batch=1, max_step_tokens=16)
+    assert gemma.device == "cpu"
+    gemma.close()
+    assert llm_module._pick_device("auto", _core.ModelConfig()) == "cuda:0"  # (what the others would get)
 
 
 def _gemma2_planted(cfg, c, bug: str) -> None:

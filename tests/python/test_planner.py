@@ -79,6 +79,10 @@ def test_gemma_families_read_their_own_fields():
     assert attention_window({**g2, "layer_types": ["full_attention"] * 46}) is None
     uncapped = model_config({**g2, "attn_logit_softcapping": None, "final_logit_softcapping": None})
     assert (uncapped.attn_softcap, uncapped.logit_softcap) == (0.0, 0.0)
+    bare = {k: v for k, v in g2.items() if k not in ("attn_logit_softcapping", "final_logit_softcapping",
+                                                       "num_key_value_heads", "hidden_activation")}
+    c = model_config(bare)  # transformers' Gemma2Config defaults
+    assert (c.attn_softcap, c.logit_softcap, c.num_kv_heads, c.mlp) == (50.0, 30.0, 4, "geglu")
     with pytest.raises(ValueError, match="hidden_activation 'gelu'"):  # exact GELU is not what the kernels compute
         model_config({**g2, "hidden_activation": "gelu"})
     g1 = model_config(builtin_config("gemma-7b"))

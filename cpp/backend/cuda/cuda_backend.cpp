@@ -24,17 +24,8 @@ CudaBackend::CudaBackend(const BackendInit& init)
       splits_(cuda::decode_splits(init.config.num_kv_heads)),
       stage_bytes_(step_layout(init.shape.max_step_tokens, init.shape.max_batch, init.shape.max_step_tokens,
                               init.shape.blocks_per_seq(), init.shape.max_batch * kMaxLogitBiasPerRow).bytes) {
-  // q/k-norm on CUDA is opt-in until its GPU tests have run (the CPU backend's is checked against HF)
-  const char* qk_norm_cuda = std::getenv("KVINFER_QK_NORM_CUDA");
-  KVINFER_CHECK_ARG(!c_.qk_norm || (qk_norm_cuda && std::strcmp(qk_norm_cuda, "1") == 0), c_.architecture,
-                    " (q/k-norm) is not yet verified on CUDA: load it with device=\"cpu\", or set",
-                    " KVINFER_QK_NORM_CUDA=1 to run the CUDA path anyway");
-  KVINFER_CHECK_ARG(!c_.qk_norm || c_.head_dim <= 256, "q/k-norm on CUDA takes head_dim <= 256, not ", c_.head_dim);
-  // Gemma's layer (GeGLU, scaled embedding, post-norms, soft-capping) runs on the CPU backend only
-  KVINFER_CHECK_ARG(c_.mlp != MlpKind::GeGLU && c_.embed_scale == 1.0f && !c_.post_norms && c_.attn_softcap == 0 &&
-                        c_.logit_softcap == 0,
-                    c_.architecture, " (GeGLU, embedding scale, post-norms or soft-capping) is not yet",
-                    " implemented on CUDA: load it with device=\"cpu\"");
+  const std::string unsupported = cuda_unsupported(c_);
+  if (!unsupported.empty()) throw std::invalid_argument(unsupported);
   DeviceGuard guard(device_);
   prompt_ladder_ = cuda::prompt_token_ladder(shape_.max_step_tokens);
   prompt_rows_ = cuda::prompt_row_ladder(shape_.max_batch);
@@ -209,6 +200,21 @@ void CudaBackend::destroy() noexcept {
 }
 
 }  // namespace cuda_backend
+
+std::string cuda_unsupported(const ModelConfig& c) {
+  // q/k-norm on CUDA is opt-in until its GPU tests have run (the CPU backend's is checked against HF)
+  const char* qk_norm_cuda = std::getenv("KVINFER_QK_NORM_CUDA");
+  if (c.qk_norm && !(qk_norm_cuda && std::strcmp(qk_norm_cuda, "1") == 0))
+    return c.architecture + " (q/k-norm) is not yet verified on CUDA: load it with device=\"cpu\", or set"
+                            " KVINFER_QK_NORM_CUDA=1 to run the CUDA path anyway";
+  if (c.qk_norm && c.head_dim > 256)
+    return "q/k-norm on CUDA takes head_dim <= 256, not " + std::to_string(c.head_dim);
+  // Gemma's layer (GeGLU, scaled embedding, post-norms, soft-capping) runs on the CPU backend only
+  if (c.mlp == MlpKind::GeGLU || c.embed_scale != 1.0f || c.post_norms || c.attn_softcap != 0 || c.logit_softcap != 0)
+    return c.architecture + " (GeGLU, embedding scale, post-norms or soft-capping) is not yet implemented on CUDA:"
+                            " load it with device=\"cpu\"";
+  return "";
+}
 
 std::unique_ptr<Backend> make_cuda_backend(const BackendInit& init) {
   return std::make_unique<cuda_backend::CudaBackend>(init);
