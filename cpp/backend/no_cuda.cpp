@@ -8,6 +8,4 @@ std::unique_ptr<Backend> make_cuda_backend(const BackendInit&) {
   throw std::invalid_argument("this kvinfer was built without the CUDA backend");
 }
 
-std::string cuda_unsupported(const ModelConfig&) { return "this kvinfer was built without the CUDA backend"; }
-
 }  // namespace kvinfer

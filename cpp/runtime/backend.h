@@ -87,7 +87,8 @@ struct BackendInit {
 std::unique_ptr<Backend> make_cpu_backend(const BackendInit& init);
 // Throws std::invalid_argument in a build without the CUDA backend, or for a model it cannot run.
 std::unique_ptr<Backend> make_cuda_backend(const BackendInit& init);
-// Why the CUDA backend cannot run this model ("" where it can): its message when it refuses it.
+// Why the CUDA backend cannot run this model ("" where it can), in any build: its message when it
+// refuses the model (a build without CUDA refuses every model, for that reason, first).
 std::string cuda_unsupported(const ModelConfig& config);
 
 }  // namespace kvinfer

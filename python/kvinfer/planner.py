@@ -183,6 +183,7 @@ def plan_for_config(name: str, hf: dict, context: int | None, batch: int, dtype:
     kv_config = _core.KVCacheConfig(c.num_layers, context, c.num_kv_heads, c.head_dim, batch, 16, kv_blocks or 0)
     kv = _core.KVCache.size_bytes(kv_config) * kv_elem // 2
     per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * kv_elem
+    unsupported = _core.cuda_unsupported(c) if kind == "cuda" else ""
     return MemoryPlan(
         model=name, architecture=arch, device=kind, context=context, batch=batch, max_step_tokens=steps,
         dtype=dtype, kv_dtype=kv_dtype, parameters=c.parameter_count(), weights_bytes=weights,
@@ -197,6 +198,7 @@ def plan_for_config(name: str, hf: dict, context: int | None, batch: int, dtype:
         gpu_memory=parse_bytes(gpu_memory) if gpu_memory is not None else None,
         checkpoint_bytes=_checkpoint_bytes(folder, c) if folder and _has_weights(folder) else None,
         context_limit=limit,
+        notes=[f"the CUDA backend cannot run this model yet: {unsupported}"] if unsupported else [],
     )
 
 
@@ -289,4 +291,4 @@ def fit_to_memory(name: str, hf: dict, memory: int, context: int | None, batch: 
             f"{name} at context {base.context} x batch {base.batch} needs {base.total_bytes:,} B ({parts}, "
             f"cuda context and graphs estimate {base.unallocated_bytes:,} B) but max_memory is {memory:,} B")
     notes.append(f"planned {base.total_bytes:,} B of {memory:,} B")
-    return dataclasses.replace(base, notes=notes)
+    return dataclasses.replace(base, notes=base.notes + notes)

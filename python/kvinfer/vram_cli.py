@@ -79,6 +79,8 @@ def print_table(plan: planner.MemoryPlan) -> None:
         print(f"max context at batch {plan.batch}: {plan.max_context or 'none (weights alone do not fit)'}{own}")
     if plan.max_batch is not None:
         print(f"max batch at context {plan.context}: {plan.max_batch or 'none (weights alone do not fit)'}")
+    for note in plan.notes:
+        print(f"note: {note}")
 
 
 def plot(plan: planner.MemoryPlan, hf: dict, path: str) -> None:

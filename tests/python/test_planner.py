@@ -92,6 +92,13 @@ def test_gemma_families_read_their_own_fields():
         model_config({**builtin_config("gemma-7b"), "hidden_act": "silu"})
 
 
+def test_a_cuda_plan_says_when_the_cuda_backend_cannot_run_the_model():
+    gemma = planner.plan_memory("gemma-2-2b", context=512)
+    assert any("CUDA backend cannot run this model yet" in n and "Gemma2ForCausalLM" in n for n in gemma.notes)
+    assert not planner.plan_memory("gemma-2-2b", context=512, device="cpu").notes
+    assert not planner.plan_memory("llama-3-8b", context=512).notes
+
+
 def test_every_builtin_name_plans():
     for name in MODELS:
         p = planner.plan_memory(name, context=512, batch=2)

@@ -201,21 +201,6 @@ void CudaBackend::destroy() noexcept {
 
 }  // namespace cuda_backend
 
-std::string cuda_unsupported(const ModelConfig& c) {
-  // q/k-norm on CUDA is opt-in until its GPU tests have run (the CPU backend's is checked against HF)
-  const char* qk_norm_cuda = std::getenv("KVINFER_QK_NORM_CUDA");
-  if (c.qk_norm && !(qk_norm_cuda && std::strcmp(qk_norm_cuda, "1") == 0))
-    return c.architecture + " (q/k-norm) is not yet verified on CUDA: load it with device=\"cpu\", or set"
-                            " KVINFER_QK_NORM_CUDA=1 to run the CUDA path anyway";
-  if (c.qk_norm && c.head_dim > 256)
-    return "q/k-norm on CUDA takes head_dim <= 256, not " + std::to_string(c.head_dim);
-  // Gemma's layer (GeGLU, scaled embedding, post-norms, soft-capping) runs on the CPU backend only
-  if (c.mlp == MlpKind::GeGLU || c.embed_scale != 1.0f || c.post_norms || c.attn_softcap != 0 || c.logit_softcap != 0)
-    return c.architecture + " (GeGLU, embedding scale, post-norms or soft-capping) is not yet implemented on CUDA:"
-                            " load it with device=\"cpu\"";
-  return "";
-}
-
 std::unique_ptr<Backend> make_cuda_backend(const BackendInit& init) {
   return std::make_unique<cuda_backend::CudaBackend>(init);
 }
