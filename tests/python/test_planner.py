@@ -99,6 +99,19 @@ def test_a_cuda_plan_says_when_the_cuda_backend_cannot_run_the_model():
     assert not planner.plan_memory("llama-3-8b", context=512).notes
 
 
+@pytest.mark.parametrize("change, why", [({"head_dim": 256}, "head_dim=256"),
+                                         ({"num_attention_heads": 64, "num_key_value_heads": 2}, "64 query heads over 2")])
+def test_heads_the_cuda_decode_kernel_lacks_are_named_before_loading(change, why):
+    from kvinfer import _core
+    from kvinfer.config import model_config
+    from kvinfer.model_zoo import builtin_config
+
+    llama = builtin_config("llama-3-8b")
+    assert _core.cuda_unsupported(model_config(llama)) == ""
+    reason = _core.cuda_unsupported(model_config({**llama, **change}))
+    assert why in reason and "decode kernel" in reason and 'device="cpu"' in reason
+
+
 def test_every_builtin_name_plans():
     for name in MODELS:
         p = planner.plan_memory(name, context=512, batch=2)

@@ -10,6 +10,7 @@
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/decode_common.cuh"
+#include "backend/cuda/decode_heads.h"
 #include "backend/cuda/decode_merge.cuh"
 #include "backend/cuda/decode_share.cuh"
 #include "backend/cuda/decode_kernel.cuh"
@@ -72,8 +73,7 @@ static void launch_decode(DecodeArgs a, DecodeLengths lengths, cudaStream_t stre
 }
 
 bool attention_decode_supports(int head_dim, int num_heads, int num_kv_heads) {
-  return (head_dim == 32 || head_dim == 64 || head_dim == 80 || head_dim == 96 || head_dim == 128) &&
-         num_kv_heads > 0 && num_heads % num_kv_heads == 0 && num_heads / num_kv_heads <= 16;
+  return decode_heads_supported(head_dim, num_heads, num_kv_heads);
 }
 
 void attention_decode(const half_t* q, int64_t q_stride, const half_t* k_cache,
