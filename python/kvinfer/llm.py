@@ -4,7 +4,6 @@ stream and chat run on the continuous-batching engine loop of kvinfer.serving.""
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -18,7 +17,7 @@ import kvinfer
 from kvinfer import _core
 from kvinfer.config import attention_window, model_config, read_config_json
 from kvinfer.engine import Engine, Slot
-from kvinfer.models import resolve_model
+from kvinfer.models import model_name, resolve_model
 from kvinfer.planner import fit_to_memory, parse_bytes, plan_for_config
 from kvinfer.prompt_ids import Prompt, encode_prompt, encode_prompt_array
 from kvinfer.logprobs import Logprob
@@ -164,7 +163,7 @@ class LLM:
         self.config = model_config(hf)
         self.tokenizer = Tokenizer(self.folder)
         self.device = _pick_device(device, self.config)
-        name = os.path.basename(os.path.normpath(self.folder))
+        name = model_name(self.folder)
         if max_memory is not None:
             if kv_blocks is not None:
                 raise ValueError("give max_memory (the KV pool takes what is left) or kv_blocks, not both")

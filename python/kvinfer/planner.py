@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 from kvinfer import _core
 from kvinfer.config import architecture_of, attention_window, model_config, read_config_json
-from kvinfer.model_zoo import builtin_config
+from kvinfer.model_zoo import MODELS, builtin_config
+from kvinfer.models import from_hub, is_hub_id
 
 CUDA_CONTEXT_ESTIMATE = 600 << 20  # CUDA context + cuBLAS module load on an H100 (measured ~0.5 GiB)
 CUDA_GRAPHS_ESTIMATE = 64 << 20    # the decode and prompt graphs: measured 0-32 MiB (docs/memory.md)
@@ -46,11 +47,14 @@ def parse_bytes(text: str | int) -> int:
 
 
 def load_model_config(model: str) -> tuple[str, dict, str | None]:
-    """(display name, config.json dict, folder or None) for a built-in name, a folder or a config.json."""
+    """(display name, config.json dict, folder or None) for a built-in name, a folder, a config.json
+    or a Hugging Face Hub id (its config.json alone is downloaded)."""
     if os.path.isdir(model) or os.path.isfile(model):
         folder = model if os.path.isdir(model) else None
         named = model if folder else os.path.dirname(os.path.abspath(model))  # a config.json: its folder
         return os.path.basename(os.path.normpath(named)), read_config_json(model), folder
+    if model.lower() not in MODELS and is_hub_id(model):
+        return model, read_config_json(from_hub(model, weights=False)), None
     return model, builtin_config(model), None
 
 

@@ -9,6 +9,7 @@ import re
 import sys
 
 from kvinfer import cli_text
+from kvinfer.models import model_name
 
 
 def add_parser(sub) -> None:
@@ -79,8 +80,7 @@ def serve(args: argparse.Namespace) -> int:
     else:
         llm, engine = None, EngineProcess(llm_kwargs, engine_kwargs)
         info = engine.info
-    # a converted GGUF's cache folder is <stem>-<content key>-v<converter>: the stem is its name
-    name = args.served_model_name or re.sub(r"-[0-9a-f]{16}-v\d+$", "", os.path.basename(os.path.normpath(info.folder)))
+    name = args.served_model_name or model_name(info.folder)
     print(f"kvinfer serve: {name} on {info.device}; {info.max_batch} sequences of up to {info.max_context} tokens; "
           f"{info.kv_blocks:,} KV blocks ({info.kv_tokens:,} tokens); "
           + ", ".join(f"{k} {v / 2**20:,.1f} MiB" for k, v in info.memory.items()), file=sys.stderr)

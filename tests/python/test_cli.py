@@ -131,7 +131,7 @@ def test_ignore_eos_and_chat_with_a_system_message(env):
     (["generate", PROMPT, "--device", "gpu"], "--device 'gpu'"),
     (["generate", PROMPT, "--system", "be brief"], "--system needs --chat"),
     (["generate", PROMPT, "--bogus"], "unrecognized arguments"),
-    (["generate", PROMPT, "--model", "/no/such/model"], "neither a model folder nor a .gguf"),
+    (["generate", PROMPT, "--model", "/no/such/model"], "neither a model folder, a .gguf file nor a Hugging Face Hub id"),
     (["chat", "--temperature", "nan"], "temperature"),
     (["vram", "--model", "llama-3-8b", "--gpu-memory", "80"], "has no unit"),
     (["bench", "-r", "0"], "must be >= 1"),
