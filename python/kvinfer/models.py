@@ -4,6 +4,7 @@ or nothing: the embedded default, SmolLM2-135M-Instruct from the PyPI package ll
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib.util
 import json
@@ -169,7 +170,7 @@ def resolve_model(model: str | os.PathLike | None, progress: bool = False) -> st
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]")
 # What kvinfer reads of a model folder besides the weights: configs, tokenizer, chat template
 HUB_METADATA = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                "special_tokens_map.json", "chat_template.json", "chat_template.jinja", "model.safetensors.index.json")
+                "chat_template.json", "chat_template.jinja", "model.safetensors.index.json")
 _INDEX_JSON = "model.safetensors.index.json"
 
 
@@ -178,17 +179,27 @@ def model_name(folder: str) -> str:
     (.../models--org--name/snapshots/<revision>), a converted GGUF's stem (its cache folder is
     <stem>-<content key>-v<converter>), else the folder's own name."""
     path = os.path.normpath(os.path.abspath(folder))
-    hub = re.search(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\][^/\\]+$", path)
+    hub = re.search(r"(?:^|[/\\])models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\][^/\\]+$", path)
     if hub:
         return f"{hub.group(1)}/{hub.group(2)}"
     return re.sub(r"-[0-9a-f]{16}-v\d+$", "", os.path.basename(path))
 
 
 def is_hub_id(model: str) -> bool:
-    """"org/name" that names no local path (a path that does not exist yet is still a path when it
-    starts with . or / or ends with .gguf)."""
-    return (not os.path.exists(model) and _HUB_ID.fullmatch(model) is not None and ".." not in model
-            and not model.endswith(".gguf"))
+    """"org/name" (as the Hub spells repository ids; no revision) that names no local path: a path
+    that does not exist is still a path when it starts with . or /, or names a file kvinfer reads
+    (.gguf, .json, .safetensors)."""
+    if os.path.exists(model) or _HUB_ID.fullmatch(model) is None or model.endswith((".gguf", ".json", ".safetensors")):
+        return False
+    try:
+        from huggingface_hub.utils import validate_repo_id
+    except ImportError:
+        return ".." not in model and "--" not in model
+    try:
+        validate_repo_id(model)
+    except Exception:  # noqa: BLE001 - HFValidationError (a ValueError) in every version
+        return False
+    return True
 
 
 def from_hub(repo_id: str, weights: bool = True) -> str:
@@ -203,9 +214,9 @@ def from_hub(repo_id: str, weights: bool = True) -> str:
         raise ModelNotFoundError(f"model {repo_id!r} looks like a Hub id, but huggingface_hub is not installed: "
                                  "pip install huggingface_hub") from None
 
-    def fetch(patterns: tuple[str, ...]) -> str:
+    def fetch(patterns: tuple[str, ...], revision: str | None = None) -> str:
         try:
-            return snapshot_download(repo_id, allow_patterns=list(patterns))
+            return snapshot_download(repo_id, revision=revision, allow_patterns=list(patterns))
         except Exception as e:  # noqa: BLE001 - network, authorisation, unknown repository, offline cache miss
             raise ModelNotFoundError(f"model {repo_id!r} is not a local folder or .gguf file, and downloading it "
                                      f"from the Hugging Face Hub failed: {type(e).__name__}: {e}") from None
@@ -226,5 +237,10 @@ def from_hub(repo_id: str, weights: bool = True) -> str:
             if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
                 raise ModelNotFoundError(f"Hub model {repo_id!r}: {_INDEX_JSON} has no weight_map of file names")
             shards = tuple(sorted(set(weight_map.values())))
-        folder = fetch(HUB_METADATA + shards)
+        # the revision the metadata came from (the snapshot folder's name): index and shards agree
+        folder = fetch(HUB_METADATA + tuple(glob.escape(s) for s in shards), os.path.basename(folder))
+        missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
+        if missing:
+            raise ModelNotFoundError(f"Hub model {repo_id!r}: {', '.join(missing[:3])} not in the download "
+                                     "(a repository without safetensors weights?)")
     return folder

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from kvinfer import _core
 from kvinfer.config import architecture_of, attention_window, model_config, read_config_json
 from kvinfer.model_zoo import MODELS, builtin_config
-from kvinfer.models import from_hub, is_hub_id
+from kvinfer.models import from_hub, is_hub_id, model_name
 
 CUDA_CONTEXT_ESTIMATE = 600 << 20  # CUDA context + cuBLAS module load on an H100 (measured ~0.5 GiB)
 CUDA_GRAPHS_ESTIMATE = 64 << 20    # the decode and prompt graphs: measured 0-32 MiB (docs/memory.md)
@@ -52,7 +52,7 @@ def load_model_config(model: str) -> tuple[str, dict, str | None]:
     if os.path.isdir(model) or os.path.isfile(model):
         folder = model if os.path.isdir(model) else None
         named = model if folder else os.path.dirname(os.path.abspath(model))  # a config.json: its folder
-        return os.path.basename(os.path.normpath(named)), read_config_json(model), folder
+        return model_name(named), read_config_json(model), folder
     if model.lower() not in MODELS and is_hub_id(model):
         return model, read_config_json(from_hub(model, weights=False)), None
     return model, builtin_config(model), None

@@ -80,9 +80,12 @@ def _index_shards(index: str, folder: str) -> list[str]:
     weight_map = read_json_object(index).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise ValueError(f"{index}: weight_map must map tensor names to shard file names")
-    root = os.path.realpath(folder)
+    # The name as written must stay inside the folder; the file itself may be a link elsewhere (the
+    # Hugging Face Hub's cache links each snapshot's files to its blobs).
+    root = os.path.normpath(os.path.abspath(folder))
     for name in weight_map.values():
-        if os.path.isabs(name) or os.path.commonpath([root, os.path.realpath(os.path.join(folder, name))]) != root:
+        path = os.path.normpath(os.path.join(root, name))
+        if os.path.isabs(name) or not path.startswith(root + os.sep):
             raise ValueError(f"{index}: shard {name!r} is outside the model folder")
     return list(weight_map.values())
 

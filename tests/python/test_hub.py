@@ -36,7 +36,9 @@ def stand_in(monkeypatch, folder=None, error=None):
 
 @pytest.mark.parametrize("name, expected", [("Qwen/Qwen2.5-0.5B-Instruct", True), ("meta-llama/Llama-3.2-1B", True),
                                             ("/no/such/model", False), ("./models/x", False), ("org/x.gguf", False),
-                                            ("llama-3-8b", False), ("a/b/c", False), ("../org/x", False)])
+                                            ("llama-3-8b", False), ("a/b/c", False), ("../org/x", False),
+                                            ("checkpoints/config.json", False), ("org/a--b", False),
+                                            ("org/x.git", False)])
 def test_what_counts_as_a_hub_id(name, expected):
     assert is_hub_id(name) is expected
 
@@ -59,9 +61,13 @@ def test_a_sharded_repository_fetches_the_shards_its_index_names(tmp_path, monke
               "c.weight": "model-00001-of-00002.safetensors"}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": shards}))
     calls = stand_in(monkeypatch, str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="model-00001-of-00002.safetensors.* not in the download"):
+        resolve_model("org/sharded")
+    for name in set(shards.values()):
+        (tmp_path / name).write_bytes(b"")
     assert resolve_model("org/sharded") == str(tmp_path)
-    assert calls[1] == ("org/sharded", HUB_METADATA + ("model-00001-of-00002.safetensors",
-                                                       "model-00002-of-00002.safetensors"))
+    assert calls[-1] == ("org/sharded", HUB_METADATA + ("model-00001-of-00002.safetensors",
+                                                        "model-00002-of-00002.safetensors"))
     (tmp_path / "model.safetensors.index.json").write_text("{not json")
     with pytest.raises(ModelNotFoundError, match="is not JSON"):
         resolve_model("org/sharded")
@@ -79,6 +85,31 @@ def test_a_hub_snapshot_is_named_by_its_id(tiny, tmp_path, monkeypatch):
         assert llm.plan.model == "org/tiny-llama"  # (the served model name too), not the revision
     assert model_name(str(tmp_path / "SmolLM2-135M-Instruct.Q4_1-b179c9523d0e6a0f-v1")) == "SmolLM2-135M-Instruct.Q4_1"
     assert model_name(tiny) == "tiny"
+
+
+def test_a_sharded_model_loads_from_the_hubs_cache_layout(tiny, tmp_path, monkeypatch):
+    """The Hub's cache links each snapshot file to a blob outside the snapshot folder."""
+    import json
+    import os
+
+    from safetensors import safe_open
+
+    blobs, snapshot = tmp_path / "models--org--tiny" / "blobs", tmp_path / "models--org--tiny" / "snapshots" / "c0ffee"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    with safe_open(os.path.join(tiny, "model.safetensors"), framework="numpy") as f:
+        index = {"weight_map": {name: "model-00001-of-00001.safetensors" for name in f.keys()}}
+    (tmp_path / "index").write_text(json.dumps(index))
+    files = {name: os.path.join(tiny, name) for name in os.listdir(tiny)}
+    files["model-00001-of-00001.safetensors"] = files.pop("model.safetensors")
+    files["model.safetensors.index.json"] = str(tmp_path / "index")
+    for i, (name, source) in enumerate(files.items()):
+        os.symlink(source, blobs / f"blob{i}")
+        os.symlink(os.path.join("..", "..", "blobs", f"blob{i}"), snapshot / name)
+    stand_in(monkeypatch, str(snapshot))
+    with LLM("org/tiny", device="cpu", max_context=64, max_batch=1, max_step_tokens=16) as llm:
+        assert llm.generate([5, 6], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))[0].token_ids
+        assert llm.plan.model == "org/tiny"
 
 
 def test_vram_reads_config_json_alone(tiny, monkeypatch):
