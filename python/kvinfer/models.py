@@ -228,15 +228,12 @@ def from_hub(repo_id: str, weights: bool = True) -> str:
     if weights:
         shards = ("model.safetensors",)
         if os.path.isfile(os.path.join(folder, _INDEX_JSON)):
-            try:
-                with open(os.path.join(folder, _INDEX_JSON), encoding="utf-8") as f:
-                    index = json.load(f)
+            from kvinfer.safetensors_io import index_shards
+
+            try:  # (the loader's own reading of the index: the same checks)
+                shards = tuple(sorted(set(index_shards(os.path.join(folder, _INDEX_JSON), folder))))
             except ValueError as e:
-                raise ModelNotFoundError(f"Hub model {repo_id!r}: {_INDEX_JSON} is not JSON ({e})") from None
-            weight_map = index.get("weight_map") if isinstance(index, dict) else None
-            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-                raise ModelNotFoundError(f"Hub model {repo_id!r}: {_INDEX_JSON} has no weight_map of file names")
-            shards = tuple(sorted(set(weight_map.values())))
+                raise ModelNotFoundError(f"Hub model {repo_id!r}: {e}") from None
         # the revision the metadata came from (the snapshot folder's name): index and shards agree
         folder = fetch(HUB_METADATA + tuple(glob.escape(s) for s in shards), os.path.basename(folder))
         missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]

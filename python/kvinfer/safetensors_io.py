@@ -75,7 +75,7 @@ def _checked(name: str, file: str, source: np.ndarray, half: np.ndarray) -> np.n
                      f"({why}): the checkpoint is corrupt or needs a wider dtype than kvinfer's fp16")
 
 
-def _index_shards(index: str, folder: str) -> list[str]:
+def index_shards(index: str, folder: str) -> list[str]:
     """The shard files an index names, each a file inside `folder`."""
     weight_map = read_json_object(index).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
@@ -98,7 +98,7 @@ class SafetensorsFolder:
         index = os.path.join(folder, "model.safetensors.index.json")
         single = os.path.join(folder, "model.safetensors")
         if os.path.isfile(index):
-            files = sorted(set(_index_shards(index, folder)))
+            files = sorted(set(index_shards(index, folder)))
         elif os.path.isfile(single):
             files = ["model.safetensors"]
         else:

@@ -69,7 +69,7 @@ def test_a_sharded_repository_fetches_the_shards_its_index_names(tmp_path, monke
     assert calls[-1] == ("org/sharded", HUB_METADATA + ("model-00001-of-00002.safetensors",
                                                         "model-00002-of-00002.safetensors"))
     (tmp_path / "model.safetensors.index.json").write_text("{not json")
-    with pytest.raises(ModelNotFoundError, match="is not JSON"):
+    with pytest.raises(ModelNotFoundError, match="is not valid JSON"):
         resolve_model("org/sharded")
 
 
